@@ -1,0 +1,1 @@
+"""Recognizer backends behind one protocol (see ``base``)."""

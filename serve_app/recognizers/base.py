@@ -95,6 +95,10 @@ class AsrBackend(Protocol):
         """Items with equal keys may share a forward pass."""
         ...
 
+    def warmup(self) -> None:
+        """Run a small batch so the first real request does not pay for lazy init."""
+        ...
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA (and CPU allocator) out-of-memory, across torch versions."""

@@ -1,0 +1,47 @@
+"""The Serve application builder that ``ray_configs/*.yaml`` point at.
+
+``serve run ray_configs/serve.yaml`` imports ``serve_app.app:build_app`` and calls it with
+the config file's ``args``, which Serve validates against :class:`AppConfig` (the type
+annotation) once. Each deployment receives only its own settings.
+"""
+
+from __future__ import annotations
+
+from ray.serve import Application
+
+from serve_app.audio import AudioLimits
+from serve_app.config import AppConfig, resolve_models_dir
+from serve_app.deployments.ingress import AsrIngress, IngressOptions
+from serve_app.deployments.recognizer import RecognizerDeployment
+from serve_app.deployments.vad import VadDeployment
+from serve_app.recognizers.base import RecognitionOptions
+
+
+def build_app(args: AppConfig) -> Application:
+    """Bind ingress -> VAD and ingress -> one recognizer deployment per served model."""
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    models_dir = str(resolve_models_dir(config.models_dir))
+    vad = VadDeployment.options(
+        name="VadDeployment", **config.vad_deployment.serve_options()
+    ).bind(config.vad, models_dir)
+    recognizers = {
+        rec.name: RecognizerDeployment.options(
+            name=f"Recognizer-{rec.name}", **rec.deployment.serve_options()
+        ).bind(rec, models_dir)
+        for rec in config.recognizers
+    }
+    options = IngressOptions(
+        limits=AudioLimits(
+            max_upload_bytes=config.audio.max_upload_bytes,
+            max_duration_s=config.audio.max_duration_s,
+        ),
+        model_names=config.model_names(),
+        default_model=config.default_model,
+        default_options={
+            rec.name: RecognitionOptions(language=rec.language, hotwords=rec.hotwords)
+            for rec in config.recognizers
+        },
+    )
+    return AsrIngress.options(name="AsrIngress", **config.ingress.deployment.serve_options()).bind(
+        vad, recognizers, options
+    )

@@ -1,0 +1,211 @@
+"""One typed configuration for the whole application, validated once.
+
+The Serve config files in ``ray_configs/`` point at ``serve_app.app:build_app`` and put an
+``AppConfig`` under ``args``; Serve hands those args to the builder, which validates them
+here (unknown keys are errors, not silently ignored) and gives each deployment only its own
+part. The offline job loads the same model sections from a YAML file with
+:func:`load_app_config`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_MODELS_DIR = Path.home() / ".cache" / "ray-funasr-serve" / "models"
+
+
+def resolve_models_dir(configured: str | None) -> Path:
+    """Where relative model names are looked up: config, then $ASR_MODELS_DIR, then cache."""
+    if configured:
+        return Path(os.path.expandvars(configured)).expanduser()
+    env = os.environ.get("ASR_MODELS_DIR")
+    return Path(env) if env else DEFAULT_MODELS_DIR
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioSettings(_Strict):
+    """Input limits, enforced at the ingress before and after decoding."""
+
+    max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)
+    max_duration_s: float = Field(4 * 3600.0, gt=0)
+
+
+class DeploymentSettings(_Strict):
+    """Ray Serve options of one deployment (the subset we let users set)."""
+
+    num_replicas: int | Literal["auto"] | None = 1
+    max_ongoing_requests: int | None = Field(None, gt=0)
+    max_queued_requests: int | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    ray_actor_options: dict[str, Any] = Field(default_factory=dict)
+    health_check_period_s: float | None = None
+    graceful_shutdown_timeout_s: float | None = None
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def _check_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Serve's own schema accepts unknown keys here; a typo would silently do nothing.
+        if value is None:
+            return None
+        from ray.serve.config import AutoscalingConfig
+
+        unknown = set(value) - set(AutoscalingConfig.model_fields)
+        if unknown:
+            raise ValueError(f"unknown autoscaling_config keys: {sorted(unknown)}")
+        AutoscalingConfig(**value)
+        return value
+
+    @field_validator("ray_actor_options")
+    @classmethod
+    def _check_actor_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"num_cpus", "num_gpus", "memory", "resources", "runtime_env", "accelerator_type"}
+        unknown = set(value) - allowed
+        if unknown:
+            raise ValueError(f"unknown ray_actor_options keys: {sorted(unknown)}")
+        return value
+
+    @model_validator(mode="after")
+    def _replicas_or_autoscaling(self) -> DeploymentSettings:
+        if self.autoscaling_config is not None and isinstance(self.num_replicas, int):
+            raise ValueError("set num_replicas to null or 'auto' when autoscaling_config is set")
+        return self
+
+    def serve_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        return {k: v for k, v in self.model_dump().items() if v is not None and v != {}}
+
+
+class VadSettings(_Strict):
+    """FSMN-VAD and the segment post-processing that prepares batchable pieces."""
+
+    model: str = "fsmn-vad"
+    device: str = "cpu"
+    max_segment_s: float = Field(30.0, gt=0, le=60.0)
+    # Neighbouring segments closer than this are merged while the result stays within
+    # max_segment_s: fewer, fuller segments batch better and cut words less often.
+    merge_gap_ms: int = Field(300, ge=0)
+    # Segments shorter than this after merging are dropped as clicks and breaths.
+    min_segment_ms: int = Field(200, ge=0)
+    # Speech padding kept on each side of a segment (VAD boundaries are tight).
+    pad_ms: int = Field(100, ge=0)
+
+
+class BatchSettings(_Strict):
+    """Dynamic batching of segments across requests (``@serve.batch``)."""
+
+    # Capacity of one dynamic batch, in seconds of audio (sum over items).
+    max_batch_audio_s: float = Field(240.0, gt=0)
+    # Item cap of one batch, enforced through the per-item minimum cost.
+    max_batch_items: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.05, ge=0)
+    max_concurrent_batches: int = Field(1, ge=1)
+    # Padded-cost budget of one forward pass inside a dynamic batch (longest x count).
+    max_forward_audio_s: float = Field(240.0, gt=0)
+
+
+class RecognizerSettings(_Strict):
+    """One served model: its backend, weights, precision, batching and replicas."""
+
+    name: str = Field(..., description="model id clients send (the OpenAI 'model' field)")
+    aliases: tuple[str, ...] = ()
+    backend: Literal["funasr", "whisper"]
+    model: str = Field(..., description="folder (absolute or under models_dir) or hub id")
+    device: Literal["cpu", "cuda"] = "cpu"
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    language: str | None = None
+    hotwords: tuple[str, ...] = ()
+    beam_size: int = Field(1, ge=1)
+    cpu_threads: int = Field(0, ge=0)
+    warmup: bool = True
+    batch: BatchSettings = BatchSettings()
+    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> RecognizerSettings:
+        if self.precision in ("fp16", "bf16") and self.device == "cpu":
+            raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
+        if self.precision == "int8" and self.backend != "whisper":
+            raise ValueError(f"{self.name}: int8 is only available for the whisper backend")
+        return self
+
+
+class IngressSettings(_Strict):
+    default_model: str | None = None
+    request_timeout_s: float = Field(600.0, gt=0)
+    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
+
+
+class AppConfig(_Strict):
+    """The whole application. ``ray_configs/*.yaml`` hold one under ``args``."""
+
+    models_dir: str | None = None
+    audio: AudioSettings = AudioSettings()
+    vad: VadSettings = VadSettings()
+    vad_deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=8)
+    ingress: IngressSettings = IngressSettings()
+    recognizers: tuple[RecognizerSettings, ...] = Field(..., min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> AppConfig:
+        names: dict[str, str] = {}
+        for rec in self.recognizers:
+            for alias in (rec.name, *rec.aliases):
+                if alias in names:
+                    raise ValueError(f"model name {alias!r} used twice")
+                names[alias] = rec.name
+            if rec.batch.max_batch_audio_s < self.vad.max_segment_s:
+                # @serve.batch rejects an item larger than the whole batch capacity.
+                raise ValueError(
+                    f"{rec.name}: batch.max_batch_audio_s ({rec.batch.max_batch_audio_s}) must "
+                    f"be >= vad.max_segment_s ({self.vad.max_segment_s})"
+                )
+            max_ongoing = rec.deployment.max_ongoing_requests or 5
+            needed = rec.batch.max_batch_items * rec.batch.max_concurrent_batches
+            if max_ongoing < needed:
+                # Serve never forms a batch larger than max_ongoing_requests.
+                raise ValueError(
+                    f"{rec.name}: deployment.max_ongoing_requests ({max_ongoing}) must be >= "
+                    f"max_batch_items x max_concurrent_batches ({needed}) or batches stay small"
+                )
+        if self.ingress.default_model and self.ingress.default_model not in names:
+            raise ValueError(f"ingress.default_model {self.ingress.default_model!r} is not served")
+        return self
+
+    @property
+    def default_model(self) -> str:
+        return self.ingress.default_model or self.recognizers[0].name
+
+    def model_names(self) -> dict[str, str]:
+        """Every accepted name or alias -> the recognizer's canonical name."""
+        out = {}
+        for rec in self.recognizers:
+            for alias in (rec.name, *rec.aliases):
+                out[alias] = rec.name
+        return out
+
+    def recognizer(self, name: str) -> RecognizerSettings:
+        for rec in self.recognizers:
+            if rec.name == name:
+                return rec
+        raise KeyError(name)
+
+
+def load_app_config(path: str | Path, *, app_name: str | None = None) -> AppConfig:
+    """Load an ``AppConfig`` from a Serve config file (its app's ``args``) or a bare one."""
+    raw = yaml.safe_load(Path(path).read_text())
+    if isinstance(raw, dict) and "applications" in raw:
+        apps = raw["applications"]
+        if app_name is not None:
+            apps = [a for a in apps if a.get("name") == app_name]
+        if len(apps) != 1:
+            raise ValueError(f"{path}: expected exactly one application, found {len(apps)}")
+        raw = apps[0].get("args", {})
+    return AppConfig.model_validate(raw)

@@ -1,0 +1,1 @@
+"""Thin Ray Serve wrappers around the plain classes (ingress, VAD, recognizer)."""

@@ -1,0 +1,253 @@
+"""HTTP ingress: the OpenAI-compatible API, and the one place errors become status codes.
+
+Routes: ``POST /v1/audio/transcriptions`` (multipart, OpenAI fields), ``GET /v1/models``,
+``GET /healthz`` (200 only when the VAD and every recognizer answer: their replicas take
+traffic only after loading and warming their models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from serve_app import observability
+from serve_app.audio import AudioLimits
+from serve_app.errors import (
+    AsrError,
+    AudioTooLongError,
+    InternalError,
+    InvalidAudioError,
+    InvalidRequestError,
+    OverloadedError,
+    RecognitionError,
+    UnknownModelError,
+    UnsupportedCodecError,
+    UploadTooLargeError,
+)
+from serve_app.recognizers.base import RecognitionOptions
+from serve_app.serving import ModelRoute, TranscriptionService, unwrap_error
+from serve_app.transcript import RESPONSE_FORMATS, render
+
+logger = logging.getLogger("serve_app.ingress")
+
+STATUS_BY_ERROR: dict[type[AsrError], int] = {
+    InvalidRequestError: 400,
+    InvalidAudioError: 400,
+    UnsupportedCodecError: 415,
+    UploadTooLargeError: 413,
+    AudioTooLongError: 413,
+    UnknownModelError: 404,
+    OverloadedError: 503,
+    RecognitionError: 500,
+    InternalError: 500,
+}
+
+# Multipart framing around the file: the upload limit is checked on Content-Length with
+# this allowance before the body is read, and on the file's own size after.
+_MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class IngressOptions:
+    limits: AudioLimits
+    model_names: dict[str, str]  # every accepted name or alias -> canonical name
+    default_model: str
+    default_options: dict[str, RecognitionOptions]
+    health_timeout_s: float = 5.0
+
+
+def error_response(exc: BaseException, request_id: str) -> JSONResponse:
+    """The JSON error body OpenAI clients understand, with our status mapping."""
+    exc = unwrap_error(exc)
+    if not isinstance(exc, AsrError):
+        exc = _classify_foreign(exc)
+    status = next((s for cls, s in STATUS_BY_ERROR.items() if isinstance(exc, cls)), 500)
+    body = {
+        "error": {
+            "message": exc.message,
+            "type": "invalid_request_error" if status < 500 else "server_error",
+            "param": exc.param,
+            "code": exc.code,
+        },
+        "request_id": request_id,
+    }
+    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+
+
+def _classify_foreign(exc: BaseException) -> AsrError:
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(exc, (BackPressureError, DeploymentUnavailableError)):
+        return OverloadedError(f"the service is overloaded, retry later ({type(exc).__name__})")
+    logger.error("unexpected error", exc_info=exc)
+    return InternalError(f"internal error: {type(exc).__name__}")
+
+
+@serve.deployment
+class AsrIngress:
+    def __init__(
+        self,
+        vad: DeploymentHandle,
+        recognizers: dict[str, DeploymentHandle],
+        options: IngressOptions,
+    ) -> None:
+        self._vad = vad
+        self._recognizers = recognizers
+        self._options = options
+        routes = {}
+        for alias, name in options.model_names.items():
+            handle = recognizers[name]
+            routes[alias] = ModelRoute(
+                name=name,
+                recognize=_remote_call(handle, "transcribe"),
+                default_options=options.default_options.get(name, RecognitionOptions()),
+            )
+        self._service = TranscriptionService(
+            segment=_remote_call(vad, "segments"),
+            routes=routes,
+            default_model=options.default_model,
+            limits=options.limits,
+        )
+
+    async def __call__(self, request: Request) -> Response:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        path = request.url.path.rstrip("/")
+        try:
+            if path == "/v1/audio/transcriptions" and request.method == "POST":
+                return await self._transcriptions(request, request_id)
+            if path == "/v1/models" and request.method == "GET":
+                return self._models()
+            if path in ("/healthz", "/health") and request.method == "GET":
+                return await self._healthz()
+            return JSONResponse(
+                {"error": {"message": f"no route {request.method} {path}", "code": "not_found"}},
+                status_code=404,
+            )
+        except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+            kind = getattr(unwrap_error(exc), "code", type(exc).__name__)
+            observability.errors_total().inc(tags={"kind": kind, "stage": "request"})
+            return error_response(exc, request_id)
+
+    async def _transcriptions(self, request: Request, request_id: str) -> Response:
+        started = time.perf_counter()
+        limits = self._options.limits
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit():
+            if int(declared) > limits.max_upload_bytes + _MULTIPART_OVERHEAD_BYTES:
+                raise UploadTooLargeError(
+                    f"upload of {int(declared)} bytes exceeds the limit of "
+                    f"{limits.max_upload_bytes} bytes",
+                    param="file",
+                )
+        try:
+            form = await request.form(max_files=1, max_fields=32)
+        except Exception as exc:  # noqa: BLE001 - multipart parser errors are the client's
+            raise InvalidRequestError(f"could not parse multipart form: {exc}") from exc
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequestError("missing 'file' field (multipart upload)", param="file")
+        response_format = str(form.get("response_format") or "json")
+        if response_format not in RESPONSE_FORMATS:
+            raise InvalidRequestError(
+                f"response_format must be one of {list(RESPONSE_FORMATS)}", param="response_format"
+            )
+        granularities = [str(v) for v in form.getlist("timestamp_granularities[]")]
+        granularities += [str(v) for v in form.getlist("timestamp_granularities")]
+        unknown = set(granularities) - {"segment", "word"}
+        if unknown:
+            raise InvalidRequestError(
+                f"unknown timestamp_granularities {sorted(unknown)}", param="timestamp_granularities"
+            )
+        model_field = form.get("model")
+        model = str(model_field) if model_field else None
+        self._service.route(model)  # 404 before decoding anything
+        options = RecognitionOptions(
+            language=_optional_str(form.get("language")),
+            prompt=_optional_str(form.get("prompt")),
+            hotwords=tuple(
+                w for w in (_optional_str(form.get("hotwords")) or "").split() if w.strip()
+            ),
+        )
+        data = await upload.read(limits.max_upload_bytes + 1)
+        await form.close()
+        if len(data) > limits.max_upload_bytes:
+            raise UploadTooLargeError(
+                f"upload exceeds the limit of {limits.max_upload_bytes} bytes", param="file"
+            )
+        t_decode = time.perf_counter()
+        audio = await self._service.decode(data)
+        decode_s = time.perf_counter() - t_decode
+        transcription = await self._service.transcribe(audio, model=model, options=options)
+        body, media_type = render(
+            transcription, response_format, include_words="word" in granularities
+        )
+        total_s = time.perf_counter() - started
+        tags = {"model": transcription.model}
+        latency = observability.stage_latency_s()
+        latency.observe(decode_s, tags={**tags, "stage": "decode"})
+        for stage, seconds in transcription.timings_s.items():
+            latency.observe(seconds, tags={**tags, "stage": stage})
+        latency.observe(total_s, tags={**tags, "stage": "total"})
+        return Response(
+            body,
+            media_type=media_type,
+            headers={
+                "x-request-id": request_id,
+                "x-audio-duration-s": f"{audio.duration_s:.3f}",
+                "x-processing-s": f"{total_s:.3f}",
+            },
+        )
+
+    def _models(self) -> Response:
+        names = sorted(set(self._options.model_names))
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "ray-funasr-serve"}
+            for name in names
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _healthz(self) -> Response:
+        checks = {"vad": self._vad, **{f"model:{k}": h for k, h in self._recognizers.items()}}
+
+        async def probe(handle: DeploymentHandle) -> bool:
+            try:
+                return bool(
+                    await asyncio.wait_for(
+                        handle.ready.remote(), timeout=self._options.health_timeout_s
+                    )
+                )
+            except Exception:  # noqa: BLE001 - any failure means not ready
+                return False
+
+        results = await asyncio.gather(*(probe(h) for h in checks.values()))
+        status = dict(zip(checks, results))
+        ok = all(results)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": status},
+            status_code=200 if ok else 503,
+        )
+
+
+def _optional_str(value) -> str | None:
+    if value is None or isinstance(value, UploadFile):
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _remote_call(handle: DeploymentHandle, method: str):
+    bound = getattr(handle, method)
+
+    async def call(arg):
+        return await bound.remote(arg)
+
+    return call

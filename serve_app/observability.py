@@ -1,0 +1,114 @@
+"""Prometheus metrics through Ray's metrics API (scraped from Ray's metrics endpoint).
+
+Metric objects are created lazily inside the replica or actor that records them (Ray
+metrics cannot be pickled). Every name carries its unit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+_BATCH_ITEMS_BOUNDARIES = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128]
+_BATCH_AUDIO_BOUNDARIES_S = [1, 5, 10, 30, 60, 120, 240, 480, 960]
+_RATIO_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0]
+
+
+class _Noop:
+    def observe(self, *_a, **_k) -> None: ...
+    def inc(self, *_a, **_k) -> None: ...
+    def set(self, *_a, **_k) -> None: ...
+
+
+def _metrics_module():
+    try:
+        from ray.serve import metrics
+
+        return metrics
+    except ImportError:  # pragma: no cover - ray is a hard dependency
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def histogram(name: str, description: str, boundaries: tuple[float, ...], tag_keys=()):
+    metrics = _metrics_module()
+    if metrics is None:
+        return _Noop()
+    try:
+        return metrics.Histogram(
+            name, description=description, boundaries=list(boundaries), tag_keys=tag_keys
+        )
+    except Exception:  # noqa: BLE001 - outside a Ray worker metrics are unavailable
+        logger.debug("metric %s unavailable", name, exc_info=True)
+        return _Noop()
+
+
+@functools.lru_cache(maxsize=None)
+def counter(name: str, description: str, tag_keys=()):
+    metrics = _metrics_module()
+    if metrics is None:
+        return _Noop()
+    try:
+        return metrics.Counter(name, description=description, tag_keys=tag_keys)
+    except Exception:  # noqa: BLE001
+        logger.debug("metric %s unavailable", name, exc_info=True)
+        return _Noop()
+
+
+def stage_latency_s():
+    return histogram(
+        "asr_stage_latency_s",
+        "Latency of one pipeline stage per request (decode, vad, recognize, total)",
+        tuple(_LATENCY_BOUNDARIES_S),
+        ("stage", "model"),
+    )
+
+
+def errors_total():
+    return counter("asr_errors_total", "Failed requests or items by error kind", ("kind", "stage"))
+
+
+def audio_processed_s():
+    return counter("asr_audio_processed_s_total", "Seconds of audio transcribed", ("model",))
+
+
+def batch_items():
+    return histogram(
+        "asr_batch_items", "Items (segments) per dynamic batch", tuple(_BATCH_ITEMS_BOUNDARIES),
+        ("model",),
+    )
+
+
+def batch_audio_s():
+    return histogram(
+        "asr_batch_audio_s", "Seconds of audio per dynamic batch", tuple(_BATCH_AUDIO_BOUNDARIES_S),
+        ("model",),
+    )
+
+
+def padding_efficiency():
+    return histogram(
+        "asr_padding_efficiency",
+        "Real audio / padded audio of the forward passes of one batch",
+        tuple(_RATIO_BOUNDARIES),
+        ("model",),
+    )
+
+
+def queue_wait_s():
+    return histogram(
+        "asr_batch_queue_wait_s",
+        "Time an item waited before its batch started",
+        tuple(_LATENCY_BOUNDARIES_S),
+        ("model",),
+    )
+
+
+def forward_s():
+    return histogram(
+        "asr_batch_forward_s", "Model time of one dynamic batch", tuple(_LATENCY_BOUNDARIES_S),
+        ("model",),
+    )

@@ -1,0 +1,55 @@
+"""Build the configured backend and wrap it in the shared batch runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serve_app.config import RecognizerSettings
+from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
+
+
+def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrBackend:
+    """The backend named by ``settings.backend``, loaded (weights in memory) but not warmed."""
+    if settings.backend == "funasr":
+        from serve_app.recognizers.funasr_backend import FunAsrBackend
+
+        return FunAsrBackend(
+            settings.model,
+            models_dir=models_dir,
+            device=settings.device,
+            precision=settings.precision,
+            name=settings.name,
+        )
+    if settings.backend == "whisper":
+        from serve_app.recognizers.whisper_backend import WhisperBackend
+
+        return WhisperBackend(
+            settings.model,
+            models_dir=models_dir,
+            device=settings.device,
+            compute_type=_WHISPER_COMPUTE_TYPES[settings.precision],
+            beam_size=settings.beam_size,
+            cpu_threads=settings.cpu_threads,
+            name=settings.name,
+        )
+    raise ValueError(f"unknown backend {settings.backend!r}")
+
+
+_WHISPER_COMPUTE_TYPES = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "int8": "int8",
+}
+
+
+def build_recognizer(settings: RecognizerSettings, models_dir: Path | None) -> BatchedRecognizer:
+    """Load, optionally warm, and wrap: the one object Serve and Ray Data both run."""
+    backend = build_backend(settings, models_dir)
+    if settings.warmup:
+        backend.warmup()  # type: ignore[attr-defined]
+    return BatchedRecognizer(
+        backend,
+        max_batch_audio_s=settings.batch.max_forward_audio_s,
+        max_batch_items=settings.batch.max_batch_items,
+    )

@@ -1,0 +1,111 @@
+"""Turn raw VAD speech spans into batchable segments (pure functions, no models).
+
+Order of operations: pad each span, merge close neighbours while the result stays within
+``max_segment_s``, split what is still too long at the quietest point near each cut, then
+drop clicks shorter than ``min_segment_ms``. Times are integer milliseconds in the original
+audio's timeline throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.audio import SAMPLE_RATE_HZ
+
+_SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+# Energy is measured over windows of this length when looking for a quiet cut point.
+_CUT_WINDOW_MS = 50
+
+
+@dataclass(frozen=True)
+class SpeechSegment:
+    start_ms: int
+    end_ms: int
+
+    @property
+    def duration_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+    def slice(self, samples: np.ndarray) -> np.ndarray:
+        return samples[self.start_ms * _SAMPLES_PER_MS : self.end_ms * _SAMPLES_PER_MS]
+
+
+def pad_spans(
+    spans_ms: Sequence[tuple[int, int]], *, pad_ms: int, total_ms: int
+) -> list[SpeechSegment]:
+    out = []
+    for start_ms, end_ms in spans_ms:
+        start = max(0, int(start_ms) - pad_ms)
+        end = min(total_ms, int(end_ms) + pad_ms)
+        if end > start:
+            out.append(SpeechSegment(start, end))
+    return out
+
+
+def merge_close(
+    segments: Sequence[SpeechSegment], *, merge_gap_ms: int, max_segment_ms: int
+) -> list[SpeechSegment]:
+    """Merge neighbours separated by at most ``merge_gap_ms`` (overlaps always merge)."""
+    merged: list[SpeechSegment] = []
+    for seg in sorted(segments, key=lambda s: s.start_ms):
+        if merged:
+            last = merged[-1]
+            gap_ms = seg.start_ms - last.end_ms
+            joined = SpeechSegment(last.start_ms, max(last.end_ms, seg.end_ms))
+            if gap_ms <= 0 or (gap_ms <= merge_gap_ms and joined.duration_ms <= max_segment_ms):
+                merged[-1] = joined
+                continue
+        merged.append(seg)
+    return merged
+
+
+def _quietest_cut_ms(samples: np.ndarray, lo_ms: int, hi_ms: int) -> int:
+    """The start of the lowest-energy window in [lo_ms, hi_ms), or hi_ms if none fits."""
+    window = _CUT_WINDOW_MS * _SAMPLES_PER_MS
+    region = samples[lo_ms * _SAMPLES_PER_MS : hi_ms * _SAMPLES_PER_MS]
+    count = len(region) // window
+    if count < 2:
+        return hi_ms
+    energy = np.square(region[: count * window].astype(np.float64)).reshape(count, window).sum(1)
+    return lo_ms + int(np.argmin(energy)) * _CUT_WINDOW_MS + _CUT_WINDOW_MS // 2
+
+
+def split_long(
+    segments: Sequence[SpeechSegment], samples: np.ndarray, *, max_segment_ms: int
+) -> list[SpeechSegment]:
+    """Cut segments longer than ``max_segment_ms`` at quiet points, each piece within limit.
+
+    Each cut is searched in the second half of the allowed span, so pieces stay at least
+    half the maximum long (fewer, fuller batch items) and never exceed it.
+    """
+    out: list[SpeechSegment] = []
+    for seg in segments:
+        start = seg.start_ms
+        while seg.end_ms - start > max_segment_ms:
+            cut = _quietest_cut_ms(samples, start + max_segment_ms // 2, start + max_segment_ms)
+            cut = min(max(cut, start + 1), start + max_segment_ms)
+            out.append(SpeechSegment(start, cut))
+            start = cut
+        out.append(SpeechSegment(start, seg.end_ms))
+    return out
+
+
+def postprocess_spans(
+    spans_ms: Sequence[tuple[int, int]],
+    samples: np.ndarray,
+    *,
+    max_segment_s: float,
+    merge_gap_ms: int,
+    min_segment_ms: int,
+    pad_ms: int,
+) -> list[SpeechSegment]:
+    """Raw VAD spans -> ordered, non-overlapping segments no longer than ``max_segment_s``."""
+    total_ms = len(samples) // _SAMPLES_PER_MS
+    max_segment_ms = int(max_segment_s * 1000)
+    segments = pad_spans(spans_ms, pad_ms=pad_ms, total_ms=total_ms)
+    segments = merge_close(segments, merge_gap_ms=merge_gap_ms, max_segment_ms=max_segment_ms)
+    segments = split_long(segments, samples, max_segment_ms=max_segment_ms)
+    return [s for s in segments if s.duration_ms >= min_segment_ms]

@@ -1,0 +1,135 @@
+"""Request-level transcription logic with injected stages (no Ray, no HTTP).
+
+``TranscriptionService`` decodes once, asks the VAD for segments, sends every segment as
+its own item to the recognizer (so segments of many requests meet in one dynamic batch),
+and stitches the results back in order with timestamps in the original audio's time. The
+stages are plain async callables: the Serve ingress passes deployment handles, the unit
+tests pass fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve_app.audio import AudioLimits, DecodedAudio, decode_audio
+from serve_app.errors import AsrError, UnknownModelError
+from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
+from serve_app.segmentation import SpeechSegment
+from serve_app.transcript import TranscriptSegment, Transcription, join_texts
+
+SegmentFn = Callable[[np.ndarray], Awaitable[list[SpeechSegment]]]
+RecognizeFn = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    name: str
+    recognize: RecognizeFn
+    default_options: RecognitionOptions = RecognitionOptions()
+
+
+class TranscriptionService:
+    """Decode -> VAD -> per-segment recognition -> stitched :class:`Transcription`."""
+
+    def __init__(
+        self,
+        *,
+        segment: SegmentFn,
+        routes: Mapping[str, ModelRoute],
+        default_model: str,
+        limits: AudioLimits,
+    ) -> None:
+        self._segment = segment
+        self._routes = dict(routes)
+        self._default_model = default_model
+        self._limits = limits
+
+    def route(self, model: str | None) -> ModelRoute:
+        name = model or self._default_model
+        try:
+            return self._routes[name]
+        except KeyError:
+            raise UnknownModelError(
+                f"model {name!r} is not served; available: {sorted(self._routes)}", param="model"
+            ) from None
+
+    async def decode(self, data: bytes) -> DecodedAudio:
+        # Decoding is CPU work: keep it off the event loop that serves other requests.
+        return await asyncio.to_thread(decode_audio, data, self._limits)
+
+    async def transcribe(
+        self,
+        audio: DecodedAudio,
+        *,
+        model: str | None,
+        options: RecognitionOptions | None = None,
+    ) -> Transcription:
+        route = self.route(model)
+        opts = _merge(route.default_options, options)
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        segments = sorted(await self._segment(audio.samples), key=lambda s: s.start_ms)
+        timings["vad"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        jobs = [SegmentJob(audio=seg.slice(audio.samples), options=opts) for seg in segments]
+        results = await asyncio.gather(
+            *(route.recognize(job) for job in jobs), return_exceptions=True
+        )
+        timings["recognize"] = time.perf_counter() - t1
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # the first failing segment fails this request only
+        pieces = []
+        language = None
+        for i, (seg, res) in enumerate(zip(segments, results)):
+            assert isinstance(res, SegmentTranscript)
+            language = language or res.language
+            offset_s = seg.start_ms / 1000
+            words = tuple(
+                type(w)(w.start_s + offset_s, w.end_s + offset_s, w.word) for w in res.words
+            )
+            pieces.append(
+                TranscriptSegment(
+                    id=i,
+                    start_s=seg.start_ms / 1000,
+                    end_s=seg.end_ms / 1000,
+                    text=res.text.strip(),
+                    words=words,
+                )
+            )
+        return Transcription(
+            text=join_texts([p.text for p in pieces]),
+            segments=tuple(pieces),
+            duration_s=audio.duration_s,
+            model=route.name,
+            language=language or opts.language,
+            timings_s=timings,
+        )
+
+
+def _merge(default: RecognitionOptions, given: RecognitionOptions | None) -> RecognitionOptions:
+    if given is None:
+        return default
+    return RecognitionOptions(
+        language=given.language or default.language,
+        prompt=given.prompt or default.prompt,
+        hotwords=given.hotwords or default.hotwords,
+    )
+
+
+def unwrap_error(exc: BaseException) -> BaseException:
+    """Ray wraps errors raised in another replica; find the typed one underneath."""
+    seen = 0
+    while not isinstance(exc, AsrError) and seen < 5:
+        cause = getattr(exc, "cause", None) or exc.__cause__
+        if cause is None:
+            break
+        exc = cause
+        seen += 1
+    return exc

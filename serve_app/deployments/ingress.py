@@ -120,7 +120,7 @@ class AsrIngress:
 
     async def __call__(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        path = request.url.path.rstrip("/")
+        path = _route_path(request)
         try:
             if path == "/v1/audio/transcriptions" and request.method == "POST":
                 return await self._transcriptions(request, request_id)
@@ -128,6 +128,8 @@ class AsrIngress:
                 return self._models()
             if path in ("/healthz", "/health") and request.method == "GET":
                 return await self._healthz()
+            if path == "/v1/stats" and request.method == "GET":
+                return await self._stats()
             return JSONResponse(
                 {"error": {"message": f"no route {request.method} {path}", "code": "not_found"}},
                 status_code=404,
@@ -215,6 +217,13 @@ class AsrIngress:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def _stats(self) -> Response:
+        """Batch statistics of one replica per model (exact with one replica; with more,
+        use the Prometheus metrics ``asr_batch_items`` and ``asr_padding_efficiency``)."""
+        names = list(self._recognizers)
+        stats = await asyncio.gather(*(self._recognizers[n].batch_stats.remote() for n in names))
+        return JSONResponse(dict(zip(names, stats)))
+
     async def _healthz(self) -> Response:
         checks = {"vad": self._vad, **{f"model:{k}": h for k, h in self._recognizers.items()}}
 
@@ -235,6 +244,15 @@ class AsrIngress:
             {"status": "ok" if ok else "unavailable", "checks": status},
             status_code=200 if ok else 503,
         )
+
+
+def _route_path(request: Request) -> str:
+    """The path below the app's route prefix (Serve passes the prefix as root_path)."""
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return "/" + path.strip("/")
 
 
 def _optional_str(value) -> str | None:

@@ -53,6 +53,7 @@ class RecognizerDeployment:
         self._forward_lock = asyncio.Lock()
         self._batch_size_counts: Counter[int] = Counter()
         self._num_batches = 0
+        self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}
         self._tags = {"model": settings.name}
 
     def reconfigure(self, user_config: dict) -> None:
@@ -94,6 +95,10 @@ class RecognizerDeployment:
         self._num_batches += 1
         self._batch_size_counts[len(items)] += 1
         audio_s = sum(item.job.duration_s for item in items)
+        self._totals["items"] += len(items)
+        self._totals["audio_s"] += stats.real_audio_s
+        self._totals["padded_s"] += stats.padded_audio_s
+        self._totals["busy_s"] += elapsed_s
         observability.batch_items().observe(len(items), tags=self._tags)
         observability.batch_audio_s().observe(audio_s, tags=self._tags)
         observability.padding_efficiency().observe(stats.padding_efficiency, tags=self._tags)
@@ -108,7 +113,8 @@ class RecognizerDeployment:
         """Dynamic batch sizes (items) seen by this replica, for tests and the load tool."""
         return {
             "num_batches": self._num_batches,
-            "batch_size_counts": dict(self._batch_size_counts),
+            "batch_size_counts": dict(sorted(self._batch_size_counts.items())),
+            **self._totals,
         }
 
     def ready(self) -> bool:

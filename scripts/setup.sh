@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Fresh-machine setup: virtualenv, pinned dependencies, default models.
+#   bash scripts/setup.sh          # runtime: .venv + models
+#   bash scripts/setup.sh --test   # also test tools: espeak-ng and sox (Debian), pytest, openai
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+if [ "$want_test" = 1 ] && ! { command -v espeak-ng >/dev/null && command -v sox >/dev/null; }; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  echo "[setup] installing espeak-ng and sox (Debian packages used to make test speech)"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq espeak-ng sox >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# torch first, pinned: an unpinned resolution would pull the CUDA build (GBs).
+echo "[setup] installing dependencies"
+.venv/bin/python -m pip install -q torch==2.13.0
+if [ "$want_test" = 1 ]; then
+  .venv/bin/python -m pip install -q -e ".[test]"
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+.venv/bin/python scripts/provision_models.py
+echo "[setup] done"

@@ -1,0 +1,53 @@
+"""One deployed app (default real models) shared by the Serve HTTP tests."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import deploy, replica_options
+
+APP_NAME = "asr_test"
+ROUTE = "/asr"
+# Deliberately small limits so the over-limit tests need little data.
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+MAX_DURATION_S = 60.0
+
+
+def default_app_config(models_dir) -> dict:
+    return {
+        "models_dir": str(models_dir),
+        "audio": {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_duration_s": MAX_DURATION_S},
+        "vad_deployment": replica_options(max_ongoing_requests=16),
+        "ingress": {"default_model": "whisper-tiny.en",
+                    "deployment": replica_options(max_ongoing_requests=128)},
+        "recognizers": [
+            {
+                "name": "whisper-tiny.en",
+                "aliases": ["whisper-1"],
+                "backend": "whisper",
+                "model": "whisper-tiny.en",
+                "precision": "int8",
+                "language": "en",
+                # A longer wait than production so 16 concurrent requests on 2 cores meet.
+                "batch": {"max_batch_audio_s": 480, "max_batch_items": 16,
+                          "batch_wait_timeout_s": 0.2, "max_forward_audio_s": 480},
+                "deployment": replica_options(max_ongoing_requests=64),
+            }
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def asr_url(serve_instance, models_dir):
+    from ray import serve
+
+    deploy(default_app_config(models_dir), name=APP_NAME, route_prefix=ROUTE)
+    yield serve_instance + ROUTE
+    serve.delete(APP_NAME)
+
+
+@pytest.fixture(scope="session")
+def http(asr_url):
+    with httpx.Client(base_url=asr_url, timeout=300) as client:
+        yield client

@@ -1,0 +1,103 @@
+"""Real transcription over HTTP with the default models (FSMN-VAD + Whisper tiny.en)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.evaluation import word_error_rate
+from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
+
+pytestmark = [pytest.mark.slow, requires_espeak]
+
+
+def wav_bytes(samples: np.ndarray, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_healthz_and_models(http):
+    health = http.get("/healthz")
+    assert health.status_code == 200, health.text
+    assert health.json()["status"] == "ok"
+    ids = {m["id"] for m in http.get("/v1/models").json()["data"]}
+    assert {"whisper-tiny.en", "whisper-1"} <= ids
+
+
+def test_multi_sentence_file_transcribed_with_timestamps(http, tmp_path):
+    texts = SENTENCES[:3]
+    parts = [synthesize(t, tmp_path) for t in texts]
+    audio = concat_with_pauses(parts, pause_s=1.5)
+    resp = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("talk.wav", wav_bytes(audio), "audio/wav")},
+        data={"response_format": "verbose_json"},
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert len(body["segments"]) == 3  # the VAD found the three sentences
+    # Each segment starts just before its sentence's speech in the file (espeak adds
+    # leading silence; FSMN-VAD keeps ~200 ms before onset, we pad 100 ms more).
+    expected_starts, t = [], 0.0
+    for part in parts:
+        onset_s = int(np.argmax(np.abs(part) > 0.02)) / 16000
+        expected_starts.append(t + onset_s)
+        t += len(part) / 16000 + 1.5
+    for seg, start in zip(body["segments"], expected_starts):
+        assert start - 0.6 <= seg["start"] <= start + 0.05, (seg["start"], start)
+    assert word_error_rate([" ".join(texts)], [body["text"]]) < 0.25
+    assert body["duration"] == pytest.approx(len(audio) / 16000, abs=0.01)
+
+
+def test_silence_gives_empty_transcript(http):
+    silence = np.zeros(16000 * 3, dtype=np.float32)
+    resp = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("silence.wav", wav_bytes(silence), "audio/wav")},
+        data={"response_format": "verbose_json"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["text"] == "" and resp.json()["segments"] == []
+
+
+def test_concurrent_requests_no_crosstalk_and_batches_form(asr_url, http, tmp_path):
+    """16 simultaneous requests, distinct sentences: each gets its own text back, and the
+    recognizer served them in batches larger than one item."""
+    n = 16
+    payloads = [wav_bytes(synthesize(SENTENCES[i], tmp_path)) for i in range(n)]
+    before = http.get("/v1/stats").json()["whisper-tiny.en"]
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=asr_url, timeout=300) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/audio/transcriptions",
+                        files={"file": (f"{i}.wav", payloads[i], "audio/wav")},
+                        data={"model": "whisper-1"},
+                    )
+                    for i in range(n)
+                )
+            )
+
+    responses = asyncio.run(fire())
+    after = http.get("/v1/stats").json()["whisper-tiny.en"]
+    hyps = []
+    for i, resp in enumerate(responses):
+        assert resp.status_code == 200, resp.text
+        hyps.append(resp.json()["text"])
+        # Its own sentence, not a neighbour's: closest reference by WER is its own.
+        wers = [word_error_rate([SENTENCES[j]], [hyps[-1]]) for j in range(n)]
+        assert int(np.argmin(wers)) == i, (i, hyps[-1])
+    new_counts = {
+        int(size): count - before["batch_size_counts"].get(size, 0)
+        for size, count in after["batch_size_counts"].items()
+    }
+    assert max(size for size, count in new_counts.items() if count > 0) > 1, new_counts
+    assert word_error_rate(SENTENCES[:n], hyps) < 0.25

@@ -106,7 +106,6 @@ class BatchSettings(_Strict):
     # Item cap of one batch, enforced through the per-item minimum cost.
     max_batch_items: int = Field(32, ge=1)
     batch_wait_timeout_s: float = Field(0.05, ge=0)
-    max_concurrent_batches: int = Field(1, ge=1)
     # Padded-cost budget of one forward pass inside a dynamic batch (longest x count).
     max_forward_audio_s: float = Field(240.0, gt=0)
 
@@ -168,12 +167,12 @@ class AppConfig(_Strict):
                     f"be >= vad.max_segment_s ({self.vad.max_segment_s})"
                 )
             max_ongoing = rec.deployment.max_ongoing_requests or 5
-            needed = rec.batch.max_batch_items * rec.batch.max_concurrent_batches
-            if max_ongoing < needed:
-                # Serve never forms a batch larger than max_ongoing_requests.
+            if max_ongoing < rec.batch.max_batch_items:
+                # A replica never holds more than max_ongoing_requests items, so no batch
+                # can be larger; 2x lets the next batch fill while one runs.
                 raise ValueError(
                     f"{rec.name}: deployment.max_ongoing_requests ({max_ongoing}) must be >= "
-                    f"max_batch_items x max_concurrent_batches ({needed}) or batches stay small"
+                    f"batch.max_batch_items ({rec.batch.max_batch_items}) or batches stay small"
                 )
         if self.ingress.default_model and self.ingress.default_model not in names:
             raise ValueError(f"ingress.default_model {self.ingress.default_model!r} is not served")

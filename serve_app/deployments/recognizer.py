@@ -1,17 +1,29 @@
 """Recognizer deployment: cross-request dynamic batching around a plain recognizer.
 
-Every VAD segment of every request is one call of :meth:`transcribe`. ``@serve.batch``
-collects calls until the batch holds ``max_batch_audio_s`` of audio (each item costs at
-least ``max_batch_audio_s / max_batch_items``, which caps the item count too) or
-``batch_wait_timeout_s`` passes. The plain :class:`BatchedRecognizer` then sorts the batch
-by duration, packs forward passes by padded cost, isolates failures and restores order.
+Every VAD segment of every request is one call of :meth:`transcribe`. Two layers batch:
+
+1. ``@serve.batch`` collects calls for up to ``batch_wait_timeout_s`` into a batch whose
+   capacity is in audio seconds (each item costs at least
+   ``max_batch_audio_s / max_batch_items``, which caps the item count with the same one
+   number).
+2. Serve forms each batch when its wait ends, whether or not the model is free: under load
+   it freezes many small batches behind its concurrency semaphore (measured: 16
+   concurrent requests ran as 16 batches of one). So batches are not run directly; they
+   are handed to a :class:`_Coalescer` that, while a forward pass runs, merges everything
+   that arrives into the next forward, up to the same capacity. An idle model starts at
+   once; a busy one gets full batches.
+
+The plain :class:`BatchedRecognizer` then sorts the forward's items by duration, packs
+passes by padded cost, isolates failures and restores order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +35,12 @@ from serve_app.config import RecognizerSettings
 from serve_app.errors import AsrError, InvalidRequestError
 from serve_app.recognizers.base import ItemResult, SegmentJob, SegmentTranscript
 from serve_app.recognizers.factory import build_recognizer
+
+logger = logging.getLogger(__name__)
+
+# Serve may form this many batches while earlier ones wait for the model; they are merged
+# by the coalescer, so formation must never block on the model.
+_MAX_FORMED_BATCHES = 64
 
 
 @dataclass(frozen=True)
@@ -37,20 +55,75 @@ def _batch_cost_s(items: list[_QueuedItem]) -> float:
     return sum(item.cost_s for item in items)
 
 
+RunFn = Callable[[list[_QueuedItem]], Awaitable[list[ItemResult]]]
+
+
+class _Coalescer:
+    """One forward pass at a time; what arrives meanwhile joins the next, up to capacity."""
+
+    def __init__(self, run: RunFn, capacity_s: float) -> None:
+        self._run = run
+        self.capacity_s = capacity_s
+        self._pending: deque[tuple[_QueuedItem, asyncio.Future]] = deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def submit(self, items: list[_QueuedItem]) -> list[ItemResult]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self._pending.extend(zip(items, futures))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return list(await asyncio.gather(*futures))
+
+    def _take(self) -> list[tuple[_QueuedItem, asyncio.Future]]:
+        batch: list[tuple[_QueuedItem, asyncio.Future]] = []
+        used_s = 0.0
+        while self._pending:
+            item, future = self._pending[0]
+            if future.done():  # cancelled: the client went away
+                self._pending.popleft()
+                continue
+            if batch and used_s + item.cost_s > self.capacity_s:
+                break
+            batch.append(self._pending.popleft())
+            used_s += item.cost_s
+        return batch
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while batch := self._take():
+                try:
+                    results = await self._run([item for item, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - the runner isolates items; a bug here
+                    logger.exception("forward pass failed as a whole")
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception) and not isinstance(result, AsrError):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+
+
 @serve.deployment
 class RecognizerDeployment:
     def __init__(self, settings: RecognizerSettings, models_dir: str) -> None:
         self._settings = settings
         self._recognizer = build_recognizer(settings, Path(models_dir))  # load + warm-up
         batch = settings.batch
-        # Decorating at run time lets max_concurrent_batches come from the config.
+        # Decorating at run time lets the capacity and wait come from the config.
         self._batched = serve.batch(
             max_batch_size=batch.max_batch_audio_s,
             batch_wait_timeout_s=batch.batch_wait_timeout_s,
-            max_concurrent_batches=batch.max_concurrent_batches,
+            max_concurrent_batches=_MAX_FORMED_BATCHES,
             batch_size_fn=_batch_cost_s,
-        )(self._run_batch)
-        self._forward_lock = asyncio.Lock()
+        )(self._submit)
+        self._coalescer = _Coalescer(self._forward, batch.max_batch_audio_s)
         self._batch_size_counts: Counter[int] = Counter()
         self._num_batches = 0
         self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}
@@ -61,7 +134,9 @@ class RecognizerDeployment:
         if "batch_wait_timeout_s" in user_config:
             self._batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
         if "max_batch_audio_s" in user_config:
-            self._batched.set_max_batch_size(float(user_config["max_batch_audio_s"]))
+            capacity_s = float(user_config["max_batch_audio_s"])
+            self._batched.set_max_batch_size(capacity_s)
+            self._coalescer.capacity_s = capacity_s
 
     async def transcribe(self, job: SegmentJob) -> SegmentTranscript:
         """Transcribe one segment (at most ``max_batch_audio_s`` long)."""
@@ -80,15 +155,18 @@ class RecognizerDeployment:
             raise result
         return result
 
-    async def _run_batch(self, items: list[_QueuedItem]) -> list[ItemResult]:
+    async def _submit(self, items: list[_QueuedItem]) -> list[ItemResult]:
+        return await self._coalescer.submit(items)
+
+    async def _forward(self, items: list[_QueuedItem]) -> list[ItemResult]:
         started = time.perf_counter()
         for item in items:
             observability.queue_wait_s().observe(started - item.enqueued_at, tags=self._tags)
         jobs = [item.job for item in items]
-        async with self._forward_lock:  # one forward at a time per replica/model
-            results = await asyncio.to_thread(self._recognizer.transcribe_batch, jobs)
-            stats = self._recognizer.last_stats
-        self._record(items, stats, time.perf_counter() - started)
+        # The model call is blocking: a thread keeps the replica's event loop (health
+        # checks, new arrivals joining the next batch) responsive meanwhile.
+        results = await asyncio.to_thread(self._recognizer.transcribe_batch, jobs)
+        self._record(items, self._recognizer.last_stats, time.perf_counter() - started)
         return results
 
     def _record(self, items: list[_QueuedItem], stats, elapsed_s: float) -> None:
@@ -110,7 +188,7 @@ class RecognizerDeployment:
             )
 
     def batch_stats(self) -> dict:
-        """Dynamic batch sizes (items) seen by this replica, for tests and the load tool."""
+        """Batch sizes (items per forward) seen by this replica, for tests and the load tool."""
         return {
             "num_batches": self._num_batches,
             "batch_size_counts": dict(sorted(self._batch_size_counts.items())),

@@ -225,23 +225,29 @@ class AsrIngress:
         return JSONResponse(dict(zip(names, stats)))
 
     async def _healthz(self) -> Response:
-        checks = {"vad": self._vad, **{f"model:{k}": h for k, h in self._recognizers.items()}}
+        """Ready when the VAD and every recognizer have at least one running replica.
 
-        async def probe(handle: DeploymentHandle) -> bool:
-            try:
-                return bool(
-                    await asyncio.wait_for(
-                        handle.ready.remote(), timeout=self._options.health_timeout_s
-                    )
-                )
-            except Exception:  # noqa: BLE001 - any failure means not ready
-                return False
-
-        results = await asyncio.gather(*(probe(h) for h in checks.values()))
-        status = dict(zip(checks, results))
-        ok = all(results)
+        A replica is RUNNING only after its constructor loaded and warmed its model. This
+        asks the Serve controller instead of calling the replicas: a saturated recognizer
+        would queue a probe call behind its backlog and fail every Pod's readiness at once.
+        """
+        app_name = serve.get_replica_context().app_name
+        try:
+            status = await asyncio.wait_for(
+                asyncio.to_thread(serve.status), timeout=self._options.health_timeout_s
+            )
+            deployments = status.applications[app_name].deployments
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return JSONResponse({"status": "unavailable", "error": repr(exc)}, status_code=503)
+        checks = {}
+        for name, dep in deployments.items():
+            if name == "AsrIngress":
+                continue
+            running = int(dep.replica_states.get("RUNNING", 0))
+            checks[name] = {"running_replicas": running, "status": str(dep.status)}
+        ok = bool(checks) and all(c["running_replicas"] > 0 for c in checks.values())
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": status},
+            {"status": "ok" if ok else "unavailable", "checks": checks},
             status_code=200 if ok else 503,
         )
 

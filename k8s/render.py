@@ -1,0 +1,278 @@
+"""Generate the Serve-config patches of the k8s overlays, and build overlays without kustomize.
+
+A RayService takes its Serve config inline, as the string ``spec.serveConfigV2``, so a
+kustomize ``configMapGenerator`` cannot feed it. Instead each overlay carries one generated
+JSON patch, ``serve-config.yaml``, that adds ``serveConfigV2`` with the text of a file in
+``ray_configs/``: the GPU overlays take theirs verbatim (comments included), the CPU
+development overlay takes ``serve.yaml`` with the few keys of its ``serve-overrides.yaml``
+merged in. ``ray_configs/`` stays the one place a Serve config is edited; after an edit::
+
+    python k8s/render.py            # rewrite the generated patches
+    python k8s/render.py --check    # exit 1 if one is stale (tests/test_k8s.py does this)
+    python k8s/render.py --build k8s/overlays/cpu-dev    # print an overlay, no kubectl needed
+
+``--build`` implements the small part of kustomize these overlays use (``resources``,
+JSON6902 ``patches`` with a kind/name target, ``images``) and refuses anything else;
+``tests/test_k8s.py`` compares it with ``kubectl kustomize`` wherever kubectl is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+K8S_DIR = Path(__file__).resolve().parent
+REPO = K8S_DIR.parent
+OVERLAYS_DIR = K8S_DIR / "overlays"
+GENERATED_NAME = "serve-config.yaml"
+
+
+@dataclass(frozen=True)
+class ServeConfigSource:
+    """Where an overlay's ``serveConfigV2`` comes from (paths relative to the repo)."""
+
+    serve_config: str
+    overrides: str | None = None
+
+
+# overlay folder -> the Serve config its RayService runs
+SERVE_CONFIG_SOURCES: dict[str, ServeConfigSource] = {
+    "gpu-paraformer": ServeConfigSource("ray_configs/serve_paraformer_gpu.yaml"),
+    "gpu-sensevoice": ServeConfigSource("ray_configs/serve_sensevoice_gpu.yaml"),
+    "cpu-dev": ServeConfigSource(
+        "ray_configs/serve.yaml", overrides="k8s/overlays/cpu-dev/serve-overrides.yaml"
+    ),
+}
+
+
+# -- serveConfigV2 -------------------------------------------------------------------------
+
+
+def merge_overrides(base: Any, overrides: Any, *, where: str = "") -> Any:
+    """``base`` with ``overrides`` merged in: mappings key by key, lists of mappings that
+    all have a ``name`` item by item by name (a name missing from ``base`` is an error, as
+    a typo would otherwise add an item), anything else replaced."""
+    if isinstance(base, dict) and isinstance(overrides, dict):
+        out = dict(base)
+        for key, value in overrides.items():
+            out[key] = (
+                merge_overrides(base[key], value, where=f"{where}.{key}") if key in base else value
+            )
+        return out
+    if _named_list(base) and _named_list(overrides):
+        by_name = {item["name"]: i for i, item in enumerate(base)}
+        out_list = list(base)
+        for item in overrides:
+            if item["name"] not in by_name:
+                raise ValueError(f"{where}: no item named {item['name']!r} to override")
+            index = by_name[item["name"]]
+            out_list[index] = merge_overrides(base[index], item, where=f"{where}[{item['name']}]")
+        return out_list
+    return copy.deepcopy(overrides)
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+def serve_config_text(source: ServeConfigSource) -> str:
+    """The exact ``serveConfigV2`` string for ``source``."""
+    text = (REPO / source.serve_config).read_text()
+    if source.overrides is None:
+        return text
+    merged = merge_overrides(
+        yaml.safe_load(text), yaml.safe_load((REPO / source.overrides).read_text())
+    )
+    header = f"# {source.serve_config} with {source.overrides} merged in.\n"
+    return header + yaml.safe_dump(merged, sort_keys=False, width=100)
+
+
+def expected_serve_config(source: ServeConfigSource) -> dict:
+    """The Serve config as data: what ``serveConfigV2`` must parse to."""
+    data = yaml.safe_load((REPO / source.serve_config).read_text())
+    if source.overrides is not None:
+        data = merge_overrides(data, yaml.safe_load((REPO / source.overrides).read_text()))
+    return data
+
+
+def render_patch(source: ServeConfigSource) -> str:
+    """The generated JSON6902 patch file that sets ``spec.serveConfigV2``."""
+    text = serve_config_text(source)
+    if "\t" in text or any(line != line.rstrip() for line in text.splitlines()):
+        # A YAML block scalar keeps them, but editors and reviewers do not: keep it clean.
+        raise ValueError(f"{source.serve_config}: tabs or trailing spaces")
+    origin = source.serve_config + (f" + {source.overrides}" if source.overrides else "")
+    body = "".join(f"    {line}\n" if line else "\n" for line in text.splitlines())
+    patch = (
+        f"# GENERATED by `python k8s/render.py` from {origin}: do not edit.\n"
+        "# Sets the RayService's Serve config (a YAML string) to that file's content.\n"
+        "- op: add\n"
+        "  path: /spec/serveConfigV2\n"
+        "  value: |\n"
+        f"{body}"
+    )
+    # The block scalar must give back the exact text (a first line indented deeper than
+    # the rest, for one, would need an indentation indicator).
+    if yaml.safe_load(patch)[0]["value"] != text.rstrip("\n") + "\n":
+        raise ValueError(f"{origin}: does not survive as a YAML block scalar")
+    return patch
+
+
+def generated_files() -> dict[Path, str]:
+    """Every generated file and the content it must have."""
+    return {
+        OVERLAYS_DIR / overlay / GENERATED_NAME: render_patch(source)
+        for overlay, source in SERVE_CONFIG_SOURCES.items()
+    }
+
+
+def stale_files() -> list[Path]:
+    return [
+        path
+        for path, content in generated_files().items()
+        if not path.is_file() or path.read_text() != content
+    ]
+
+
+# -- a minimal kustomize -------------------------------------------------------------------
+
+_SUPPORTED_KEYS = {"apiVersion", "kind", "resources", "patches", "images"}
+
+
+def build(directory: str | Path) -> list[dict]:
+    """The resources ``kubectl kustomize DIRECTORY`` prints, for the features used here."""
+    directory = Path(directory)
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    unsupported = set(kustomization) - _SUPPORTED_KEYS
+    if unsupported:
+        raise ValueError(
+            f"{directory}: {sorted(unsupported)} not supported by render.py --build; "
+            "use kubectl kustomize"
+        )
+    resources: list[dict] = []
+    for entry in kustomization.get("resources", []):
+        path = directory / entry
+        if path.is_dir():
+            resources.extend(build(path))
+        else:
+            resources.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    for patch in kustomization.get("patches", []):
+        if set(patch) != {"path", "target"}:
+            raise ValueError(f"{directory}: only `path` + `target` patches are supported")
+        operations = yaml.safe_load((directory / patch["path"]).read_text())
+        targets = [r for r in resources if _matches(r, patch["target"])]
+        if not targets:
+            raise ValueError(f"{directory}: patch {patch['path']} matches no resource")
+        for resource in targets:
+            for operation in operations:
+                _apply_operation(resource, operation, f"{directory / patch['path']}")
+    for image in kustomization.get("images", []):
+        for resource in resources:
+            _set_image(resource, image)
+    return resources
+
+
+def _matches(resource: dict, target: dict) -> bool:
+    unsupported = set(target) - {"kind", "name"}
+    if unsupported:
+        raise ValueError(f"patch target keys {sorted(unsupported)} not supported")
+    return all(
+        (resource.get("kind") if key == "kind" else resource["metadata"].get("name")) == value
+        for key, value in target.items()
+    )
+
+
+def _pointer(path: str) -> list[str]:
+    if not path.startswith("/"):
+        raise ValueError(f"JSON pointer {path!r} must start with /")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def _apply_operation(doc: dict, operation: dict, where: str) -> None:
+    op, parts = operation["op"], _pointer(operation["path"])
+    parent: Any = doc
+    for part in parts[:-1]:
+        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+    last = parts[-1]
+    if isinstance(parent, list):
+        index = len(parent) if last == "-" else int(last)
+        if op == "add":
+            parent.insert(index, copy.deepcopy(operation["value"]))
+        elif op == "replace":
+            parent[index] = copy.deepcopy(operation["value"])
+        elif op == "remove":
+            del parent[index]
+        elif op == "test":
+            if parent[index] != operation["value"]:
+                raise ValueError(f"{where}: test failed at {operation['path']}")
+        else:
+            raise ValueError(f"{where}: op {op!r} not supported")
+        return
+    if op == "add":
+        parent[last] = copy.deepcopy(operation["value"])
+    elif op == "replace":
+        if last not in parent:
+            raise ValueError(f"{where}: replace of missing {operation['path']}")
+        parent[last] = copy.deepcopy(operation["value"])
+    elif op == "remove":
+        del parent[last]
+    elif op == "test":
+        if parent.get(last) != operation["value"]:
+            raise ValueError(f"{where}: test failed at {operation['path']}")
+    else:
+        raise ValueError(f"{where}: op {op!r} not supported")
+
+
+def _set_image(node: Any, image: dict) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                for container in value:
+                    name = container.get("image", "")
+                    if _image_name(name) == image["name"]:
+                        new = image.get("newName", image["name"])
+                        if "newTag" in image:
+                            new += f":{image['newTag']}"
+                        container["image"] = new
+            _set_image(value, image)
+    elif isinstance(node, list):
+        for value in node:
+            _set_image(value, image)
+
+
+def _image_name(image: str) -> str:
+    image = image.split("@", 1)[0]
+    head, _, tail = image.rpartition(":")
+    return head if head and "/" not in tail else image
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="fail if a generated file is stale")
+    group.add_argument("--build", metavar="DIR", help="print the overlay in DIR")
+    args = parser.parse_args(argv)
+    if args.build:
+        print(yaml.safe_dump_all(build(args.build), sort_keys=False, width=100), end="")
+        return 0
+    if args.check:
+        stale = stale_files()
+        for path in stale:
+            print(f"stale: {path.relative_to(REPO)} (run: python k8s/render.py)", file=sys.stderr)
+        return 1 if stale else 0
+    for path, content in generated_files().items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_file() or path.read_text() != content:
+            path.write_text(content)
+            print(f"wrote {path.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Autoscaling shown, not claimed: ramp load on the Serve app and record the recognizer's
+replica count going up and back down within its bounds.
+
+Starts a local Ray (no dashboard, token auth off), deploys ``serve_app.app:build_app``
+with ``ray_configs/serve.yaml``'s real CPU models (FSMN-VAD + Whisper tiny.en) and an
+autoscaling recognizer (1-3 replicas, ``num_cpus: 0`` so three fit on two cores), then
+
+1. ramps concurrent clients (loopback only) through a fixed schedule, each sending a
+   short multi-sentence WAV (espeak-ng speech: several VAD segments per request),
+2. stops the load and waits for the recognizer to scale back down to its minimum,
+
+printing one line a second: time, clients, HTTP requests in flight and done, what Serve's
+autoscaler sees for the recognizer (its ongoing segments, summed over replicas and
+callers, and the replica count it wants: ``serve_autoscaling_total_requests`` and
+``serve_autoscaling_desired_replicas`` from Ray's metrics endpoint), and the recognizer's
+RUNNING (and STARTING/STOPPING) replicas from ``serve.status()``. Everything is
+bounded in time (about 4-6 minutes on 2 cores) and stops by itself. Exit status 0 only if
+the recognizer scaled up, came back down to its minimum, and never left its bounds.
+
+    python scripts/autoscale_demo.py [--max-clients 12] [--step-s 25]
+
+The recognizer's autoscaling here follows the production rule at a small scale:
+``target_ongoing_requests`` = ``max_batch_items`` (4): a replica is asked to hold one full
+batch of segments before Serve adds the next replica.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+# Before Ray is imported: every Ray process started from here inherits these.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
+# Serve's autoscaling metrics are pushed every 10 s by default; 1 s lets a short demo
+# react in seconds (production keeps the defaults).
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1")
+# Export metrics every second, so the timeline can show what Serve's autoscaler sees.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+APP_NAME = "asr-autoscale-demo"
+MIN_REPLICAS = 1
+MAX_REPLICAS = 3
+MAX_BATCH_ITEMS = 4
+AUTOSCALING = {
+    "min_replicas": MIN_REPLICAS,
+    "max_replicas": MAX_REPLICAS,
+    # One full batch per replica before scaling out (see the module docstring).
+    "target_ongoing_requests": MAX_BATCH_ITEMS,
+    "upscale_delay_s": 3,
+    "downscale_delay_s": 15,
+    # Averaged over 11 s: Ray wants it above the (deprecated) 10 s metrics_interval_s.
+    "look_back_period_s": 11,
+}
+
+
+def demo_app_config(models_dir: str | None) -> dict:
+    """``ray_configs/serve.yaml``'s app args with an autoscaling recognizer, 0-CPU replicas."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text())
+    args = raw["applications"][0]["args"]
+    args["models_dir"] = models_dir
+    zero_cpu = {"num_cpus": 0}
+    args["vad_deployment"].update(ray_actor_options=zero_cpu, max_ongoing_requests=16)
+    args["ingress"]["deployment"].update(ray_actor_options=zero_cpu)
+    recognizer = args["recognizers"][0]
+    recognizer["cpu_threads"] = 1  # three replicas share two cores
+    recognizer["batch"].update(max_batch_items=MAX_BATCH_ITEMS, batch_wait_timeout_s=0.05)
+    recognizer["deployment"] = {
+        "num_replicas": "auto",
+        # >= max_batch_items x max_concurrent_batches (AppConfig checks it).
+        "max_ongoing_requests": 2 * MAX_BATCH_ITEMS,
+        "ray_actor_options": zero_cpu,
+        "autoscaling_config": AUTOSCALING,
+    }
+    return args
+
+
+def make_audio(out_dir: Path) -> tuple[bytes, float]:
+    """A WAV of three spoken sentences with pauses (three VAD segments)."""
+    import numpy as np
+    import soundfile as sf
+
+    from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
+
+    if not have_espeak():
+        raise SystemExit(
+            "espeak-ng and sox are needed to make speech (bash scripts/setup.sh --test)"
+        )
+    parts = [synthesize(text, out_dir) for text in SENTENCES[:3]]
+    samples = concat_with_pauses(parts, pause_s=0.8)
+    path = out_dir / "demo.wav"
+    sf.write(path, np.asarray(samples), 16000, subtype="PCM_16")
+    return path.read_bytes(), len(samples) / 16000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Load:
+    """``clients`` concurrent loops posting the same file; counts in flight and done."""
+
+    def __init__(self, url: str, audio: bytes, model: str) -> None:
+        self.url, self.audio, self.model = url, audio, model
+        self.clients = 0
+        self.in_flight = 0
+        self.done = 0
+        self.errors = 0
+        self._tasks: list[asyncio.Task] = []
+
+    async def set_clients(self, clients: int, http) -> None:
+        self.clients = clients
+        while len(self._tasks) < clients:
+            self._tasks.append(asyncio.create_task(self._client(len(self._tasks), http)))
+
+    async def stop(self) -> None:
+        self.clients = 0
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _client(self, index: int, http) -> None:
+        while index < self.clients:
+            self.in_flight += 1
+            try:
+                response = await http.post(
+                    f"{self.url}/v1/audio/transcriptions",
+                    files={"file": ("demo.wav", self.audio, "audio/wav")},
+                    data={"model": self.model},
+                )
+                if response.status_code == 200:
+                    self.done += 1
+                else:
+                    self.errors += 1
+            except httpx.HTTPError:  # counted; the demo goes on
+                self.errors += 1
+            finally:
+                self.in_flight -= 1
+
+
+def autoscaler_view(metrics_url: str, deployment: str) -> tuple[str, str]:
+    """(total requests, desired replicas) of ``deployment`` as Serve's autoscaler exported
+    them last; "-" before the first export."""
+    import urllib.request
+
+    values = {}
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as response:
+            lines = response.read().decode().splitlines()
+    except OSError:
+        return "-", "-"
+    for line in lines:
+        for name in ("total_requests", "desired_replicas"):
+            prefix = f"ray_serve_autoscaling_{name}{{"
+            if line.startswith(prefix) and f'deployment="{deployment}"' in line:
+                values[name] = float(line.rsplit(" ", 1)[1])
+    return tuple(  # type: ignore[return-value]
+        f"{values[n]:.1f}" if n in values else "-" for n in ("total_requests", "desired_replicas")
+    )
+
+
+def replica_counts(serve, deployment: str) -> dict[str, int]:
+    app = serve.status().applications.get(APP_NAME)
+    if app is None or deployment not in app.deployments:
+        return {}
+    states = app.deployments[deployment].replica_states
+    return {str(getattr(state, "value", state)): n for state, n in states.items()}
+
+
+async def run(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import AppConfig, resolve_models_dir
+
+    models_dir = str(resolve_models_dir(None))
+    config = AppConfig.model_validate(demo_app_config(models_dir))
+    recognizer = f"Recognizer-{config.recognizers[0].name}"
+    schedule = [c for c in (1, 2, 4, 8, args.max_clients) if c <= args.max_clients]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio, duration_s = make_audio(Path(tmp))
+    print(f"# autoscale demo  {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
+    print(
+        f"# machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}, Ray {ray.__version__}"
+    )
+    print(f"# recognizer {recognizer}: autoscaling_config {AUTOSCALING}")
+    print(
+        f"#   batch max_batch_items {MAX_BATCH_ITEMS}, max_ongoing_requests "
+        f"{config.recognizers[0].deployment.max_ongoing_requests}"
+    )
+    print(f"# load: {duration_s:.1f} s WAV (3 sentences), clients {schedule}, {args.step_s} s each")
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    started = time.monotonic()
+    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    while True:
+        status = serve.status().applications.get(APP_NAME)
+        if status is not None and status.status == "RUNNING":
+            break
+        if status is not None and status.status == "DEPLOY_FAILED":
+            print(f"deploy failed: {status.message}")
+            return 2
+        if time.monotonic() - started > args.deploy_timeout_s:
+            print("deploy timed out")
+            return 2
+        await asyncio.sleep(1)
+    print(f"# deployed in {time.monotonic() - started:.0f} s; 127.0.0.1:{port}")
+    metrics_url = f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
+    print(
+        f"{'t_s':>5} {'phase':>8} {'clients':>7} {'http':>4} {'done':>5} {'err':>3} "
+        f"{'seen':>5} {'want':>4}  replicas"
+    )
+    print(
+        "# http: requests in flight; seen / want: the recognizer's ongoing segments and "
+        "desired replicas, as Serve's autoscaler last reported them"
+    )
+
+    load = Load(f"http://127.0.0.1:{port}", audio, config.recognizers[0].name)
+    t0 = time.monotonic()
+    max_running = 0
+    out_of_bounds = False
+
+    async def sample(phase: str) -> dict[str, int]:
+        nonlocal max_running, out_of_bounds
+        counts = await asyncio.to_thread(replica_counts, serve, recognizer)
+        seen, want = await asyncio.to_thread(autoscaler_view, metrics_url, recognizer)
+        running = counts.get("RUNNING", 0)
+        max_running = max(max_running, running)
+        out_of_bounds |= not MIN_REPLICAS <= running <= MAX_REPLICAS
+        others = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k != "RUNNING")
+        t = time.monotonic() - t0
+        print(
+            f"{t:5.0f} {phase:>8} {load.clients:7d} {load.in_flight:4d} {load.done:5d} "
+            f"{load.errors:3d} {seen:>5} {want:>4}  RUNNING={running} {'#' * running}"
+            f"{'  ' + others if others else ''}",
+            flush=True,
+        )
+        return counts
+
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
+        for clients in schedule:
+            await load.set_clients(clients, http)
+            step_end = time.monotonic() + args.step_s
+            while time.monotonic() < step_end:
+                await sample("ramp")
+                await asyncio.sleep(1)
+        await load.stop()
+        scaled_down_at = None
+        deadline = time.monotonic() + args.cooldown_timeout_s
+        while time.monotonic() < deadline:
+            counts = await sample("cooldown")
+            if counts == {"RUNNING": MIN_REPLICAS}:
+                scaled_down_at = time.monotonic() - t0
+                break
+            await asyncio.sleep(1)
+
+    scaled_up = max_running > MIN_REPLICAS
+    print(
+        f"# summary: peak RUNNING={max_running} (bounds {MIN_REPLICAS}-{MAX_REPLICAS}), "
+        f"requests done={load.done} errors={load.errors}, "
+        f"back to {MIN_REPLICAS} at t={scaled_down_at:.0f} s"
+        if scaled_down_at is not None
+        else f"# summary: peak RUNNING={max_running}, never scaled back down to {MIN_REPLICAS}"
+    )
+    for line in _metric_names(ray):
+        print(line)
+    serve.delete(APP_NAME)
+    ok = scaled_up and scaled_down_at is not None and not out_of_bounds
+    print(
+        f"# result: {'OK' if ok else 'FAILED'} (scaled up: {scaled_up}, "
+        f"scaled down: {scaled_down_at is not None}, within bounds: {not out_of_bounds})"
+    )
+    return 0 if ok else 1
+
+
+def _metric_names(ray) -> list[str]:
+    """The Prometheus names our metrics and Serve's get on this node's metrics endpoint."""
+    import urllib.request
+
+    try:
+        port = ray.nodes()[0]["MetricsExportPort"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except (OSError, KeyError, IndexError) as error:  # informational only
+        return [f"# metrics endpoint not read: {error}"]
+    names = sorted(
+        {
+            line.split("{")[0].split(" ")[0]
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+    )
+    ours = [n for n in names if "asr_" in n]
+    serve_names = [n for n in names if "serve_" in n]
+    return [
+        f"# metrics on :{port}/metrics: {len(ours)} asr_* series names: {' '.join(ours)}",
+        f"# {len(serve_names)} serve_* names, e.g. {' '.join(serve_names[:12])}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-clients", type=int, default=12)
+    parser.add_argument("--step-s", type=float, default=25.0, help="seconds per load step")
+    parser.add_argument("--deploy-timeout-s", type=float, default=180.0)
+    parser.add_argument("--cooldown-timeout-s", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run(args))
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()  # also on errors: the local cluster must not outlive the demo
+
+
+if __name__ == "__main__":
+    sys.exit(main())

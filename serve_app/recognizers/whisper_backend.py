@@ -1,0 +1,317 @@
+"""Whisper (CTranslate2, via faster-whisper) as an :class:`AsrBackend`.
+
+``forward`` runs a whole batch as ONE encoder call and ONE ``generate`` call, the way
+faster-whisper's ``BatchedInferencePipeline.generate_segment_batched`` does: each segment's
+log-Mel features are padded to Whisper's fixed 30 s window (3000 frames), so items of any
+length <= 30 s share a batch. Decoding is greedy by default (``beam_size=1``), without
+timestamps (segment-level text), with faster-whisper's default token suppression and
+Whisper's no-speech rule. There is no temperature fallback: it would make results depend
+on sampling and items would no longer be reproducible one at a time.
+
+Thread safety: the CTranslate2 model may be called from several threads at once (calls
+are queued onto ``num_workers`` model replicas); this object keeps no per-call state, and
+its only mutable field, a per-language tokenizer cache, is filled under a lock. One
+instance can therefore serve concurrent ``forward`` calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serve_app.audio import SAMPLE_RATE_HZ
+from serve_app.modelref import resolve_model_ref
+from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
+
+logger = logging.getLogger(__name__)
+
+# Whisper's fixed input window: 30 s of 16 kHz audio -> 3000 Mel frames (hop 160).
+WINDOW_S = 30.0
+WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE_HZ)
+WINDOW_FRAMES = 3000
+
+# Decoder budget per batch: ~12 tokens per second of the longest item plus a floor. Fast
+# speech is ~4-5 tokens/s, so real text is never cut; a looping (hallucinating) item stops
+# early instead of holding the whole batch to the model's 448-token limit.
+MAX_NEW_TOKENS_PER_S = 12.0
+MIN_NEW_TOKENS = 24
+
+# Whisper's own no-speech rule (openai/whisper, faster-whisper): a segment is silence when
+# the no-speech probability is high AND the decoded text is improbable.
+NO_SPEECH_PROB_THRESHOLD = 0.6
+LOG_PROB_THRESHOLD = -1.0
+# Peak amplitude below which a segment is digital silence (-80 dBFS, ~3 LSB of 16-bit PCM).
+SILENCE_PEAK = 1e-4
+# Above this zlib compression ratio the text is repetitive (a typical hallucination).
+COMPRESSION_RATIO_THRESHOLD = 2.4
+
+# Accepted precision aliases -> CTranslate2 compute types; CTranslate2 names pass through.
+PRECISION_TO_COMPUTE_TYPE = {
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+    "int8": "int8",
+}
+
+
+def resolve_compute_type(precision: str | None, device: str) -> str:
+    """Map ``fp32|fp16|bf16|int8`` (or a CTranslate2 compute type) to a compute type.
+
+    ``None`` picks ``int8`` on CPU and ``float16`` on CUDA.
+    """
+    if precision is None:
+        return "float16" if device == "cuda" else "int8"
+    return PRECISION_TO_COMPUTE_TYPE.get(precision, precision)
+
+
+def resolve_model_path(model_ref: str, models_dir: Path | None = None) -> str:
+    """An existing directory, else ``models_dir/model_ref``, else a hub download.
+
+    The hub path (``tiny.en``, ``Systran/faster-whisper-small``...) first looks in the
+    Hugging Face cache, then downloads. Offline, huggingface_hub fails within its own
+    connect timeouts; any failure becomes a ``FileNotFoundError`` naming every place tried.
+    """
+    resolved = resolve_model_ref(model_ref, models_dir)
+    if Path(resolved).is_dir():
+        return resolved
+
+    from faster_whisper.utils import download_model
+
+    try:
+        return download_model(model_ref, local_files_only=True)
+    except Exception:  # not cached: try the network below
+        pass
+    try:
+        return download_model(model_ref)
+    except Exception as exc:
+        where = f", nor under {models_dir}" if models_dir is not None else ""
+        raise FileNotFoundError(
+            f"whisper model {model_ref!r} is not a directory{where}, not in the Hugging "
+            f"Face cache, and could not be downloaded ({type(exc).__name__}: {exc}); "
+            "run scripts/provision_models.py or pass a model directory"
+        ) from exc
+
+
+class WhisperBackend:
+    """A CTranslate2 Whisper model behind the :class:`AsrBackend` protocol."""
+
+    def __init__(
+        self,
+        model_ref: str,
+        *,
+        models_dir: Path | None = None,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        beam_size: int = 1,
+        cpu_threads: int = 0,
+        num_workers: int = 1,
+        device_index: int = 0,
+        name: str | None = None,
+    ) -> None:
+        """Load the model.
+
+        Args:
+            model_ref: a model directory, a folder name under ``models_dir``, or a
+                faster-whisper hub name (``tiny.en``...; needs network unless cached).
+            models_dir: where provisioned models live (``scripts/provision_models.py``).
+            device: ``cpu`` or ``cuda``.
+            compute_type: ``fp32|fp16|bf16|int8`` or any CTranslate2 compute type
+                (``int8_float16``...); default ``int8`` on CPU, ``float16`` on CUDA.
+            beam_size: 1 is greedy (deterministic, fastest).
+            cpu_threads: CTranslate2 intra-op threads on CPU (0: its default /
+                ``OMP_NUM_THREADS``).
+            num_workers: model replicas for concurrent ``forward`` calls from threads.
+            device_index: CUDA device.
+            name: the served name; default ``whisper-<model folder>``.
+        """
+        from faster_whisper import WhisperModel
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        self._tokenizer_cls = Tokenizer
+        self.model_path = resolve_model_path(model_ref, models_dir)
+        self.device = device
+        self.compute_type = resolve_compute_type(compute_type, device)
+        self.beam_size = beam_size
+        self._model = WhisperModel(
+            self.model_path,
+            device=device,
+            device_index=device_index,
+            compute_type=self.compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+        )
+        self.is_multilingual = bool(self._model.model.is_multilingual)
+        self._tokenizers: dict[str, object] = {}
+        self._lock = threading.Lock()
+        # Same suppression as faster-whisper's transcribe() default (suppress_tokens=[-1]).
+        self._suppress_tokens = list(get_suppressed_tokens(self._tokenizer("en"), [-1]))
+        folder = Path(model_ref.rstrip("/")).name  # "whisper-tiny.en", "tiny.en", "org/x" -> "x"
+        self._name = name or (folder if "whisper" in folder else f"whisper-{folder}")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def group_key(self, options: RecognitionOptions) -> object:
+        """Items sharing a prompt (and hotwords) may share a forward pass.
+
+        CTranslate2 needs ``<|startoftranscript|>`` at the same position in every prompt of
+        a batch, so the text before it (initial prompt, hotwords) must be common; the
+        language token after it can differ per item, so language is not part of the key.
+        """
+        return (_clean_prompt(options.prompt), tuple(options.hotwords))
+
+    def forward(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
+        """Transcribe ``jobs`` (equal ``group_key``) as one encode + one generate call.
+
+        Digitally silent or empty segments get ``""`` without reaching the model; a segment
+        longer than 30 s, or a batch mixing prompts, raises ``ValueError``.
+        """
+        if not jobs:
+            return []
+        for job in jobs:
+            if len(job.audio) > WINDOW_SAMPLES:
+                raise ValueError(
+                    f"segment of {job.duration_s:.2f} s exceeds Whisper's {WINDOW_S:.0f} s "
+                    "window; segment the audio first"
+                )
+        if any(self.group_key(job.options) != self.group_key(jobs[0].options) for job in jobs):
+            raise ValueError("a Whisper batch must share prompt and hotwords (see group_key)")
+
+        # Digital silence never reaches the model: Whisper tends to "hear" a word ("you")
+        # in a long silent window, and skipping it costs nothing.
+        results = [
+            SegmentTranscript(text="", language=self._silent_language(job.options)) for job in jobs
+        ]
+        audible = [i for i, job in enumerate(jobs) if _peak(job.audio) >= SILENCE_PEAK]
+        if audible:
+            decoded = self._decode_batch([jobs[i] for i in audible])
+            for i, transcript in zip(audible, decoded, strict=True):
+                results[i] = transcript
+        return results
+
+    def _decode_batch(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
+        """The one encode + generate call over non-silent ``jobs``."""
+        prompt_text = _clean_prompt(jobs[0].options.prompt)
+        hotwords = " ".join(jobs[0].options.hotwords) or None
+        features = np.stack([self._features(job.audio) for job in jobs])
+        encoder_output = self._model.encode(features)
+        languages = self._languages(jobs, encoder_output)
+
+        # One prompt per item, identical but for the language token.
+        base_tokenizer = self._tokenizer(languages[0])
+        previous = base_tokenizer.encode(" " + prompt_text) if prompt_text else []
+        base_prompt = self._model.get_prompt(
+            base_tokenizer, previous, without_timestamps=True, hotwords=hotwords
+        )
+        prompts = []
+        for language in languages:
+            prompt = list(base_prompt)
+            if self.is_multilingual:
+                index = prompt.index(base_tokenizer.language)
+                prompt[index] = self._tokenizer(language).language
+            prompts.append(prompt)
+
+        longest_s = max(job.duration_s for job in jobs)
+        budget = MIN_NEW_TOKENS + math.ceil(longest_s * MAX_NEW_TOKENS_PER_S)
+        max_length = min(self._model.max_length, len(base_prompt) + budget)
+        generated = self._model.model.generate(
+            encoder_output,
+            prompts,
+            beam_size=self.beam_size,
+            max_length=max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=True,
+            suppress_tokens=self._suppress_tokens,
+        )
+        return [
+            self._transcript(result, language, base_tokenizer)
+            for result, language in zip(generated, languages, strict=True)
+        ]
+
+    def warmup(self, batch_size: int = 2) -> None:
+        """Run one short batch so the first request does not pay for lazy initialisation."""
+        t = np.arange(SAMPLE_RATE_HZ, dtype=np.float32) / SAMPLE_RATE_HZ
+        tone = (0.1 * np.sin(2 * np.pi * 220.0 * t)).astype(np.float32)
+        self.forward([SegmentJob(audio=tone) for _ in range(max(1, batch_size))])
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _silent_language(self, options: RecognitionOptions) -> str | None:
+        return options.language if self.is_multilingual else "en"
+
+    def _tokenizer(self, language: str):
+        with self._lock:
+            tokenizer = self._tokenizers.get(language)
+            if tokenizer is None:
+                tokenizer = self._tokenizer_cls(
+                    self._model.hf_tokenizer,
+                    self.is_multilingual,
+                    task="transcribe",
+                    language=language,
+                )
+                self._tokenizers[language] = tokenizer
+            return tokenizer
+
+    def _features(self, audio: np.ndarray) -> np.ndarray:
+        """Log-Mel of one segment padded to 3000 frames, as BatchedInferencePipeline does.
+
+        (The extractor appends one frame for its 160-sample end padding; it is dropped, and
+        the rest is zero-padded in log-Mel space, exactly like faster-whisper's own paths.)
+        """
+        from faster_whisper.audio import pad_or_trim
+
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        mel = self._model.feature_extractor(samples)[..., :-1]
+        return pad_or_trim(mel, WINDOW_FRAMES)
+
+    def _languages(self, jobs: Sequence[SegmentJob], encoder_output) -> list[str]:
+        """Per-item language: ``en`` for English-only models, else requested or detected."""
+        if not self.is_multilingual:
+            for job in jobs:
+                if job.options.language not in (None, "en"):
+                    logger.debug("English-only model: ignoring language=%s", job.options.language)
+            return ["en"] * len(jobs)
+        requested = [job.options.language for job in jobs]
+        if all(requested):
+            return [str(language) for language in requested]
+        # Each entry is [("<|xx|>", prob), ...], most probable first.
+        detected = self._model.model.detect_language(encoder_output)
+        return [
+            language or ranked[0][0][2:-2]
+            for language, ranked in zip(requested, detected, strict=True)
+        ]
+
+    def _transcript(self, result, language: str, tokenizer) -> SegmentTranscript:
+        tokens = result.sequences_ids[0]
+        # CTranslate2 returns the cumulative log-prob normalised by length (penalty 1).
+        avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH_PROB_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
+            return SegmentTranscript(text="", language=language)
+        text = tokenizer.decode(tokens).strip()
+        if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
+            logger.warning("repetitive Whisper output (likely hallucination): %.80r", text)
+        return SegmentTranscript(text=text, language=language)
+
+
+def _peak(audio: np.ndarray) -> float:
+    return float(np.max(np.abs(audio))) if len(audio) else 0.0
+
+
+def _clean_prompt(prompt: str | None) -> str | None:
+    prompt = (prompt or "").strip()
+    return prompt or None
+
+
+def _compression_ratio(text: str) -> float:
+    import zlib
+
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw))

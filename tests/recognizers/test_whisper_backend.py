@@ -1,0 +1,280 @@
+"""WhisperBackend on the real Whisper tiny.en (CTranslate2) over espeak-ng speech.
+
+The reference is faster-whisper itself: ``WhisperModel.transcribe`` run one file at a time.
+Our backend transcribes a whole batch in one encode + one generate call, so it must match
+faster-whisper's own sequential decode word for word when the decoding settings are the
+same, and stay within a small WER margin of its default (timestamped) greedy mode.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.errors import RecognitionError
+from serve_app.evaluation import word_error_rate
+from serve_app.recognizers.base import (
+    AsrBackend,
+    BatchedRecognizer,
+    RecognitionOptions,
+    SegmentJob,
+    SegmentTranscript,
+)
+from serve_app.recognizers.whisper_backend import WhisperBackend, resolve_compute_type
+from tests.speech import SENTENCES, have_espeak, silence, synthesize
+
+MODEL_FOLDER = "whisper-tiny.en"
+CPU_THREADS = min(4, os.cpu_count() or 1)
+
+# Our batched greedy decode runs without timestamp tokens; faster-whisper's default decode
+# predicts timestamps, which conditions the text slightly differently. On these 16 sentences
+# (142 words) that costs tiny.en 0-3 words either way (measured: int8 +3 words, float32
+# +0), so the margin is 0.03 (~4 words): a real regression (wrong features, a dropped
+# prompt token, padding leaking into the text) costs far more.
+WER_MARGIN_VS_SEQUENTIAL = 0.03
+MAX_WER = 0.15  # tiny.en on clean espeak speech: ~0.08-0.11 measured
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(models_dir: Path) -> Path:
+    path = models_dir / MODEL_FOLDER
+    if not (path / "model.bin").is_file():
+        pytest.skip(f"{path} is not provisioned (scripts/provision_models.py)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def backend(whisper_dir: Path) -> WhisperBackend:
+    backend = WhisperBackend(str(whisper_dir), compute_type="int8", cpu_threads=CPU_THREADS)
+    backend.warmup()
+    return backend
+
+
+@pytest.fixture(scope="module")
+def sentences_16(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    if not have_espeak():
+        pytest.skip("espeak-ng and sox are needed")
+    tmp = tmp_path_factory.mktemp("whisper-tts")
+    return [synthesize(text, tmp) for text in SENTENCES[:16]]
+
+
+@pytest.fixture(scope="module")
+def cut_sentences(sentences_16) -> list[np.ndarray]:
+    """8 sentences cut to 35-98 % of their length: every item is padded differently."""
+    return [
+        audio[: int(len(audio) * (0.35 + 0.09 * i))] for i, audio in enumerate(sentences_16[:8])
+    ]
+
+
+@pytest.fixture(scope="module")
+def batched_16(backend, sentences_16) -> list[str]:
+    """The 16 sentences as ONE forward pass (shared by the tests that compare it)."""
+    return texts(backend.forward([SegmentJob(audio) for audio in sentences_16]))
+
+
+def texts(results: list[SegmentTranscript]) -> list[str]:
+    return [result.text for result in results]
+
+
+# -- no model needed ----------------------------------------------------------------------
+
+
+def test_compute_type_mapping() -> None:
+    assert resolve_compute_type("fp32", "cpu") == "float32"
+    assert resolve_compute_type("fp16", "cuda") == "float16"
+    assert resolve_compute_type("bf16", "cuda") == "bfloat16"
+    assert resolve_compute_type("int8", "cpu") == "int8"
+    assert resolve_compute_type("int8_float16", "cuda") == "int8_float16"  # pass-through
+    assert resolve_compute_type(None, "cpu") == "int8"
+    assert resolve_compute_type(None, "cuda") == "float16"
+
+
+@pytest.mark.parametrize("model_ref", ["not-a-whisper-size", "example-org/no-such-whisper"])
+def test_unknown_model_fails_fast_offline(model_ref, tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    # Never touch the network from a test, whatever this machine can reach.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="provision_models"):
+        WhisperBackend(model_ref, models_dir=tmp_path)
+    assert time.monotonic() - started < 10
+
+
+# -- the real model -----------------------------------------------------------------------
+
+
+def test_loads_by_folder_name_under_models_dir(whisper_dir: Path) -> None:
+    backend = WhisperBackend(MODEL_FOLDER, models_dir=whisper_dir.parent, cpu_threads=1)
+    assert isinstance(backend, AsrBackend)
+    assert backend.name == "whisper-tiny.en"
+    assert backend.compute_type == "int8"
+    assert not backend.is_multilingual
+
+
+@pytest.mark.slow
+def test_wer_of_one_batch_vs_faster_whisper_sequential(backend, sentences_16, batched_16) -> None:
+    batched = batched_16
+    model = backend._model  # faster-whisper's WhisperModel, same weights and compute type
+    sequential = [
+        " ".join(s.text.strip() for s in model.transcribe(audio, language="en", beam_size=1)[0])
+        for audio in sentences_16
+    ]
+    references = SENTENCES[:16]
+    wer_batched = word_error_rate(references, batched)
+    wer_sequential = word_error_rate(references, sequential)
+    detail = f"batched WER {wer_batched:.3f}, sequential WER {wer_sequential:.3f}"
+    assert wer_batched < MAX_WER, detail
+    assert wer_batched <= wer_sequential + WER_MARGIN_VS_SEQUENTIAL, detail
+
+
+@pytest.mark.slow
+def test_one_batch_equals_faster_whisper_decode_item_by_item(
+    backend, sentences_16, batched_16
+) -> None:
+    # Same settings as ours: greedy, no timestamps, no temperature fallback.
+    batched = batched_16
+    model = backend._model
+    sequential = [
+        " ".join(
+            s.text.strip()
+            for s in model.transcribe(
+                audio, language="en", beam_size=1, without_timestamps=True, temperature=0.0
+            )[0]
+        )
+        for audio in sentences_16
+    ]
+    assert batched == sequential
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compute_type", ["int8", "float32"])
+def test_batched_equals_one_at_a_time(whisper_dir, cut_sentences, compute_type) -> None:
+    backend = WhisperBackend(str(whisper_dir), compute_type=compute_type, cpu_threads=CPU_THREADS)
+    jobs = [SegmentJob(audio) for audio in cut_sentences]
+    batched = texts(backend.forward(jobs))
+    alone = [backend.forward([job])[0].text for job in jobs]
+    assert batched == alone  # greedy, padded to the same 30 s window: bit-for-bit the same
+    assert sum(bool(text) for text in batched) >= 6  # real speech, real text
+
+
+@pytest.mark.slow
+def test_prompt_reaches_the_decoder(backend, tmp_path) -> None:
+    if not have_espeak():
+        pytest.skip("espeak-ng and sox are needed")
+    audio = synthesize("The children played football in the park after school.", tmp_path)
+    recorded: list[list[list[int]]] = []
+    real_model = backend._model.model
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(real_model, name)
+
+        def generate(self, encoder_output, prompts, **kwargs):
+            recorded.append(prompts)
+            return real_model.generate(encoder_output, prompts, **kwargs)
+
+    options = RecognitionOptions(prompt="Football.")
+    backend._model.model = Spy()
+    try:
+        prompted = backend.forward([SegmentJob(audio, options), SegmentJob(audio, options)])
+    finally:
+        backend._model.model = real_model
+    tokenizer = backend._tokenizer("en")
+    expected = [tokenizer.sot_prev, *tokenizer.encode(" Football.")]
+    assert all(prompt[: len(expected)] == expected for prompt in recorded[0])
+    assert "football" in prompted[0].text.lower()  # tiny.en alone hears "foot all"
+    assert prompted[0] == prompted[1]
+
+    backend._model.model = Spy()
+    try:
+        backend.forward([SegmentJob(audio, RecognitionOptions(hotwords=("football", "park")))])
+    finally:
+        backend._model.model = real_model
+    expected = [tokenizer.sot_prev, *tokenizer.encode(" football park")]
+    assert recorded[1][0][: len(expected)] == expected
+
+
+def test_group_key_covers_prompt_and_hotwords_not_language(backend) -> None:
+    key = backend.group_key
+    assert key(RecognitionOptions()) == key(RecognitionOptions(language="de"))
+    assert key(RecognitionOptions(prompt=" Hello ")) == key(RecognitionOptions(prompt="Hello"))
+    assert key(RecognitionOptions(prompt="")) == key(RecognitionOptions())
+    assert key(RecognitionOptions(prompt="a")) != key(RecognitionOptions(prompt="b"))
+    assert key(RecognitionOptions(hotwords=("x",))) != key(RecognitionOptions())
+    with pytest.raises(ValueError, match="share prompt"):
+        backend.forward(
+            [SegmentJob(silence(0.5)), SegmentJob(silence(0.5), RecognitionOptions(prompt="x"))]
+        )
+
+
+@pytest.mark.slow
+def test_language_on_english_only_model(backend, sentences_16) -> None:
+    jobs = [SegmentJob(sentences_16[0], RecognitionOptions(language=lang)) for lang in ("de", None)]
+    german, default = backend.forward(jobs)  # one batch: language is per item
+    assert german.language == default.language == "en"
+    assert german.text == default.text
+
+
+def test_silence_and_empty_segments_give_no_text(backend) -> None:
+    # Faint noise goes through the model (Whisper's no-speech rule); digital silence and
+    # empty segments are answered without it (30 s of zeros makes tiny.en say "you").
+    noise = (0.003 * np.random.default_rng(0).standard_normal(32_000)).astype(np.float32)
+    jobs = [
+        SegmentJob(silence(2.0)),
+        SegmentJob(noise),
+        SegmentJob(np.zeros(0, np.float32)),
+        SegmentJob(silence(30.0)),
+    ]
+    results = backend.forward(jobs)
+    assert texts(results) == ["", "", "", ""]
+    assert {result.language for result in results} == {"en"}
+
+
+def test_segment_longer_than_window_is_rejected(backend) -> None:
+    with pytest.raises(ValueError, match="30 s window"):
+        backend.forward([SegmentJob(silence(30.5))])
+    thirty_s = (0.3 * np.sin(np.arange(30 * 16_000) / 8.0)).astype(np.float32)
+    assert isinstance(backend.forward([SegmentJob(thirty_s)])[0], SegmentTranscript)
+
+
+@pytest.mark.slow
+def test_runs_under_batched_recognizer(backend, sentences_16) -> None:
+    prompt = RecognitionOptions(prompt="Vegetables.")
+    jobs = [
+        SegmentJob(sentences_16[1]),
+        SegmentJob(sentences_16[11], prompt),
+        SegmentJob(silence(31.0)),  # over the window: fails alone
+        SegmentJob(sentences_16[4]),
+        SegmentJob(sentences_16[12], prompt),
+    ]
+    runner = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    results = runner.transcribe_batch(jobs)
+    assert isinstance(results[2], RecognitionError)
+    good = [r for i, r in enumerate(results) if i != 2]
+    assert all(isinstance(r, SegmentTranscript) for r in good)
+    refs = [SENTENCES[i] for i in (1, 11, 4, 12)]
+    assert word_error_rate(refs, [r.text for r in good]) < 0.2
+    assert runner.last_stats.num_failed_items == 1
+
+
+@pytest.mark.slow
+def test_concurrent_forward_calls_agree(backend, sentences_16) -> None:
+    jobs = [SegmentJob(audio) for audio in sentences_16[:2]]
+    expected = texts(backend.forward(jobs))
+    results: list[list[str]] = []
+
+    def work() -> None:
+        results.append(texts(backend.forward(jobs)))
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [expected, expected]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,7 +50,8 @@ def synthesize_wav(text: str, path: Path, *, voice: str = "en-us", speed_wpm: in
         check=True, capture_output=True,
     )
     subprocess.run(
-        ["sox", str(raw), "-r", "16000", "-c", "1", "-b", "16", str(path)],
+        # -D: no dither, so the same text gives the same samples in every run.
+        ["sox", str(raw), "-D", "-r", "16000", "-c", "1", "-b", "16", str(path)],
         check=True, capture_output=True,
     )
     raw.unlink()
@@ -58,7 +60,8 @@ def synthesize_wav(text: str, path: Path, *, voice: str = "en-us", speed_wpm: in
 
 def synthesize(text: str, tmp_dir: Path, **kwargs) -> np.ndarray:
     """Speak ``text`` and return 16 kHz mono float32 samples."""
-    path = synthesize_wav(text, tmp_dir / f"tts_{abs(hash(text))}.wav", **kwargs)
+    digest = hashlib.sha1(f"{text}|{sorted(kwargs.items())}".encode()).hexdigest()[:16]
+    path = synthesize_wav(text, tmp_dir / f"tts_{digest}.wav", **kwargs)
     samples, rate = sf.read(path, dtype="float32")
     assert rate == 16000
     return samples

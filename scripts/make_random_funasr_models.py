@@ -1,0 +1,581 @@
+"""Write architecture-faithful, RANDOM-WEIGHT FunASR model folders.
+
+The weights are random: every transcript is GIBBERISH TEXT. These folders exist for
+throughput measurements and batched-equals-sequential checks only, never for accuracy.
+
+Each folder has the files of the real hub model (``config.yaml``, ``configuration.json``,
+``am.mvn``, ``model.pt`` and ``tokens.json`` + ``seg_dict`` or a sentencepiece model) and
+loads through the same FunASR loader (``AutoModel.build_model``) as the real one. The model
+is even built by that loader here (from the folder before ``model.pt`` exists), so the state
+dict always matches what FunASR constructs from the config.
+
+Models (``--models``, default all):
+
+- ``paraformer-large``: ``Paraformer`` as in
+  ``iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-pytorch``: SANMEncoder
+  512 x 50 blocks, ParaformerSANMDecoder 16 blocks, CifPredictorV2, WavFrontend LFR 7/6 with
+  a 560-dim ``am.mvn``, CharTokenizer with 8404 tokens: 220.08 M parameters.
+- ``sensevoice-small``: ``SenseVoiceSmall`` as in ``iic/SenseVoiceSmall``:
+  SenseVoiceEncoderSmall 512 x 50 blocks + 20 tp blocks, CTC over 25055 sentencepiece
+  tokens. The real ``chn_jpn_yue_eng_ko_spectok.bpe.model`` cannot be downloaded, so a
+  sentencepiece BPE model with the same size, the same special tokens
+  (``<unk>``, ``<s>``, ``</s>``) and the rich tags at the ids SenseVoice's code names
+  (``<|zh|>`` 24884, ``<|en|>`` 24885, ``<|yue|>`` 24888, ``<|ja|>`` 24892, ``<|ko|>`` 24896,
+  ``<|nospeech|>`` 24992, ``<|HAPPY|>`` 25001 ... ``<|EMO_UNKNOWN|>`` 25009,
+  ``<|withitn|>`` 25016, ``<|woitn|>`` 25017) is written from scratch. The other tag ids and
+  all ordinary pieces (letters, letter n-grams, CJK characters) are placeholders.
+- ``paraformer-tiny``, ``seaco-paraformer-tiny``, ``sensevoice-tiny``: the same classes
+  (SeACo with CifPredictorV3 and its bias LSTM / SeACo decoder) at toy size (2 blocks,
+  64 dims, about 200 tokens) so tests load them in well under a second.
+
+Random init is seeded (``--seed``) and adjusted so outputs are not empty: the CIF
+predictor's output layer is set so it fires about once per 3 encoder frames (180 ms), and
+SenseVoice's CTC head is biased toward blank so about half the frames emit a token.
+
+Training-only config sections (optim, scheduler, dataset, train_conf) are left out: no
+inference path reads them.
+
+Usage: python scripts/make_random_funasr_models.py --out DIR [--models a,b] [--seed N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import string
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# What the CIF predictor should integrate per encoder frame (60 ms after LFR 6):
+# 1/3 fires a token every 180 ms, about the character rate of read Mandarin.
+CIF_TARGET_ALPHA = 1.0 / 3.0
+
+CJK_FIRST = 0x4E00
+
+
+# ---------------------------------------------------------------- configs
+
+
+def _frontend_conf() -> dict[str, Any]:
+    return {
+        "fs": 16000,
+        "window": "hamming",
+        "n_mels": 80,
+        "frame_length": 25,
+        "frame_shift": 10,
+        "lfr_m": 7,
+        "lfr_n": 6,
+    }
+
+
+def _specaug() -> dict[str, Any]:
+    return {
+        "specaug": "SpecAugLFR",
+        "specaug_conf": {
+            "apply_time_warp": False,
+            "time_warp_window": 5,
+            "time_warp_mode": "bicubic",
+            "apply_freq_mask": True,
+            "freq_mask_width_range": [0, 30],
+            "lfr_rate": 6,
+            "num_freq_mask": 1,
+            "apply_time_mask": True,
+            "time_mask_width_range": [0, 12],
+            "num_time_mask": 1,
+        },
+    }
+
+
+def _sanm_encoder_conf(*, size: int, heads: int, units: int, blocks: int) -> dict[str, Any]:
+    return {
+        "output_size": size,
+        "attention_heads": heads,
+        "linear_units": units,
+        "num_blocks": blocks,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "attention_dropout_rate": 0.1,
+        "input_layer": "pe",
+        "pos_enc_class": "SinusoidalPositionEncoder",
+        "normalize_before": True,
+        "kernel_size": 11,
+        "sanm_shfit": 0,
+        "selfattention_layer_type": "sanm",
+    }
+
+
+def _sanm_decoder_conf(*, heads: int, units: int, blocks: int, kernel: int) -> dict[str, Any]:
+    return {
+        "attention_heads": heads,
+        "linear_units": units,
+        "num_blocks": blocks,
+        "dropout_rate": 0.1,
+        "positional_dropout_rate": 0.1,
+        "self_attention_dropout_rate": 0.1,
+        "src_attention_dropout_rate": 0.1,
+        "att_layer_num": blocks,
+        "kernel_size": kernel,
+        "sanm_shfit": 0,
+    }
+
+
+def paraformer_config(*, size: int, heads: int, units: int, enc: int, dec: int) -> dict:
+    """config.yaml of the offline Paraformer (the large model's, at any size)."""
+    return {
+        "model": "Paraformer",
+        "model_conf": {
+            "ctc_weight": 0.0,
+            "lsm_weight": 0.1,
+            "length_normalized_loss": True,
+            "predictor_weight": 1.0,
+            "predictor_bias": 1,
+            "sampling_ratio": 0.75,
+        },
+        "encoder": "SANMEncoder",
+        "encoder_conf": _sanm_encoder_conf(size=size, heads=heads, units=units, blocks=enc),
+        "decoder": "ParaformerSANMDecoder",
+        "decoder_conf": _sanm_decoder_conf(heads=heads, units=units, blocks=dec, kernel=11),
+        "predictor": "CifPredictorV2",
+        "predictor_conf": {
+            "idim": size,
+            "threshold": 1.0,
+            "l_order": 1,
+            "r_order": 1,
+            "tail_threshold": 0.45,
+        },
+        "frontend": "WavFrontend",
+        "frontend_conf": _frontend_conf(),
+        **_specaug(),
+        "tokenizer": "CharTokenizer",
+        "tokenizer_conf": {"unk_symbol": "<unk>", "split_with_space": True},
+        "ctc_conf": {
+            "dropout_rate": 0.0,
+            "ctc_type": "builtin",
+            "reduce": True,
+            "ignore_nan_grad": True,
+        },
+        "normalize": None,
+    }
+
+
+def seaco_config(*, size: int, heads: int, units: int, enc: int, dec: int, no_bias: int) -> dict:
+    """config.yaml of SeACo-Paraformer: Paraformer + CifPredictorV3 + bias LSTM + SeACo decoder."""
+    config = paraformer_config(size=size, heads=heads, units=units, enc=enc, dec=dec)
+    config["model"] = "SeacoParaformer"
+    config["model_conf"].update(
+        {
+            "inner_dim": size,  # the bias LSTM reads decoder embeddings: must equal `size`
+            "bias_encoder_type": "lstm",
+            "bias_encoder_bid": False,
+            "seaco_lsm_weight": 0.1,
+            "seaco_length_normalized_loss": True,
+            "NO_BIAS": no_bias,
+            "seaco_weight": 1.0,
+        }
+    )
+    config["seaco_decoder"] = "ParaformerSANMDecoder"
+    config["seaco_decoder_conf"] = {
+        **_sanm_decoder_conf(heads=heads, units=units // 2, blocks=max(dec // 2, 1), kernel=21),
+        "use_output_layer": False,  # hotword_output_layer maps its hidden states to tokens
+    }
+    config["predictor"] = "CifPredictorV3"
+    config["predictor_conf"] = {
+        "idim": size,
+        "threshold": 1.0,
+        "l_order": 1,
+        "r_order": 1,
+        "tail_threshold": 0.45,
+        "smooth_factor2": 0.25,
+        "noise_threshold2": 0.01,
+        "upsample_times": 3,
+        "use_cif1_cnn": False,
+        "upsample_type": "cnn_blstm",
+    }
+    return config
+
+
+def sensevoice_config(*, size: int, heads: int, units: int, blocks: int, tp_blocks: int) -> dict:
+    """config.yaml of SenseVoiceSmall (its bpemodel is named in configuration.json)."""
+    encoder_conf = _sanm_encoder_conf(size=size, heads=heads, units=units, blocks=blocks)
+    encoder_conf["tp_blocks"] = tp_blocks
+    return {
+        "encoder": "SenseVoiceEncoderSmall",
+        "encoder_conf": encoder_conf,
+        "model": "SenseVoiceSmall",
+        "model_conf": {"length_normalized_loss": True, "sos": 1, "eos": 2, "ignore_id": -1},
+        "tokenizer": "SentencepiecesTokenizer",
+        "tokenizer_conf": {"bpemodel": None, "unk_symbol": "<unk>", "split_with_space": True},
+        "frontend": "WavFrontend",
+        "frontend_conf": {**_frontend_conf(), "cmvn_file": None},
+    }
+
+
+def configuration_json(file_path_metas: dict[str, Any]) -> dict[str, Any]:
+    """The hub's configuration.json: tells FunASR which files in the folder are which."""
+    return {
+        "framework": "pytorch",
+        "task": "auto-speech-recognition",
+        "model": {"type": "funasr"},
+        "pipeline": {"type": "funasr-pipeline"},
+        "model_name_in_hub": {"ms": "", "hf": ""},
+        "file_path_metas": {
+            "init_param": "model.pt",
+            "config": "config.yaml",
+            **file_path_metas,
+            "frontend_conf": {"cmvn_file": "am.mvn"},
+        },
+    }
+
+
+# ---------------------------------------------------------------- vocabularies
+
+
+def _letter_ngrams(count: int) -> list[str]:
+    """The first ``count`` lowercase letter strings in length-then-alphabetical order."""
+    out: list[str] = []
+    length = 1
+    while len(out) < count:
+        for index in range(26**length):
+            chars = []
+            for _ in range(length):
+                index, rest = divmod(index, 26)
+                chars.append(string.ascii_lowercase[rest])
+            out.append("".join(reversed(chars)))
+            if len(out) == count:
+                break
+        length += 1
+    return out
+
+
+def char_token_list(size: int, *, num_cjk: int) -> list[str]:
+    """Paraformer's tokens.json layout: <blank> <s> </s>, CJK chars, English BPE units, <unk>."""
+    num_units = size - 4
+    num_english = num_units - num_cjk
+    if num_english < 2:
+        raise ValueError("vocabulary too small for the requested number of CJK characters")
+    cjk = [chr(CJK_FIRST + i) for i in range(num_cjk)]
+    # Half whole-word units, half continuation units ("ab@@" joins the next unit).
+    stems = _letter_ngrams(num_english // 2 + num_english % 2)
+    english = [f"{stem}@@" for stem in stems[: num_english // 2]] + stems
+    return ["<blank>", "<s>", "</s>", *cjk, *english, "<unk>"]
+
+
+def seg_dict_lines(tokens: Sequence[str]) -> list[str]:
+    """seg_dict maps a word to its units; here every whole unit maps to itself."""
+    return [
+        f"{token} {token}"
+        for token in tokens
+        if not token.startswith("<") and not token.endswith("@@")
+    ]
+
+
+SENSEVOICE_KNOWN_TAG_IDS = {
+    # The ids SenseVoiceSmall's own code names (lid_int_dict, emo_dict, textnorm_int_dict).
+    "<|zh|>": 24884,
+    "<|en|>": 24885,
+    "<|yue|>": 24888,
+    "<|ja|>": 24892,
+    "<|ko|>": 24896,
+    "<|nospeech|>": 24992,
+    "<|HAPPY|>": 25001,
+    "<|SAD|>": 25002,
+    "<|ANGRY|>": 25003,
+    "<|NEUTRAL|>": 25004,
+    "<|EMO_UNKNOWN|>": 25009,
+    "<|withitn|>": 25016,
+    "<|woitn|>": 25017,
+}
+SENSEVOICE_OTHER_TAGS = [
+    "<|Speech|>", "<|BGM|>", "<|Applause|>", "<|Laughter|>", "<|Cry|>", "<|Sneeze|>",
+    "<|Breath|>", "<|Cough|>", "<|FEARFUL|>", "<|DISGUSTED|>", "<|SURPRISED|>",
+]  # fmt: skip
+WHISPER_LANGUAGE_CODES = (
+    "de es ru fr pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg "
+    "lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si "
+    "km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw "
+    "ln ha ba jw su"
+).split()
+
+
+def sentencepiece_pieces(size: int, *, first_tag_id: int, num_cjk: int) -> list[tuple[str, int]]:
+    """(piece, type) for a SenseVoice-style sentencepiece vocabulary of exactly ``size``.
+
+    Types are sentencepiece's: 1 normal, 2 unknown, 3 control, 4 user-defined. Tags are
+    user-defined pieces from ``first_tag_id`` on (so decoding prints them, as with the real
+    model); the known ones sit at their real ids when the vocabulary is the real size.
+    """
+    specials = [("<unk>", 2), ("<s>", 3), ("</s>", 3)]
+    num_tags = size - first_tag_id
+    tags: list[str | None] = [None] * num_tags
+    if size == 25055:
+        for tag, tag_id in SENSEVOICE_KNOWN_TAG_IDS.items():
+            tags[tag_id - first_tag_id] = tag
+    else:
+        known = list(SENSEVOICE_KNOWN_TAG_IDS)
+        if len(known) > num_tags:
+            raise ValueError("vocabulary too small for SenseVoice's tags")
+        tags[: len(known)] = known
+    fillers = iter(
+        SENSEVOICE_OTHER_TAGS
+        + [f"<|{code}|>" for code in WHISPER_LANGUAGE_CODES]
+        + [f"<|reserved_{i}|>" for i in range(num_tags)]
+    )
+    tag_pieces = [tag if tag is not None else next(fillers) for tag in tags]
+
+    num_normal = first_tag_id - len(specials)
+    base = (
+        ["▁"]
+        + list(string.ascii_lowercase + string.ascii_uppercase + string.digits)
+        + list(",.?!'-")
+        + [chr(CJK_FIRST + i) for i in range(num_cjk)]
+    )
+    if len(base) > num_normal:
+        raise ValueError("vocabulary too small for the base characters")
+    ngrams = _letter_ngrams(26 + num_normal)[26:]  # skip single letters: already in base
+    normal = (
+        base
+        + [f"▁{gram}" if i % 2 == 0 else gram for i, gram in enumerate(ngrams)][
+            : num_normal - len(base)
+        ]
+    )
+    return specials + [(piece, 1) for piece in normal] + [(tag, 4) for tag in tag_pieces]
+
+
+def write_sentencepiece_model(path: Path, pieces: Sequence[tuple[str, int]]) -> None:
+    """Write a BPE sentencepiece model holding exactly ``pieces`` (no training needed)."""
+    from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+
+    proto = spm_pb2.ModelProto()
+    proto.trainer_spec.model_type = spm_pb2.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = len(pieces)
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
+    proto.trainer_spec.pad_id = -1
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    proto.normalizer_spec.escape_whitespaces = True
+    for rank, (text, piece_type) in enumerate(pieces):
+        piece = proto.pieces.add()
+        piece.piece = text
+        # BPE merges the pair whose result scores highest: earlier pieces merge first.
+        piece.score = 0.0 if piece_type != 1 else -float(rank)
+        piece.type = piece_type
+    path.write_bytes(proto.SerializeToString())
+
+
+def write_am_mvn(path: Path, *, n_mels: int = 80, lfr_m: int = 7) -> None:
+    """Kaldi-nnet CMVN (<AddShift> = -mean, <Rescale> = 1/std) for ``n_mels * lfr_m`` dims.
+
+    The statistics are a smooth, speech-like guess for log-mel energies of int16-scaled
+    audio, repeated for each stacked LFR frame.
+    """
+    means = [13.0 + 2.0 * math.cos(math.pi * i / n_mels) for i in range(n_mels)] * lfr_m
+    stds = [6.0 - 1.5 * i / n_mels for i in range(n_mels)] * lfr_m
+    dim = n_mels * lfr_m
+
+    def row(values: Sequence[float]) -> str:
+        return " ".join(f"{v:.6f}" for v in values)
+
+    path.write_text(
+        "<Nnet>\n"
+        f"<Splice> {dim} {dim}\n[ 0 ]\n"
+        f"<AddShift> {dim} {dim}\n<LearnRateCoef> 0 [ {row([-m for m in means])} ]\n"
+        f"<Rescale> {dim} {dim}\n<LearnRateCoef> 0 [ {row([1.0 / s for s in stds])} ]\n"
+        "</Nnet>\n",
+        encoding="utf-8",
+    )
+
+
+# ---------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class RandomModelSpec:
+    """One model folder to write: its config and how to write its tokenizer files."""
+
+    name: str
+    config: dict[str, Any]
+    write_tokenizer: Callable[[Path], dict[str, Any]]  # writes files, returns file_path_metas
+
+
+def _char_tokenizer_writer(size: int, *, num_cjk: int) -> Callable[[Path], dict[str, Any]]:
+    def write(folder: Path) -> dict[str, Any]:
+        tokens = char_token_list(size, num_cjk=num_cjk)
+        (folder / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), "utf-8")
+        (folder / "seg_dict").write_text("\n".join(seg_dict_lines(tokens)) + "\n", "utf-8")
+        return {"tokenizer_conf": {"token_list": "tokens.json", "seg_dict_file": "seg_dict"}}
+
+    return write
+
+
+SENSEVOICE_BPE_FILE = "chn_jpn_yue_eng_ko_spectok.bpe.model"
+
+
+def _sentencepiece_writer(
+    size: int, *, first_tag_id: int, num_cjk: int
+) -> Callable[[Path], dict[str, Any]]:
+    def write(folder: Path) -> dict[str, Any]:
+        pieces = sentencepiece_pieces(size, first_tag_id=first_tag_id, num_cjk=num_cjk)
+        write_sentencepiece_model(folder / SENSEVOICE_BPE_FILE, pieces)
+        return {"tokenizer_conf": {"bpemodel": SENSEVOICE_BPE_FILE}}
+
+    return write
+
+
+def _specs() -> dict[str, RandomModelSpec]:
+    return {
+        "paraformer-large": RandomModelSpec(
+            "paraformer-large",
+            paraformer_config(size=512, heads=4, units=2048, enc=50, dec=16),
+            _char_tokenizer_writer(8404, num_cjk=6000),
+        ),
+        "paraformer-tiny": RandomModelSpec(
+            "paraformer-tiny",
+            paraformer_config(size=64, heads=4, units=128, enc=2, dec=2),
+            _char_tokenizer_writer(200, num_cjk=120),
+        ),
+        "seaco-paraformer-tiny": RandomModelSpec(
+            "seaco-paraformer-tiny",
+            seaco_config(size=64, heads=4, units=128, enc=2, dec=2, no_bias=198),
+            _char_tokenizer_writer(200, num_cjk=120),
+        ),
+        "sensevoice-small": RandomModelSpec(
+            "sensevoice-small",
+            sensevoice_config(size=512, heads=4, units=2048, blocks=50, tp_blocks=20),
+            _sentencepiece_writer(25055, first_tag_id=24884, num_cjk=8000),
+        ),
+        "sensevoice-tiny": RandomModelSpec(
+            "sensevoice-tiny",
+            sensevoice_config(size=64, heads=4, units=128, blocks=2, tp_blocks=1),
+            _sentencepiece_writer(200, first_tag_id=160, num_cjk=60),
+        ),
+    }
+
+
+MODEL_NAMES = tuple(_specs())
+
+
+# ---------------------------------------------------------------- building
+
+
+def _adjust_init(model: Any) -> None:
+    """Make random weights produce some text: see the module docstring."""
+    import torch
+
+    with torch.no_grad():
+        predictor = getattr(model, "predictor", None)
+        if predictor is not None and hasattr(predictor, "cif_output"):
+            # alpha = sigmoid(w . relu(conv(h)) + b): small w keeps alpha near sigmoid(b).
+            predictor.cif_output.weight.mul_(0.1)
+            predictor.cif_output.bias.fill_(math.log(CIF_TARGET_ALPHA / (1 - CIF_TARGET_ALPHA)))
+            if hasattr(predictor, "cif_output2"):
+                predictor.cif_output2.weight.mul_(0.1)
+                predictor.cif_output2.bias.fill_(
+                    math.log(CIF_TARGET_ALPHA / (1 - CIF_TARGET_ALPHA))
+                )
+        ctc = getattr(model, "ctc", None)
+        if ctc is not None and getattr(model, "decoder", None) is None:
+            # CTC-only (SenseVoice): give blank the expected maximum of the other logits,
+            # so it wins about half the frames. Logits are ~normal with this std for
+            # unit-variance (layer-normed) encoder outputs.
+            logits_std = float(ctc.ctc_lo.weight.std()) * math.sqrt(ctc.ctc_lo.in_features)
+            ctc.ctc_lo.bias[getattr(model, "blank_id", 0)] = logits_std * _expected_max_normal(
+                ctc.ctc_lo.out_features - 1
+            )
+
+
+def _expected_max_normal(count: int) -> float:
+    """Expected maximum of ``count`` standard normals (asymptotic formula)."""
+    a = math.sqrt(2.0 * math.log(count))
+    return a - (math.log(math.log(count)) + math.log(4.0 * math.pi)) / (2.0 * a)
+
+
+def count_parameters(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def write_model(name: str, out_dir: Path, *, seed: int = 0) -> tuple[Path, int]:
+    """Write model ``name`` to ``out_dir / name`` (replacing it); return (folder, parameters).
+
+    The folder appears atomically: it is written beside the target and renamed.
+    """
+    import torch
+    from funasr import AutoModel
+
+    spec = _specs()[name]
+    dest = out_dir / name
+    partial = out_dir / f".{name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    file_path_metas = spec.write_tokenizer(partial)
+    (partial / "config.yaml").write_text(
+        yaml.safe_dump(spec.config, sort_keys=False, allow_unicode=True), "utf-8"
+    )
+    (partial / "configuration.json").write_text(
+        json.dumps(configuration_json(file_path_metas), indent=2), "utf-8"
+    )
+    write_am_mvn(partial / "am.mvn")
+
+    # Build through FunASR's own loader while model.pt is still missing: it then constructs
+    # the model from the config with random init (seeded by `seed`) and loads nothing.
+    model, _ = AutoModel.build_model(
+        model=str(partial),
+        device="cpu",
+        disable_update=True,
+        seed=seed,
+        ncpu=torch.get_num_threads(),
+    )
+    _adjust_init(model)
+    torch.save(model.state_dict(), partial / "model.pt")
+    parameters = count_parameters(model)
+
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    return dest, parameters
+
+
+def write_models(names: Sequence[str], out_dir: Path, *, seed: int = 0) -> dict[str, Path]:
+    """Write several models; return name -> folder."""
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; choose from {list(MODEL_NAMES)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {name: write_model(name, out_dir, seed=seed)[0] for name in names}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder to write models into")
+    parser.add_argument(
+        "--models",
+        default=",".join(MODEL_NAMES),
+        help=f"comma-separated subset of {','.join(MODEL_NAMES)} (default: all)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random-init seed (default 0)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(MODEL_NAMES))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(MODEL_NAMES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        started = time.perf_counter()
+        folder, parameters = write_model(name, args.out, seed=args.seed)
+        size_mb = (folder / "model.pt").stat().st_size / 1e6
+        print(
+            f"[random-models] {name}: {parameters / 1e6:.2f} M parameters, "
+            f"model.pt {size_mb:.0f} MB, {time.perf_counter() - started:.1f} s -> {folder}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,542 @@
+"""FunASR backend: one loader for local folders and hub ids, one padded forward per batch.
+
+FunASR's ``AutoModel.generate`` forces ``batch_size = 1`` on CPU and shares one mutable
+kwargs dict between calls, so :class:`FunAsrBackend` calls the model's own
+``inference(data_in=[...], ...)`` with every segment of a batch at once and builds a fresh
+kwargs dict per call. Supported model classes: ``Paraformer`` / ``BiCifParaformer``
+(plain), ``SeacoParaformer`` (hotwords) and ``SenseVoiceSmall`` (language, ITN, rich tags).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from serve_app.errors import InvalidRequestError
+from serve_app.recognizers.base import (
+    RecognitionOptions,
+    SegmentJob,
+    SegmentTranscript,
+    WordTiming,
+)
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_ENV_VARS = ("ASR_OFFLINE", "FUNASR_OFFLINE")
+HUB_PROBE_TIMEOUT_S = 3.0
+PARAFORMER_CLASSES = frozenset({"Paraformer", "BiCifParaformer"})
+SEACO_CLASSES = frozenset({"SeacoParaformer"})
+SENSEVOICE_CLASSES = frozenset({"SenseVoiceSmall"})
+# Languages SenseVoiceSmall can be told to transcribe (its ``lid_dict``), "auto" detects.
+SENSEVOICE_LANGUAGES = frozenset({"auto", "zh", "en", "yue", "ja", "ko"})
+_DETECTABLE_LANGUAGES = SENSEVOICE_LANGUAGES - {"auto"}
+_RICH_TAG = re.compile(r"<\|([^|]*)\|>")
+_LEADING_TAGS = re.compile(r"^\s*(?:<\|[^|]*\|>)+")
+_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class FunAsrModelNotFoundError(FileNotFoundError):
+    """A model reference is neither a local FunASR model folder nor a reachable hub id."""
+
+
+@dataclass(frozen=True)
+class LoadedFunAsrModel:
+    """What FunASR's loader builds: the module and the resolved kwargs it infers with.
+
+    ``kwargs`` holds the built ``tokenizer`` and ``frontend`` and the merged config; treat
+    it as read-only and copy it per call.
+    """
+
+    module: torch.nn.Module
+    kwargs: dict[str, Any]
+    source: str
+
+    @property
+    def model_class(self) -> str:
+        return str(self.kwargs["model"])
+
+
+# ---------------------------------------------------------------- loading
+
+
+@contextlib.contextmanager
+def _contained_funasr_side_effects() -> Iterator[None]:
+    """Keep FunASR from reconfiguring logging and printing to stdout.
+
+    Importing funasr calls ``logging.basicConfig(level=INFO)`` (``funasr/bin/realtime_ws.py``)
+    and its loader logs through the root logger (which configures it on first use), turning
+    on INFO logs of every library; it also ``print``s notices (ffmpeg missing, checkpoint
+    keys missing). The root logger is restored afterwards and the prints are re-logged.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    if not handlers:
+        root.addHandler(logging.NullHandler())  # makes basicConfig a no-op meanwhile
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                # e.g. "Warning, miss key in ckpt": a checkpoint that does not fit the config
+                important = "warning" in line.lower() or "error" in line.lower()
+                logger.log(logging.WARNING if important else logging.INFO, "funasr: %s", line)
+
+
+def _is_model_dir(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "config.yaml").is_file() or (path / "configuration.json").is_file()
+    )
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_model_id(model_ref: str, hub: str) -> str:
+    """FunASR's short aliases ("paraformer-zh", "fsmn-vad") -> full hub ids."""
+    with _contained_funasr_side_effects():
+        from funasr.download.name_maps_from_hub import name_maps_hf, name_maps_ms
+
+    names = name_maps_hf if hub in ("hf", "huggingface") else name_maps_ms
+    return str(names.get(model_ref, model_ref))
+
+
+def _cached_hub_dir(model_id: str, hub: str) -> Path | None:
+    """A complete copy of ``model_id`` already in the hub's local cache, if any."""
+    if hub in ("hf", "huggingface"):
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(model_id, local_files_only=True))
+        except Exception:  # any failure just means "not cached"
+            return None
+        return path if _is_model_dir(path) else None
+    roots = [Path.home() / ".cache" / "modelscope" / "hub"]
+    if os.environ.get("MODELSCOPE_CACHE"):
+        roots.insert(0, Path(os.environ["MODELSCOPE_CACHE"]))
+    for root in roots:
+        for candidate in (root / "models" / model_id, root / "hub" / "models" / model_id):
+            if _is_model_dir(candidate) and (candidate / "model.pt").is_file():
+                return candidate
+    return None
+
+
+def _hub_host(hub: str) -> str:
+    if hub in ("hf", "huggingface"):
+        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    return os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn")
+
+
+def _reachable(host: str, timeout_s: float) -> bool:
+    """TCP-connect to ``host:443`` within ``timeout_s`` (DNS included: run in a thread)."""
+    outcome: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout_s):
+                outcome.append(True)
+        except OSError:
+            outcome.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return bool(outcome and outcome[0])
+
+
+def resolve_model_dir(model_ref: str, models_dir: Path | None) -> Path | None:
+    """The local folder ``model_ref`` names: itself, or ``models_dir / model_ref``."""
+    candidates = [Path(model_ref).expanduser()]
+    if models_dir is not None:
+        candidates.append(Path(models_dir) / model_ref)
+    for candidate in candidates:
+        if candidate.is_dir():
+            if not _is_model_dir(candidate):
+                raise FunAsrModelNotFoundError(
+                    f"{candidate} is a folder but not a FunASR model (no config.yaml)"
+                )
+            return candidate
+    return None
+
+
+def load_funasr_model(
+    model_ref: str,
+    *,
+    models_dir: Path | None,
+    device: str = "cpu",
+    hub: str = "ms",
+    num_threads: int | None = None,
+) -> LoadedFunAsrModel:
+    """Load a FunASR model from a local folder or a hub id, through FunASR's own loader.
+
+    ``model_ref`` is tried as a folder, then as ``models_dir / model_ref``, then as a hub
+    id (FunASR aliases such as ``paraformer-zh`` allowed), first in the hub's local cache.
+    Only then is the hub contacted, and only if ``ASR_OFFLINE``/``FUNASR_OFFLINE`` are unset
+    and the hub answers within a few seconds: offline, a missing model fails fast with
+    :class:`FunAsrModelNotFoundError` instead of FunASR's ~25 s of retries and its
+    misleading "model ... is not registered".
+
+    No VAD or punctuation model is attached. ``num_threads`` defaults to torch's current
+    setting (FunASR would otherwise set 4 process-wide). The frontend's dither is set to 0
+    so features, and transcripts, are deterministic.
+    """
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    folder = resolve_model_dir(model_ref, models_dir)
+    if folder is None:
+        model_id = _hub_model_id(model_ref, hub)
+        folder = _cached_hub_dir(model_id, hub)
+        if folder is None:
+            where = f"not a folder{f' under {models_dir}' if models_dir else ''}"
+            if any(_env_flag(name) for name in OFFLINE_ENV_VARS):
+                raise FunAsrModelNotFoundError(
+                    f"FunASR model {model_ref!r}: {where}, not in the {hub} cache, "
+                    f"and downloads are off ({'/'.join(OFFLINE_ENV_VARS)} is set)"
+                )
+            host = _hub_host(hub)
+            if not _reachable(host, HUB_PROBE_TIMEOUT_S):
+                raise FunAsrModelNotFoundError(
+                    f"FunASR model {model_ref!r}: {where}, not in the {hub} cache, "
+                    f"and the hub ({host}) is unreachable"
+                )
+    source = str(folder) if folder is not None else model_id
+    started = time.perf_counter()
+    try:
+        with _contained_funasr_side_effects():
+            from funasr import AutoModel
+
+            module, kwargs = AutoModel.build_model(
+                model=source,
+                device=device,
+                hub=hub,
+                disable_update=True,
+                ncpu=num_threads or torch.get_num_threads(),
+            )
+    except RuntimeError as exc:
+        if folder is None and "is not registered" in str(exc):
+            # FunASR's way of saying the download failed: it went on with the bare id.
+            raise FunAsrModelNotFoundError(
+                f"FunASR model {model_ref!r} could not be downloaded from the {hub} hub"
+            ) from exc
+        raise
+    frontend = kwargs.get("frontend")
+    if frontend is not None and hasattr(frontend, "dither"):
+        frontend.dither = 0.0  # WavFrontend defaults to 1.0: random noise in every feature
+    module.eval()
+    logger.info(
+        "loaded FunASR %s from %s in %.1f s",
+        kwargs.get("model"),
+        source,
+        time.perf_counter() - started,
+    )
+    return LoadedFunAsrModel(module=module, kwargs=kwargs, source=source)
+
+
+# ---------------------------------------------------------------- backend
+
+
+def _zero_padded_frames(encode: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``Paraformer.encode`` so encoder frames past each item's length are zero.
+
+    The CIF predictor's conv looks one frame past the end; alone, an item sees zero padding
+    there, in a batch it sees the encoder's output on padding. Zeroing those frames makes a
+    batched item's tokens identical to the item run alone.
+    """
+
+    @functools.wraps(encode)
+    def wrapped(speech: torch.Tensor, speech_lengths: torch.Tensor, **kwargs: Any) -> Any:
+        encoder_out, encoder_out_lens, *rest = encode(speech, speech_lengths, **kwargs)
+        if isinstance(encoder_out, tuple):
+            encoder_out = encoder_out[0]
+        frames = torch.arange(encoder_out.size(1), device=encoder_out.device)
+        valid = frames[None, :] < encoder_out_lens.to(encoder_out.device)[:, None]
+        return (encoder_out * valid.unsqueeze(-1).to(encoder_out.dtype), encoder_out_lens, *rest)
+
+    return wrapped
+
+
+def _timestamps_per_item(calc: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap ``calc_predictor_timestamp`` (BiCif, SeACo) to run item by item.
+
+    Its upsampling BLSTM runs over the padded batch without packing, so the backward pass
+    over an item's padding shifts that item's timestamps. The head is small next to the
+    encoder; running it per item keeps a batched item's timestamps equal to its own.
+    """
+
+    @functools.wraps(calc)
+    def wrapped(encoder_out: torch.Tensor, encoder_out_lens: torch.Tensor, token_num: Any) -> Any:
+        if encoder_out.size(0) == 1:
+            return calc(encoder_out, encoder_out_lens, token_num)
+        parts = [
+            calc(
+                encoder_out[i : i + 1, : int(n)], encoder_out_lens[i : i + 1], token_num[i : i + 1]
+            )
+            for i, n in enumerate(encoder_out_lens.tolist())
+        ]
+        return tuple(
+            torch.nn.utils.rnn.pad_sequence([part[k][0] for part in parts], batch_first=True)
+            for k in range(len(parts[0]))
+        )
+
+    return wrapped
+
+
+def _is_cjk(word: str) -> bool:
+    return bool(word) and all("\u3400" <= ch <= "\u9fff" for ch in word)
+
+
+def _join_words(words: Sequence[str]) -> str:
+    """Paraformer's text without timestamps: spaces only between two non-CJK words."""
+    out = ""
+    for word in words:
+        if out and not _is_cjk(word) and not _is_cjk(out[-1]):
+            out += " "
+        out += word
+    return out
+
+
+def _normalize_language(language: str | None) -> str:
+    if not language:
+        return "auto"
+    return language.strip().lower().replace("_", "-").split("-")[0]
+
+
+def _hotwords(options: RecognitionOptions) -> tuple[str, ...]:
+    return tuple(word.strip() for word in options.hotwords if word.strip())
+
+
+def _unsafe_hotword(hotword: str) -> bool:
+    # SeACo's hotword parser reads a ".txt" path from disk and downloads "http..." URLs.
+    word = hotword.strip().lower()
+    return word.startswith("http") or word.endswith(".txt")
+
+
+class FunAsrBackend:
+    """Batched FunASR recognizer implementing ``AsrBackend``.
+
+    Construct with a folder, a name under ``models_dir`` or a hub id (see
+    :func:`load_funasr_model`). ``forward`` runs all its jobs as one padded batch through
+    the model's ``inference``; ``BatchedRecognizer`` groups jobs by :meth:`group_key` first.
+
+    - Paraformer: options are ignored. SeACo-Paraformer: ``options.hotwords`` (FunASR
+      splits every hotword on whitespace, so "New York" biases "New" and "York").
+      SenseVoice: ``options.language`` (``auto`` when unset; see
+      :data:`SENSEVOICE_LANGUAGES`), rich tags stripped from the text, the detected
+      language reported; ``use_itn`` applies inverse text normalisation.
+    - ``word_timestamps`` (default: on for the Paraformer family, where they come free from
+      the CIF peaks; off for SenseVoice, where they need a CTC forced alignment per item).
+    - ``precision`` ``fp16``/``bf16`` runs under autocast on CUDA; on CPU it falls back to
+      fp32 with a warning.
+
+    Thread safety: one instance must never run two model forwards at once (FunASR models
+    keep per-call state; SeACo stores the hotword list on the module). The Serve wrapper
+    serializes calls; ``forward`` also holds a lock, so concurrent callers queue instead of
+    corrupting each other.
+    """
+
+    def __init__(
+        self,
+        model_ref: str,
+        *,
+        models_dir: Path | None = None,
+        device: str = "cpu",
+        precision: str = "fp32",
+        name: str | None = None,
+        use_itn: bool = True,
+        word_timestamps: bool | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        if precision not in _PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, not {precision!r}")
+        if precision != "fp32" and not device.startswith("cuda"):
+            logger.warning(
+                "precision %s needs CUDA; running %s on %s in fp32", precision, model_ref, device
+            )
+            precision = "fp32"
+        self._loaded = load_funasr_model(
+            model_ref, models_dir=models_dir, device=device, num_threads=num_threads
+        )
+        model_class = self._loaded.model_class
+        if model_class in SENSEVOICE_CLASSES:
+            self.family = "sensevoice"
+        elif model_class in SEACO_CLASSES:
+            self.family = "seaco"
+        elif model_class in PARAFORMER_CLASSES:
+            self.family = "paraformer"
+        else:
+            raise ValueError(f"FunASR model class {model_class!r} is not supported")
+        if self.family != "sensevoice":
+            # Instance attributes shadow the methods: only this backend's module is patched.
+            module: Any = self._loaded.module
+            module.encode = _zero_padded_frames(module.encode)
+            if hasattr(module, "calc_predictor_timestamp"):
+                module.calc_predictor_timestamp = _timestamps_per_item(
+                    module.calc_predictor_timestamp
+                )
+        self._name = name or Path(model_ref).name or model_ref
+        self._lock = threading.Lock()
+        self.device = device
+        self.precision = precision
+        self.use_itn = use_itn
+        self.word_timestamps = (
+            self.family != "sensevoice" if word_timestamps is None else word_timestamps
+        )
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model_class(self) -> str:
+        return self._loaded.model_class
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self._loaded.module
+
+    def group_key(self, options: RecognitionOptions) -> object:
+        """SenseVoice: the language; SeACo: the hotwords; Paraformer: nothing."""
+        if self.family == "sensevoice":
+            return _normalize_language(options.language)
+        if self.family == "seaco":
+            return _hotwords(options)
+        return None
+
+    def validate_options(self, options: RecognitionOptions) -> None:
+        """Reject options this model cannot honour (call before batching, for a 400)."""
+        if self.family == "sensevoice":
+            language = _normalize_language(options.language)
+            if language not in SENSEVOICE_LANGUAGES:
+                raise InvalidRequestError(
+                    f"language {options.language!r} is not supported by {self.name}; "
+                    f"use one of {sorted(SENSEVOICE_LANGUAGES)}",
+                    param="language",
+                )
+        if self.family == "seaco":
+            bad = [word for word in options.hotwords if _unsafe_hotword(word)]
+            if bad:
+                raise InvalidRequestError(
+                    f"hotwords may not be URLs or .txt paths: {bad}", param="hotwords"
+                )
+
+    def forward(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
+        """Transcribe ``jobs`` (equal :meth:`group_key`) as one padded batch."""
+        if not jobs:
+            return []
+        keys = {self.group_key(job.options) for job in jobs}
+        if len(keys) > 1:
+            raise ValueError(f"one forward needs equal group keys, got {keys}")
+        options = jobs[0].options
+        self.validate_options(options)
+        # FunASR's frontend cannot frame zero samples; an empty segment says nothing.
+        running = [i for i, job in enumerate(jobs) if len(job.audio) > 0]
+        out = [SegmentTranscript(text="") for _ in jobs]
+        if running:
+            with self._lock:
+                results = self._infer([jobs[i].audio for i in running], options)
+            for i, result in zip(running, results, strict=True):
+                out[i] = self._transcript(result, options)
+        return out
+
+    def warmup(self) -> float:
+        """Run two 1 s segments of low noise so the first request does not pay; return s."""
+        started = time.perf_counter()
+        rng = np.random.default_rng(0)
+        noise = [rng.normal(0.0, 0.01, 16_000).astype(np.float32) for _ in range(2)]
+        self.forward([SegmentJob(audio=samples) for samples in noise])
+        elapsed_s = time.perf_counter() - started
+        logger.info("warmed up %s in %.2f s", self.name, elapsed_s)
+        return elapsed_s
+
+    # ------------------------------------------------------------ internals
+
+    def _call_kwargs(self, options: RecognitionOptions) -> dict[str, Any]:
+        kwargs = dict(self._loaded.kwargs)  # fresh per call: FunASR reads, never shares
+        kwargs["output_timestamp"] = self.word_timestamps
+        if self.family == "seaco":
+            hotwords = _hotwords(options)
+            kwargs["hotword"] = " ".join(hotwords) if hotwords else None
+        if self.family == "sensevoice":
+            kwargs["language"] = _normalize_language(options.language)
+            kwargs["use_itn"] = self.use_itn
+        return kwargs
+
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        if self.precision == "fp32":
+            yield
+            return
+        with torch.autocast(device_type="cuda", dtype=_PRECISIONS[self.precision]):
+            yield
+
+    def _infer(self, audio: Sequence[np.ndarray], options: RecognitionOptions) -> list[dict]:
+        data_in = [np.ascontiguousarray(samples, dtype=np.float32) for samples in audio]
+        keys = [f"seg{i}" for i in range(len(data_in))]
+        kwargs = self._call_kwargs(options)
+        with torch.inference_mode(), self._precision():
+            module: Any = self._loaded.module
+            raw = module.inference(data_in=data_in, key=keys, **kwargs)
+        # (results, meta) normally; Paraformer returns a bare [] and SeACo ([],) when the
+        # predictor fires no token for any item of the batch.
+        results = raw[0] if isinstance(raw, tuple) else raw
+        if not results:
+            return [{"key": key, "text": ""} for key in keys]
+        by_key = {result["key"]: result for result in results}
+        if len(results) != len(keys) or set(by_key) != set(keys):
+            raise RuntimeError(f"FunASR returned {len(results)} results for {len(keys)} items")
+        return [by_key[key] for key in keys]
+
+    def _transcript(self, result: dict, options: RecognitionOptions) -> SegmentTranscript:
+        text = str(result.get("text", ""))
+        timestamps_ms = result.get("timestamp") or []
+        if self.family == "sensevoice":
+            # The real model starts with <|lang|><|emotion|><|event|><|itn|>; tags elsewhere
+            # in the text are not the utterance's language.
+            leading = _LEADING_TAGS.match(text)
+            tags = _RICH_TAG.findall(leading.group(0)) if leading else []
+            detected = next((tag for tag in tags if tag in _DETECTABLE_LANGUAGES), None)
+            requested = _normalize_language(options.language)
+            language = detected or (None if requested == "auto" else requested)
+            words = [str(w) for w in result.get("words", [])]
+            return SegmentTranscript(
+                text=_RICH_TAG.sub("", text).strip(),
+                words=self._timings(words, timestamps_ms),
+                language=language,
+            )
+        if not timestamps_ms:
+            return SegmentTranscript(text=text.strip())
+        # With timestamps FunASR joins every unit with a space ("皮 酒 病"): one per stamp.
+        words = text.split()
+        return SegmentTranscript(text=_join_words(words), words=self._timings(words, timestamps_ms))
+
+    @staticmethod
+    def _timings(words: Sequence[str], timestamps_ms: Sequence[Any]) -> tuple[WordTiming, ...]:
+        if not words or len(words) != len(timestamps_ms):
+            if words and timestamps_ms:
+                logger.debug("%d words but %d timestamps", len(words), len(timestamps_ms))
+            return ()
+        return tuple(
+            WordTiming(start_s=float(span[0]) / 1000.0, end_s=float(span[1]) / 1000.0, word=word)
+            for word, span in zip(words, timestamps_ms, strict=True)
+        )

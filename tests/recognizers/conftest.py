@@ -1,0 +1,74 @@
+"""Fixtures for the FunASR backend tests: tiny random-weight models and test audio.
+
+The models come from ``scripts/make_random_funasr_models.py`` (imported, not run as a
+process); their transcripts are gibberish, which is all batching checks need.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tests.speech import SENTENCES, have_espeak, synthesize
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module (``scripts`` is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def random_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding the tiny random FunASR models (seed 0)."""
+    out = tmp_path_factory.mktemp("funasr-random-models")
+    load_script("make_random_funasr_models").write_models(TINY_MODELS, out, seed=0)
+    return out
+
+
+def noise_segments(durations_s: list[float], *, seed: int = 0) -> list[np.ndarray]:
+    """Speech-like noise: white noise under a 4 Hz syllable-rate envelope, seeded."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for duration_s in durations_s:
+        n = int(duration_s * 16_000)
+        t = np.arange(n) / 16_000
+        envelope = 0.5 * (1.0 + np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, np.pi)))
+        out.append((0.1 * envelope * rng.standard_normal(n)).astype(np.float32))
+    return out
+
+
+# Different lengths on purpose: padding is what batching can get wrong.
+SEGMENT_DURATIONS_S = [0.6, 1.3, 2.2, 3.1, 4.4, 5.0, 1.9, 0.9]
+
+
+@pytest.fixture(scope="session")
+def noise_audio() -> list[np.ndarray]:
+    return noise_segments(SEGMENT_DURATIONS_S)
+
+
+@pytest.fixture(scope="session")
+def speech_audio(tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
+    """Spoken sentences (espeak-ng), cut to different lengths."""
+    if not have_espeak():
+        pytest.skip("espeak-ng and sox are needed")
+    tmp = tmp_path_factory.mktemp("tts")
+    out = []
+    for i, sentence in enumerate(SENTENCES[:8]):
+        samples = synthesize(sentence, tmp)
+        out.append(samples[: max(1, int(len(samples) * (0.35 + 0.09 * i)))])
+    return out

@@ -1,0 +1,104 @@
+"""BatchedRecognizer failure isolation over the real (tiny) FunASR backend.
+
+A backend wrapper injects the failures: one poisoned item that breaks every forward it is
+in, and an out-of-memory error on any batch above a size. Healthy items must come out
+exactly as they do alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from serve_app.errors import RecognitionError
+from serve_app.recognizers.base import (
+    BatchedRecognizer,
+    RecognitionOptions,
+    SegmentJob,
+    SegmentTranscript,
+)
+from serve_app.recognizers.funasr_backend import FunAsrBackend
+
+
+class FaultyBackend:
+    """Delegates to a real backend, failing the way a GPU or a bad input would."""
+
+    def __init__(
+        self,
+        inner: FunAsrBackend,
+        *,
+        poisoned_num_samples: int | None = None,
+        oom_above_items: int | None = None,
+        oom_error: type[Exception] | None = None,
+    ) -> None:
+        self.inner = inner
+        self.poisoned_num_samples = poisoned_num_samples
+        self.oom_above_items = oom_above_items
+        self.oom_error = oom_error
+        self.batch_sizes: list[int] = []
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def group_key(self, options: RecognitionOptions) -> object:
+        return self.inner.group_key(options)
+
+    def forward(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
+        if any(len(job.audio) == self.poisoned_num_samples for job in jobs):
+            raise ValueError("poisoned item in the batch")
+        if self.oom_above_items is not None and len(jobs) > self.oom_above_items:
+            assert self.oom_error is not None
+            raise self.oom_error("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batch_sizes.append(len(jobs))
+        return self.inner.forward(jobs)
+
+
+@pytest.fixture(scope="module")
+def paraformer(random_models_dir: Path) -> FunAsrBackend:
+    return FunAsrBackend("paraformer-tiny", models_dir=random_models_dir)
+
+
+@pytest.fixture(scope="module")
+def jobs(noise_audio: list[np.ndarray]) -> list[SegmentJob]:
+    return [SegmentJob(audio=samples) for samples in noise_audio]
+
+
+def alone_texts(backend: FunAsrBackend, jobs: list[SegmentJob]) -> list[str]:
+    return [backend.forward([job])[0].text for job in jobs]
+
+
+def test_a_poisoned_item_fails_alone(paraformer: FunAsrBackend, jobs: list[SegmentJob]) -> None:
+    poisoned = 3
+    backend = FaultyBackend(paraformer, poisoned_num_samples=len(jobs[poisoned].audio))
+    recognizer = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    results = recognizer.transcribe_batch(jobs)
+
+    assert isinstance(results[poisoned], RecognitionError)
+    assert "poisoned" in results[poisoned].message
+    expected = alone_texts(paraformer, jobs)
+    for i, result in enumerate(results):
+        if i != poisoned:
+            assert isinstance(result, SegmentTranscript)
+            assert result.text == expected[i]
+    assert recognizer.last_stats.num_failed_items == 1
+
+
+@pytest.mark.parametrize("oom_error", [torch.cuda.OutOfMemoryError, RuntimeError])
+def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
+    paraformer: FunAsrBackend, jobs: list[SegmentJob], oom_error: type[Exception]
+) -> None:
+    backend = FaultyBackend(paraformer, oom_above_items=2, oom_error=oom_error)
+    recognizer = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    results = recognizer.transcribe_batch(jobs)
+
+    assert all(isinstance(result, SegmentTranscript) for result in results)
+    assert [r.text for r in results] == alone_texts(paraformer, jobs)  # type: ignore[union-attr]
+    assert recognizer.last_stats.num_oom_splits >= 1
+    assert recognizer.last_stats.num_failed_items == 0
+    assert max(backend.batch_sizes) == 2
+    assert sum(backend.batch_sizes) == len(jobs)

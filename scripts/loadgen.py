@@ -30,15 +30,18 @@ import httpx
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from serve_app.evaluation import word_error_rate  # noqa: E402
-from tests.speech import SENTENCES, synthesize_wav  # noqa: E402
+from serve_app.evaluation import word_error_rate
+from tests.speech import SENTENCES, synthesize_wav
 
 
 def make_corpus(out_dir: Path, num_files: int, sentences_per_file: int) -> list[tuple[Path, str]]:
     """Files of several sentences with pauses between them (so VAD cuts several segments)."""
     corpus = []
     for i in range(num_files):
-        texts = [SENTENCES[(i * sentences_per_file + j) % len(SENTENCES)] for j in range(sentences_per_file)]
+        texts = [
+            SENTENCES[(i * sentences_per_file + j) % len(SENTENCES)]
+            for j in range(sentences_per_file)
+        ]
         parts = []
         for j, text in enumerate(texts):
             part = synthesize_wav(text, out_dir / f"f{i}_{j}.wav", speed_wpm=140 + 10 * (i % 4))
@@ -54,7 +57,20 @@ def _silence(out_dir: Path, seconds: float) -> Path:
     path = out_dir / f"sil_{seconds:.1f}.wav"
     if not path.exists():
         subprocess.run(
-            ["sox", "-n", "-r", "16000", "-c", "1", "-b", "16", str(path), "trim", "0", str(seconds)],
+            [
+                "sox",
+                "-n",
+                "-r",
+                "16000",
+                "-c",
+                "1",
+                "-b",
+                "16",
+                str(path),
+                "trim",
+                "0",
+                str(seconds),
+            ],
             check=True,
         )
     return path
@@ -103,8 +119,14 @@ async def run_load(url, corpus, *, concurrency, model, repeats, timeout_s):
         wall_s = time.perf_counter() - started
         after = (await http.get(f"{url}/v1/stats")).json()
     return {
-        "wall_s": wall_s, "audio_s": audio_s, "latencies": latencies, "refs": refs,
-        "hyps": hyps, "errors": errors, "before": before, "after": after,
+        "wall_s": wall_s,
+        "audio_s": audio_s,
+        "latencies": latencies,
+        "refs": refs,
+        "hyps": hyps,
+        "errors": errors,
+        "before": before,
+        "after": after,
     }
 
 
@@ -147,8 +169,14 @@ def main() -> None:
         if model is None:
             model = httpx.get(f"{args.url}/v1/models").json()["data"][0]["id"]
         result = asyncio.run(
-            run_load(args.url, corpus, concurrency=args.concurrency, model=model,
-                     repeats=args.repeats, timeout_s=args.timeout_s)
+            run_load(
+                args.url,
+                corpus,
+                concurrency=args.concurrency,
+                model=model,
+                repeats=args.repeats,
+                timeout_s=args.timeout_s,
+            )
         )
     lat = result["latencies"]
     canonical = model if model in result["after"] else next(iter(result["after"]), model)
@@ -168,17 +196,24 @@ def main() -> None:
         "batch_size_counts": delta["batch_size_counts"],
         "padding_efficiency": round(delta["padding_efficiency"], 3),
         "wer": round(word_error_rate(result["refs"], result["hyps"]), 4)
-        if any(result["refs"]) else None,
+        if any(result["refs"])
+        else None,
         "corpus_files": len(corpus),
         "corpus_audio_s": round(corpus_s, 1),
     }
-    print(f"model={summary['model']} concurrency={summary['concurrency']} "
-          f"requests={summary['requests']} errors={summary['errors']}")
+    print(
+        f"model={summary['model']} concurrency={summary['concurrency']} "
+        f"requests={summary['requests']} errors={summary['errors']}"
+    )
     print(f"audio={summary['audio_s']} s  wall={summary['wall_s']} s  RTFx={summary['rtfx']}")
-    print(f"latency p50={summary['latency_p50_s']} s  p95={summary['latency_p95_s']} s  "
-          f"p99={summary['latency_p99_s']} s")
-    print(f"batch sizes (items: count) {summary['batch_size_counts']}  "
-          f"padding efficiency={summary['padding_efficiency']}")
+    print(
+        f"latency p50={summary['latency_p50_s']} s  p95={summary['latency_p95_s']} s  "
+        f"p99={summary['latency_p99_s']} s"
+    )
+    print(
+        f"batch sizes (items: count) {summary['batch_size_counts']}  "
+        f"padding efficiency={summary['padding_efficiency']}"
+    )
     if summary["wer"] is not None:
         print(f"WER={summary['wer']:.2%}")
     for err in result["errors"][:5]:

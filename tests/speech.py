@@ -47,12 +47,14 @@ def synthesize_wav(text: str, path: Path, *, voice: str = "en-us", speed_wpm: in
     raw = path.with_suffix(".raw.wav")
     subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-w", str(raw), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
         # -D: no dither, so the same text gives the same samples in every run.
         ["sox", str(raw), "-D", "-r", "16000", "-c", "1", "-b", "16", str(path)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     raw.unlink()
     return path

@@ -1,8 +1,8 @@
 import json
 
 from serve_app.transcript import (
-    TranscriptSegment,
     Transcription,
+    TranscriptSegment,
     join_texts,
     render,
     to_srt,

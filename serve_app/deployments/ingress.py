@@ -134,7 +134,7 @@ class AsrIngress:
                 {"error": {"message": f"no route {request.method} {path}", "code": "not_found"}},
                 status_code=404,
             )
-        except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+        except Exception as exc:
             kind = getattr(unwrap_error(exc), "code", type(exc).__name__)
             observability.errors_total().inc(tags={"kind": kind, "stage": "request"})
             return error_response(exc, request_id)
@@ -152,7 +152,7 @@ class AsrIngress:
                 )
         try:
             form = await request.form(max_files=1, max_fields=32)
-        except Exception as exc:  # noqa: BLE001 - multipart parser errors are the client's
+        except Exception as exc:
             raise InvalidRequestError(f"could not parse multipart form: {exc}") from exc
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -167,7 +167,8 @@ class AsrIngress:
         unknown = set(granularities) - {"segment", "word"}
         if unknown:
             raise InvalidRequestError(
-                f"unknown timestamp_granularities {sorted(unknown)}", param="timestamp_granularities"
+                f"unknown timestamp_granularities {sorted(unknown)}",
+                param="timestamp_granularities",
             )
         model_field = form.get("model")
         model = str(model_field) if model_field else None
@@ -237,15 +238,15 @@ class AsrIngress:
                 asyncio.to_thread(serve.status), timeout=self._options.health_timeout_s
             )
             deployments = status.applications[app_name].deployments
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        except Exception as exc:
             return JSONResponse({"status": "unavailable", "error": repr(exc)}, status_code=503)
-        checks = {}
+        running: dict[str, int] = {}
         for name, dep in deployments.items():
-            if name == "AsrIngress":
-                continue
-            running = int(dep.replica_states.get("RUNNING", 0))
-            checks[name] = {"running_replicas": running, "status": str(dep.status)}
-        ok = bool(checks) and all(c["running_replicas"] > 0 for c in checks.values())
+            if name != "AsrIngress":
+                states: dict = dict(dep.replica_states)
+                running[name] = int(states.get("RUNNING", 0))
+        checks = {name: {"running_replicas": n} for name, n in running.items()}
+        ok = bool(running) and all(n > 0 for n in running.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},
             status_code=200 if ok else 503,

@@ -96,9 +96,10 @@ class _Coalescer:
             await self._wake.wait()
             self._wake.clear()
             while batch := self._take():
+                results: list[ItemResult | Exception]
                 try:
-                    results = await self._run([item for item, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - the runner isolates items; a bug here
+                    results = list(await self._run([item for item, _ in batch]))
+                except Exception as exc:
                     logger.exception("forward pass failed as a whole")
                     results = [exc] * len(batch)
                 for (_, future), result in zip(batch, results):
@@ -116,8 +117,9 @@ class RecognizerDeployment:
         self._settings = settings
         self._recognizer = build_recognizer(settings, Path(models_dir))  # load + warm-up
         batch = settings.batch
-        # Decorating at run time lets the capacity and wait come from the config.
-        self._batched = serve.batch(
+        # Decorating at run time lets the capacity and wait come from the config. The
+        # capacity is in seconds (a float): Serve only compares it with batch_size_fn sums.
+        self._batched = serve.batch(  # type: ignore[call-overload]
             max_batch_size=batch.max_batch_audio_s,
             batch_wait_timeout_s=batch.batch_wait_timeout_s,
             max_concurrent_batches=_MAX_FORMED_BATCHES,

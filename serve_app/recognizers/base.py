@@ -95,7 +95,7 @@ class AsrBackend(Protocol):
         """Items with equal keys may share a forward pass."""
         ...
 
-    def warmup(self) -> None:
+    def warmup(self) -> object:
         """Run a small batch so the first real request does not pay for lazy init."""
         ...
 
@@ -185,16 +185,14 @@ class BatchedRecognizer:
             stats.real_audio_s += sum(job.duration_s for job in jobs)
             stats.padded_audio_s += longest_s * len(jobs)
             return list(out)
-        except Exception as exc:  # noqa: BLE001 - isolation is the point: classified below
+        except Exception as exc:
             if len(jobs) > 1 and is_out_of_memory(exc):
                 # Halve and retry: the two halves need less activation memory each.
                 stats.num_oom_splits += 1
                 _release_cached_memory()
                 mid = len(jobs) // 2
                 logger.warning("out of memory on a batch of %d; splitting", len(jobs))
-                return self._run_isolated(jobs[:mid], stats) + self._run_isolated(
-                    jobs[mid:], stats
-                )
+                return self._run_isolated(jobs[:mid], stats) + self._run_isolated(jobs[mid:], stats)
             if len(jobs) > 1:
                 # Some item broke the whole forward: find it by running each alone.
                 logger.warning("batch of %d failed (%r); retrying items alone", len(jobs), exc)

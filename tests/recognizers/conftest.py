@@ -6,38 +6,10 @@ process); their transcripts are gibberish, which is all batching checks need.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import numpy as np
 import pytest
 
 from tests.speech import SENTENCES, have_espeak, synthesize
-
-REPO = Path(__file__).resolve().parents[2]
-TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
-
-
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` as a module (``scripts`` is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def random_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder holding the tiny random FunASR models (seed 0)."""
-    out = tmp_path_factory.mktemp("funasr-random-models")
-    load_script("make_random_funasr_models").write_models(TINY_MODELS, out, seed=0)
-    return out
 
 
 def noise_segments(durations_s: list[float], *, seed: int = 0) -> list[np.ndarray]:

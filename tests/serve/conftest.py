@@ -14,13 +14,15 @@ MAX_UPLOAD_BYTES = 2 * 1024 * 1024
 MAX_DURATION_S = 60.0
 
 
-def default_app_config(models_dir) -> dict:
+def default_app_config(models_dir, random_models_dir) -> dict:
     return {
         "models_dir": str(models_dir),
         "audio": {"max_upload_bytes": MAX_UPLOAD_BYTES, "max_duration_s": MAX_DURATION_S},
         "vad_deployment": replica_options(max_ongoing_requests=16),
-        "ingress": {"default_model": "whisper-tiny.en",
-                    "deployment": replica_options(max_ongoing_requests=128)},
+        "ingress": {
+            "default_model": "whisper-tiny.en",
+            "deployment": replica_options(max_ongoing_requests=128),
+        },
         "recognizers": [
             {
                 "name": "whisper-tiny.en",
@@ -30,19 +32,37 @@ def default_app_config(models_dir) -> dict:
                 "precision": "int8",
                 "language": "en",
                 # A longer wait than production so 16 concurrent requests on 2 cores meet.
-                "batch": {"max_batch_audio_s": 480, "max_batch_items": 16,
-                          "batch_wait_timeout_s": 0.2, "max_forward_audio_s": 480},
+                "batch": {
+                    "max_batch_audio_s": 480,
+                    "max_batch_items": 16,
+                    "batch_wait_timeout_s": 0.2,
+                    "max_forward_audio_s": 480,
+                },
                 "deployment": replica_options(max_ongoing_requests=64),
-            }
+            },
+            {
+                # Random weights, real FunASR classes: gibberish text, but batched and
+                # one-at-a-time results must be identical.
+                "name": "paraformer-tiny-random",
+                "backend": "funasr",
+                "model": str(random_models_dir / "paraformer-tiny"),
+                "batch": {
+                    "max_batch_audio_s": 240,
+                    "max_batch_items": 16,
+                    "batch_wait_timeout_s": 0.2,
+                    "max_forward_audio_s": 240,
+                },
+                "deployment": replica_options(max_ongoing_requests=64),
+            },
         ],
     }
 
 
 @pytest.fixture(scope="session")
-def asr_url(serve_instance, models_dir):
+def asr_url(serve_instance, models_dir, random_models_dir):
     from ray import serve
 
-    deploy(default_app_config(models_dir), name=APP_NAME, route_prefix=ROUTE)
+    deploy(default_app_config(models_dir, random_models_dir), name=APP_NAME, route_prefix=ROUTE)
     yield serve_instance + ROUTE
     serve.delete(APP_NAME)
 

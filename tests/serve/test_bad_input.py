@@ -52,7 +52,11 @@ CASES = {
         400,
         "invalid_audio",
     ),
-    "nan_samples": (lambda good: {"file": ("a.wav", _nan_wav(), "audio/wav")}, 400, "invalid_audio"),
+    "nan_samples": (
+        lambda good: {"file": ("a.wav", _nan_wav(), "audio/wav")},
+        400,
+        "invalid_audio",
+    ),
     "unsupported_codec": (
         lambda good: {
             "file": (

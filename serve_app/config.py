@@ -122,6 +122,9 @@ class RecognizerSettings(_Strict):
     language: str | None = None
     hotwords: tuple[str, ...] = ()
     beam_size: int = Field(1, ge=1)
+    # Intra-op threads of the model on CPU. 0 keeps the library default, which inside a Ray
+    # actor is OMP_NUM_THREADS = the actor's num_cpus (1 for a fractional or 1-CPU actor):
+    # set it to the cores the replica may really use.
     cpu_threads: int = Field(0, ge=0)
     warmup: bool = True
     batch: BatchSettings = BatchSettings()

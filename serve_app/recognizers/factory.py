@@ -19,6 +19,7 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             device=settings.device,
             precision=settings.precision,
             name=settings.name,
+            num_threads=settings.cpu_threads or None,
         )
     if settings.backend == "whisper":
         from serve_app.recognizers.whisper_backend import WhisperBackend

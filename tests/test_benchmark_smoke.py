@@ -1,0 +1,156 @@
+"""The benchmark and the batch tuner cannot rot: a tiny end-to-end run, and the pure parts.
+
+The smoke run uses the tiny random-weight Paraformer on 15 s of generated speech and the
+cheap rows (1: AutoModel one file at a time, 2: AutoModel + fsmn-vad + batch_size_s,
+6: the forward-only floor); it checks that every figure is there and positive, never how
+fast anything is (figures live in docs/BENCHMARKS.md, not in tests).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.speech import requires_espeak
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    """Import ``scripts/<name>.py`` (scripts/ is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@requires_espeak
+def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
+    out = tmp_path / "result.json"
+    cmd = [
+        sys.executable,
+        str(REPO / "scripts/benchmark.py"),
+        "--corpus-minutes",
+        "0.25",
+        "--corpus-dir",
+        str(tmp_path / "corpus"),
+        "--models",
+        "paraformer-tiny",
+        "--rows",
+        "1,2,6",
+        "--max-load",
+        "1000",  # a smoke test never waits for a quiet machine, nor reruns a row
+        "--retries",
+        "0",
+        "--json-out",
+        str(out),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ratios (RTFx / RTFx)" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["corpus"]["audio_s"] >= 14.5
+    rows = {r["row"]: r for r in report["results"]}
+    assert set(rows) == {"1", "2", "6"}
+    for row in rows.values():
+        assert row["status"] == "ok", row["reason"]
+        assert row["rtfx"] > 0 and row["wall_s"] > 0 and row["audio_s"] > 0
+        assert row["peak_rss_mib"] > 0
+        assert row["batch_size_counts"] and all(v > 0 for v in row["batch_size_counts"].values())
+        assert 0 < row["padding_efficiency"] <= 1.0
+        assert row["load_before"] is not None
+    for row in ("1", "2"):  # per-file latencies of the library rows
+        assert 0 < rows[row]["latency_p50_s"] <= rows[row]["latency_p99_s"]
+    # Ratios over rows that did not run are reported as missing, not invented.
+    ratios = {q["ratio"]: q for q in report["ratios"]}
+    assert ratios["4/6"]["value"] is None
+
+
+def _point(items, forward_s, rtfx, mem_gib, ok=True):
+    tune = _script("tune_batch")
+    return tune.SweepPoint(
+        max_batch_items=items,
+        max_forward_audio_s=forward_s,
+        max_batch_audio_s=max(forward_s, 480.0),
+        throughput_rtfx=rtfx,
+        peak_memory_bytes=int(mem_gib * 2**30),
+        ok=ok,
+    )
+
+
+def test_knee_is_the_smallest_capacity_near_the_best_throughput():
+    tune = _script("tune_batch")
+    points = [
+        _point(32, 30, 10.0, 1.0),
+        _point(32, 60, 18.0, 2.0),
+        _point(32, 120, 19.5, 4.0),
+        _point(32, 240, 20.0, 8.0),
+    ]
+    knee = tune.pick_knee(points, memory_limit_bytes=100 * 2**30, tolerance=0.05)
+    assert knee.max_forward_audio_s == 120  # 19.5 >= 0.95 x 20; 18 is not
+    loose = tune.pick_knee(points, memory_limit_bytes=100 * 2**30, tolerance=0.15)
+    assert loose.max_forward_audio_s == 60
+
+
+def test_knee_respects_the_memory_limit_and_failed_points():
+    tune = _script("tune_batch")
+    points = [
+        _point(8, 60, 10.0, 1.0),
+        _point(16, 120, 14.0, 3.0),
+        _point(32, 240, 20.0, 9.0),  # the fastest, but over the limit
+        _point(64, 480, 0.0, 0.0, ok=False),  # out of memory
+    ]
+    knee = tune.pick_knee(points, memory_limit_bytes=4 * 2**30)
+    assert (knee.max_batch_items, knee.max_forward_audio_s) == (16, 120)
+    with pytest.raises(ValueError, match="memory limit"):
+        tune.pick_knee(points, memory_limit_bytes=0.5 * 2**30)
+    with pytest.raises(ValueError):
+        tune.pick_knee([], memory_limit_bytes=2**40)
+
+
+def test_dynamic_batches_follow_the_item_cost():
+    tune = _script("tune_batch")
+    from serve_app.recognizers.base import SegmentJob
+
+    jobs = [SegmentJob(audio=np.zeros(int(s * 16000), np.float32)) for s in (2, 2, 2, 25, 2)]
+    # Capacity 60 s / 4 items: every item costs at least 15 s -> 4 short ones fill a batch,
+    # and the 25 s one does not fit after three of them.
+    batches = tune.dynamic_batches(jobs, items=4, capacity_s=60.0)
+    assert [len(b) for b in batches] == [3, 2]
+    assert sum(len(b) for b in batches) == len(jobs)
+
+
+def test_tuned_config_is_a_valid_serve_config(tmp_path):
+    tune = _script("tune_batch")
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.config import load_app_config
+
+    template = yaml.safe_load((REPO / "ray_configs/serve.yaml").read_text())
+    recognizer = {"name": "paraformer-large", "backend": "funasr", "model": "random/x"}
+    batch = {"max_batch_audio_s": 480.0, "max_batch_items": 32, "max_forward_audio_s": 60.0}
+    config = tune.tuned_config(
+        template, recognizer=recognizer, batch=batch, replace_first=True, cpu_threads=2
+    )
+    path = tmp_path / "tuned.yaml"
+    path.write_text(tune.header(["sweep table"]) + yaml.safe_dump(config, sort_keys=False))
+    ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app = load_app_config(path)
+    rec = app.recognizer("paraformer-large")
+    assert app.default_model == "paraformer-large"
+    assert rec.batch.max_forward_audio_s == 60.0 and rec.batch.max_batch_items == 32
+    assert rec.deployment.max_ongoing_requests >= 64
+    assert rec.deployment.ray_actor_options["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
+    # The template's other settings are kept as they were.
+    assert app.vad.max_segment_s == 30

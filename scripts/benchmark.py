@@ -849,13 +849,7 @@ def row_serve(spec: dict) -> dict:
 
     model = ModelSpec(**spec["model"])
     corpus = _corpus(spec)
-    extra: dict[str, Any] = {}
-    if spec["experiments"]:
-        extra = {
-            "env_vars": _experiment_env(spec["experiments"]),
-            "runtime_env": {"worker_process_setup_hook": _setup_hook(None, spec["experiments"])},
-        }
-    ray = _start_ray(spec, **extra)
+    ray = _start_ray(spec, **_hook_env(spec["experiments"], None))
     from ray import serve
 
     from serve_app.app import build_app
@@ -909,6 +903,8 @@ EXPERIMENTS = {
     # and 5 by a worker_process_setup_hook, so they can be measured without editing them.
     "vad-1-thread": "FsmnVad's torch pool set to 1 thread (FunASR's loader sets 4)",
     "omp-passive": "OMP_WAIT_POLICY=PASSIVE in every Ray worker (no OpenMP spin-waiting)",
+    "model-actor": "the Serve recognizer replica runs the model in a plain Ray actor of its "
+    "own (sync, main thread) instead of in the replica process",
 }
 
 
@@ -938,6 +934,8 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
                 torch.set_num_threads(1)
 
             _vad.FsmnVad.__init__ = vad_init  # type: ignore[method-assign]
+        if "model-actor" in experiments:
+            _patch_model_actor()
         if stats_path is None:
             return
         from serve_app.recognizers import base
@@ -965,6 +963,70 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
     return hook
 
 
+def _patch_model_actor() -> None:
+    """Experiment "model-actor": ``RecognizerDeployment`` builds its recognizer in a plain
+    Ray actor (tasks on that actor's main thread, no Serve machinery in its process) and
+    calls it per dynamic batch; the replica keeps the batching, metrics and HTTP-facing
+    parts. The proposed change to serve_app/deployments/recognizer.py, applied in-process."""
+    import os as _os
+
+    import ray as _ray
+
+    from serve_app.deployments import recognizer as _rec
+
+    class _Worker:
+        def __init__(self, settings: Any, models_dir: Any) -> None:
+            from serve_app.recognizers.factory import build_recognizer
+
+            self._recognizer = build_recognizer(settings, models_dir)
+
+        def transcribe_batch(self, jobs: Any) -> Any:
+            return self._recognizer.transcribe_batch(jobs), self._recognizer.last_stats
+
+    class _Proxy:
+        def __init__(self, settings: Any, models_dir: Any) -> None:
+            threads = _os.environ.get("OMP_NUM_THREADS", "1")
+            self._actor = (
+                _ray.remote(_Worker)
+                .options(num_cpus=0, runtime_env={"env_vars": {"OMP_NUM_THREADS": threads}})
+                .remote(settings, models_dir)
+            )
+            _ray.get(self._actor.__ray_ready__.remote())
+            self.last_stats = None
+
+        def transcribe_batch(self, jobs: Any) -> Any:
+            results, self.last_stats = _ray.get(self._actor.transcribe_batch.remote(jobs))
+            return results
+
+    _rec.build_recognizer = _Proxy  # type: ignore[assignment]
+
+
+def setup_hook_from_env() -> None:
+    """The ``worker_process_setup_hook`` of rows 4 and 5, configured by env vars.
+
+    Given to Ray as the module path ``scripts.benchmark.setup_hook_from_env`` (a callable
+    would be exported under the driver's job and Serve replicas, started by the Serve
+    controller, do not run it); the env vars reach every worker through the runtime_env.
+    """
+    experiments = [e for e in os.environ.get("BENCH_EXPERIMENTS", "").split(",") if e]
+    _setup_hook(os.environ.get("BENCH_STATS_PATH") or None, experiments)()
+
+
+def _hook_env(experiments: Sequence[str], stats_path: str | None) -> dict[str, Any]:
+    """``_start_ray`` arguments installing :func:`setup_hook_from_env` in every worker."""
+    env = {"BENCH_EXPERIMENTS": ",".join(experiments), **_experiment_env(experiments)}
+    # Workers import serve_app from the installed package; the hook's module is found
+    # through the repository root.
+    path = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{path}" if path else str(REPO)
+    if stats_path:
+        env["BENCH_STATS_PATH"] = stats_path
+    return {
+        "env_vars": env,
+        "runtime_env": {"worker_process_setup_hook": "scripts.benchmark.setup_hook_from_env"},
+    }
+
+
 def _experiment_env(experiments: Sequence[str]) -> dict[str, str]:
     return {"OMP_WAIT_POLICY": "PASSIVE"} if "omp-passive" in experiments else {}
 
@@ -980,13 +1042,9 @@ def row_ray_data(spec: dict) -> dict:
     import yaml
 
     config_path.write_text(yaml.safe_dump({"job": spec["job_config"]}, sort_keys=False))
-    ray = _start_ray(
-        spec,
-        env_vars={**spec["job_env"], **_experiment_env(spec["experiments"])},
-        runtime_env={
-            "worker_process_setup_hook": _setup_hook(str(stats_path), spec["experiments"])
-        },
-    )
+    hook = _hook_env(spec["experiments"], str(stats_path))
+    hook["env_vars"].update(spec["job_env"])
+    ray = _start_ray(spec, **hook)
     from serve_app.job_config import load_job_config
     from serve_app.transcribe_job import run_job
 

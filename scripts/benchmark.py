@@ -225,7 +225,7 @@ def recognizer_settings(model: ModelSpec, opts: dict) -> dict:
         "language": model.language,
         "batch": opts["batch"],
     }
-    if model.is_whisper and opts["device"] == "cpu":
+    if opts["device"] == "cpu":
         # "shipped": 0 = follow OMP_NUM_THREADS, which Ray sets from num_cpus (1 thread).
         rec["cpu_threads"] = opts["threads"] if opts["layout"] == "config" else 0
     return rec
@@ -427,7 +427,11 @@ class TreeSampler:
             except ps.Error:
                 found = []
             for p in found:
-                if p.pid not in self._procs:
+                if p.pid in self._procs:
+                    # Ray workers retitle themselves (ray::IDLE -> ray::Actor) after start.
+                    with contextlib.suppress(ps.Error):
+                        self._names[p.pid] = p.name()
+                else:
                     try:
                         self.pids.setdefault(p.pid, p.create_time())
                         self._names[p.pid] = p.name()
@@ -849,17 +853,30 @@ def row_serve(spec: dict) -> dict:
 
     model = ModelSpec(**spec["model"])
     corpus = _corpus(spec)
-    ray = _start_ray(spec, **_hook_env(spec["experiments"], None))
+    ray = _start_ray(spec)
     from ray import serve
 
     from serve_app.app import build_app
     from serve_app.config import AppConfig
 
+    serve_config = spec["serve_config"]
+    if "model-actor" in spec["experiments"]:
+        import serve_app.app as app_module
+
+        app_module.RecognizerDeployment = _model_actor_deployment()  # type: ignore[attr-defined]
+    if "vad-1-thread" in spec["experiments"]:
+        import serve_app.app as app_module
+
+        app_module.VadDeployment = _vad_one_thread_deployment()  # type: ignore[attr-defined]
+    if set(spec["experiments"]) - {"model-actor", "vad-1-thread"}:
+        # Setup hooks are job-level: Serve replicas only get the env vars.
+        serve_config = _with_hook(serve_config, _hook_env(spec["experiments"], None))
+
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        config = AppConfig.model_validate(spec["serve_config"])
+        config = AppConfig.model_validate(serve_config)
         serve.run(build_app(config), name="bench", route_prefix="/", blocking=False)
         _wait_http(f"{url}/healthz", spec["startup_timeout_s"])
         warm = _noise_wav(Path(spec["tmp"]))
@@ -934,8 +951,6 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
                 torch.set_num_threads(1)
 
             _vad.FsmnVad.__init__ = vad_init  # type: ignore[method-assign]
-        if "model-actor" in experiments:
-            _patch_model_actor()
         if stats_path is None:
             return
         from serve_app.recognizers import base
@@ -963,14 +978,17 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
     return hook
 
 
-def _patch_model_actor() -> None:
-    """Experiment "model-actor": ``RecognizerDeployment`` builds its recognizer in a plain
-    Ray actor (tasks on that actor's main thread, no Serve machinery in its process) and
-    calls it per dynamic batch; the replica keeps the batching, metrics and HTTP-facing
-    parts. The proposed change to serve_app/deployments/recognizer.py, applied in-process."""
+def _model_actor_deployment() -> Any:
+    """Experiment "model-actor": a ``RecognizerDeployment`` whose recognizer runs in a plain
+    Ray actor of its own (tasks on that actor's main thread, no Serve machinery in its
+    process), called once per dynamic batch; the replica keeps the batching, coalescing and
+    metrics. This is the proposed change to serve_app/deployments/recognizer.py, built here
+    (classes defined in a function travel by value to the replica) so it can be measured
+    without editing that file."""
     import os as _os
 
     import ray as _ray
+    from ray import serve as _serve
 
     from serve_app.deployments import recognizer as _rec
 
@@ -998,15 +1016,34 @@ def _patch_model_actor() -> None:
             results, self.last_stats = _ray.get(self._actor.transcribe_batch.remote(jobs))
             return results
 
-    _rec.build_recognizer = _Proxy  # type: ignore[assignment]
+        def validate(self, options: Any) -> None:
+            # The benchmark sends default options only; the real change would keep this
+            # check in the replica (it needs the backend's option rules, not its weights).
+            return None
+
+    base = _rec.RecognizerDeployment.func_or_class
+
+    class ModelActorRecognizer(base):  # type: ignore[misc, valid-type]
+        def __init__(self, settings: Any, models_dir: str) -> None:
+            # The base class travels by value too (its module name resolves to the
+            # Deployment, not the class): patch the globals its __init__ actually uses.
+            scope = base.__init__.__globals__
+            original = scope["build_recognizer"]
+            scope["build_recognizer"] = _Proxy
+            try:
+                super().__init__(settings, models_dir)
+            finally:
+                scope["build_recognizer"] = original
+
+    return _serve.deployment(ModelActorRecognizer)
 
 
 def setup_hook_from_env() -> None:
-    """The ``worker_process_setup_hook`` of rows 4 and 5, configured by env vars.
+    """The ``worker_process_setup_hook`` of row 5 (and of row 4's env-var experiments),
+    configured by env vars.
 
-    Given to Ray as the module path ``scripts.benchmark.setup_hook_from_env`` (a callable
-    would be exported under the driver's job and Serve replicas, started by the Serve
-    controller, do not run it); the env vars reach every worker through the runtime_env.
+    Given to Ray as the module path ``scripts.benchmark.setup_hook_from_env`` in the
+    job-level runtime_env; the env vars reach every worker through it.
     """
     experiments = [e for e in os.environ.get("BENCH_EXPERIMENTS", "").split(",") if e]
     _setup_hook(os.environ.get("BENCH_STATS_PATH") or None, experiments)()
@@ -1025,6 +1062,41 @@ def _hook_env(experiments: Sequence[str], stats_path: str | None) -> dict[str, A
         "env_vars": env,
         "runtime_env": {"worker_process_setup_hook": "scripts.benchmark.setup_hook_from_env"},
     }
+
+
+def _vad_one_thread_deployment() -> Any:
+    """Experiment "vad-1-thread" in Serve: ``VadDeployment`` with torch's pool at 1 thread
+    (FunASR's loader sets ``ncpu=4`` when not told otherwise). Defined in a function so the
+    class travels by value to the replica; the proposed change is ``ncpu=1`` in FsmnVad."""
+    from ray import serve as _serve
+
+    from serve_app.deployments import vad as _vad
+
+    base = _vad.VadDeployment.func_or_class
+
+    class OneThreadVad(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            import torch
+
+            torch.set_num_threads(1)
+
+    return _serve.deployment(OneThreadVad)
+
+
+def _with_hook(app_args: dict, hook: dict) -> dict:
+    """``app_args`` with the hook's runtime_env added to every deployment's actor options."""
+    import copy
+
+    args = copy.deepcopy(app_args)
+    deployments = [args.setdefault("vad_deployment", {})]
+    deployments.append(args.setdefault("ingress", {}).setdefault("deployment", {}))
+    deployments += [rec.setdefault("deployment", {}) for rec in args["recognizers"]]
+    for deployment in deployments:
+        runtime_env = deployment.setdefault("ray_actor_options", {}).setdefault("runtime_env", {})
+        runtime_env.update(hook["runtime_env"])
+        runtime_env["env_vars"] = {**hook["env_vars"], **runtime_env.get("env_vars", {})}
+    return args
 
 
 def _experiment_env(experiments: Sequence[str]) -> dict[str, str]:

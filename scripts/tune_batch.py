@@ -333,8 +333,7 @@ def tuned_config(
     aliases and deployment) and becomes the default model. ``cpu_threads`` (CPU tuning)
     gives the replica the threads the sweep ran with: Ray sets ``OMP_NUM_THREADS`` from
     ``num_cpus`` (1 thread for the usual ``num_cpus: 1``), and FunASR takes torch's thread
-    count from it, so the replica's ``runtime_env`` sets it; Whisper also gets
-    ``cpu_threads``.
+    count from it, so the replica's ``runtime_env`` sets it, and ``cpu_threads`` too.
     """
     import copy
 
@@ -363,8 +362,7 @@ def tuned_config(
         int(deployment.get("max_ongoing_requests") or 0), 2 * items
     )
     if cpu_threads:
-        if rec.get("backend") == "whisper":
-            rec["cpu_threads"] = cpu_threads
+        rec["cpu_threads"] = cpu_threads
         actor = deployment.setdefault("ray_actor_options", {})
         env = actor.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env["OMP_NUM_THREADS"] = str(cpu_threads)
@@ -565,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if model.language:
         rec_dict["language"] = model.language
-    if model.is_whisper and args.device == "cpu":
+    if args.device == "cpu":
         rec_dict["cpu_threads"] = args.threads
     settings = RecognizerSettings.model_validate(rec_dict)
     print(

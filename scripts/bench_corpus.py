@@ -218,6 +218,24 @@ def vad_spans(
     return out
 
 
+def pack_spans(
+    spans: dict[str, list[tuple[int, int]]], pack_segments_s: float
+) -> dict[str, list[tuple[int, int]]]:
+    """The spans after the recognizer's segment packing (``pack_segments_s``), as served."""
+    from serve_app.segmentation import SpeechSegment, pack_segments
+
+    max_piece_ms = round(pack_segments_s * 1000)
+    return {
+        key: [
+            (s.start_ms, s.end_ms)
+            for s in pack_segments(
+                [SpeechSegment(a, b) for a, b in value], max_piece_ms=max_piece_ms
+            )
+        ]
+        for key, value in spans.items()
+    }
+
+
 def load_segments(
     corpus: Corpus, spans: dict[str, list[tuple[int, int]]]
 ) -> list[tuple[str, np.ndarray]]:

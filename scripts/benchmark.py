@@ -1172,8 +1172,9 @@ def row_floor(spec: dict) -> dict:
         spans = bench_corpus.vad_spans(
             corpus, vad_settings_json=vad.model_dump_json(), models_dir=_models_dir()
         )
-    segments = bench_corpus.load_segments(corpus, spans)
     settings = RecognizerSettings.model_validate(recognizer_settings(model, spec))
+    spans = bench_corpus.pack_spans(spans, settings.segment_pack_s)  # as the service does
+    segments = bench_corpus.load_segments(corpus, spans)
     with _quiet_funasr():
         backend = build_backend(settings, _models_dir())
         _set_threads(spec["threads"])

@@ -68,7 +68,6 @@ WINDOW_S = 30.0  # the VAD's longest segment (and Whisper's window)
 # Whisper computes every item as a full 30 s window, so segments are merged across pauses
 # up to this long (while the result stays <= max_segment_s): fewer, fuller windows. 3 s
 # keeps long silences (where Whisper tends to hallucinate) out of the windows.
-WHISPER_MERGE_GAP_MS = 3000
 DEFAULT_TEMPLATES = {
     "cpu": "ray_configs/serve.yaml",
     "cuda": "ray_configs/serve_paraformer_gpu.yaml",
@@ -474,8 +473,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--merge-gap-ms",
         type=int,
         default=None,
-        help="vad.merge_gap_ms to tune with and write (default: the template's; Whisper "
-        f"{WHISPER_MERGE_GAP_MS}, so its 30 s windows are filled)",
+        help="vad.merge_gap_ms to tune with and write (default: the template's). The "
+        "recognizer's pack_segments_s (Whisper: 30 s windows) is applied after it, as in "
+        "the service",
     )
     p.add_argument("--corpus-minutes", type=float, default=30.0)
     p.add_argument("--corpus-dir", type=Path, default=Path("/tmp/asr-bench-corpus"))
@@ -538,21 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     template = yaml.safe_load(template_path.read_text())
     vad_section = dict(template["applications"][0]["args"].get("vad", {}))
     merge_gap_ms = args.merge_gap_ms
-    if merge_gap_ms is None and model.is_whisper:
-        merge_gap_ms = WHISPER_MERGE_GAP_MS
     if merge_gap_ms is not None:
         vad_section["merge_gap_ms"] = merge_gap_ms
     vad = VadSettings.model_validate(vad_section)
-    with contextlib.redirect_stdout(sys.stderr):
-        spans = bench_corpus.vad_spans(
-            corpus, vad_settings_json=vad.model_dump_json(), models_dir=_models_dir()
-        )
-    segments = [s for _, s in bench_corpus.load_segments(corpus, spans)]
-    largest_dynamic_s = max(c[2] for c in points_to_run)
-    workload_s = args.workload_s or max(180.0, 2 * largest_dynamic_s)
-    work = workload(segments, workload_s)
-    speech_s = sum(len(s) for s in work) / 16000
-
     precision = _precision(model, {"device": args.device, "precision": args.precision})
     rec_dict: dict[str, Any] = {
         "name": model.name,
@@ -566,6 +554,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cpu":
         rec_dict["cpu_threads"] = args.threads
     settings = RecognizerSettings.model_validate(rec_dict)
+    with contextlib.redirect_stdout(sys.stderr):
+        spans = bench_corpus.vad_spans(
+            corpus, vad_settings_json=vad.model_dump_json(), models_dir=_models_dir()
+        )
+    spans = bench_corpus.pack_spans(spans, settings.segment_pack_s)
+    segments = [s for _, s in bench_corpus.load_segments(corpus, spans)]
+    largest_dynamic_s = max(c[2] for c in points_to_run)
+    workload_s = args.workload_s or max(180.0, 2 * largest_dynamic_s)
+    work = workload(segments, workload_s)
+    speech_s = sum(len(s) for s in work) / 16000
+
     print(
         f"{model.name} ({model.backend}, {precision}, {args.device}, {args.threads} threads); "
         f"{args.mode} mode, sweeping {axis}; workload {len(work)} segments, {speech_s:.0f} s "

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODELS_DIR = Path.home() / ".cache" / "ray-funasr-serve" / "models"
+# Whisper's encoder input: every item is padded (or cut) to this many seconds.
+WHISPER_WINDOW_S = 30.0
 
 
 def resolve_models_dir(configured: str | None) -> Path:
@@ -88,6 +90,10 @@ class VadSettings(_Strict):
 
     model: str = "fsmn-vad"
     device: str = "cpu"
+    # torch threads of the VAD process. FSMN-VAD is small (0.4 M parameters) and gains
+    # nothing from more; FunASR's loader would otherwise set 4, which on a shared node
+    # spins OpenMP threads against the recognizer's.
+    cpu_threads: int = Field(1, ge=1)
     max_segment_s: float = Field(30.0, gt=0, le=60.0)
     # Neighbouring segments closer than this are merged while the result stays within
     # max_segment_s: fewer, fuller segments batch better and cut words less often.
@@ -127,6 +133,13 @@ class RecognizerSettings(_Strict):
     # set it to the cores the replica may really use.
     cpu_threads: int = Field(0, ge=0)
     warmup: bool = True
+    # Consecutive VAD segments of one file are joined, with the pause between them, while
+    # the joined piece stays within this many seconds, before they become batch items.
+    # Whisper's encoder runs a full 30 s window whatever the segment length, so packing
+    # short segments into one window is free compute (faster-whisper's batched pipeline
+    # does the same); FunASR's cost grows with length, so pauses would be paid for.
+    # null = the backend's default: whisper 30, funasr 0 (off).
+    pack_segments_s: float | None = Field(None, ge=0)
     batch: BatchSettings = BatchSettings()
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
@@ -136,7 +149,23 @@ class RecognizerSettings(_Strict):
             raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
         if self.precision == "int8" and self.backend != "whisper":
             raise ValueError(f"{self.name}: int8 is only available for the whisper backend")
+        if self.backend == "whisper" and self.segment_pack_s > WHISPER_WINDOW_S:
+            raise ValueError(
+                f"{self.name}: pack_segments_s must be <= {WHISPER_WINDOW_S} (Whisper's window)"
+            )
+        if self.segment_pack_s > self.batch.max_batch_audio_s:
+            raise ValueError(
+                f"{self.name}: pack_segments_s ({self.segment_pack_s}) must be <= "
+                f"batch.max_batch_audio_s ({self.batch.max_batch_audio_s})"
+            )
         return self
+
+    @property
+    def segment_pack_s(self) -> float:
+        """``pack_segments_s`` with the backend default applied (0 = no packing)."""
+        if self.pack_segments_s is not None:
+            return self.pack_segments_s
+        return WHISPER_WINDOW_S if self.backend == "whisper" else 0.0
 
 
 class IngressSettings(_Strict):

@@ -50,7 +50,7 @@ from serve_app.recognizers.base import (
     RecognitionOptions,
     SegmentJob,
 )
-from serve_app.segmentation import SpeechSegment
+from serve_app.segmentation import SpeechSegment, pack_segments
 from serve_app.transcript import stitch_segments
 
 logger = logging.getLogger(__name__)
@@ -233,11 +233,13 @@ class DecodeVadStage:
         *,
         base_dir: str | None = None,
         segmenter: SegmentsFn | None = None,
+        pack_segments_s: float = 0.0,
     ) -> None:
         self._limits = AudioLimits(
             max_upload_bytes=audio.max_upload_bytes, max_duration_s=audio.max_duration_s
         )
         self._base_dir = base_dir
+        self._pack_ms = round(pack_segments_s * 1000)  # as the online route does
         if segmenter is None:
             from serve_app.vad import FsmnVad
 
@@ -262,7 +264,7 @@ class DecodeVadStage:
             duration_s = audio.duration_s
             if len(audio.samples) == 0:
                 raise InvalidAudioError("no samples: the audio is empty")
-            segments = self._vad.segments(audio.samples)
+            segments = pack_segments(self._vad.segments(audio.samples), max_piece_ms=self._pack_ms)
             return {
                 "id": row_id,
                 "language": normalize_language(row.get("language")),

@@ -62,6 +62,18 @@ def merge_close(
     return merged
 
 
+def pack_segments(segments: Sequence[SpeechSegment], *, max_piece_ms: int) -> list[SpeechSegment]:
+    """Join consecutive segments (the gaps between them included) into pieces no longer than
+    ``max_piece_ms``; a segment already longer stays as it is. ``max_piece_ms <= 0``: no-op.
+
+    For models whose cost does not follow segment length (Whisper's encoder always runs a
+    full 30 s window), this turns several short items into one full one.
+    """
+    if max_piece_ms <= 0:
+        return sorted(segments, key=lambda s: s.start_ms)
+    return merge_close(segments, merge_gap_ms=max_piece_ms, max_segment_ms=max_piece_ms)
+
+
 def _quietest_cut_ms(samples: np.ndarray, lo_ms: int, hi_ms: int) -> int:
     """The start of the lowest-energy window in [lo_ms, hi_ms), or hi_ms if none fits."""
     window = _CUT_WINDOW_MS * _SAMPLES_PER_MS

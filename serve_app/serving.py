@@ -19,7 +19,7 @@ import numpy as np
 from serve_app.audio import AudioLimits, DecodedAudio, decode_audio
 from serve_app.errors import AsrError, UnknownModelError
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
-from serve_app.segmentation import SpeechSegment
+from serve_app.segmentation import SpeechSegment, pack_segments
 from serve_app.transcript import Transcription, stitch_segments
 
 SegmentFn = Callable[[np.ndarray], Awaitable[list[SpeechSegment]]]
@@ -31,6 +31,8 @@ class ModelRoute:
     name: str
     recognize: RecognizeFn
     default_options: RecognitionOptions = field(default_factory=RecognitionOptions)
+    # Join consecutive segments into pieces up to this long (0: keep the VAD's segments).
+    pack_segments_ms: int = 0
 
 
 class TranscriptionService:
@@ -73,7 +75,9 @@ class TranscriptionService:
         opts = _merge(route.default_options, options)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        segments = sorted(await self._segment(audio.samples), key=lambda s: s.start_ms)
+        segments = pack_segments(
+            await self._segment(audio.samples), max_piece_ms=route.pack_segments_ms
+        )
         timings["vad"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()

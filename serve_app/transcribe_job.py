@@ -271,7 +271,10 @@ def build_pipeline(config: JobConfig, manifest: ManifestInfo, done_ids: pa.Array
     ds = ds.map_batches(
         DecodeVadStage,
         fn_constructor_args=(config.audio, config.vad, config.models_dir),
-        fn_constructor_kwargs={"base_dir": manifest.base_dir},
+        fn_constructor_kwargs={
+            "base_dir": manifest.base_dir,
+            "pack_segments_s": config.recognizer.segment_pack_s,
+        },
         batch_size=config.files_per_decode_batch,
         batch_format="pyarrow",
         **_pool_args(config.decode_vad_pool),

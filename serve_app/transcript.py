@@ -59,26 +59,27 @@ def stitch_segments(
     """
     if len(spans_ms) != len(results):
         raise ValueError(f"{len(results)} results for {len(spans_ms)} segments")
-    pieces = []
+    pieces: list[TranscriptSegment] = []
     language = None
-    for i, ((start_ms, end_ms), result) in enumerate(zip(spans_ms, results, strict=True)):
+    for (start_ms, end_ms), result in zip(spans_ms, results, strict=True):
         if isinstance(result, BaseException):
             raise result
-        offset_s = start_ms / 1000
+        offset_s, end_s = start_ms / 1000, end_ms / 1000
         language = language or getattr(result, "language", None)
         words = tuple(
             WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word)
             for w in getattr(result, "words", ())
         )
-        pieces.append(
-            TranscriptSegment(
-                id=i,
-                start_s=offset_s,
-                end_s=end_ms / 1000,
-                text=str(getattr(result, "text", "")).strip(),
-                words=words,
-            )
-        )
+        timed = [s for s in getattr(result, "spans", ()) if s.text.strip()]
+        if not timed:
+            text = str(getattr(result, "text", "")).strip()
+            pieces.append(TranscriptSegment(len(pieces), offset_s, end_s, text, words))
+            continue
+        for span in timed:
+            start = min(offset_s + max(span.start_s, 0.0), end_s)
+            stop = min(max(offset_s + span.end_s, start), end_s)
+            inside = tuple(w for w in words if start <= w.start_s < stop)
+            pieces.append(TranscriptSegment(len(pieces), start, stop, span.text.strip(), inside))
     return join_texts([p.text for p in pieces]), tuple(pieces), language
 
 

@@ -34,6 +34,7 @@ class FsmnVad:
             disable_update=True,
             disable_pbar=True,
             disable_log=True,
+            ncpu=settings.cpu_threads,  # the loader calls torch.set_num_threads(ncpu)
         )
         self._lock = threading.Lock()
 

@@ -57,7 +57,22 @@ def test_batch_must_fit_max_ongoing_requests():
 
 def test_batch_capacity_must_hold_longest_segment():
     with pytest.raises(ValidationError, match="max_segment_s"):
-        AppConfig.model_validate({**_minimal(batch={"max_batch_audio_s": 10})})
+        AppConfig.model_validate({**_minimal(batch={"max_batch_audio_s": 10}, pack_segments_s=0)})
+
+
+def test_segment_packing_defaults_by_backend_and_fits_the_window():
+    whisper = AppConfig.model_validate(_minimal(backend="whisper")).recognizers[0]
+    assert whisper.segment_pack_s == 30.0  # the encoder runs 30 s windows anyway
+    funasr = AppConfig.model_validate(_minimal(backend="funasr")).recognizers[0]
+    assert funasr.segment_pack_s == 0.0  # cost grows with length: pauses would be paid
+    assert (
+        AppConfig.model_validate(_minimal(backend="whisper", pack_segments_s=0))
+        .recognizers[0]
+        .segment_pack_s
+        == 0.0
+    )
+    with pytest.raises(ValidationError, match="Whisper's window"):
+        AppConfig.model_validate(_minimal(backend="whisper", pack_segments_s=45))
 
 
 def test_half_precision_needs_gpu():

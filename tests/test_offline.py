@@ -137,6 +137,22 @@ def test_decode_stage_turns_bad_files_into_typed_error_rows(tmp_path):
         assert by_id[row_id]["status"] == "error" and by_id[row_id]["speech"] == []
 
 
+def test_decode_stage_packs_segments_like_the_online_route(tmp_path):
+    tone = 0.3 * np.sin(np.arange(3 * SR) / SR * 2 * np.pi * 220)
+    _write_wav(tmp_path / "good.wav", np.concatenate([tone, np.zeros(2 * SR), tone]))
+    stage = DecodeVadStage(
+        AudioSettings(),
+        VadSettings(),
+        base_dir=str(tmp_path),
+        segmenter=_FakeVad(),
+        pack_segments_s=4.0,
+    )
+    (row,) = stage(pa.Table.from_pylist([{"id": "a", "audio": "good.wav"}])).to_pylist()
+    # Six 1 s windows of speech (0-3 s, 5-8 s) become pieces of at most 4 s.
+    assert [(s["start_ms"], s["end_ms"]) for s in row["speech"]] == [(0, 3000), (5000, 8000)]
+    assert len(row["speech"][0]["audio"]) == 3 * SR * 4
+
+
 def test_manifest_values_are_normalized():
     assert normalize_hotwords("  alpha  beta ") == ["alpha", "beta"]
     assert normalize_hotwords(["alpha", " ", None, "beta"]) == ["alpha", "beta"]
@@ -538,7 +554,11 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
     limits = AudioLimits(config.audio.max_upload_bytes, config.audio.max_duration_s)
     service = TranscriptionService(
         segment=segment,
-        routes={rec.name: ModelRoute(rec.name, recognize, defaults)},
+        routes={
+            rec.name: ModelRoute(
+                rec.name, recognize, defaults, pack_segments_ms=round(rec.segment_pack_s * 1000)
+            )
+        },
         default_model=rec.name,
         limits=limits,
     )

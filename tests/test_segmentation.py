@@ -3,6 +3,7 @@ import numpy as np
 from serve_app.segmentation import (
     SpeechSegment,
     merge_close,
+    pack_segments,
     pad_spans,
     postprocess_spans,
     split_long,
@@ -52,3 +53,26 @@ def test_slice_uses_milliseconds():
     samples = np.arange(16_000 * 2, dtype=np.float32)
     piece = SpeechSegment(500, 1000).slice(samples)
     assert len(piece) == 8000 and piece[0] == 8000
+
+
+def test_pack_segments_fills_windows_without_crossing_them():
+    segs = [
+        SpeechSegment(0, 4000),
+        SpeechSegment(9000, 14_000),  # 5 s pause before: packed anyway (gap included)
+        SpeechSegment(20_000, 29_000),
+        SpeechSegment(31_000, 40_000),  # joining would make 0..40 s > 30 s: new piece
+        SpeechSegment(41_000, 80_000),  # already longer than the window: left alone
+        SpeechSegment(81_000, 82_000),
+    ]
+    packed = pack_segments(list(reversed(segs)), max_piece_ms=30_000)
+    assert packed == [
+        SpeechSegment(0, 29_000),
+        SpeechSegment(31_000, 40_000),
+        SpeechSegment(41_000, 80_000),
+        SpeechSegment(81_000, 82_000),
+    ]
+    # Every original segment lies inside exactly one piece.
+    for seg in segs:
+        assert sum(p.start_ms <= seg.start_ms and seg.end_ms <= p.end_ms for p in packed) == 1
+    # 0 turns packing off (order still normalised).
+    assert pack_segments(list(reversed(segs)), max_piece_ms=0) == segs

@@ -81,3 +81,23 @@ def test_failing_segment_fails_only_its_request():
 def test_unknown_model():
     with pytest.raises(UnknownModelError):
         _service().route("nope")
+
+
+def test_route_packs_consecutive_segments_before_recognition():
+    seen: list[float] = []
+
+    async def recognize(job):
+        seen.append(job.duration_s)
+        return SegmentTranscript(text=f"{job.duration_s:g}s")
+
+    service = TranscriptionService(
+        segment=_segments,  # 0-1 s, 2-3 s, 5-5.5 s
+        routes={"w": ModelRoute("w", recognize, pack_segments_ms=4000)},
+        default_model="w",
+        limits=AudioLimits(),
+    )
+    tr = asyncio.run(service.transcribe(_audio(6, 1), model=None))
+    # 0-3 s fits in 4 s (the pause is kept in the piece); adding 5.5 s would not.
+    assert sorted(seen) == [0.5, 3.0]
+    assert [(s.start_s, s.end_s) for s in tr.segments] == [(0.0, 3.0), (5.0, 5.5)]
+    assert tr.text == "3s 0.5s"

@@ -1,10 +1,15 @@
 import json
 
+import pytest
+
+from serve_app.errors import RecognitionError
+from serve_app.recognizers.base import SegmentTranscript, TextSpan, WordTiming
 from serve_app.transcript import (
     Transcription,
     TranscriptSegment,
     join_texts,
     render,
+    stitch_segments,
     to_srt,
     to_vtt,
 )
@@ -44,3 +49,25 @@ def test_render_formats():
     assert parsed["duration"] == 3663.0
     assert [s["start"] for s in parsed["segments"]] == [0.0, 3661.25]
     assert render(TR, "text")[0] == TR.text
+
+
+def test_stitch_expands_timed_spans_into_segments():
+    packed = SegmentTranscript(
+        text="one. two.",
+        spans=(TextSpan(0.5, 2.0, "one."), TextSpan(2.0, 99.0, "two."), TextSpan(3, 4, " ")),
+        words=(WordTiming(0.6, 0.9, "one"), WordTiming(2.1, 2.4, "two")),
+    )
+    plain = SegmentTranscript(text="three.")
+    text, segs, _ = stitch_segments([(10_000, 15_000), (20_000, 21_000)], [packed, plain])
+    assert text == "one. two. three."
+    assert [(s.id, s.start_s, s.end_s, s.text) for s in segs] == [
+        (0, 10.5, 12.0, "one."),
+        (1, 12.0, 15.0, "two."),  # clamped to the item's end; the empty span dropped
+        (2, 20.0, 21.0, "three."),
+    ]
+    assert [w.word for w in segs[0].words] == ["one"] and segs[1].words[0].start_s == 12.1
+
+
+def test_stitch_raises_the_first_failure():
+    with pytest.raises(RecognitionError):
+        stitch_segments([(0, 1), (1, 2)], [SegmentTranscript("a"), RecognitionError("x")])

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -62,6 +62,7 @@ class IngressOptions:
     model_names: dict[str, str]  # every accepted name or alias -> canonical name
     default_model: str
     default_options: dict[str, RecognitionOptions]
+    pack_segments_ms: dict[str, int] = field(default_factory=dict)  # canonical name -> ms
     health_timeout_s: float = 5.0
 
 
@@ -110,6 +111,7 @@ class AsrIngress:
                 name=name,
                 recognize=_remote_call(handle, "transcribe"),
                 default_options=options.default_options.get(name, RecognitionOptions()),
+                pack_segments_ms=options.pack_segments_ms.get(name, 0),
             )
         self._service = TranscriptionService(
             segment=_remote_call(vad, "segments"),

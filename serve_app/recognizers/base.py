@@ -54,12 +54,27 @@ class WordTiming:
 
 
 @dataclass(frozen=True)
+class TextSpan:
+    """A timed part of a segment's text (times relative to the segment start)."""
+
+    start_s: float
+    end_s: float
+    text: str
+
+
+@dataclass(frozen=True)
 class SegmentTranscript:
-    """What a backend returns for one segment. Times are relative to the segment start."""
+    """What a backend returns for one segment. Times are relative to the segment start.
+
+    ``spans``: when the backend times parts of its text (Whisper with timestamp tokens,
+    used when several VAD segments were packed into one item), the response gets one
+    segment per span instead of one per item.
+    """
 
     text: str
     words: tuple[WordTiming, ...] = ()
     language: str | None = None
+    spans: tuple[TextSpan, ...] = ()
 
 
 @dataclass

@@ -32,6 +32,8 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             beam_size=settings.beam_size,
             cpu_threads=settings.cpu_threads,
             name=settings.name,
+            # Packed items hold several sentences: keep their times (timed spans).
+            timestamps=settings.segment_pack_s > 0,
         )
     raise ValueError(f"unknown backend {settings.backend!r}")
 

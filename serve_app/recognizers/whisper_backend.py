@@ -3,10 +3,13 @@
 ``forward`` runs a whole batch as ONE encoder call and ONE ``generate`` call, the way
 faster-whisper's ``BatchedInferencePipeline.generate_segment_batched`` does: each segment's
 log-Mel features are padded to Whisper's fixed 30 s window (3000 frames), so items of any
-length <= 30 s share a batch. Decoding is greedy by default (``beam_size=1``), without
-timestamps (segment-level text), with faster-whisper's default token suppression and
-Whisper's no-speech rule. There is no temperature fallback: it would make results depend
-on sampling and items would no longer be reproducible one at a time.
+length <= 30 s share a batch. Decoding is greedy by default (``beam_size=1``), with
+faster-whisper's default token suppression and Whisper's no-speech rule. With
+``timestamps=True`` (used when several VAD segments are packed into one 30 s item) the
+model also emits its timestamp tokens and each item's text comes back in timed spans, so
+the response keeps sentence-level segments; without, one text per item. There is no
+temperature fallback: it would make results depend on sampling and items would no longer
+be reproducible one at a time.
 
 Thread safety: the CTranslate2 model may be called from several threads at once (calls
 are queued onto ``num_workers`` model replicas); this object keeps no per-call state, and
@@ -26,7 +29,12 @@ import numpy as np
 
 from serve_app.audio import SAMPLE_RATE_HZ
 from serve_app.modelref import resolve_model_ref
-from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
+from serve_app.recognizers.base import (
+    RecognitionOptions,
+    SegmentJob,
+    SegmentTranscript,
+    TextSpan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,8 @@ logger = logging.getLogger(__name__)
 WINDOW_S = 30.0
 WINDOW_SAMPLES = int(WINDOW_S * SAMPLE_RATE_HZ)
 WINDOW_FRAMES = 3000
+# One timestamp token step (the encoder's output frame rate after its stride-2 conv).
+TIMESTAMP_STEP_S = 0.02
 
 # Decoder budget per batch: ~12 tokens per second of the longest item plus a floor. Fast
 # speech is ~4-5 tokens/s, so real text is never cut; a looping (hallucinating) item stops
@@ -112,6 +122,7 @@ class WhisperBackend:
         num_workers: int = 1,
         device_index: int = 0,
         name: str | None = None,
+        timestamps: bool = False,
     ) -> None:
         """Load the model.
 
@@ -128,6 +139,7 @@ class WhisperBackend:
             num_workers: model replicas for concurrent ``forward`` calls from threads.
             device_index: CUDA device.
             name: the served name; default ``whisper-<model folder>``.
+            timestamps: decode with timestamp tokens and return timed text spans.
         """
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
@@ -138,6 +150,7 @@ class WhisperBackend:
         self.device = device
         self.compute_type = resolve_compute_type(compute_type, device)
         self.beam_size = beam_size
+        self.timestamps = timestamps
         self._model = WhisperModel(
             self.model_path,
             device=device,
@@ -208,7 +221,7 @@ class WhisperBackend:
         base_tokenizer = self._tokenizer(languages[0])
         previous = base_tokenizer.encode(" " + prompt_text) if prompt_text else []
         base_prompt = self._model.get_prompt(
-            base_tokenizer, previous, without_timestamps=True, hotwords=hotwords
+            base_tokenizer, previous, without_timestamps=not self.timestamps, hotwords=hotwords
         )
         prompts = []
         for language in languages:
@@ -232,8 +245,8 @@ class WhisperBackend:
             suppress_tokens=self._suppress_tokens,
         )
         return [
-            self._transcript(result, language, base_tokenizer)
-            for result, language in zip(generated, languages, strict=True)
+            self._transcript(result, language, base_tokenizer, job.duration_s)
+            for result, language, job in zip(generated, languages, jobs, strict=True)
         ]
 
     def warmup(self, batch_size: int = 2) -> None:
@@ -289,16 +302,57 @@ class WhisperBackend:
             for language, ranked in zip(requested, detected, strict=True)
         ]
 
-    def _transcript(self, result, language: str, tokenizer) -> SegmentTranscript:
+    def _transcript(self, result, language: str, tokenizer, duration_s: float) -> SegmentTranscript:
         tokens = result.sequences_ids[0]
         # CTranslate2 returns the cumulative log-prob normalised by length (penalty 1).
         avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if result.no_speech_prob > NO_SPEECH_PROB_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD:
             return SegmentTranscript(text="", language=language)
-        text = tokenizer.decode(tokens).strip()
+        spans: tuple[TextSpan, ...] = ()
+        if self.timestamps:
+            spans = split_by_timestamps(tokens, tokenizer, duration_s)
+            text = " ".join(span.text for span in spans)
+        else:
+            text = tokenizer.decode(tokens).strip()
         if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
             logger.warning("repetitive Whisper output (likely hallucination): %.80r", text)
-        return SegmentTranscript(text=text, language=language)
+        return SegmentTranscript(text=text, language=language, spans=spans)
+
+
+def split_by_timestamps(
+    tokens: Sequence[int], tokenizer, duration_s: float
+) -> tuple[TextSpan, ...]:
+    """Whisper's ``<|t|> text <|t|>`` token stream -> timed spans (item-relative seconds).
+
+    Text before the first timestamp starts at 0; text after the last one ends at the item's
+    end; times are clamped to ``[0, duration_s]``; spans without text are dropped.
+    """
+    begin = tokenizer.timestamp_begin
+    spans: list[TextSpan] = []
+    start_s: float | None = None
+    last_end_s = 0.0
+    text_tokens: list[int] = []
+
+    def close(end_s: float) -> None:
+        text = tokenizer.decode(text_tokens).strip()
+        lo = min(max(start_s if start_s is not None else last_end_s, 0.0), duration_s)
+        if text:
+            spans.append(TextSpan(lo, min(max(end_s, lo), duration_s), text))
+
+    for token in tokens:
+        if token < begin:
+            text_tokens.append(token)
+            continue
+        time_s = (token - begin) * TIMESTAMP_STEP_S
+        if text_tokens:
+            close(time_s)
+            text_tokens = []
+            start_s, last_end_s = None, time_s
+        else:
+            start_s = time_s
+    if text_tokens:
+        close(duration_s)
+    return tuple(spans)
 
 
 def _peak(audio: np.ndarray) -> float:

@@ -25,7 +25,11 @@ from serve_app.recognizers.base import (
     SegmentJob,
     SegmentTranscript,
 )
-from serve_app.recognizers.whisper_backend import WhisperBackend, resolve_compute_type
+from serve_app.recognizers.whisper_backend import (
+    WhisperBackend,
+    resolve_compute_type,
+    split_by_timestamps,
+)
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
 MODEL_FOLDER = "whisper-tiny.en"
@@ -82,6 +86,28 @@ def texts(results: list[SegmentTranscript]) -> list[str]:
 
 
 # -- no model needed ----------------------------------------------------------------------
+
+
+class _FakeTokenizer:
+    timestamp_begin = 1000
+
+    def decode(self, tokens: list[int]) -> str:
+        return " ".join(f"w{t}" for t in tokens)
+
+
+def test_split_by_timestamps_pairs_and_edges() -> None:
+    ts = _FakeTokenizer.timestamp_begin
+    tokens = [ts + 0, 1, 2, ts + 100, ts + 100, 3, ts + 250, 4]  # last text has no end
+    spans = split_by_timestamps(tokens, _FakeTokenizer(), duration_s=4.0)
+    assert [(s.start_s, s.end_s, s.text) for s in spans] == [
+        (0.0, 2.0, "w1 w2"),
+        (2.0, 4.0, "w3"),  # 5.0 s clamped to the item
+        (4.0, 4.0, "w4"),  # after the last timestamp: up to the item's end
+    ]
+    # No timestamps at all: one span over the whole item.
+    assert [(s.start_s, s.end_s) for s in split_by_timestamps([5, 6], _FakeTokenizer(), 3.0)] == [
+        (0.0, 3.0)
+    ]
 
 
 def test_compute_type_mapping() -> None:
@@ -278,3 +304,27 @@ def test_concurrent_forward_calls_agree(backend, sentences_16) -> None:
     for thread in threads:
         thread.join()
     assert results == [expected, expected]
+
+
+def test_packed_item_comes_back_in_timed_sentences(whisper_dir, sentences_16) -> None:
+    """Three sentences with pauses in one item (as segment packing makes them): with
+    timestamps on, each sentence returns as its own span, near where it was spoken, and
+    the words are about as right as decoding each sentence alone."""
+    timed = WhisperBackend(
+        str(whisper_dir), compute_type="int8", cpu_threads=CPU_THREADS, timestamps=True
+    )
+    chosen = range(3, 6)
+    parts, bounds_s, t = [], [], 0.0
+    for i in chosen:
+        parts += [sentences_16[i], silence(1.5)]
+        bounds_s.append((t, t + len(sentences_16[i]) / 16000))
+        t += len(sentences_16[i]) / 16000 + 1.5
+    (result,) = timed.forward([SegmentJob(np.concatenate(parts))])
+    assert len(result.spans) == 3, result.spans
+    for span, (start_s, end_s) in zip(result.spans, bounds_s):
+        assert abs(span.start_s - start_s) < 1.0 and abs(span.end_s - end_s) < 1.5, span
+    assert result.text == " ".join(span.text for span in result.spans)
+    references = [SENTENCES[i] for i in chosen]
+    alone = texts(timed.forward([SegmentJob(sentences_16[i]) for i in chosen]))
+    packed_wer = word_error_rate(references, [span.text for span in result.spans])
+    assert packed_wer <= word_error_rate(references, alone) + 0.1, result.spans

@@ -352,8 +352,8 @@ def write_sentencepiece_model(path: Path, pieces: Sequence[tuple[str, int]]) -> 
     """Write a BPE sentencepiece model holding exactly ``pieces`` (no training needed)."""
     from sentencepiece import sentencepiece_model_pb2 as spm_pb2
 
-    proto = spm_pb2.ModelProto()
-    proto.trainer_spec.model_type = spm_pb2.TrainerSpec.BPE
+    proto = spm_pb2.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module
+    proto.trainer_spec.model_type = spm_pb2.TrainerSpec.BPE  # type: ignore[attr-defined]
     proto.trainer_spec.vocab_size = len(pieces)
     proto.trainer_spec.unk_id, proto.trainer_spec.bos_id, proto.trainer_spec.eos_id = 0, 1, 2
     proto.trainer_spec.pad_id = -1

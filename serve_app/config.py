@@ -192,6 +192,11 @@ class AppConfig(_Strict):
                 if alias in names:
                     raise ValueError(f"model name {alias!r} used twice")
                 names[alias] = rec.name
+            if rec.backend == "whisper" and self.vad.max_segment_s > WHISPER_WINDOW_S:
+                raise ValueError(
+                    f"{rec.name}: vad.max_segment_s ({self.vad.max_segment_s}) must be <= "
+                    f"{WHISPER_WINDOW_S} for a Whisper model (its window)"
+                )
             if rec.batch.max_batch_audio_s < self.vad.max_segment_s:
                 # @serve.batch rejects an item larger than the whole batch capacity.
                 raise ValueError(

@@ -69,9 +69,18 @@ def pack_segments(segments: Sequence[SpeechSegment], *, max_piece_ms: int) -> li
     For models whose cost does not follow segment length (Whisper's encoder always runs a
     full 30 s window), this turns several short items into one full one.
     """
+    ordered = sorted(segments, key=lambda s: s.start_ms)
     if max_piece_ms <= 0:
-        return sorted(segments, key=lambda s: s.start_ms)
-    return merge_close(segments, merge_gap_ms=max_piece_ms, max_segment_ms=max_piece_ms)
+        return ordered
+    packed: list[SpeechSegment] = []
+    for seg in ordered:
+        # Unlike merge_close, touching pieces (the cuts of split_long) stay apart when
+        # joining them would exceed the limit: that limit is the model's window.
+        if packed and max(packed[-1].end_ms, seg.end_ms) - packed[-1].start_ms <= max_piece_ms:
+            packed[-1] = SpeechSegment(packed[-1].start_ms, max(packed[-1].end_ms, seg.end_ms))
+        else:
+            packed.append(seg)
+    return packed
 
 
 def _quietest_cut_ms(samples: np.ndarray, lo_ms: int, hi_ms: int) -> int:

@@ -73,6 +73,8 @@ def test_segment_packing_defaults_by_backend_and_fits_the_window():
     )
     with pytest.raises(ValidationError, match="Whisper's window"):
         AppConfig.model_validate(_minimal(backend="whisper", pack_segments_s=45))
+    with pytest.raises(ValidationError, match="its window"):
+        AppConfig.model_validate({**_minimal(backend="whisper"), "vad": {"max_segment_s": 40}})
 
 
 def test_half_precision_needs_gpu():

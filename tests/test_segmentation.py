@@ -74,5 +74,12 @@ def test_pack_segments_fills_windows_without_crossing_them():
     # Every original segment lies inside exactly one piece.
     for seg in segs:
         assert sum(p.start_ms <= seg.start_ms and seg.end_ms <= p.end_ms for p in packed) == 1
+    # The cuts of a long segment touch (gap 0): they must still not be re-joined past
+    # the limit (the window is a hard limit for Whisper).
+    cuts = [SpeechSegment(0, 20_000), SpeechSegment(20_000, 40_000), SpeechSegment(40_000, 45_000)]
+    assert pack_segments(cuts, max_piece_ms=30_000) == [
+        SpeechSegment(0, 20_000),
+        SpeechSegment(20_000, 45_000),
+    ]
     # 0 turns packing off (order still normalised).
     assert pack_segments(list(reversed(segs)), max_piece_ms=0) == segs

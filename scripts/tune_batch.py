@@ -643,7 +643,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"hardware: {info.get('cuda') or info['cpu']}, {info['cores']} cores, "
         f"{info.get('memory_gib', '?')} GiB RAM; {args.threads} model threads; "
         f"load average at start {load_at_start:.2f}",
-        f"workload: {len(work)} VAD segments, {speech_s:.0f} s of speech "
+        f"workload: {len(work)} items (VAD segments after the recognizer's packing, "
+        f"pack_segments_s {settings.segment_pack_s:g}), {speech_s:.0f} s of audio "
         f"(corpus {corpus.directory.name}; vad.merge_gap_ms {vad.merge_gap_ms})",
         f"sweep: {axis} axis, {args.mode} mode; knee = smallest capacity within "
         f"{args.tolerance:.0%} of the best RTFx under {limit / 2**30:.1f} GiB",

@@ -272,6 +272,9 @@ def serve_app_config(model: ModelSpec, opts: dict) -> dict:
         )
         env.setdefault("OMP_NUM_THREADS", str(opts["threads"]))
     rec = {**recognizer_settings(model, opts), "deployment": deployment}
+    if opts["layout"] == "config" and template_rec.get("cpu_threads"):
+        # The config sizes its replicas itself (e.g. two 1-thread replicas on 2 cores).
+        rec["cpu_threads"] = template_rec["cpu_threads"]
     rec["aliases"] = template_rec.get("aliases", [])
     args["recognizers"] = [rec]
     args["models_dir"] = str(_models_dir())
@@ -295,12 +298,37 @@ def job_config(model: ModelSpec, opts: dict) -> dict:
     template["vad"] = {**template.get("vad", {}), "model": opts["vad_model"]}
     rec = recognizer_settings(model, opts)
     template["recognizer"] = rec
+    layout = replica_layout(model, opts)
+    if layout is not None:
+        # Row 4's replica layout as the job's recognizer actor pool (same cores, same model
+        # threads per process), so rows 4 and 5 compare like with like.
+        replicas, threads, num_cpus = layout
+        rec["cpu_threads"] = threads
+        template["recognizer_pool"] = {
+            **template["recognizer_pool"],
+            "min_size": replicas,
+            "max_size": replicas,
+            "num_cpus": num_cpus,
+        }
     if opts["device"] == "cuda":
         template["recognizer_pool"] = {**template["recognizer_pool"], "num_gpus": 1}
     return template
 
 
-def job_env(opts: dict) -> dict[str, str]:
+def replica_layout(model: ModelSpec, opts: dict) -> tuple[int, int, float] | None:
+    """(replicas, threads each, num_cpus each) of the source config's CPU recognizer when
+    it sets its own ``cpu_threads`` (``layout="config"``), else None."""
+    if opts["layout"] != "config" or opts["device"] != "cpu":
+        return None
+    rec = _source_recognizer(model, Path(opts["config_path"]))
+    if not rec.get("cpu_threads"):
+        return None
+    deployment = rec.get("deployment", {})
+    num_cpus = float(deployment.get("ray_actor_options", {}).get("num_cpus", 1.0))
+    return int(deployment.get("num_replicas") or 1), int(rec["cpu_threads"]), num_cpus
+
+
+def job_env(opts: dict, model: ModelSpec) -> dict[str, str]:
     """Job-level env vars of row 5 (``ray job submit --runtime-env-json``'s ``env_vars``).
 
     Ray sets ``OMP_NUM_THREADS`` from an actor's ``num_cpus`` (1 in batch_cpu.yaml) unless
@@ -308,7 +336,8 @@ def job_env(opts: dict) -> dict[str, str]:
     actor computes on one core of two.
     """
     if opts["layout"] == "config" and opts["device"] == "cpu":
-        return {"OMP_NUM_THREADS": str(opts["threads"])}
+        layout = replica_layout(model, opts)
+        return {"OMP_NUM_THREADS": str(layout[1] if layout else opts["threads"])}
     return {}
 
 
@@ -888,7 +917,9 @@ def row_serve(spec: dict) -> dict:
                 data={"model": model.name},
                 timeout=spec["startup_timeout_s"],
             ).raise_for_status()
+        cpu_before = cpu_by_process()
         result = _http_load(url, corpus, spec, model.name)
+        cpu_core_s = cpu_breakdown(cpu_before, cpu_by_process())
         stats = _loadgen().stats_delta(result["before"], result["after"], model.name)
     finally:
         with contextlib.suppress(Exception):
@@ -910,7 +941,12 @@ def row_serve(spec: dict) -> dict:
         "padding_efficiency": round(padding, 4) if padding == padding else None,
         "recognizer_busy_s": stats["recognizer_busy_s"],
         "speech_s": real_s,
-        "notes": ["batch sizes: items per dynamic batch (/v1/stats)"],
+        "cpu_core_s": cpu_core_s,
+        "notes": [
+            "batch sizes: items per dynamic batch (/v1/stats)",
+            "CPU core-seconds in the timed window: "
+            + ", ".join(f"{name} {value:g}" for name, value in cpu_core_s.items()),
+        ],
         "timing_scope": "first request sent -> last response (app up, warmed up)",
     }
 
@@ -1103,6 +1139,53 @@ def _experiment_env(experiments: Sequence[str]) -> dict[str, str]:
     return {"OMP_WAIT_POLICY": "PASSIVE"} if "omp-passive" in experiments else {}
 
 
+def _process_label(p: Any) -> str:
+    """A short role name for a process of the row (Ray retitles its workers)."""
+    try:
+        title = " ".join(p.cmdline()) or p.name()
+    except Exception:
+        return "gone"
+    if title.startswith("ray::"):
+        role = title.split()[0].removeprefix("ray::")
+        for key in ("Recognizer", "Vad", "Ingress", "Proxy", "ServeController"):
+            if key.lower() in role.lower():
+                return {"Proxy": "serve proxy", "ServeController": "serve controller"}.get(
+                    key, f"{key.lower()} replica"
+                )
+        return "ray other workers"
+    if p.pid == os.getpid():
+        return "benchmark + HTTP clients"
+    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py"):
+        if key in title:
+            return "ray system"
+    return "other"
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """pid -> (role, user+system CPU seconds) for this process and all its descendants."""
+    ps = _psutil()
+    me = ps.Process()
+    out = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+        except ps.Error:
+            continue
+        out[p.pid] = (_process_label(p), t.user + t.system)
+    return out
+
+
+def cpu_breakdown(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU core-seconds per role between two :func:`cpu_by_process` snapshots."""
+    by_role: dict[str, float] = {}
+    for pid, (role, cpu_s) in after.items():
+        by_role[role] = by_role.get(role, 0.0) + cpu_s - before.get(pid, (role, 0.0))[1]
+    ranked = sorted(by_role.items(), key=lambda item: -item[1])
+    return {role: round(value, 1) for role, value in ranked if value >= 0.05}
+
+
 def row_ray_data(spec: dict) -> dict:
     """Row 5: this project's Ray Data job (``run_job``) over the corpus manifest."""
     model = ModelSpec(**spec["model"])
@@ -1189,9 +1272,11 @@ def row_floor(spec: dict) -> dict:
         import torch
 
         torch.cuda.reset_peak_memory_stats()
+    cpu_before = cpu_by_process()
     started = time.perf_counter()
     results = runner.transcribe_batch(jobs)
     wall_s = time.perf_counter() - started
+    cpu_core_s = cpu_breakdown(cpu_before, cpu_by_process())
     failed = [r for r in results if isinstance(r, Exception)]
     if failed:
         raise RuntimeError(f"{len(failed)} segments failed: {failed[0]}")
@@ -1209,7 +1294,11 @@ def row_floor(spec: dict) -> dict:
         "speech_s": stats.real_audio_s,
         "segments": len(jobs),
         "gpu_peak_mib": _gpu_peak_mib(spec["device"]),
-        "notes": [f"{len(jobs)} VAD segments ({stats.real_audio_s:.0f} s of speech)"],
+        "cpu_core_s": cpu_core_s,
+        "notes": [
+            f"{len(jobs)} items ({stats.real_audio_s:.0f} s of audio)",
+            f"CPU core-seconds in the timed window: {sum(cpu_core_s.values()):g}",
+        ],
         "timing_scope": "BatchedRecognizer.transcribe_batch(all segments): features + forward",
     }
 
@@ -1387,6 +1476,8 @@ def _run_row_once(model: ModelSpec, row: str, args: argparse.Namespace, base: di
         f"(load max {result.load_max}, others used {result.foreign_cores} cores)",
         flush=True,
     )
+    if out.get("cpu_core_s"):
+        print(f"     CPU core-s by role: {out['cpu_core_s']}", flush=True)
     return result
 
 
@@ -1669,7 +1760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_source": batch_source,
             "serve_config": serve_config,
             "job_config": job,
-            "job_env": job_env(opts),
+            "job_env": job_env(opts, model),
         }
         base = {
             **opts,
@@ -1683,7 +1774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve_config": serve_config,
             "job_config": job,
             "vad": serve_config["vad"],
-            "job_env": job_env(opts),
+            "job_env": job_env(opts, model),
             "experiments": args.experiment,
             "request_timeout_s": 3600.0,
             "startup_timeout_s": 600.0,

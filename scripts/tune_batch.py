@@ -324,6 +324,8 @@ def tuned_config(
     batch: dict,
     replace_first: bool,
     cpu_threads: int | None = None,
+    replicas: int = 1,
+    cpus: float | None = None,
 ) -> dict:
     """``template`` (a Serve config) with ``recognizer``'s batch section set to ``batch``.
 
@@ -333,6 +335,10 @@ def tuned_config(
     gives the replica the threads the sweep ran with: Ray sets ``OMP_NUM_THREADS`` from
     ``num_cpus`` (1 thread for the usual ``num_cpus: 1``), and FunASR takes torch's thread
     count from it, so the replica's ``runtime_env`` sets it, and ``cpu_threads`` too.
+    ``replicas`` > 1 (CPU): that many recognizer replicas of ``cpu_threads`` each, their
+    ``num_cpus`` splitting what ingress and VAD leave of ``cpus``. On a node where those
+    stages share the cores, several 1-thread replicas keep every core busy where one
+    multi-thread replica stalls at OpenMP barriers whenever a co-tenant takes a core.
     """
     import copy
 
@@ -365,6 +371,15 @@ def tuned_config(
         actor = deployment.setdefault("ray_actor_options", {})
         env = actor.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env["OMP_NUM_THREADS"] = str(cpu_threads)
+    if replicas > 1:
+        deployment["num_replicas"] = replicas
+        if cpus:
+            others = sum(
+                float((d or {}).get("ray_actor_options", {}).get("num_cpus", 1.0))
+                for d in (args.get("vad_deployment"), args.get("ingress", {}).get("deployment"))
+            )
+            share = max(0.1, (cpus - others) / replicas)
+            deployment.setdefault("ray_actor_options", {})["num_cpus"] = round(share - 0.005, 2)
     return config
 
 
@@ -433,6 +448,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", default=None, help="default: fp32/int8 on CPU, fp16 on CUDA")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="CPU: recognizer replicas to write (each with --threads threads, num_cpus "
+        "splitting what ingress and VAD leave); e.g. --threads 1 --replicas 2 on 2 cores",
+    )
     p.add_argument(
         "--axis",
         choices=("items", "seconds"),
@@ -633,6 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch=batch,
         replace_first=True,
         cpu_threads=args.threads if args.device == "cpu" else None,
+        replicas=args.replicas if args.device == "cpu" else 1,
+        cpus=float(os.cpu_count() or 1),
     )
     if merge_gap_ms is not None:
         config["applications"][0]["args"].setdefault("vad", {})["merge_gap_ms"] = merge_gap_ms

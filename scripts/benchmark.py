@@ -298,37 +298,12 @@ def job_config(model: ModelSpec, opts: dict) -> dict:
     template["vad"] = {**template.get("vad", {}), "model": opts["vad_model"]}
     rec = recognizer_settings(model, opts)
     template["recognizer"] = rec
-    layout = replica_layout(model, opts)
-    if layout is not None:
-        # Row 4's replica layout as the job's recognizer actor pool (same cores, same model
-        # threads per process), so rows 4 and 5 compare like with like.
-        replicas, threads, num_cpus = layout
-        rec["cpu_threads"] = threads
-        template["recognizer_pool"] = {
-            **template["recognizer_pool"],
-            "min_size": replicas,
-            "max_size": replicas,
-            "num_cpus": num_cpus,
-        }
     if opts["device"] == "cuda":
         template["recognizer_pool"] = {**template["recognizer_pool"], "num_gpus": 1}
     return template
 
 
-def replica_layout(model: ModelSpec, opts: dict) -> tuple[int, int, float] | None:
-    """(replicas, threads each, num_cpus each) of the source config's CPU recognizer when
-    it sets its own ``cpu_threads`` (``layout="config"``), else None."""
-    if opts["layout"] != "config" or opts["device"] != "cpu":
-        return None
-    rec = _source_recognizer(model, Path(opts["config_path"]))
-    if not rec.get("cpu_threads"):
-        return None
-    deployment = rec.get("deployment", {})
-    num_cpus = float(deployment.get("ray_actor_options", {}).get("num_cpus", 1.0))
-    return int(deployment.get("num_replicas") or 1), int(rec["cpu_threads"]), num_cpus
-
-
-def job_env(opts: dict, model: ModelSpec) -> dict[str, str]:
+def job_env(opts: dict) -> dict[str, str]:
     """Job-level env vars of row 5 (``ray job submit --runtime-env-json``'s ``env_vars``).
 
     Ray sets ``OMP_NUM_THREADS`` from an actor's ``num_cpus`` (1 in batch_cpu.yaml) unless
@@ -336,8 +311,7 @@ def job_env(opts: dict, model: ModelSpec) -> dict[str, str]:
     actor computes on one core of two.
     """
     if opts["layout"] == "config" and opts["device"] == "cpu":
-        layout = replica_layout(model, opts)
-        return {"OMP_NUM_THREADS": str(layout[1] if layout else opts["threads"])}
+        return {"OMP_NUM_THREADS": str(opts["threads"])}
     return {}
 
 
@@ -1760,7 +1734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_source": batch_source,
             "serve_config": serve_config,
             "job_config": job,
-            "job_env": job_env(opts, model),
+            "job_env": job_env(opts),
         }
         base = {
             **opts,
@@ -1774,7 +1748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve_config": serve_config,
             "job_config": job,
             "vad": serve_config["vad"],
-            "job_env": job_env(opts, model),
+            "job_env": job_env(opts),
             "experiments": args.experiment,
             "request_timeout_s": 3600.0,
             "startup_timeout_s": 600.0,

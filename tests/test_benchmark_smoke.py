@@ -154,3 +154,43 @@ def test_tuned_config_is_a_valid_serve_config(tmp_path):
     assert rec.deployment.ray_actor_options["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
     # The template's other settings are kept as they were.
     assert app.vad.max_segment_s == 30
+
+
+def test_tuned_config_splits_the_node_into_single_thread_replicas(tmp_path):
+    tune = _script("tune_batch")
+    from serve_app.config import AppConfig
+
+    template = yaml.safe_load((REPO / "ray_configs/serve.yaml").read_text())
+    recognizer = {"name": "whisper-tiny.en", "backend": "whisper", "model": "whisper-tiny.en"}
+    batch = {"max_batch_audio_s": 480.0, "max_batch_items": 8, "max_forward_audio_s": 240.0}
+    config = tune.tuned_config(
+        template,
+        recognizer=recognizer,
+        batch=batch,
+        replace_first=True,
+        cpu_threads=1,
+        replicas=2,
+        cpus=2.0,
+    )
+    app = AppConfig.model_validate(config["applications"][0]["args"])
+    rec = app.recognizer("whisper-tiny.en")
+    assert rec.cpu_threads == 1 and rec.deployment.num_replicas == 2
+    actor = rec.deployment.ray_actor_options
+    assert actor["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "1"
+    # Ingress and VAD keep their share: everything fits on the 2 CPUs.
+    others = (
+        app.vad_deployment.ray_actor_options["num_cpus"]
+        + app.ingress.deployment.ray_actor_options["num_cpus"]
+    )
+    assert others + 2 * actor["num_cpus"] <= 2.0 and actor["num_cpus"] >= 0.5
+
+
+def test_cpu_breakdown_groups_processes_by_role():
+    bench = _script("benchmark")
+    before = {1: ("recognizer replica", 10.0), 2: ("vad replica", 1.0)}
+    after = {
+        1: ("recognizer replica", 25.0),
+        2: ("vad replica", 3.5),
+        3: ("recognizer replica", 4.0),  # started during the window: counted from 0
+    }
+    assert bench.cpu_breakdown(before, after) == {"recognizer replica": 19.0, "vad replica": 2.5}

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.speech import SENTENCES, synthesize_wav  # noqa: E402
+from tests.speech import SENTENCES, have_espeak, synthesize_wav  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
 DEFAULT_ROOT = Path("/tmp/asr-bench-corpus")
@@ -156,6 +156,11 @@ def build_corpus(minutes: float, *, root: Path = DEFAULT_ROOT, seed: int = 0) ->
         files = tuple(CorpusFile(**f) for f in raw["files"])
         if all(Path(f.path).exists() for f in files):
             return Corpus(directory, files, minutes, seed)
+    if not have_espeak():
+        raise SystemExit(
+            "the benchmark corpus is made with espeak-ng and sox: install them "
+            "(bash scripts/setup.sh --test does) or pass --corpus-dir with a built corpus"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     utterances = _utterances(root)
     files = []

@@ -867,11 +867,7 @@ def row_serve(spec: dict) -> dict:
         import serve_app.app as app_module
 
         app_module.RecognizerDeployment = _model_actor_deployment()  # type: ignore[attr-defined]
-    if "vad-1-thread" in spec["experiments"]:
-        import serve_app.app as app_module
-
-        app_module.VadDeployment = _vad_one_thread_deployment()  # type: ignore[attr-defined]
-    if set(spec["experiments"]) - {"model-actor", "vad-1-thread"}:
+    if set(spec["experiments"]) - {"model-actor"}:
         # Setup hooks are job-level: Serve replicas only get the env vars.
         serve_config = _with_hook(serve_config, _hook_env(spec["experiments"], None))
 
@@ -928,7 +924,6 @@ def row_serve(spec: dict) -> dict:
 EXPERIMENTS = {
     # A/B switches for proposed fixes to shared code, applied in the Ray workers of rows 4
     # and 5 by a worker_process_setup_hook, so they can be measured without editing them.
-    "vad-1-thread": "FsmnVad's torch pool set to 1 thread (FunASR's loader sets 4)",
     "omp-passive": "OMP_WAIT_POLICY=PASSIVE in every Ray worker (no OpenMP spin-waiting)",
     "model-actor": "the Serve recognizer replica runs the model in a plain Ray actor of its "
     "own (sync, main thread) instead of in the replica process",
@@ -949,18 +944,6 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
         import json as _json
         import time as _time
 
-        if "vad-1-thread" in experiments:
-            from serve_app import vad as _vad
-
-            init = _vad.FsmnVad.__init__
-
-            def vad_init(self: Any, *args: Any, **kwargs: Any) -> None:
-                init(self, *args, **kwargs)
-                import torch
-
-                torch.set_num_threads(1)
-
-            _vad.FsmnVad.__init__ = vad_init  # type: ignore[method-assign]
         if stats_path is None:
             return
         from serve_app.recognizers import base
@@ -1072,26 +1055,6 @@ def _hook_env(experiments: Sequence[str], stats_path: str | None) -> dict[str, A
         "env_vars": env,
         "runtime_env": {"worker_process_setup_hook": "scripts.benchmark.setup_hook_from_env"},
     }
-
-
-def _vad_one_thread_deployment() -> Any:
-    """Experiment "vad-1-thread" in Serve: ``VadDeployment`` with torch's pool at 1 thread
-    (FunASR's loader sets ``ncpu=4`` when not told otherwise). Defined in a function so the
-    class travels by value to the replica; the proposed change is ``ncpu=1`` in FsmnVad."""
-    from ray import serve as _serve
-
-    from serve_app.deployments import vad as _vad
-
-    base = _vad.VadDeployment.func_or_class
-
-    class OneThreadVad(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            import torch
-
-            torch.set_num_threads(1)
-
-    return _serve.deployment(OneThreadVad)
 
 
 def _with_hook(app_args: dict, hook: dict) -> dict:

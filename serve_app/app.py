@@ -44,7 +44,7 @@ def build_app(args: AppConfig) -> Application:
             rec.name: RecognitionOptions(language=rec.language, hotwords=rec.hotwords)
             for rec in config.recognizers
         },
-        pack_segments_ms={rec.name: round(rec.segment_pack_s * 1000) for rec in config.recognizers},
+        pack_segments_ms={rec.name: rec.segment_pack_ms for rec in config.recognizers},
     )
     ingress = _deployment(AsrIngress).options(
         name="AsrIngress", **config.ingress.deployment.serve_options()

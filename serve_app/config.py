@@ -167,6 +167,10 @@ class RecognizerSettings(_Strict):
             return self.pack_segments_s
         return WHISPER_WINDOW_S if self.backend == "whisper" else 0.0
 
+    @property
+    def segment_pack_ms(self) -> int:
+        return round(self.segment_pack_s * 1000)
+
 
 class IngressSettings(_Strict):
     default_model: str | None = None

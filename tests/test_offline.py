@@ -556,7 +556,7 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
         segment=segment,
         routes={
             rec.name: ModelRoute(
-                rec.name, recognize, defaults, pack_segments_ms=round(rec.segment_pack_s * 1000)
+                rec.name, recognize, defaults, pack_segments_ms=rec.segment_pack_ms
             )
         },
         default_model=rec.name,

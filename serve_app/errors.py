@@ -68,6 +68,18 @@ class OverloadedError(AsrError):
     code = "overloaded"
 
 
+class UnauthorizedError(AsrError):
+    """Missing or wrong API key (``Authorization: Bearer ...``)."""
+
+    code = "invalid_api_key"
+
+
+class DeadlineExceededError(AsrError):
+    """The request's deadline passed before its work was done (it was dropped, not run)."""
+
+    code = "deadline_exceeded"
+
+
 class RecognitionError(AsrError):
     """The recognizer failed on an item (after batch splitting and retries)."""
 

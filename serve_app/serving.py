@@ -70,7 +70,11 @@ class TranscriptionService:
         *,
         model: str | None,
         options: RecognitionOptions | None = None,
+        deadline_unix_s: float | None = None,
+        request_id: str | None = None,
     ) -> Transcription:
+        """Transcribe decoded audio. Every segment job carries ``deadline_unix_s`` and
+        ``request_id`` so downstream stages can drop work of requests that gave up."""
         route = self.route(model)
         opts = _merge(route.default_options, options)
         timings: dict[str, float] = {}
@@ -81,7 +85,15 @@ class TranscriptionService:
         timings["vad"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        jobs = [SegmentJob(audio=seg.slice(audio.samples), options=opts) for seg in segments]
+        jobs = [
+            SegmentJob(
+                audio=seg.slice(audio.samples),
+                options=opts,
+                deadline_unix_s=deadline_unix_s,
+                request_id=request_id,
+            )
+            for seg in segments
+        ]
         results = await asyncio.gather(
             *(route.recognize(job) for job in jobs), return_exceptions=True
         )

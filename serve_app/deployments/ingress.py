@@ -24,11 +24,13 @@ from serve_app.audio import AudioLimits
 from serve_app.errors import (
     AsrError,
     AudioTooLongError,
+    DeadlineExceededError,
     InternalError,
     InvalidAudioError,
     InvalidRequestError,
     OverloadedError,
     RecognitionError,
+    UnauthorizedError,
     UnknownModelError,
     UnsupportedCodecError,
     UploadTooLargeError,
@@ -46,7 +48,9 @@ STATUS_BY_ERROR: dict[type[AsrError], int] = {
     UploadTooLargeError: 413,
     AudioTooLongError: 413,
     UnknownModelError: 404,
+    UnauthorizedError: 401,
     OverloadedError: 503,
+    DeadlineExceededError: 504,
     RecognitionError: 500,
     InternalError: 500,
 }

@@ -36,10 +36,17 @@ class RecognitionOptions:
 
 @dataclass(frozen=True)
 class SegmentJob:
-    """One batch item: a speech segment (16 kHz mono float32) and its request's options."""
+    """One batch item: a speech segment (16 kHz mono float32) and its request's options.
+
+    ``deadline_unix_s`` (wall clock, ``time.time()``: it crosses processes) is when the
+    request that spawned the item stops waiting; a stage that finds it passed drops the
+    item before it costs compute. ``request_id`` is for logs only.
+    """
 
     audio: np.ndarray
     options: RecognitionOptions = RecognitionOptions()
+    deadline_unix_s: float | None = None
+    request_id: str | None = None
 
     @property
     def duration_s(self) -> float:

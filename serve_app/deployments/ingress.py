@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from serve_app import observability
 from serve_app.audio import AudioLimits
+from serve_app.auth import ApiKeys
 from serve_app.errors import (
     AsrError,
     AudioTooLongError,
@@ -108,6 +109,9 @@ class AsrIngress:
         self._vad = vad
         self._recognizers = recognizers
         self._options = options
+        # Read here, in the replica, so a Secret mounted as env or file on the node counts.
+        self._api_keys = ApiKeys.from_env()
+        logger.info("API keys: %s", f"{len(self._api_keys)} set" if self._api_keys else "off")
         routes = {}
         for alias, name in options.model_names.items():
             handle = recognizers[name]
@@ -127,6 +131,13 @@ class AsrIngress:
     async def __call__(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         path = _route_path(request)
+        try:
+            self._api_keys.check(path, request.headers.get("authorization"))
+        except UnauthorizedError as exc:
+            observability.errors_total().inc(tags={"kind": exc.code, "stage": "auth"})
+            denied = error_response(exc, request_id)
+            denied.headers["www-authenticate"] = "Bearer"
+            return denied
         try:
             if path == "/v1/audio/transcriptions" and request.method == "POST":
                 return await self._transcriptions(request, request_id)

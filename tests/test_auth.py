@@ -1,0 +1,162 @@
+"""API keys: loading from env and file, the Bearer check, and the ingress's 401 (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+
+from serve_app.audio import AudioLimits
+from serve_app.auth import KEYS_ENV, KEYS_FILE_ENV, ApiKeys
+from serve_app.deployments.ingress import AsrIngress, IngressOptions
+from serve_app.errors import UnauthorizedError
+
+
+def test_no_keys_means_open() -> None:
+    keys = ApiKeys.from_env({})
+    assert not keys.enabled
+    keys.check("/v1/audio/transcriptions", None)
+    keys.check("/v1/models", "Bearer anything")
+
+
+def test_keys_from_env_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# rotated 2026-11\nsk-file-1\n\n  sk-file-2  # old one, drop in Dec\n")
+    keys = ApiKeys.from_env({KEYS_ENV: " sk-env-1, ,sk-env-2", KEYS_FILE_ENV: str(path)})
+    assert len(keys) == 4
+    for key in ("sk-env-1", "sk-env-2", "sk-file-1", "sk-file-2"):
+        keys.check("/v1/models", f"Bearer {key}")
+        assert keys.matches(key)
+    assert not keys.matches("# rotated 2026-11")
+    assert not keys.matches("")
+
+
+def test_a_named_but_unusable_key_file_refuses_to_start_open(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be read"):
+        ApiKeys.from_env({KEYS_FILE_ENV: str(tmp_path / "missing")})
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing yet\n\n")
+    with pytest.raises(ValueError, match="holds no key"):
+        ApiKeys.from_env({KEYS_FILE_ENV: str(empty)})
+
+
+def test_key_with_whitespace_is_refused() -> None:
+    with pytest.raises(ValueError, match="whitespace"):
+        ApiKeys(["sk one"])
+
+
+@pytest.mark.parametrize(
+    ("authorization", "message"),
+    [
+        (None, "missing API key"),
+        ("", "missing API key"),
+        ("sk-right", "must be 'Bearer <key>'"),
+        ("Basic c2stcmlnaHQ=", "must be 'Bearer <key>'"),
+        ("Bearer ", "must be 'Bearer <key>'"),
+        ("Bearer sk-wrong", "incorrect API key"),
+        ("Bearer sk-righ", "incorrect API key"),  # a prefix
+        ("Bearer sk-right2", "incorrect API key"),  # an extension
+        ("Bearer SK-RIGHT", "incorrect API key"),
+    ],
+)
+def test_wrong_or_missing_key(authorization: str | None, message: str) -> None:
+    keys = ApiKeys(["sk-right"])
+    with pytest.raises(UnauthorizedError, match=message):
+        keys.check("/v1/audio/transcriptions", authorization)
+
+
+def test_scheme_is_case_insensitive_and_health_is_open() -> None:
+    keys = ApiKeys(["sk-right"])
+    keys.check("/v1/models", "bearer sk-right")
+    keys.check("/v1/models", "BEARER   sk-right ")
+    keys.check("/healthz", None)
+    keys.check("/health", "Bearer wrong")
+    with pytest.raises(UnauthorizedError):
+        keys.check("/v1/stats", None)
+    with pytest.raises(UnauthorizedError):
+        keys.check("/healthz/../v1/models", None)
+
+
+def test_non_ascii_key_compares() -> None:
+    keys = ApiKeys(["clé-ü"])
+    assert keys.matches("clé-ü") and not keys.matches("cle-u")
+
+
+# -- the ingress hook, called in-process --------------------------------------------------
+
+
+class _FakeMethod:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def remote(self, *args: object) -> object:
+        raise AssertionError(f"a request reached the {self._name} handle")
+
+
+class _FakeHandle:
+    def __getattr__(self, name: str) -> _FakeMethod:
+        return _FakeMethod(name)
+
+
+def _ingress(monkeypatch: pytest.MonkeyPatch, keys: str | None) -> Any:
+    if keys is None:
+        monkeypatch.delenv(KEYS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(KEYS_ENV, keys)
+    monkeypatch.delenv(KEYS_FILE_ENV, raising=False)
+    options = IngressOptions(
+        limits=AudioLimits(),
+        model_names={"m": "m"},
+        default_model="m",
+        default_options={},
+    )
+    cls = AsrIngress.func_or_class  # the plain class under @serve.deployment
+    return cls(_FakeHandle(), {"m": _FakeHandle()}, options)
+
+
+def _request(path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Request:
+    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "root_path": "",
+        "query_string": b"",
+        "headers": raw,
+    }
+    return Request(scope)
+
+
+def test_ingress_answers_401_in_openai_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    ingress = _ingress(monkeypatch, "sk-a,sk-b")
+    for headers in ({}, {"Authorization": "Bearer sk-c"}):
+        request = _request("/v1/audio/transcriptions", "POST", headers)
+        response = asyncio.run(ingress(request))
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+        error = json.loads(response.body)["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["code"] == "invalid_api_key"
+        assert error["param"] is None
+        assert error["message"]
+
+
+def test_ingress_lets_a_good_key_and_probes_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    ingress = _ingress(monkeypatch, "sk-a,sk-b")
+    good = {"Authorization": "Bearer sk-b"}
+    response = asyncio.run(ingress(_request("/v1/models", headers=good)))
+    assert response.status_code == 200
+    assert json.loads(response.body)["data"][0]["id"] == "m"
+    # Unknown routes are protected too: a 401, not a 404 that maps the API.
+    response = asyncio.run(ingress(_request("/nope")))
+    assert response.status_code == 401
+
+
+def test_ingress_without_keys_is_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    ingress = _ingress(monkeypatch, None)
+    response = asyncio.run(ingress(_request("/v1/models")))
+    assert response.status_code == 200

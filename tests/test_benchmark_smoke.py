@@ -8,8 +8,10 @@ fast anything is (figures live in docs/BENCHMARKS.md, not in tests).
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +34,14 @@ def _script(name: str):
     sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def _bench(module: str):
+    """Import ``scripts/bench/<module>.py``, the benchmark's package (found through scripts/,
+    as ``scripts/benchmark.py`` finds it)."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.insert(0, str(REPO / "scripts"))
+    return importlib.import_module(f"bench.{module}")
 
 
 @pytest.mark.slow
@@ -186,7 +196,7 @@ def test_tuned_config_splits_the_node_into_single_thread_replicas(tmp_path):
 
 
 def test_cpu_breakdown_groups_processes_by_role():
-    bench = _script("benchmark")
+    bench = _bench("measure")
     before = {1: ("recognizer replica", 10.0), 2: ("vad replica", 1.0)}
     after = {
         1: ("recognizer replica", 25.0),
@@ -194,3 +204,26 @@ def test_cpu_breakdown_groups_processes_by_role():
         3: ("recognizer replica", 4.0),  # started during the window: counted from 0
     }
     assert bench.cpu_breakdown(before, after) == {"recognizer replica": 19.0, "vad replica": 2.5}
+
+
+def test_ray_worker_setup_hook_imports_by_its_module_path():
+    """Rows 4 and 5 give Ray the hook as a dotted path that its workers import with only the
+    repository root on PYTHONPATH (not scripts/): a fresh interpreter must find it so."""
+    hook = _bench("experiments")._hook_env([], None)
+    path = hook["runtime_env"]["worker_process_setup_hook"]
+    assert hook["env_vars"]["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+    module, name = path.rsplit(".", 1)
+    code = f"import {module} as m; assert callable(m.{name}), m"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code], cwd="/", env=env, check=True, timeout=60)
+
+
+def test_entry_points_keep_their_old_import_names():
+    """``scripts/benchmark.py`` and ``scripts/bench_corpus.py`` were modules before the
+    benchmark became a package; what other scripts imported from them is still there."""
+    benchmark = _script("benchmark")
+    for name in ("main", "resolve_model", "machine", "cpu_breakdown", "_psutil", "_precision"):
+        assert callable(getattr(benchmark, name)), name
+    corpus = _script("bench_corpus")
+    for name in ("build_corpus", "vad_spans", "pack_spans", "load_segments", "Corpus"):
+        assert getattr(corpus, name) is getattr(_bench("corpus"), name), name

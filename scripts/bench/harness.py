@@ -1,0 +1,133 @@
+"""What the row workers share (they run in a child process, one per row): the corpus,
+torch threads and GPU peak, warm-up audio, the Whisper model, HTTP load through
+``scripts/loadgen.py``, and a private Ray cluster."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import corpus as bench_corpus
+from .common import SCRIPTS
+from .models import ModelSpec
+
+
+def _corpus(spec: dict) -> bench_corpus.Corpus:
+    c = spec["corpus"]
+    return bench_corpus.build_corpus(c["minutes"], root=Path(c["root"]), seed=c["seed"])
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _gpu_peak_mib(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def _quiet_funasr() -> contextlib.AbstractContextManager:
+    """FunASR prints import notices and progress to stdout: keep the row's output clean."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
+def _noise_wav(tmp: Path) -> Path:
+    import numpy as np
+    import soundfile as sf
+
+    path = tmp / "warmup.wav"
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        sf.write(path, (rng.normal(0, 0.01, 32000)).astype("float32"), 16000)
+    return path
+
+
+def _whisper_model(spec: dict) -> Any:
+    from faster_whisper import WhisperModel
+
+    from serve_app.recognizers.whisper_backend import resolve_compute_type
+
+    model = ModelSpec(**spec["model"])
+    return WhisperModel(
+        model.path,
+        device=spec["device"],
+        compute_type=resolve_compute_type(spec["precision"], spec["device"]),
+        cpu_threads=spec["threads"] if spec["device"] == "cpu" else 0,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+def _loadgen() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loadgen", SCRIPTS / "loadgen.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _http_load(url: str, corpus: bench_corpus.Corpus, spec: dict, model_field: str) -> dict:
+    import asyncio
+
+    loadgen = _loadgen()
+    items = [(Path(f.path), "") for f in corpus.files]
+    return asyncio.run(
+        loadgen.run_load(
+            url,
+            items,
+            concurrency=spec["concurrency"],
+            model=model_field,
+            repeats=1,
+            timeout_s=spec["request_timeout_s"],
+        )
+    )
+
+
+def _start_ray(spec: dict, **extra: Any) -> Any:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env_vars = {"RAY_AUTH_MODE": "disabled", **extra.pop("env_vars", {})}
+    runtime_env = {"env_vars": env_vars, **extra.pop("runtime_env", {})}
+    ray.init(
+        address="local",  # always a new cluster of our own, never someone else's
+        num_cpus=spec["threads"],
+        num_gpus=1 if spec["device"] == "cuda" else 0,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env=runtime_env,
+    )
+    return ray

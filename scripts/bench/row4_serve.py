@@ -1,0 +1,87 @@
+"""Row 4: this project's Ray Serve app (``serve_app.app:build_app``) under the same C
+concurrent HTTP clients as row 3, on a Ray cluster of its own.
+Timed: first request sent -> last response, the app up and warmed up; batch sizes from
+``/v1/stats``; CPU core-seconds per role (recognizer replicas, VAD, ingress, proxy, Serve
+controller, Ray system, the clients) over the timed window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from .experiments import _hook_env, _model_actor_deployment, _with_hook
+from .harness import _corpus, _free_port, _http_load, _loadgen, _noise_wav, _start_ray, _wait_http
+from .measure import cpu_breakdown, cpu_by_process, whisper_padded_s
+from .models import ModelSpec
+
+
+def row_serve(spec: dict) -> dict:
+    """Row 4: this project's Serve app (``build_app``) under C concurrent HTTP clients."""
+    import httpx
+
+    model = ModelSpec(**spec["model"])
+    corpus = _corpus(spec)
+    ray = _start_ray(spec)
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.config import AppConfig
+
+    serve_config = spec["serve_config"]
+    if "model-actor" in spec["experiments"]:
+        import serve_app.app as app_module
+
+        app_module.RecognizerDeployment = _model_actor_deployment()  # type: ignore[attr-defined]
+    if set(spec["experiments"]) - {"model-actor"}:
+        # Setup hooks are job-level: Serve replicas only get the env vars.
+        serve_config = _with_hook(serve_config, _hook_env(spec["experiments"], None))
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        config = AppConfig.model_validate(serve_config)
+        serve.run(build_app(config), name="bench", route_prefix="/", blocking=False)
+        _wait_http(f"{url}/healthz", spec["startup_timeout_s"])
+        warm = _noise_wav(Path(spec["tmp"]))
+        # Warm-up through the whole path (ingress, VAD, recognizer), not timed.
+        for _ in range(2):
+            httpx.post(
+                f"{url}/v1/audio/transcriptions",
+                files={"file": ("w.wav", warm.read_bytes(), "audio/wav")},
+                data={"model": model.name},
+                timeout=spec["startup_timeout_s"],
+            ).raise_for_status()
+        cpu_before = cpu_by_process()
+        result = _http_load(url, corpus, spec, model.name)
+        cpu_core_s = cpu_breakdown(cpu_before, cpu_by_process())
+        stats = _loadgen().stats_delta(result["before"], result["after"], model.name)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+    if result["errors"]:
+        raise RuntimeError(f"serve errors: {result['errors'][:3]}")
+    counts = {str(k): v for k, v in stats["batch_size_counts"].items()}
+    real_s = result["after"][model.name]["audio_s"] - result["before"][model.name]["audio_s"]
+    items = sum(int(k) * v for k, v in counts.items())
+    padding = stats["padding_efficiency"]
+    if model.is_whisper and items:
+        padding = real_s / whisper_padded_s(items)
+    return {
+        "wall_s": result["wall_s"],
+        "audio_s": result["audio_s"],
+        "latencies_s": result["latencies"],
+        "batch_size_counts": counts,
+        "padding_efficiency": round(padding, 4) if padding == padding else None,
+        "recognizer_busy_s": stats["recognizer_busy_s"],
+        "speech_s": real_s,
+        "cpu_core_s": cpu_core_s,
+        "notes": [
+            "batch sizes: items per dynamic batch (/v1/stats)",
+            "CPU core-seconds in the timed window: "
+            + ", ".join(f"{name} {value:g}" for name, value in cpu_core_s.items()),
+        ],
+        "timing_scope": "first request sent -> last response (app up, warmed up)",
+    }

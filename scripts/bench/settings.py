@@ -1,0 +1,161 @@
+"""Batch settings and the app / job configs rows 2, 4, 5 and 6 run with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import REPO
+from .models import ModelSpec, _models_dir
+
+BUILTIN_BATCH = {
+    # When no tuned config exists (scripts/tune_batch.py writes those).
+    "funasr": {
+        "max_batch_audio_s": 480.0,
+        "max_batch_items": 32,
+        "batch_wait_timeout_s": 0.05,
+        "max_forward_audio_s": 60.0,
+    },
+    "whisper": {
+        "max_batch_audio_s": 480.0,
+        "max_batch_items": 16,
+        "batch_wait_timeout_s": 0.05,
+        "max_forward_audio_s": 480.0,
+    },
+}
+
+
+def config_source(model: ModelSpec, device: str, config_path: str | None) -> Path:
+    """The Serve config rows 2, 4, 5, 6 take their settings from.
+
+    ``--batch-config``, else ``ray_configs/tuned_<device>_<model>.yaml`` (written by
+    ``scripts/tune_batch.py``) when it exists, else ``ray_configs/serve.yaml``.
+    """
+    if config_path:
+        path = Path(config_path)
+        if not path.exists():
+            raise SystemExit(f"--batch-config {config_path} does not exist")
+        return path
+    tuned = REPO / f"ray_configs/tuned_{device}_{model.name}.yaml"
+    return tuned if tuned.exists() else REPO / "ray_configs/serve.yaml"
+
+
+def _source_recognizer(model: ModelSpec, path: Path) -> dict:
+    """The source config's recognizer for this model (by name), else its first one."""
+    import yaml
+
+    args = yaml.safe_load(path.read_text())["applications"][0]["args"]
+    recs = args["recognizers"]
+    return next((r for r in recs if r["name"] == model.name), recs[0])
+
+
+def batch_settings(model: ModelSpec, path: Path) -> dict:
+    """The recognizer batch section: from the source config when it is this model's (a
+    tuned config), else the built-in CPU defaults for the backend."""
+    from serve_app.config import BatchSettings
+
+    rec = _source_recognizer(model, path)
+    if rec["name"] == model.name:
+        return BatchSettings.model_validate(rec.get("batch", {})).model_dump()
+    return dict(BUILTIN_BATCH[model.backend])
+
+
+def recognizer_settings(model: ModelSpec, opts: dict) -> dict:
+    """A ``RecognizerSettings`` dict (without deployment) for this model, rows 4, 5, 6."""
+    rec: dict[str, Any] = {
+        "name": model.name,
+        "backend": model.backend,
+        "model": model.path,
+        "device": opts["device"],
+        "precision": _precision(model, opts),
+        "language": model.language,
+        "batch": opts["batch"],
+    }
+    if opts["device"] == "cpu":
+        # "shipped": 0 = follow OMP_NUM_THREADS, which Ray sets from num_cpus (1 thread).
+        rec["cpu_threads"] = opts["threads"] if opts["layout"] == "config" else 0
+    return rec
+
+
+def _precision(model: ModelSpec, opts: dict) -> str:
+    if opts["precision"]:
+        return opts["precision"]
+    if opts["device"] == "cuda":
+        return "fp16"
+    return "int8" if model.is_whisper else "fp32"
+
+
+def serve_app_config(model: ModelSpec, opts: dict) -> dict:
+    """The ``AppConfig`` of row 4: the source Serve config, serving this model.
+
+    ``layout="config"``: the source config's deployments as they are (a tuned config gives
+    the recognizer replica all cores: ``OMP_NUM_THREADS`` in its runtime_env, Whisper's
+    ``cpu_threads``); a source without them (``serve.yaml``) gets what the tuner would
+    write. ``layout="shipped"``: the deployments of ``ray_configs/serve.yaml`` untouched.
+    """
+    import copy
+
+    import yaml
+
+    source = (
+        Path(opts["config_path"]) if opts["layout"] == "config" else REPO / "ray_configs/serve.yaml"
+    )
+    args = copy.deepcopy(yaml.safe_load(source.read_text())["applications"][0]["args"])
+    template_rec = _source_recognizer(model, source)
+    deployment = copy.deepcopy(template_rec.get("deployment", {}))
+    items = int(opts["batch"]["max_batch_items"])
+    deployment["max_ongoing_requests"] = max(
+        int(deployment.get("max_ongoing_requests") or 0), 2 * items
+    )
+    if opts["device"] == "cuda":
+        actor = deployment.setdefault("ray_actor_options", {})
+        actor["num_gpus"] = 1
+    elif opts["layout"] == "config":
+        env = (
+            deployment.setdefault("ray_actor_options", {})
+            .setdefault("runtime_env", {})
+            .setdefault("env_vars", {})
+        )
+        env.setdefault("OMP_NUM_THREADS", str(opts["threads"]))
+    rec = {**recognizer_settings(model, opts), "deployment": deployment}
+    if opts["layout"] == "config" and template_rec.get("cpu_threads"):
+        # The config sizes its replicas itself (e.g. two 1-thread replicas on 2 cores).
+        rec["cpu_threads"] = template_rec["cpu_threads"]
+    rec["aliases"] = template_rec.get("aliases", [])
+    args["recognizers"] = [rec]
+    args["models_dir"] = str(_models_dir())
+    args["vad"] = {**args.get("vad", {}), "model": opts["vad_model"]}
+    args.setdefault("ingress", {})["default_model"] = model.name
+    # The corpus's longest file (10 min, 19 MB as 16-bit WAV) must pass the upload limit.
+    args["audio"] = {"max_upload_bytes": 512 * 2**20, "max_duration_s": 4 * 3600.0}
+    return args
+
+
+def job_config(model: ModelSpec, opts: dict) -> dict:
+    """The ``JobConfig`` of row 5: ``ray_configs/batch_cpu.yaml`` with this recognizer.
+
+    The actor pools are batch_cpu.yaml's. ``layout="config"`` runs the job with
+    ``OMP_NUM_THREADS`` = all cores (see ``job_env``), as the tuned Serve config does.
+    """
+    import yaml
+
+    template = yaml.safe_load((REPO / "ray_configs/batch_cpu.yaml").read_text())["job"]
+    template["models_dir"] = str(_models_dir())
+    template["vad"] = {**template.get("vad", {}), "model": opts["vad_model"]}
+    rec = recognizer_settings(model, opts)
+    template["recognizer"] = rec
+    if opts["device"] == "cuda":
+        template["recognizer_pool"] = {**template["recognizer_pool"], "num_gpus": 1}
+    return template
+
+
+def job_env(opts: dict) -> dict[str, str]:
+    """Job-level env vars of row 5 (``ray job submit --runtime-env-json``'s ``env_vars``).
+
+    Ray sets ``OMP_NUM_THREADS`` from an actor's ``num_cpus`` (1 in batch_cpu.yaml) unless
+    it is set, and FunASR sizes torch's thread pool from it: without this the recognizer
+    actor computes on one core of two.
+    """
+    if opts["layout"] == "config" and opts["device"] == "cpu":
+        return {"OMP_NUM_THREADS": str(opts["threads"])}
+    return {}

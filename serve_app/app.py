@@ -11,12 +11,14 @@ from typing import cast
 
 from ray.serve import Application, Deployment
 
+from serve_app.admission import AdmissionPolicy
 from serve_app.audio import AudioLimits
 from serve_app.config import AppConfig, resolve_models_dir
 from serve_app.deployments.ingress import AsrIngress, IngressOptions
 from serve_app.deployments.recognizer import RecognizerDeployment
 from serve_app.deployments.vad import VadDeployment
 from serve_app.recognizers.base import RecognitionOptions
+from serve_app.retry import RetryPolicy
 
 
 def build_app(args: AppConfig) -> Application:
@@ -45,6 +47,15 @@ def build_app(args: AppConfig) -> Application:
             for rec in config.recognizers
         },
         pack_segments_ms={rec.name: rec.segment_pack_ms for rec in config.recognizers},
+        request_timeout_s=config.ingress.request_timeout_s,
+        retry=RetryPolicy(**config.ingress.retry.model_dump()),
+        admission={
+            rec.name: AdmissionPolicy(
+                max_queue_wait_s=rec.max_queue_wait_s,
+                initial_rate_audio_s_per_s=rec.initial_drain_rate_audio_s_per_s,
+            )
+            for rec in config.recognizers
+        },
     )
     ingress = _deployment(AsrIngress).options(
         name="AsrIngress", **config.ingress.deployment.serve_options()

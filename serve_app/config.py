@@ -86,14 +86,30 @@ class DeploymentSettings(_Strict):
 
 
 class VadSettings(_Strict):
-    """FSMN-VAD and the segment post-processing that prepares batchable pieces."""
+    """Speech detection (FSMN-VAD or Silero VAD) and the segment post-processing that
+    prepares batchable pieces."""
 
+    # fsmn: FunASR's FSMN-VAD (folder ``model``); silero: Silero VAD v6 as faster-whisper
+    # ships and runs it (its own ONNX file inside the installed faster_whisper package).
+    backend: Literal["fsmn", "silero"] = "fsmn"
     model: str = "fsmn-vad"
     device: str = "cpu"
-    # torch threads of the VAD process. FSMN-VAD is small (0.4 M parameters) and gains
-    # nothing from more; FunASR's loader would otherwise set 4, which on a shared node
-    # spins OpenMP threads against the recognizer's.
+    # FSMN-VAD's network through torch (FunASR's own model) or through ONNX Runtime over
+    # the folder's model.onnx; FunASR's frontend and span logic are the same in both.
+    fsmn_runtime: Literal["torch", "onnx"] = "torch"
+    # torch / ONNX Runtime threads of the VAD process. Both VADs are small (FSMN 0.4 M
+    # parameters) and gain nothing from more; FunASR's loader would otherwise set 4, which
+    # on a shared node spins OpenMP threads against the recognizer's.
     cpu_threads: int = Field(1, ge=1)
+    # A pause at least this long ends a span: FSMN-VAD's max_end_silence_time, Silero's
+    # min_silence_duration_ms. Set explicitly because FunASR 1.4's FSMN-VAD otherwise
+    # applies a "dynamic" schedule that waits 2 s of silence for the first 60 s of a file
+    # (45 s of read speech with 1.2 s pauses came back as one span) and then 0.1 s.
+    end_silence_ms: int = Field(500, ge=100, le=6000)
+    # FSMN-VAD: a frame is speech when P(speech) >= P(silence) + this (config.yaml: 0.6).
+    fsmn_speech_noise_thres: float = Field(0.6, ge=-1.0, le=1.0)
+    # Silero: speech probability above which a window is speech (its own default 0.5).
+    silero_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     max_segment_s: float = Field(30.0, gt=0, le=60.0)
     # Neighbouring segments closer than this are merged while the result stays within
     # max_segment_s: fewer, fuller segments batch better and cut words less often.
@@ -102,6 +118,11 @@ class VadSettings(_Strict):
     min_segment_ms: int = Field(200, ge=0)
     # Speech padding kept on each side of a segment (VAD boundaries are tight).
     pad_ms: int = Field(100, ge=0)
+    # A segment still over max_segment_s is cut inside a pause: a run of 10 ms frames at
+    # least pause_min_ms long, pause_depth_db below the segment's speech level (0: off,
+    # cut at the quietest 50 ms window as before).
+    pause_min_ms: int = Field(200, ge=0)
+    pause_depth_db: float = Field(20.0, gt=0)
 
 
 class BatchSettings(_Strict):
@@ -141,6 +162,13 @@ class RecognizerSettings(_Strict):
     # null = the backend's default: whisper 30, funasr 0 (off).
     pack_segments_s: float | None = Field(None, ge=0)
     batch: BatchSettings = BatchSettings()
+    # Admission control (serve_app.admission): a request whose expected wait in this
+    # model's queue, (queued audio + its own) / measured drain rate, exceeds this many
+    # seconds is answered 503 with Retry-After at once instead of queueing.
+    max_queue_wait_s: float = Field(60.0, gt=0)
+    # Drain rate assumed until one is measured (audio seconds per second): bounds what a
+    # cold start admits at once (max_queue_wait_s x this many seconds of audio).
+    initial_drain_rate_audio_s_per_s: float = Field(10.0, gt=0)
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
     @model_validator(mode="after")
@@ -172,9 +200,22 @@ class RecognizerSettings(_Strict):
         return round(self.segment_pack_s * 1000)
 
 
+class RetrySettings(_Strict):
+    """Retries of a VAD or segment call whose replica died (serve_app.retry): exponential
+    backoff with jitter, never past the request's deadline."""
+
+    max_attempts: int = Field(10, ge=1)
+    initial_backoff_s: float = Field(0.2, gt=0)
+    max_backoff_s: float = Field(5.0, gt=0)
+
+
 class IngressSettings(_Strict):
     default_model: str | None = None
+    # Each request's deadline: this long after it arrives (a client may ask for less with
+    # the X-Request-Timeout-S header, never more). Work of a request past its deadline is
+    # dropped before it costs a forward pass; the request answers 504.
     request_timeout_s: float = Field(600.0, gt=0)
+    retry: RetrySettings = RetrySettings()
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
 

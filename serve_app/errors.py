@@ -63,9 +63,16 @@ class UnknownModelError(AsrError):
 
 
 class OverloadedError(AsrError):
-    """The service sheds load; the client should retry later."""
+    """The service sheds load; the client should retry later (``Retry-After``)."""
 
     code = "overloaded"
+
+    def __init__(
+        self, message: str, *, param: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, param=param)
+        # Raised and answered in the ingress; not kept across Ray's pickling (__reduce__).
+        self.retry_after_s = retry_after_s
 
 
 class UnauthorizedError(AsrError):

@@ -71,6 +71,22 @@ def errors_total():
     return counter("asr_errors_total", "Failed requests or items by error kind", ("kind", "stage"))
 
 
+def redecodes_total():
+    return counter(
+        "asr_redecodes_total",
+        "Stretches decoded again because an item's decode missed speech or degenerated",
+        ("model", "reason"),
+    )
+
+
+def retimed_items_total():
+    return counter(
+        "asr_retimed_items_total",
+        "Items whose span times were implausible and re-timed from the speech",
+        ("model", "reason"),
+    )
+
+
 def audio_processed_s():
     return counter("asr_audio_processed_s_total", "Seconds of audio transcribed", ("model",))
 
@@ -117,4 +133,57 @@ def forward_s():
         "Model time of one dynamic batch",
         tuple(_LATENCY_BOUNDARIES_S),
         ("model",),
+    )
+
+
+@functools.cache
+def gauge(name: str, description: str, tag_keys=()):
+    metrics = _metrics_module()
+    if metrics is None:
+        return _Noop()
+    try:
+        return metrics.Gauge(name, description=description, tag_keys=tag_keys)
+    except Exception:
+        logger.debug("metric %s unavailable", name, exc_info=True)
+        return _Noop()
+
+
+def admission_queued_audio_s():
+    return gauge(
+        "asr_admission_queued_audio_s",
+        "Audio seconds an ingress replica admitted for a model and not yet got back",
+        ("model",),
+    )
+
+
+def admission_drain_rate():
+    return gauge(
+        "asr_admission_drain_rate_audio_s_per_s",
+        "Measured audio seconds per second a model's queue drains (as one ingress sees it)",
+        ("model",),
+    )
+
+
+def admission_rejections_total():
+    return counter(
+        "asr_admission_rejections_total",
+        "Requests answered 503 because their expected queue wait was too long",
+        ("model", "stage"),
+    )
+
+
+def retries_total():
+    return counter(
+        "asr_retries_total",
+        "Remote calls retried because their replica died or was unavailable",
+        ("stage", "kind"),
+    )
+
+
+def deadline_drops_total():
+    return counter(
+        "asr_deadline_drops_total",
+        "Segments dropped from a recognizer's queue before their forward pass "
+        "(deadline passed or request cancelled)",
+        ("model", "reason"),
     )

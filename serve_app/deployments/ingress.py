@@ -8,11 +8,15 @@ traffic only after loading and warming their models).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import math
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
@@ -20,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app import observability
+from serve_app.admission import AdmissionController, AdmissionPolicy, AdmissionTicket
 from serve_app.audio import AudioLimits
 from serve_app.auth import ApiKeys
 from serve_app.errors import (
@@ -36,7 +41,8 @@ from serve_app.errors import (
     UnsupportedCodecError,
     UploadTooLargeError,
 )
-from serve_app.recognizers.base import RecognitionOptions
+from serve_app.recognizers.base import RecognitionOptions, SegmentJob
+from serve_app.retry import RetryPolicy, call_with_retries
 from serve_app.serving import ModelRoute, TranscriptionService, unwrap_error
 from serve_app.transcript import RESPONSE_FORMATS, render
 
@@ -69,6 +75,25 @@ class IngressOptions:
     default_options: dict[str, RecognitionOptions]
     pack_segments_ms: dict[str, int] = field(default_factory=dict)  # canonical name -> ms
     health_timeout_s: float = 5.0
+    # Default and cap of a request's deadline (the X-Request-Timeout-S header asks for less).
+    request_timeout_s: float = 600.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    admission: dict[str, AdmissionPolicy] = field(default_factory=dict)  # canonical name
+
+
+@dataclass
+class _RequestScope:
+    """What the stage calls of one request need and TranscriptionService does not carry:
+    set per request in a context variable, which asyncio copies into the segment tasks."""
+
+    deadline_unix_s: float | None
+    ticket: AdmissionTicket | None = None
+    model: str = ""
+
+
+_REQUEST: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
+    "asr_request_scope", default=None
+)
 
 
 def error_response(exc: BaseException, request_id: str) -> JSONResponse:
@@ -86,7 +111,11 @@ def error_response(exc: BaseException, request_id: str) -> JSONResponse:
         },
         "request_id": request_id,
     }
-    return JSONResponse(body, status_code=status, headers={"x-request-id": request_id})
+    headers = {"x-request-id": request_id}
+    retry_after_s = getattr(exc, "retry_after_s", None)
+    if isinstance(exc, OverloadedError) and retry_after_s is not None:
+        headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _classify_foreign(exc: BaseException) -> AsrError:
@@ -112,17 +141,23 @@ class AsrIngress:
         # Read here, in the replica, so a Secret mounted as env or file on the node counts.
         self._api_keys = ApiKeys.from_env()
         logger.info("API keys: %s", f"{len(self._api_keys)} set" if self._api_keys else "off")
+        self._admission = {
+            name: AdmissionController(
+                options.admission.get(name, AdmissionPolicy()), model=name, clock=time.monotonic
+            )
+            for name in recognizers
+        }
         routes = {}
         for alias, name in options.model_names.items():
             handle = recognizers[name]
             routes[alias] = ModelRoute(
                 name=name,
-                recognize=_remote_call(handle, "transcribe"),
+                recognize=self._recognize_call(handle, name),
                 default_options=options.default_options.get(name, RecognitionOptions()),
                 pack_segments_ms=options.pack_segments_ms.get(name, 0),
             )
         self._service = TranscriptionService(
-            segment=_remote_call(vad, "segments"),
+            segment=self._vad_call(vad),
             routes=routes,
             default_model=options.default_model,
             limits=options.limits,
@@ -156,8 +191,96 @@ class AsrIngress:
             observability.errors_total().inc(tags={"kind": kind, "stage": "request"})
             return error_response(exc, request_id)
 
+    def _vad_call(self, vad: DeploymentHandle) -> Callable[[np.ndarray], Awaitable[list]]:
+        call = _remote_call(vad, "segments")
+        policy = self._options.retry
+
+        async def segment(samples: np.ndarray) -> list:
+            scope = _REQUEST.get()
+            segments = await call_with_retries(
+                lambda: call(samples),
+                policy=policy,
+                deadline_unix_s=scope.deadline_unix_s if scope else None,
+                what="vad",
+                on_retry=_count_retry("vad"),
+            )
+            if scope is not None and scope.ticket is not None:
+                # Silence costs the recognizer nothing: only speech stays queued.
+                scope.ticket.shrink_to(sum(seg.duration_ms for seg in segments) / 1000.0)
+                self._publish(scope.model)
+            return segments
+
+        return segment
+
+    def _recognize_call(self, handle: DeploymentHandle, model: str):
+        call = _remote_call(handle, "transcribe")
+        policy = self._options.retry
+
+        async def recognize(job: SegmentJob):
+            # Segment recognition is idempotent: a segment whose replica died is sent
+            # again (to another replica, or to the restarted one), within the deadline.
+            result = await call_with_retries(
+                lambda: call(job),
+                policy=policy,
+                deadline_unix_s=job.deadline_unix_s,
+                what="recognize",
+                on_retry=_count_retry("recognize"),
+            )
+            scope = _REQUEST.get()
+            if scope is not None and scope.ticket is not None:
+                scope.ticket.completed(job.duration_s)
+                self._publish(model)
+            return result
+
+        return recognize
+
+    def _publish(self, model: str) -> None:
+        controller = self._admission[model]
+        tags = {"model": model}
+        observability.admission_queued_audio_s().set(controller.queued_audio_s, tags=tags)
+        observability.admission_drain_rate().set(controller.rate(), tags=tags)
+
+    def _admission_check(self, model: str | None, audio_s: float, stage: str) -> None:
+        """Raise OverloadedError (503 + Retry-After) when the expected wait is too long.
+
+        With ``model`` None (before the form is read) the request is refused only when
+        every model's queue alone is already too long."""
+        names = [self._service.route(model).name] if model is not None else list(self._admission)
+        error: OverloadedError | None = None
+        for name in names:
+            try:
+                self._admission[name].check(audio_s)
+                return
+            except OverloadedError as exc:
+                error = exc
+        if error is not None:
+            observability.admission_rejections_total().inc(
+                tags={"model": names[0] if len(names) == 1 else "any", "stage": stage}
+            )
+            raise error
+
+    def _deadline_unix_s(self, request: Request) -> float:
+        timeout_s = self._options.request_timeout_s
+        asked = request.headers.get("x-request-timeout-s")
+        if asked:
+            try:
+                value = float(asked)
+            except ValueError:
+                raise InvalidRequestError(
+                    "X-Request-Timeout-S must be a number of seconds", param="x-request-timeout-s"
+                ) from None
+            if not value > 0:
+                raise InvalidRequestError(
+                    "X-Request-Timeout-S must be > 0", param="x-request-timeout-s"
+                )
+            timeout_s = min(timeout_s, value)
+        return time.time() + timeout_s
+
     async def _transcriptions(self, request: Request, request_id: str) -> Response:
         started = time.perf_counter()
+        deadline_unix_s = self._deadline_unix_s(request)
+        # The queue alone may already be too long: answer before reading the body.
+        self._admission_check(None, 0.0, "before_body")
         limits = self._options.limits
         declared = request.headers.get("content-length")
         if declared and declared.isdigit():
@@ -190,6 +313,7 @@ class AsrIngress:
         model_field = form.get("model")
         model = str(model_field) if model_field else None
         self._service.route(model)  # 404 before decoding anything
+        self._admission_check(model, 0.0, "before_decode")
         options = RecognitionOptions(
             language=_optional_str(form.get("language")),
             prompt=_optional_str(form.get("prompt")),
@@ -206,7 +330,28 @@ class AsrIngress:
         t_decode = time.perf_counter()
         audio = await self._service.decode(data)
         decode_s = time.perf_counter() - t_decode
-        transcription = await self._service.transcribe(audio, model=model, options=options)
+        canonical = self._service.route(model).name
+        try:
+            ticket = self._admission[canonical].admit(audio.duration_s)
+        except OverloadedError:
+            observability.admission_rejections_total().inc(
+                tags={"model": canonical, "stage": "after_decode"}
+            )
+            raise
+        self._publish(canonical)
+        scope_token = _REQUEST.set(_RequestScope(deadline_unix_s, ticket, canonical))
+        try:
+            transcription = await self._service.transcribe(
+                audio,
+                model=model,
+                options=options,
+                deadline_unix_s=deadline_unix_s,
+                request_id=request_id,
+            )
+        finally:
+            _REQUEST.reset(scope_token)
+            ticket.close()
+            self._publish(canonical)
         body, media_type = render(
             transcription, response_format, include_words="word" in granularities
         )
@@ -290,6 +435,20 @@ def _remote_call(handle: DeploymentHandle, method: str):
     bound = getattr(handle, method)
 
     async def call(arg):
-        return await bound.remote(arg)
+        response = bound.remote(arg)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            # Deadline or client disconnect: cancel the replica's work too (Serve only
+            # does that by itself for a disconnect of the parent HTTP request).
+            response.cancel()
+            raise
 
     return call
+
+
+def _count_retry(stage: str) -> Callable[[BaseException], None]:
+    def record(exc: BaseException) -> None:
+        observability.retries_total().inc(tags={"stage": stage, "kind": type(exc).__name__})
+
+    return record

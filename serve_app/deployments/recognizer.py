@@ -32,7 +32,7 @@ from ray import serve
 from serve_app import observability
 from serve_app.batching import item_cost_s
 from serve_app.config import RecognizerSettings
-from serve_app.errors import AsrError, InvalidRequestError
+from serve_app.errors import AsrError, DeadlineExceededError, InvalidRequestError
 from serve_app.recognizers.base import ItemResult, SegmentJob, SegmentTranscript
 from serve_app.recognizers.factory import build_recognizer
 
@@ -43,11 +43,18 @@ logger = logging.getLogger(__name__)
 _MAX_FORMED_BATCHES = 64
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class _QueuedItem:
     job: SegmentJob
     cost_s: float
     enqueued_at: float
+    # Set when the caller's call was cancelled (client gone, ingress deadline): the item
+    # is then dropped from the queue instead of costing a forward pass.
+    cancelled: bool = False
+
+    def expired(self, now_unix_s: float) -> bool:
+        deadline = self.job.deadline_unix_s
+        return deadline is not None and now_unix_s >= deadline
 
 
 def _batch_cost_s(items: list[_QueuedItem]) -> float:
@@ -61,9 +68,18 @@ RunFn = Callable[[list[_QueuedItem]], Awaitable[list[ItemResult]]]
 class _Coalescer:
     """One forward pass at a time; what arrives meanwhile joins the next, up to capacity."""
 
-    def __init__(self, run: RunFn, capacity_s: float) -> None:
+    def __init__(
+        self,
+        run: RunFn,
+        capacity_s: float,
+        *,
+        on_drop: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._run = run
         self.capacity_s = capacity_s
+        self._on_drop = on_drop
+        self._clock = clock
         self._pending: deque[tuple[_QueuedItem, asyncio.Future]] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -80,16 +96,31 @@ class _Coalescer:
     def _take(self) -> list[tuple[_QueuedItem, asyncio.Future]]:
         batch: list[tuple[_QueuedItem, asyncio.Future]] = []
         used_s = 0.0
+        now_unix_s = self._clock()
         while self._pending:
             item, future = self._pending[0]
-            if future.done():  # cancelled: the client went away
+            if future.done() or item.cancelled:  # cancelled: the client went away
                 self._pending.popleft()
+                if not future.done():
+                    future.set_result(DeadlineExceededError("the request was cancelled"))
+                self._dropped("cancelled")
+                continue
+            if item.expired(now_unix_s):  # its request already answered 504: skip the work
+                self._pending.popleft()
+                future.set_result(
+                    DeadlineExceededError("the request's deadline passed before its segment ran")
+                )
+                self._dropped("deadline")
                 continue
             if batch and used_s + item.cost_s > self.capacity_s:
                 break
             batch.append(self._pending.popleft())
             used_s += item.cost_s
         return batch
+
+    def _dropped(self, reason: str) -> None:
+        if self._on_drop is not None:
+            self._on_drop(reason)
 
     async def _drain(self) -> None:
         while True:
@@ -125,7 +156,7 @@ class RecognizerDeployment:
             max_concurrent_batches=_MAX_FORMED_BATCHES,
             batch_size_fn=_batch_cost_s,
         )(self._submit)
-        self._coalescer = _Coalescer(self._forward, batch.max_batch_audio_s)
+        self._coalescer = _Coalescer(self._forward, batch.max_batch_audio_s, on_drop=self._dropped)
         self._batch_size_counts: Counter[int] = Counter()
         self._num_batches = 0
         self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}
@@ -153,10 +184,23 @@ class RecognizerDeployment:
             max_batch_audio_s=batch.max_batch_audio_s,
             max_batch_items=batch.max_batch_items,
         )
-        result = await self._batched(_QueuedItem(job, cost_s, time.perf_counter()))
+        if job.deadline_unix_s is not None and time.time() >= job.deadline_unix_s:
+            self._dropped("deadline")
+            raise DeadlineExceededError("the request's deadline passed before its segment ran")
+        item = _QueuedItem(job, cost_s, time.perf_counter())
+        try:
+            result = await self._batched(item)
+        except asyncio.CancelledError:
+            # Serve cancels this call when the ingress cancels it (client disconnect,
+            # deadline); the item may already sit in the coalescer: mark it to be skipped.
+            item.cancelled = True
+            raise
         if isinstance(result, AsrError):
             raise result
         return result
+
+    def _dropped(self, reason: str) -> None:
+        observability.deadline_drops_total().inc(tags={**self._tags, "reason": reason})
 
     async def _submit(self, items: list[_QueuedItem]) -> list[ItemResult]:
         return await self._coalescer.submit(items)

@@ -1,0 +1,113 @@
+"""Admission control in audio seconds (serve_app.admission) with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app.admission import AdmissionController, AdmissionPolicy
+from serve_app.errors import OverloadedError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def controller(**policy) -> tuple[AdmissionController, Clock]:
+    clock = Clock()
+    return AdmissionController(AdmissionPolicy(**policy), model="m", clock=clock), clock
+
+
+def drain(ctl: AdmissionController, clock: Clock, *, rate: float, seconds: float, step=0.5):
+    """Keep the queue busy and complete audio at ``rate`` audio-s per second."""
+    ticket = ctl.admit(rate * seconds * 2)  # enough queued to stay busy throughout
+    elapsed = 0.0
+    while elapsed < seconds - 1e-9:
+        clock.now += step
+        elapsed += step
+        ticket.completed(rate * step)
+    return ticket
+
+
+def test_an_idle_model_admits_anything():
+    ctl, _ = controller(max_queue_wait_s=1.0, initial_rate_audio_s_per_s=1.0)
+    ticket = ctl.admit(3600.0)  # a one-hour file, before any rate is known
+    assert ctl.queued_audio_s == 3600.0
+    ticket.close()
+    assert ctl.queued_audio_s == 0.0
+
+
+def test_cold_start_is_bounded_by_the_initial_rate_guess():
+    # 60 s x 10 audio-s/s: 600 s of audio may queue before any rate is measured.
+    ctl, _ = controller(max_queue_wait_s=60.0, initial_rate_audio_s_per_s=10.0)
+    admitted = []
+    with pytest.raises(OverloadedError) as info:
+        for _ in range(64):
+            admitted.append(ctl.admit(150.0))  # 64 clients x 2.5 min
+    assert len(admitted) == 4  # 4 x 150 = 600 s; the fifth would wait 75 s
+    assert info.value.retry_after_s == pytest.approx(750 / 10 - 60)
+
+
+def test_the_drain_rate_is_measured_over_busy_time_only():
+    ctl, clock = controller(initial_rate_audio_s_per_s=1.0, rate_window_s=30, min_busy_s=5)
+    assert ctl.measured_rate() is None
+    ticket = drain(ctl, clock, rate=20.0, seconds=4.0)
+    assert ctl.measured_rate() is None  # under min_busy_s: the guess stands
+    assert ctl.rate() == 1.0
+    for _ in range(12):
+        clock.now += 0.5
+        ticket.completed(10.0)
+    assert ctl.measured_rate() == pytest.approx(20.0, rel=0.05)
+    ticket.close()
+    clock.now += 3600.0  # an idle hour must not decay or dilute it
+    assert ctl.measured_rate() == pytest.approx(20.0, rel=0.05)
+
+
+def test_the_rate_follows_a_change_within_its_window():
+    ctl, clock = controller(rate_window_s=10.0, min_busy_s=1.0)
+    drain(ctl, clock, rate=40.0, seconds=30.0).close()
+    assert ctl.measured_rate() == pytest.approx(40.0, rel=0.05)
+    drain(ctl, clock, rate=10.0, seconds=40.0).close()  # 4 windows later
+    assert ctl.measured_rate() == pytest.approx(10.0, rel=0.1)
+
+
+def test_expected_wait_rejects_with_retry_after_from_the_estimate():
+    ctl, clock = controller(max_queue_wait_s=60.0, min_busy_s=1.0)
+    drain(ctl, clock, rate=10.0, seconds=10.0).close()
+    queued = ctl.admit(500.0)  # 50 s of work at 10 audio-s/s
+    ctl.check(100.0)  # (500 + 100) / 10 = 60 s: admitted
+    with pytest.raises(OverloadedError) as info:
+        ctl.check(200.0)  # 70 s
+    # Discrete completions read the rate a little high (10.1 audio-s/s): about 9.4 s.
+    assert info.value.retry_after_s == pytest.approx(10.0, rel=0.1)
+    queued.completed(400.0)  # the queue drains: the same request fits now
+    ctl.check(200.0)
+
+
+def test_silence_released_after_vad_does_not_count_as_drained():
+    ctl, clock = controller(min_busy_s=1.0)
+    ticket = ctl.admit(100.0)
+    clock.now += 1.0
+    ticket.shrink_to(40.0)  # the VAD found 40 s of speech
+    assert ctl.queued_audio_s == 40.0
+    clock.now += 1.0
+    ticket.completed(30.0)
+    ticket.completed(30.0)  # packed pieces may exceed the speech: never below zero
+    assert ctl.queued_audio_s == 0.0
+    # 40 s released as drained over 2 s busy: 20 audio-s/s, not (100 s / 2 s).
+    assert ctl.measured_rate() == pytest.approx(20.0, rel=0.1)
+
+
+def test_a_stuck_recognizer_rejects_until_its_queue_empties_then_admits():
+    ctl, clock = controller(max_queue_wait_s=10.0, min_busy_s=1.0, rate_window_s=5.0)
+    drain(ctl, clock, rate=10.0, seconds=5.0).close()
+    stuck = ctl.admit(50.0)
+    clock.now += 120.0  # nothing completes: the measured rate collapses
+    with pytest.raises(OverloadedError) as info:
+        ctl.check(10.0)
+    assert info.value.retry_after_s == ctl.policy.max_retry_after_s
+    stuck.close()  # its request failed or timed out
+    ctl.admit(10.0)  # idle again: admitted whatever the stale rate says

@@ -44,13 +44,14 @@ import pyarrow as pa
 
 from serve_app.audio import AudioLimits, decode_audio, read_audio_bytes
 from serve_app.config import AudioSettings, RecognizerSettings, VadSettings, resolve_models_dir
+from serve_app.coverage import ItemAudio, Redecoder
 from serve_app.errors import AsrError, InternalError, InvalidAudioError, InvalidRequestError
 from serve_app.recognizers.base import (
     ItemResult,
     RecognitionOptions,
     SegmentJob,
 )
-from serve_app.segmentation import SpeechSegment, pack_segments
+from serve_app.segmentation import PackedPiece, SpeechSegment, pack_pieces
 from serve_app.transcript import stitch_segments
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,10 @@ SPEECH_TYPE = pa.list_(
             # float32 samples at 16 kHz; large_binary so a block of long files cannot
             # overflow 32-bit offsets.
             ("audio", pa.large_binary()),
+            # The VAD segments this (packed) piece is made of, in the file's time; null
+            # for rows written before it existed (the whole piece is then its speech).
+            # Used to find speech the decode missed (serve_app.coverage).
+            ("vad_ms", pa.list_(pa.struct([("start_ms", pa.int64()), ("end_ms", pa.int64())]))),
         ]
     )
 )
@@ -175,16 +180,21 @@ def decoded_error_row(row_id: str, exc: BaseException, duration_s: float | None 
     }
 
 
-def speech_items(samples: np.ndarray, segments: Sequence[SpeechSegment]) -> list[dict]:
-    """Segments sorted by start, each with its float32 samples as bytes."""
-    ordered = sorted(segments, key=lambda s: s.start_ms)
+def speech_items(
+    samples: np.ndarray, segments: Sequence[SpeechSegment | PackedPiece]
+) -> list[dict]:
+    """Segments (or packed pieces with their VAD members) sorted by start, each with its
+    float32 samples as bytes."""
+    pieces = [s if isinstance(s, PackedPiece) else PackedPiece(s, (s,)) for s in segments]
+    pieces.sort(key=lambda p: p.segment.start_ms)
     return [
         {
-            "start_ms": seg.start_ms,
-            "end_ms": seg.end_ms,
-            "audio": np.ascontiguousarray(seg.slice(samples), dtype=np.float32).tobytes(),
+            "start_ms": p.segment.start_ms,
+            "end_ms": p.segment.end_ms,
+            "audio": np.ascontiguousarray(p.segment.slice(samples), dtype=np.float32).tobytes(),
+            "vad_ms": [{"start_ms": m.start_ms, "end_ms": m.end_ms} for m in p.members],
         }
-        for seg in ordered
+        for p in pieces
     ]
 
 
@@ -264,7 +274,7 @@ class DecodeVadStage:
             duration_s = audio.duration_s
             if len(audio.samples) == 0:
                 raise InvalidAudioError("no samples: the audio is empty")
-            segments = pack_segments(self._vad.segments(audio.samples), max_piece_ms=self._pack_ms)
+            segments = pack_pieces(self._vad.segments(audio.samples), max_piece_ms=self._pack_ms)
             return {
                 "id": row_id,
                 "language": normalize_language(row.get("language")),
@@ -300,17 +310,29 @@ class TranscribeBatchFn(Protocol):
     def transcribe_batch(self, jobs: Sequence[SegmentJob]) -> list[ItemResult]: ...
 
 
-def _speech_of(value: pa.ListScalar) -> tuple[list[tuple[int, int]], list[np.ndarray]]:
-    """A row's ``speech`` list -> (spans, samples), the samples viewing Arrow's buffers."""
+def _speech_of(
+    value: pa.ListScalar,
+) -> tuple[list[tuple[int, int]], list[np.ndarray], list[tuple[tuple[int, int], ...] | None]]:
+    """A row's ``speech`` list -> (spans, samples, VAD members relative to each span's
+    start or None), the samples viewing Arrow's buffers."""
     if not value.is_valid or len(value) == 0:
-        return [], []
+        return [], [], []
     items = value.values  # StructArray of this row's segments
     starts = items.field("start_ms").to_pylist()
     ends = items.field("end_ms").to_pylist()
     audio = items.field("audio")
     # Zero-copy: each sample array is a read-only view of the block's buffer.
     arrays = [np.frombuffer(audio[i].as_buffer(), dtype=np.float32) for i in range(len(audio))]
-    return list(zip(starts, ends, strict=True)), arrays
+    members: list[tuple[tuple[int, int], ...] | None] = []
+    vad = items.field("vad_ms").to_pylist() if "vad_ms" in items.type.names else None
+    for i, start in enumerate(starts):
+        segs = vad[i] if vad is not None else None
+        members.append(
+            None
+            if segs is None
+            else tuple((m["start_ms"] - start, m["end_ms"] - start) for m in segs)
+        )
+    return list(zip(starts, ends, strict=True)), arrays, members
 
 
 def recognize_rows(
@@ -319,24 +341,31 @@ def recognize_rows(
     *,
     model_name: str,
     default_options: RecognitionOptions,
+    redecode_rounds: int = 0,
 ) -> list[dict]:
     """Decoded rows -> output rows: every segment of every ok file in ONE transcribe_batch.
 
-    Error rows pass through untouched (with the model name added).
+    With ``redecode_rounds`` > 0 (packed Whisper items, decoded with timestamps), speech an
+    item's decode missed is decoded again as in the online service
+    (:class:`serve_app.coverage.Redecoder`): all stretches of the block in ONE more
+    ``transcribe_batch`` call per round. Error rows pass through untouched (with the model
+    name added).
     """
     meta = batch.drop_columns(["speech"]).to_pylist()
     speech = batch.column("speech")
     jobs: list[SegmentJob] = []
+    items: list[ItemAudio] = []
     # Per row: (slice of jobs, spans); None for rows that already failed.
     layout: list[tuple[slice, list[tuple[int, int]]] | None] = []
     for i, row in enumerate(meta):
         if row["status"] != STATUS_OK:
             layout.append(None)
             continue
-        spans, arrays = _speech_of(speech[i])
+        spans, arrays, members = _speech_of(speech[i])
         opts = options_for(default_options, row["language"], row["hotwords"] or ())
         first = len(jobs)
         jobs.extend(SegmentJob(audio=a, options=opts) for a in arrays)
+        items.extend(ItemAudio(a, m) for a, m in zip(arrays, members, strict=True))
         layout.append((slice(first, len(jobs)), spans))
 
     try:
@@ -344,6 +373,8 @@ def recognize_rows(
         if len(results) != len(jobs):
             raise RuntimeError(f"recognizer returned {len(results)} results for {len(jobs)}")
         batch_error: BaseException | None = None
+        if redecode_rounds > 0 and jobs:
+            results = _redecode(recognizer, jobs, items, results, redecode_rounds)
     except Exception as exc:  # fail these files, not the job
         logger.exception("recognizer failed on a batch of %d segments", len(jobs))
         results, batch_error = [], exc
@@ -394,6 +425,32 @@ def recognize_rows(
     return out
 
 
+def _redecode(
+    recognizer: TranscribeBatchFn,
+    jobs: Sequence[SegmentJob],
+    items: Sequence[ItemAudio],
+    results: Sequence[ItemResult],
+    max_rounds: int,
+) -> list[ItemResult]:
+    """The re-decode rounds of one block (the online service runs the same Redecoder)."""
+    redecoder = Redecoder(items, results, max_rounds=max_rounds)
+    while pending := redecoder.pending():
+        redecoder.accept(
+            recognizer.transcribe_batch(
+                [SegmentJob(audio=p.audio, options=jobs[p.item].options) for p in pending]
+            )
+        )
+    if redecoder.redecodes or redecoder.retimed:
+        logger.info(
+            "re-decoded %d stretches (%s), re-timed %d items, in %d rounds",
+            sum(redecoder.redecodes.values()),
+            dict(redecoder.redecodes),
+            sum(redecoder.retimed.values()),
+            redecoder.rounds_done,
+        )
+    return redecoder.results()  # type: ignore[return-value]
+
+
 class RecognizeStage:
     """Decoded rows -> output rows; one actor loads (and warms) one recognizer, once."""
 
@@ -410,6 +467,8 @@ class RecognizeStage:
             recognizer = build_recognizer(settings, resolve_models_dir(models_dir))
         self._recognizer = recognizer
         self._model_name = settings.name
+        # As the online route: packed (timestamped) items are checked and re-decoded.
+        self._redecode_rounds = 2 if settings.segment_pack_s > 0 else 0
         self._default_options = RecognitionOptions(
             language=settings.language, hotwords=settings.hotwords
         )
@@ -420,6 +479,7 @@ class RecognizeStage:
             self._recognizer,
             model_name=self._model_name,
             default_options=self._default_options,
+            redecode_rounds=self._redecode_rounds,
         )
         stats = getattr(self._recognizer, "last_stats", None)
         if stats is not None and stats.num_items:

@@ -62,6 +62,43 @@ def merge_close(
     return merged
 
 
+@dataclass(frozen=True)
+class PackedPiece:
+    """A packed piece and the VAD segments it is made of (all in the audio's time)."""
+
+    segment: SpeechSegment
+    members: tuple[SpeechSegment, ...]
+
+    def members_relative_ms(self) -> tuple[tuple[int, int], ...]:
+        """The members as ``(start_ms, end_ms)`` relative to the piece's start."""
+        start = self.segment.start_ms
+        return tuple((m.start_ms - start, m.end_ms - start) for m in self.members)
+
+
+def pack_pieces(segments: Sequence[SpeechSegment], *, max_piece_ms: int) -> list[PackedPiece]:
+    """:func:`pack_segments`, keeping which VAD segments make up each piece.
+
+    The members tell a later check (``serve_app.coverage``) where the speech of a piece is,
+    so that it can find speech the decode did not account for.
+    """
+    ordered = sorted(segments, key=lambda s: s.start_ms)
+    if max_piece_ms <= 0:
+        return [PackedPiece(seg, (seg,)) for seg in ordered]
+    packed: list[PackedPiece] = []
+    for seg in ordered:
+        # Unlike merge_close, touching pieces (the cuts of split_long) stay apart when
+        # joining them would exceed the limit: that limit is the model's window.
+        last = packed[-1].segment if packed else None
+        if last is not None and max(last.end_ms, seg.end_ms) - last.start_ms <= max_piece_ms:
+            packed[-1] = PackedPiece(
+                SpeechSegment(last.start_ms, max(last.end_ms, seg.end_ms)),
+                (*packed[-1].members, seg),
+            )
+        else:
+            packed.append(PackedPiece(seg, (seg,)))
+    return packed
+
+
 def pack_segments(segments: Sequence[SpeechSegment], *, max_piece_ms: int) -> list[SpeechSegment]:
     """Join consecutive segments (the gaps between them included) into pieces no longer than
     ``max_piece_ms``; a segment already longer stays as it is. ``max_piece_ms <= 0``: no-op.
@@ -69,18 +106,7 @@ def pack_segments(segments: Sequence[SpeechSegment], *, max_piece_ms: int) -> li
     For models whose cost does not follow segment length (Whisper's encoder always runs a
     full 30 s window), this turns several short items into one full one.
     """
-    ordered = sorted(segments, key=lambda s: s.start_ms)
-    if max_piece_ms <= 0:
-        return ordered
-    packed: list[SpeechSegment] = []
-    for seg in ordered:
-        # Unlike merge_close, touching pieces (the cuts of split_long) stay apart when
-        # joining them would exceed the limit: that limit is the model's window.
-        if packed and max(packed[-1].end_ms, seg.end_ms) - packed[-1].start_ms <= max_piece_ms:
-            packed[-1] = SpeechSegment(packed[-1].start_ms, max(packed[-1].end_ms, seg.end_ms))
-        else:
-            packed.append(seg)
-    return packed
+    return [piece.segment for piece in pack_pieces(segments, max_piece_ms=max_piece_ms)]
 
 
 def _quietest_cut_ms(samples: np.ndarray, lo_ms: int, hi_ms: int) -> int:

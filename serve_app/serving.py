@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve_app import observability
 from serve_app.audio import AudioLimits, DecodedAudio, decode_audio
+from serve_app.coverage import ItemAudio, Redecoder
 from serve_app.errors import AsrError, UnknownModelError
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
-from serve_app.segmentation import SpeechSegment, pack_segments
+from serve_app.segmentation import SpeechSegment, pack_pieces
 from serve_app.transcript import Transcription, stitch_segments
 
 SegmentFn = Callable[[np.ndarray], Awaitable[list[SpeechSegment]]]
@@ -33,6 +35,9 @@ class ModelRoute:
     default_options: RecognitionOptions = field(default_factory=RecognitionOptions)
     # Join consecutive segments into pieces up to this long (0: keep the VAD's segments).
     pack_segments_ms: int = 0
+    # Re-decode rounds for speech a packed item's decode did not account for (see
+    # serve_app.coverage); only with packing, whose items are decoded with timestamps.
+    redecode_rounds: int = 2
 
 
 class TranscriptionService:
@@ -79,25 +84,51 @@ class TranscriptionService:
         opts = _merge(route.default_options, options)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        segments = pack_segments(
+        packed = pack_pieces(
             await self._segment(audio.samples), max_piece_ms=route.pack_segments_ms
         )
+        segments = [piece.segment for piece in packed]
         timings["vad"] = time.perf_counter() - t0
 
-        t1 = time.perf_counter()
-        jobs = [
-            SegmentJob(
-                audio=seg.slice(audio.samples),
+        def job(samples: np.ndarray) -> SegmentJob:
+            return SegmentJob(
+                audio=samples,
                 options=opts,
                 deadline_unix_s=deadline_unix_s,
                 request_id=request_id,
             )
-            for seg in segments
-        ]
-        results = await asyncio.gather(
-            *(route.recognize(job) for job in jobs), return_exceptions=True
+
+        t1 = time.perf_counter()
+        results: list[object] = list(
+            await asyncio.gather(
+                *(route.recognize(job(seg.slice(audio.samples))) for seg in segments),
+                return_exceptions=True,
+            )
         )
         timings["recognize"] = time.perf_counter() - t1
+        failed = any(isinstance(r, BaseException) for r in results)
+        if route.pack_segments_ms > 0 and route.redecode_rounds > 0 and results and not failed:
+            t2 = time.perf_counter()
+            redecoder = Redecoder(
+                [
+                    ItemAudio(p.segment.slice(audio.samples), p.members_relative_ms())
+                    for p in packed
+                ],
+                results,
+                max_rounds=route.redecode_rounds,
+            )
+            # Every stretch of every item at once: they share forward passes downstream.
+            while redecode := redecoder.pending():
+                redecoder.accept(
+                    await asyncio.gather(
+                        *(route.recognize(job(r.audio)) for r in redecode),
+                        return_exceptions=True,
+                    )
+                )
+            results = redecoder.results()
+            if redecoder.redecodes:
+                timings["redecode"] = time.perf_counter() - t2
+            _record_redecodes(route.name, redecoder)
         text, pieces, language = stitch_segments(
             [(seg.start_ms, seg.end_ms) for seg in segments], results
         )
@@ -109,6 +140,13 @@ class TranscriptionService:
             language=language or opts.language,
             timings_s=timings,
         )
+
+
+def _record_redecodes(model: str, redecoder: Redecoder) -> None:
+    for reason, count in redecoder.redecodes.items():
+        observability.redecodes_total().inc(count, tags={"model": model, "reason": reason})
+    for reason, count in redecoder.retimed.items():
+        observability.retimed_items_total().inc(count, tags={"model": model, "reason": reason})
 
 
 def _merge(default: RecognitionOptions, given: RecognitionOptions | None) -> RecognitionOptions:

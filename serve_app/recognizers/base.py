@@ -82,6 +82,9 @@ class SegmentTranscript:
     words: tuple[WordTiming, ...] = ()
     language: str | None = None
     spans: tuple[TextSpan, ...] = ()
+    # zlib compression ratio of ``text`` where the backend measures it (Whisper): over
+    # ~2.4 the text is repetitive, a looping decode (see ``serve_app.coverage``).
+    compression_ratio: float | None = None
 
 
 @dataclass

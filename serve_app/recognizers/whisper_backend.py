@@ -314,9 +314,12 @@ class WhisperBackend:
             text = " ".join(span.text for span in spans)
         else:
             text = tokenizer.decode(tokens).strip()
-        if text and _compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD:
+        ratio = _compression_ratio(text) if text else None
+        if ratio is not None and ratio > COMPRESSION_RATIO_THRESHOLD:
             logger.warning("repetitive Whisper output (likely hallucination): %.80r", text)
-        return SegmentTranscript(text=text, language=language, spans=spans)
+        return SegmentTranscript(
+            text=text, language=language, spans=spans, compression_ratio=ratio
+        )
 
 
 def split_by_timestamps(

@@ -1,0 +1,412 @@
+"""Transcript fidelity: coverage checks, re-decode rounds and splicing (fake backends).
+
+The fake "speech" is a sequence of tone bursts, one per sentence, each at its own pitch;
+the fake recognizer hears which bursts an item holds (by energy and pitch) and returns one
+timed span per burst, like Whisper with timestamp tokens. Its failure modes are Whisper's:
+it stops before the item's last sentence, skips a middle one, or loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from serve_app.audio import AudioLimits, DecodedAudio
+from serve_app.coverage import (
+    GAP,
+    REPETITION,
+    RETIME_STEPS,
+    TAIL,
+    ItemAudio,
+    ItemCheck,
+    Redecoder,
+    Stretch,
+    check_item,
+    compression_ratio,
+    has_repetition_loop,
+    retime_only,
+    speech_frames,
+    speech_islands,
+    splice,
+)
+from serve_app.offline import DECODED_SCHEMA, recognize_rows, table_from_rows
+from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript, TextSpan
+from serve_app.segmentation import SpeechSegment, pack_pieces
+from serve_app.serving import ModelRoute, TranscriptionService
+
+SR = 16_000
+
+
+def _sentence_words(i: int) -> str:
+    return f"s{i}a s{i}b s{i}c s{i}d"
+
+
+def _freq(i: int) -> float:
+    return 200.0 + 100.0 * i
+
+
+def _burst(i: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * _freq(i) * t)).astype(np.float32)
+
+
+def _speech(durations_s, pauses_s, lead_s=0.2):
+    """Bursts 0..n-1 with the given pauses; returns samples and each burst's (start, end) ms."""
+    rng = np.random.default_rng(0)
+    parts, spans, t_ms = [np.zeros(int(lead_s * SR), np.float32)], [], int(lead_s * 1000)
+    for i, dur in enumerate(durations_s):
+        parts.append(_burst(i, dur))
+        spans.append((t_ms, t_ms + int(dur * 1000)))
+        t_ms += int(dur * 1000)
+        pause = pauses_s[i] if i < len(pauses_s) else 0.3
+        parts.append(np.zeros(int(pause * SR), np.float32))
+        t_ms += int(pause * 1000)
+    samples = np.concatenate(parts)
+    samples += (1e-4 * rng.standard_normal(len(samples))).astype(np.float32)  # room noise
+    return samples.astype(np.float32), spans
+
+
+def _hear(audio: np.ndarray) -> list[tuple[float, float, int]]:
+    """(start_s, end_s, sentence index) of each burst in ``audio``."""
+    mask = speech_frames(audio)
+    out = []
+    for start_ms, end_ms in speech_islands(mask):
+        if end_ms - start_ms < 300:
+            continue
+        chunk = audio[start_ms * 16 : end_ms * 16]
+        crossings = np.count_nonzero(np.diff(np.signbit(chunk)))
+        freq = crossings / 2 / (len(chunk) / SR)
+        out.append((start_ms / 1000, end_ms / 1000, round((freq - 200.0) / 100.0)))
+    return out
+
+
+class FakeWhisper:
+    """Hears bursts; ``mode``: ok | stop_early | skip_middle | loop | fixed_steps.
+
+    Failures only happen on items holding at least ``fail_from`` sentences, as Whisper's
+    do on long packed items: a re-decoded stretch (one or two sentences) comes back right.
+    """
+
+    def __init__(self, mode: str, fail_from: int = 3) -> None:
+        self.mode = mode
+        self.fail_from = fail_from
+        self.calls: list[float] = []  # durations of every item recognised
+
+    def __call__(self, audio: np.ndarray) -> SegmentTranscript:
+        self.calls.append(len(audio) / SR)
+        heard = _hear(audio)
+        failing = len(heard) >= self.fail_from
+        if failing and self.mode == "stop_early":
+            heard = heard[:-1]
+        if failing and self.mode == "skip_middle":
+            heard = heard[:1] + heard[2:]
+        if failing and self.mode == "loop":
+            text = " ".join(["the same thing"] * 12)
+            return SegmentTranscript(text=text, spans=(TextSpan(0.0, len(audio) / SR, text),))
+        spans = tuple(TextSpan(a, b, _sentence_words(i)) for a, b, i in heard)
+        if failing and self.mode == "fixed_steps":
+            spans = tuple(TextSpan(2.0 * k, 2.0 * (k + 1), s.text) for k, s in enumerate(spans))
+        return SegmentTranscript(text=" ".join(s.text for s in spans), spans=spans)
+
+
+def _words_of(n: int) -> str:
+    return " ".join(_sentence_words(i) for i in range(n))
+
+
+def _run_rounds(fake, samples, vad_ms, max_rounds=2):
+    first = fake(samples)
+    redecoder = Redecoder([ItemAudio(samples, vad_ms)], [first], max_rounds=max_rounds)
+    rounds = 0
+    while jobs := redecoder.pending():
+        rounds += 1
+        redecoder.accept([fake(job.audio) for job in jobs])
+    (result,) = redecoder.results()
+    return first, result, redecoder, rounds
+
+
+# -- the check --------------------------------------------------------------------------
+
+
+def test_complete_decode_needs_nothing():
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8], [0.8, 1.2, 0.8])
+    result = FakeWhisper("ok")(samples)
+    assert result.text == _words_of(4)
+    check = check_item(samples, result, spans)
+    assert check.stretches == () and not check.replace and check.retimed is None
+
+
+def test_early_stop_leaves_the_tail_as_a_stretch():
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8], [0.8, 1.2, 0.8])
+    result = FakeWhisper("stop_early")(samples)
+    assert result.text == _words_of(3)  # the last sentence is lost
+    check = check_item(samples, result, spans)
+    (stretch,) = check.stretches
+    assert stretch.reason == TAIL
+    last_start, last_end = spans[-1]
+    assert stretch.start_ms <= last_start and stretch.end_ms >= last_end - 20
+    assert stretch.start_ms >= spans[-2][1]  # not into the sentence before
+
+
+def test_skipped_sentence_is_a_gap_even_under_one_vad_span():
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8], [1.2, 1.2, 1.2])
+    result = FakeWhisper("skip_middle")(samples)
+    one_span = [(spans[0][0], spans[-1][1])]  # FSMN-VAD kept the whole file as one span
+    (stretch,) = check_item(samples, result, one_span).stretches
+    assert stretch.reason == GAP
+    assert stretch.start_ms <= spans[1][0] and stretch.end_ms >= spans[1][1] - 20
+
+
+def test_short_uncovered_noise_is_ignored():
+    samples, spans = _speech([1.5, 0.4, 1.5], [0.8, 0.8])  # a 0.4 s click between
+    heard = [(a, b, i) for a, b, i in _hear(samples) if b - a > 1.0]
+    result = SegmentTranscript(
+        text="x", spans=tuple(TextSpan(a, b, _sentence_words(i)) for a, b, i in heard)
+    )
+    assert check_item(samples, result, spans).stretches == ()
+
+
+def test_loop_is_degenerate_and_split_at_the_vad_segments():
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8], [0.8, 1.2, 0.8])
+    result = FakeWhisper("loop")(samples)
+    assert has_repetition_loop(result.text) and compression_ratio(result.text) > 2.4
+    check = check_item(samples, result, spans)
+    assert check.replace and check.degenerate in (REPETITION, "compression_ratio")
+    assert [(s.start_ms, s.end_ms) for s in check.stretches] == spans
+
+
+def test_empty_decode_of_speech_is_split_not_repeated_whole():
+    samples, _ = _speech([2.5, 2.5], [0.8])
+    check = check_item(samples, SegmentTranscript(text=""), None)
+    assert check.replace and len(check.stretches) == 2
+    cut = check.stretches[0].end_ms
+    assert 2700 <= cut <= 3500  # in the pause between the two bursts
+
+
+def test_fixed_step_timestamps_are_retimed_or_redecoded():
+    samples, spans = _speech([1.5, 2.6, 1.1, 1.8], [0.8, 1.2, 0.8])
+    result = FakeWhisper("fixed_steps")(samples)
+    check = check_item(samples, result, spans)
+    # Such times cannot tell where speech is missing: decode again per VAD segment.
+    assert check.retimed == RETIME_STEPS and check.replace
+    assert [(s.start_ms, s.end_ms) for s in check.stretches] == spans
+    # Where it cannot be decoded again (last round), the spans are re-timed from speech.
+    retimed, why = retime_only(samples, result, spans)
+    assert why == RETIME_STEPS
+    assert [s.text for s in retimed.spans] == [_sentence_words(i) for i in range(4)]
+    for span, (a, b) in zip(retimed.spans, spans, strict=True):
+        assert abs(span.start_s * 1000 - a) <= 100 and abs(span.end_s * 1000 - b) <= 100
+    # Unsplittable (one VAD span, no pause near the middle is needed: it splits anyway)
+    # items still get plausible times in the end.
+    _, final, redecoder, _ = _run_rounds(FakeWhisper("fixed_steps"), samples, spans)
+    assert final.text == _words_of(4) and redecoder.retimed[RETIME_STEPS] >= 1
+    for span, (a, b) in zip(final.spans, spans, strict=True):
+        assert abs(span.start_s * 1000 - a) <= 400 and abs(span.end_s * 1000 - b) <= 400
+
+
+def test_repetition_detector_spares_normal_text():
+    assert not has_repetition_loop("The quick brown fox jumps over the lazy dog. " * 1)
+    assert not has_repetition_loop("no, no, no. I said it three times")
+    assert has_repetition_loop("thank you thank you thank you thank you")
+    assert has_repetition_loop("我我我我")
+
+
+def test_splice_orders_shifts_and_drops_a_repeated_edge_word():
+    item = SegmentTranscript(
+        text="one two three four", spans=(TextSpan(0.0, 2.0, "one two"), TextSpan(5.0, 6.0, "six"))
+    )
+    check = ItemCheck(spans=item.spans, stretches=(Stretch(1900, 4800, GAP),))
+    part = SegmentTranscript(text="two three four", spans=(TextSpan(0.1, 2.5, "two three four"),))
+    out = splice(item, check, [part])
+    assert [(s.start_s, s.text) for s in out.spans] == [
+        (0.0, "one two"),
+        (2.0, "three four"),
+        (5.0, "six"),
+    ]
+    assert out.text == "one two three four six"
+
+
+# -- rounds -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["stop_early", "skip_middle", "loop"])
+def test_redecode_recovers_every_sentence(mode):
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8, 1.6], [0.8, 1.2, 0.8, 2.0])
+    first, result, redecoder, rounds = _run_rounds(FakeWhisper(mode), samples, spans)
+    assert first.text != _words_of(5)  # without the re-decode, speech is lost
+    assert result.text == _words_of(5)
+    assert 1 <= rounds <= 2 and sum(redecoder.redecodes.values()) >= 1
+    starts = [s.start_s for s in result.spans]
+    assert starts == sorted(starts)
+    for span, (a, b) in zip(result.spans, spans, strict=True):  # in the item's time
+        assert a / 1000 - 0.35 <= span.start_s <= span.end_s <= b / 1000 + 0.35
+
+
+def test_seeking_on_takes_a_second_round_and_never_more():
+    # Fails on any item of >= 3 sentences: the first tail stretch (two sentences, after a
+    # "skip" of one in the middle of the item) is decoded in round 1, and what round 1
+    # misses in it is decoded in round 2, as sequential seeking would.
+    samples, spans = _speech([1.5, 1.7, 1.3, 1.6, 1.4], [0.8, 0.9, 0.7, 1.0])
+    fake = FakeWhisper("stop_early", fail_from=2)
+    whole = [(spans[0][0], spans[-1][1])]  # one VAD span
+    first, result, _, rounds = _run_rounds(fake, samples, whole)
+    assert first.text == _words_of(4)
+    assert rounds == 1 and result.text == _words_of(5)
+
+    always = FakeWhisper("loop", fail_from=1)  # loops on everything, however short
+    _, result, redecoder, rounds = _run_rounds(always, samples, whole)
+    assert rounds == 2 and redecoder.rounds_done == 2  # bounded, then accepted
+    assert len(always.calls) == 1 + 2 + 4  # the item, its halves, their halves
+    assert "the same thing" in result.text
+
+
+def test_an_empty_redecode_is_accepted_as_silence():
+    samples, spans = _speech([1.5, 1.5, 1.5], [0.8, 0.8])
+    calls = []
+
+    def recognize(audio):
+        calls.append(len(audio))
+        if len(calls) == 1:
+            return FakeWhisper("stop_early")(audio)
+        return SegmentTranscript(text="")
+
+    _, result, _, rounds = _run_rounds(recognize, samples, spans)
+    assert result.text == _words_of(2) and rounds <= 2 and len(calls) <= 3
+
+
+def test_failed_redecode_fails_the_item():
+    samples, spans = _speech([1.5, 1.5, 1.5], [0.8, 0.8])
+    redecoder = Redecoder([ItemAudio(samples, spans)], [FakeWhisper("stop_early")(samples)])
+    jobs = redecoder.pending()
+    boom = RuntimeError("replica died")
+    redecoder.accept([boom for _ in jobs])
+    assert redecoder.results() == [boom]
+
+
+def test_pack_pieces_keeps_member_segments():
+    segs = [SpeechSegment(0, 4000), SpeechSegment(9000, 14_000), SpeechSegment(31_000, 40_000)]
+    pieces = pack_pieces(segs, max_piece_ms=30_000)
+    assert [p.segment for p in pieces] == [SpeechSegment(0, 14_000), SpeechSegment(31_000, 40_000)]
+    assert pieces[0].members == tuple(segs[:2])
+    assert pieces[1].members_relative_ms() == ((0, 9000),)
+
+
+# -- both callers -------------------------------------------------------------------------
+
+
+def _service(fake: FakeWhisper, samples, spans, *, rounds: int = 2, seen=None):
+    async def segment(_samples):
+        return [SpeechSegment(a, b) for a, b in spans]
+
+    async def recognize(job):
+        if seen is not None:
+            seen.append(job)
+        await asyncio.sleep(0)
+        return fake(job.audio)
+
+    return TranscriptionService(
+        segment=segment,
+        routes={"w": ModelRoute("w", recognize, pack_segments_ms=30_000, redecode_rounds=rounds)},
+        default_model="w",
+        limits=AudioLimits(),
+    )
+
+
+@pytest.mark.parametrize("mode", ["stop_early", "skip_middle", "loop"])
+def test_service_redecodes_what_the_item_missed(mode):
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8, 1.6], [0.8, 1.2, 0.8, 2.0])
+    audio = DecodedAudio(samples, SR, "wav")
+    before = asyncio.run(
+        _service(FakeWhisper(mode), samples, spans, rounds=0).transcribe(audio, model=None)
+    )
+    assert before.text != _words_of(5)
+    seen: list = []
+    after = asyncio.run(
+        _service(FakeWhisper(mode), samples, spans, seen=seen).transcribe(
+            audio, model=None, deadline_unix_s=1e12, request_id="r1"
+        )
+    )
+    assert after.text == _words_of(5)
+    assert [s.text for s in after.segments] == [_sentence_words(i) for i in range(5)]
+    assert all(job.deadline_unix_s == 1e12 and job.request_id == "r1" for job in seen)
+    assert len(seen) > 1 and "redecode" in after.timings_s
+
+
+def test_service_stretches_of_all_items_go_out_together():
+    # Two packed items (a 30 s window apart), each stopping early: both tails are
+    # requested in the same round, before either returns.
+    a, spans_a = _speech([1.5, 1.5, 1.5], [0.8, 0.8])
+    gap = np.zeros(31 * SR, np.float32)
+    samples = np.concatenate([a, gap, a])
+    offset = (len(a) + len(gap)) // 16
+    spans = spans_a + [(s + offset, e + offset) for s, e in spans_a]
+    in_flight, peak = 0, 0
+    fake = FakeWhisper("stop_early")
+
+    async def segment(_samples):
+        return [SpeechSegment(s, e) for s, e in spans]
+
+    async def recognize(job):
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return fake(job.audio)
+
+    service = TranscriptionService(
+        segment=segment,
+        routes={"w": ModelRoute("w", recognize, pack_segments_ms=30_000)},
+        default_model="w",
+        limits=AudioLimits(),
+    )
+    tr = asyncio.run(service.transcribe(DecodedAudio(samples, SR, "wav"), model=None))
+    assert tr.text == _words_of(3) + " " + _words_of(3)
+    assert len(fake.calls) == 4 and peak == 2  # 2 items, then 2 tails concurrently
+
+
+def test_offline_rows_redecode_in_one_second_batch():
+    samples, spans = _speech([1.5, 2.0, 1.5, 1.8], [0.8, 1.2, 0.8])
+    fake = FakeWhisper("stop_early")
+
+    class Recognizer:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def transcribe_batch(self, jobs):
+            self.batches.append(len(jobs))
+            return [fake(job.audio) for job in jobs]
+
+    def row(row_id):
+        return {
+            "id": row_id,
+            "language": None,
+            "hotwords": [],
+            "duration_s": len(samples) / SR,
+            "status": "ok",
+            "error": None,
+            "speech": [
+                {
+                    "start_ms": 0,
+                    "end_ms": len(samples) // 16,
+                    "audio": samples.tobytes(),
+                    "vad_ms": [{"start_ms": a, "end_ms": b} for a, b in spans],
+                }
+            ],
+        }
+
+    table = table_from_rows([row("a"), row("b")], DECODED_SCHEMA)
+    for rounds, expected in ((0, _words_of(3)), (2, _words_of(4))):
+        rec = Recognizer()
+        out = recognize_rows(
+            table,
+            rec,
+            model_name="w",
+            default_options=RecognitionOptions(),
+            redecode_rounds=rounds,
+        )
+        assert [r["text"] for r in out] == [expected, expected]
+        assert rec.batches == ([2] if rounds == 0 else [2, 2])  # both tails in one call
+    assert pa.types.is_list(DECODED_SCHEMA.field("speech").type)

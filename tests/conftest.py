@@ -62,6 +62,15 @@ def models_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def whisper_reference(models_dir: Path):
+    """faster-whisper's own sequential transcribe with the default model (int8), memoised:
+    the yardstick for every WER bound (see tests/reference.py)."""
+    from tests.reference import FasterWhisperReference
+
+    return FasterWhisperReference(models_dir / "whisper-tiny.en", compute_type="int8")
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 

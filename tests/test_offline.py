@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from serve_app.config import AudioSettings, VadSettings, load_app_config
 from serve_app.errors import RecognitionError
+from serve_app.evaluation import word_error_rate
 from serve_app.job_config import ActorPoolSettings, JobConfig, load_job_config
 from serve_app.offline import (
     DECODED_SCHEMA,
@@ -49,12 +51,16 @@ from serve_app.segmentation import SpeechSegment
 from serve_app.transcribe_job import (
     ManifestError,
     OutputDirError,
+    _pool_args,
     _run_filenames,
+    commit_retry,
+    error_rows_by_file,
     inspect_manifest,
     pending_manifest_blocks,
     run_job,
     scan_output,
 )
+from tests.reference import text_distance
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize_wav
 
 REPO = Path(__file__).resolve().parents[1]
@@ -353,6 +359,61 @@ def test_write_filenames_are_deterministic_per_task():
     assert names.get_filename_for_task("u", 3).startswith("part-run1-")
 
 
+def test_actor_pools_restart_dead_actors_and_retry_their_batches():
+    pool = ActorPoolSettings(min_size=1, max_size=2, num_cpus=1)
+    args = _pool_args(pool)
+    assert (args["max_restarts"], args["max_task_retries"]) == (-1, -1)  # always, by default
+    limited = _pool_args(ActorPoolSettings(max_restarts=3, max_task_retries=5))
+    assert (limited["max_restarts"], limited["max_task_retries"]) == (3, 5)
+    with pytest.raises(ValidationError, match="max_task_retries needs max_restarts"):
+        ActorPoolSettings(max_restarts=0)
+    assert _pool_args(ActorPoolSettings(max_restarts=0, max_task_retries=0))["max_restarts"] == 0
+
+
+def _rows(*specs: tuple[str, str]) -> pa.Table:
+    return table_from_rows(
+        [
+            {"id": i, "status": st, "text": "t" if st == "ok" else None, "model": "m"}
+            | ({"error": "not_found: x"} if st == "error" else {})
+            for i, st in specs
+        ],
+        OUTPUT_SCHEMA,
+    )
+
+
+def test_commit_retry_replaces_error_rows_and_keeps_one_row_per_id(tmp_path):
+    import pyarrow.fs as pafs
+
+    fs = pafs.LocalFileSystem()
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(_rows(("a", "ok"), ("b", "error"), ("c", "error")), out / "part-old-1.parquet")
+    pq.write_table(_rows(("d", "ok")), out / "part-old-2.parquet")
+    pq.write_table(_rows(("e", "error")), out / "part-old-3.parquet")
+    pq.write_table(_rows(("x", "error")), out / "part-old-4.parquet")  # not in the manifest
+    staging = out / "_retry-r1"
+    staging.mkdir()
+    # This run redid b (now ok) and e (failed again); c's block failed: no new row.
+    pq.write_table(_rows(("b", "ok"), ("e", "error")), staging / "part-r1-w_000000.parquet")
+    files = sorted(str(p) for p in out.glob("*.parquet"))
+    manifest_ids = pa.array(list("abcde"), pa.string())
+    found = error_rows_by_file(fs, files, manifest_ids)
+    assert {Path(k).name: v.to_pylist() for k, v in found.items()} == {
+        "part-old-1.parquet": ["b", "c"],
+        "part-old-3.parquet": ["e"],
+    }
+    moved = commit_retry(fs, str(out), str(staging), found, pa.array(["b", "e"]), "r1")
+    assert sorted(Path(m).name for m in moved) == ["part-old-1.parquet", "part-old-3.parquet"]
+    assert all(Path(m).parent == out / "_superseded" / "r1" for m in moved)
+    assert not staging.exists()
+    table = pq.read_table(out)  # pyarrow skips the _-prefixed folders, as the job does
+    rows = {r["id"]: r["status"] for r in table.to_pylist()}
+    assert table.num_rows == len(rows) == 6
+    assert rows == {"a": "ok", "b": "ok", "c": "error", "d": "ok", "e": "error", "x": "error"}
+    assert not list(out.glob(".*"))  # no hidden leftovers
+    assert scan_output(str(out)).ids.to_pylist().count("b") == 1
+
+
 def _load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
@@ -489,13 +550,18 @@ def test_one_row_per_id_with_the_right_status(corpus, job_result):
 
 
 @pytest.mark.slow
-def test_transcripts_are_accurate(corpus, job_result):
-    from serve_app.evaluation import word_error_rate
+def test_transcripts_are_accurate(corpus, job_result, whisper_reference):
+    from tests.reference import assert_wer_near_reference
 
     rows = job_result["rows"]
     ids = sorted(corpus["refs"])
-    wer = word_error_rate([corpus["refs"][i] for i in ids], [rows[i]["text"] for i in ids])
-    assert wer < 0.3, {i: rows[i]["text"] for i in ids}
+    library = [
+        whisper_reference.transcribe(sf.read(corpus["root"] / f"{i}.wav", dtype="float32")[0])
+        for i in ids
+    ]
+    assert_wer_near_reference(
+        [corpus["refs"][i] for i in ids], [rows[i]["text"] for i in ids], library
+    )
     long = rows["long"]
     assert len(long["segments"]) >= len(LONG_SENTENCES) - 1  # pauses split the file
     starts = [s["start_s"] for s in long["segments"]]
@@ -523,6 +589,15 @@ def test_resume_skips_done_ids_and_never_duplicates(corpus, job_result):
     assert sorted(ids) == sorted(r["id"] for r in corpus["rows"])  # exactly once each
     assert second.audio_s > 0 and second.rtfx > 0
     assert "RTFx" in second.render() and json.loads(second.to_json())["complete"]
+
+
+# Online vs offline (same classes, same audio): a segment's text may differ by a greedy
+# token flip caused by batch shape (int8 on some CPUs); 0.25 of one transcript allows two
+# words of the shortest file (8 words) and fails on a dropped or swapped segment.
+MAX_ONLINE_OFFLINE_DISTANCE = 0.25
+# Whisper span times inside a packed item can move by a timestamp token or two when the
+# text differs; VAD-only boundaries are equal.
+SPAN_TIME_TOLERANCE_S = 0.5
 
 
 @pytest.mark.slow
@@ -564,6 +639,8 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
     )
     rows = job_result["rows"]
     checked = 0
+    distances: list[float] = []
+    texts: list[tuple[str, str]] = []
     for item in corpus["rows"]:
         if rows[item["id"]]["status"] != "ok":
             continue
@@ -575,13 +652,28 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
             )
         )
         offline = rows[item["id"]]
-        assert offline["text"] == online.text, item["id"]
-        assert offline["segments"] == [
-            {"start_s": s.start_s, "end_s": s.end_s, "text": s.text} for s in online.segments
-        ]
+        # Same VAD (fp32 torch, same input) and the same packing: the segment layout is
+        # identical. Whisper's timed spans inside a packed item come from its decode.
+        online_segments = [(s.start_s, s.end_s) for s in online.segments]
+        offline_segments = [(s["start_s"], s["end_s"]) for s in offline["segments"]]
+        assert abs(len(online_segments) - len(offline_segments)) <= 1, item["id"]
+        if len(online_segments) == len(offline_segments):
+            for (a0, a1), (b0, b1) in zip(online_segments, offline_segments):
+                assert abs(a0 - b0) <= SPAN_TIME_TOLERANCE_S, item["id"]
+                assert abs(a1 - b1) <= SPAN_TIME_TOLERANCE_S, item["id"]
+        # The texts are not bit-for-bit equal on every CPU: online each item is decoded in
+        # a batch of one here, offline in a batch with the block's other segments, and
+        # int8 GEMM results depend on the batch's shape on some CPUs (seen on AVX2-only
+        # Zen 1), which can flip a greedy token. A flipped word or two is allowed; a lost
+        # or foreign segment is not.
+        distances.append(text_distance(online.text, offline["text"]))
+        assert distances[-1] <= MAX_ONLINE_OFFLINE_DISTANCE, (item["id"], online.text, offline)
+        texts.append((online.text, offline["text"]))
         assert offline["duration_s"] == pytest.approx(online.duration_s)
         checked += 1
     assert checked == len(corpus["refs"]) + 1  # the speech files and the silent one
+    # Over the whole corpus at most a few words differ.
+    assert word_error_rate([a for a, _ in texts if a], [b for a, b in texts if a]) <= 0.05
 
 
 # -- integration: `ray job submit` against a `ray start --head` cluster ----------------------
@@ -710,3 +802,112 @@ def test_ray_job_submit_against_a_running_cluster(corpus, head_node, tmp_path):
     assert sorted((r["id"], r["status"]) for r in table) == sorted(
         [(rows[0]["id"], "ok"), ("missing", "error")]
     )
+
+
+# -- fault tolerance and retrying error rows (real job) -------------------------------------
+
+
+def _ray_workers(title_fragment: str) -> dict[int, str]:
+    """``{pid: title}`` of this session's Ray workers whose title holds the fragment.
+
+    Ray titles a worker process ``ray::<actor class>``; Ray Data names its pool actors
+    ``MapWorker(MapBatches(<UDF class>))``. Only this process's own descendants are looked
+    at (the session cluster's raylet is our child), never another cluster on the host.
+    """
+    import psutil
+
+    found = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if title.startswith("ray::") and title_fragment in title:
+            found[proc.pid] = title
+    return found
+
+
+def _good_rows(corpus) -> list[dict]:
+    return [r for r in corpus["rows"] if corpus["expected"][r["id"]] == "ok"]
+
+
+@pytest.mark.slow
+def test_killed_recognizer_actor_loses_no_rows(corpus, ray_cluster, models_dir, tmp_path):
+    rows = _good_rows(corpus)
+    manifest = _manifest(corpus["root"] / "kill.parquet", rows)
+    out = tmp_path / "out"
+    # One file per recognizer call: many small tasks, so the kill lands mid-job.
+    config = _test_config().model_copy(update={"files_per_recognizer_batch": 1})
+    before = set(_ray_workers("RecognizeStage"))
+    result: dict = {}
+
+    def job() -> None:
+        try:
+            result["summary"] = run_job(config, manifest=str(manifest), output=str(out))
+        except BaseException as exc:  # surfaced by the assertions below
+            result["error"] = exc
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    killed, written_at_kill = None, None
+    deadline = time.monotonic() + 900
+    while thread.is_alive() and time.monotonic() < deadline and killed is None:
+        # Kill once the recognizer has finished a batch (a part file exists), while the
+        # other files are still to come.
+        written = list(out.glob("*.parquet")) if out.exists() else []
+        workers = set(_ray_workers("RecognizeStage")) - before
+        if workers and written:
+            killed = min(workers)
+            os.kill(killed, signal.SIGKILL)
+            written_at_kill = len(written)
+        time.sleep(0.05)
+    thread.join(timeout=900)
+    assert not thread.is_alive(), "job did not finish"
+    assert "error" not in result, result.get("error")
+    assert killed is not None and written_at_kill is not None
+    assert written_at_kill < len(rows), "the kill came after the job's last row"
+    summary = result["summary"]
+    # No rerun: this one run wrote every id exactly once, all ok.
+    assert (summary.files, summary.skipped, summary.failed) == (len(rows), 0, 0)
+    assert summary.complete and (summary.missing, summary.duplicates) == (0, 0)
+    table = pq.read_table(out)
+    assert sorted(table.column("id").to_pylist()) == sorted(r["id"] for r in rows)
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist()))
+    assert all(texts[i] for i in corpus["refs"])  # the spoken files have text
+
+
+@pytest.mark.slow
+def test_retry_errors_redoes_error_rows_in_place(corpus, ray_cluster, models_dir, tmp_path):
+    root = tmp_path / "audio"
+    root.mkdir()
+    good = [r for r in _good_rows(corpus) if r["id"] in ("s0", "s1", "silence")]
+    rows = [{**r, "audio": resolve_audio_ref(r["audio"], str(corpus["root"]))} for r in good]
+    rows.append({"id": "late", "audio": str(root / "late.wav")})  # not there yet
+    manifest = _manifest(tmp_path / "manifest.parquet", rows)
+    out = tmp_path / "out"
+    config = _test_config().model_copy(update={"min_rows_per_output_file": 100})
+    first = run_job(config, manifest=str(manifest), output=str(out))
+    assert (first.files, first.failed) == (4, 1) and first.complete
+    before = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert before["late"]["error"].startswith("not_found: ")
+
+    shutil.copy(corpus["root"] / "s2.wav", root / "late.wav")  # the file turns up
+    plain = run_job(config, manifest=str(manifest), output=str(out))
+    assert (plain.files, plain.skipped) == (0, 4)  # error rows count as done without the flag
+    second = run_job(config, manifest=str(manifest), output=str(out), retry_errors=True)
+    assert (second.retried, second.files, second.failed, second.skipped) == (1, 1, 0, 3)
+    assert second.complete and (second.missing, second.duplicates, second.extra) == (0, 0, 0)
+    after = pq.read_table(out)
+    rows_after = {r["id"]: r for r in after.to_pylist()}
+    assert after.num_rows == len(rows_after) == 4  # still exactly one row per id
+    assert rows_after["late"]["status"] == "ok" and rows_after["late"]["text"]
+    for row_id in ("s0", "s1", "silence"):  # the ok rows of the rewritten file are unchanged
+        assert rows_after[row_id] == before[row_id]
+    superseded = list((out / "_superseded").rglob("*.parquet"))
+    assert superseded and not list(out.glob("_retry-*"))
+    old = pq.read_table(superseded[0]).to_pylist()
+    assert any(r["id"] == "late" and r["status"] == "error" for r in old)  # kept aside
+
+    third = run_job(config, manifest=str(manifest), output=str(out), retry_errors=True)
+    assert (third.retried, third.files, third.skipped) == (0, 0, 4) and third.complete

@@ -30,6 +30,7 @@ from serve_app.recognizers.whisper_backend import (
     resolve_compute_type,
     split_by_timestamps,
 )
+from tests.reference import allowed_wer, text_distance
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
 MODEL_FOLDER = "whisper-tiny.en"
@@ -41,7 +42,21 @@ CPU_THREADS = min(4, os.cpu_count() or 1)
 # +0), so the margin is 0.03 (~4 words): a real regression (wrong features, a dropped
 # prompt token, padding leaking into the text) costs far more.
 WER_MARGIN_VS_SEQUENTIAL = 0.03
-MAX_WER = 0.15  # tiny.en on clean espeak speech: ~0.08-0.11 measured
+# Batched vs one at a time (or vs faster-whisper's own one-item decode): bit-for-bit equal
+# on the CPU this was written on, but not guaranteed: int8 (and fp32) GEMM kernels may
+# round differently for another batch shape (seen for int8 on an AVX2-only Zen 1), and a
+# greedy decode turns that into a different word. Allowed: a word or two of the 16
+# sentences (142 words), and at most 2 words in any one item; a real batching bug (padding
+# leaking in, items swapped or cut) changes whole sentences.
+MAX_BATCH_SHAPE_WER = 0.03
+MAX_BATCH_SHAPE_ITEM_DISTANCE = 0.25
+
+
+def assert_same_text_up_to_batch_shape(batched: list[str], alone: list[str]) -> None:
+    assert len(batched) == len(alone)
+    for one, many in zip(alone, batched):
+        assert text_distance(one, many) <= MAX_BATCH_SHAPE_ITEM_DISTANCE, (one, many)
+    assert word_error_rate(alone, batched) <= MAX_BATCH_SHAPE_WER, (alone, batched)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +170,6 @@ def test_wer_of_one_batch_vs_faster_whisper_sequential(backend, sentences_16, ba
     wer_batched = word_error_rate(references, batched)
     wer_sequential = word_error_rate(references, sequential)
     detail = f"batched WER {wer_batched:.3f}, sequential WER {wer_sequential:.3f}"
-    assert wer_batched < MAX_WER, detail
     assert wer_batched <= wer_sequential + WER_MARGIN_VS_SEQUENTIAL, detail
 
 
@@ -175,7 +189,11 @@ def test_one_batch_equals_faster_whisper_decode_item_by_item(
         )
         for audio in sentences_16
     ]
-    assert batched == sequential
+    # Same arithmetic (one item per decode, same features and settings): exactly equal.
+    alone = [backend.forward([SegmentJob(audio)])[0].text for audio in sentences_16]
+    assert alone == sequential
+    # One batch of 16 vs one item at a time: equal up to batch-shape rounding.
+    assert_same_text_up_to_batch_shape(batched, sequential)
 
 
 @pytest.mark.slow
@@ -185,7 +203,9 @@ def test_batched_equals_one_at_a_time(whisper_dir, cut_sentences, compute_type) 
     jobs = [SegmentJob(audio) for audio in cut_sentences]
     batched = texts(backend.forward(jobs))
     alone = [backend.forward([job])[0].text for job in jobs]
-    assert batched == alone  # greedy, padded to the same 30 s window: bit-for-bit the same
+    # The same batch again: the arithmetic is deterministic, so exactly the same.
+    assert texts(backend.forward(jobs)) == batched
+    assert_same_text_up_to_batch_shape(batched, alone)
     assert sum(bool(text) for text in batched) >= 6  # real speech, real text
 
 
@@ -285,7 +305,13 @@ def test_runs_under_batched_recognizer(backend, sentences_16) -> None:
     good = [r for i, r in enumerate(results) if i != 2]
     assert all(isinstance(r, SegmentTranscript) for r in good)
     refs = [SENTENCES[i] for i in (1, 11, 4, 12)]
-    assert word_error_rate(refs, [r.text for r in good]) < 0.2
+    library = [
+        " ".join(
+            s.text.strip() for s in backend._model.transcribe(a, language="en", beam_size=1)[0]
+        )
+        for a in (sentences_16[i] for i in (1, 11, 4, 12))
+    ]
+    assert word_error_rate(refs, [r.text for r in good]) <= allowed_wer(refs, library)
     assert runner.last_stats.num_failed_items == 1
 
 

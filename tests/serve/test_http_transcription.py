@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 
 from serve_app.evaluation import word_error_rate
+from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
 pytestmark = [pytest.mark.slow, requires_espeak]
@@ -30,7 +31,7 @@ def test_healthz_and_models(http):
     assert {"whisper-tiny.en", "whisper-1"} <= ids
 
 
-def test_multi_sentence_file_transcribed_with_timestamps(http, tmp_path):
+def test_multi_sentence_file_transcribed_with_timestamps(http, tmp_path, whisper_reference):
     texts = SENTENCES[:3]
     parts = [synthesize(t, tmp_path) for t in texts]
     audio = concat_with_pauses(parts, pause_s=1.5)
@@ -51,7 +52,9 @@ def test_multi_sentence_file_transcribed_with_timestamps(http, tmp_path):
         t += len(part) / 16000 + 1.5
     for seg, start in zip(body["segments"], expected_starts):
         assert start - 0.6 <= seg["start"] <= start + 0.05, (seg["start"], start)
-    assert word_error_rate([" ".join(texts)], [body["text"]]) < 0.25
+    assert_wer_near_reference(
+        [" ".join(texts)], [body["text"]], [whisper_reference.transcribe(audio)]
+    )
     assert body["duration"] == pytest.approx(len(audio) / 16000, abs=0.01)
 
 
@@ -74,18 +77,9 @@ def test_silence_gives_empty_transcript(http):
 WER_MARGIN_VS_FASTER_WHISPER = 0.03
 
 
-def faster_whisper_sequential_wer(models_dir, samples: list[np.ndarray], refs: list[str]):
-    from faster_whisper import WhisperModel
-
-    model = WhisperModel(str(models_dir / "whisper-tiny.en"), device="cpu", compute_type="int8")
-    hyps = [
-        " ".join(s.text.strip() for s in model.transcribe(x, language="en", beam_size=1)[0])
-        for x in samples
-    ]
-    return word_error_rate(refs, hyps)
-
-
-def test_concurrent_requests_no_crosstalk_and_batches_form(asr_url, http, tmp_path, models_dir):
+def test_concurrent_requests_no_crosstalk_and_batches_form(
+    asr_url, http, tmp_path, whisper_reference
+):
     """16 simultaneous requests, distinct sentences: each gets its own text back, and the
     recognizer served them in batches larger than one item."""
     n = 16
@@ -121,5 +115,5 @@ def test_concurrent_requests_no_crosstalk_and_batches_form(asr_url, http, tmp_pa
     }
     assert max(size for size, count in new_counts.items() if count > 0) > 1, new_counts
     wer_ours = word_error_rate(SENTENCES[:n], hyps)
-    wer_reference = faster_whisper_sequential_wer(models_dir, samples, SENTENCES[:n])
+    wer_reference = word_error_rate(SENTENCES[:n], whisper_reference.transcribe_all(samples))
     assert wer_ours <= wer_reference + WER_MARGIN_VS_FASTER_WHISPER, (wer_ours, wer_reference)

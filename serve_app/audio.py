@@ -82,6 +82,9 @@ BLOCK_FRAMES = 1 << 16
 # Non-chunk bytes tolerated after a WAV data chunk (some writers leave padding or junk);
 # more than this means the header understates the data length.
 MAX_WAV_TRAILING_JUNK_BYTES = 4096
+# Float samples may exceed full scale (1.0) a little; beyond this (60 dB over) they are
+# garbage, not audio. Integer PCM never exceeds 1.0.
+MAX_ABS_AMPLITUDE = 1000.0
 # A container-declared duration this much longer than what decodes means a truncated file.
 TRUNCATION_TOLERANCE_S = 0.25
 
@@ -313,8 +316,16 @@ def _to_mono_16k(
     out: list[np.ndarray] = []
     num_frames = 0
     for block in blocks:
-        if not np.isfinite(block).all():
-            raise InvalidAudioError("invalid samples: the audio contains NaN or Inf values")
+        peak = float(np.abs(block).max()) if block.size else 0.0
+        if not peak <= MAX_ABS_AMPLITUDE:  # also true for NaN
+            if not np.isfinite(peak):
+                raise InvalidAudioError("invalid samples: the audio contains NaN or Inf values")
+            # Finite but absurd float samples (a damaged float WAV: 3e38) overflow to Inf
+            # in the channel average, the resampler or the model's power spectrum.
+            raise InvalidAudioError(
+                f"invalid samples: peak amplitude {peak:.3g}, over {MAX_ABS_AMPLITUDE:g} "
+                "(full scale is 1.0)"
+            )
         mono = _average_channels(block)
         num_frames += len(mono)
         if num_frames > max_frames:
@@ -325,6 +336,11 @@ def _to_mono_16k(
     if resampler is not None:
         out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     samples = np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+    if len(samples) == 0:  # e.g. 1 frame at 48 kHz: a third of a sample at 16 kHz
+        raise InvalidAudioError(
+            f"no samples: {num_frames} frame(s) at {rate_hz} Hz is shorter than one sample "
+            f"at {SAMPLE_RATE_HZ} Hz"
+        )
     return samples, num_frames / rate_hz
 
 

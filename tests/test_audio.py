@@ -308,6 +308,29 @@ def test_float_wav_with_nan_or_inf(bad: float) -> None:
         decode_audio(sf_bytes(samples, SAMPLE_RATE_HZ, "WAV", "FLOAT"))
 
 
+def test_float_wav_with_absurd_amplitude() -> None:
+    # Finite but huge (a damaged float WAV, found by the fuzzer): the channel average and
+    # the resampler overflowed to Inf. Moderately over full scale stays as decoded.
+    samples = np.stack([tone(1.0, 44100)] * 2, axis=1)
+    samples[1234, 0] = 3e38
+    with pytest.raises(InvalidAudioError, match="peak amplitude 3e\\+38"):
+        decode_audio(sf_bytes(samples, 44100, "WAV", "FLOAT"))
+    loud = 5.0 * tone(0.5)
+    decoded = decode_audio(sf_bytes(loud, SAMPLE_RATE_HZ, "WAV", "FLOAT"))
+    np.testing.assert_array_equal(decoded.samples, loud)
+
+
+@pytest.mark.parametrize("fmt", ["WAV", "FLAC"])
+def test_less_than_one_output_sample(fmt: str) -> None:
+    # One frame at 48 kHz is a third of a 16 kHz sample: soxr returns nothing (fuzzer).
+    with pytest.raises(InvalidAudioError, match="shorter than one sample"):
+        decode_audio(sf_bytes(np.full((1, 2), 0.1, np.float32), 48000, fmt, "PCM_16"))
+    assert (
+        len(decode_audio(sf_bytes(np.full((6, 2), 0.1, np.float32), 48000, fmt, "PCM_16")).samples)
+        >= 1
+    )
+
+
 def test_zero_length_audio() -> None:
     with pytest.raises(InvalidAudioError, match="no samples"):
         decode_audio(wav_bytes(b""))

@@ -206,6 +206,46 @@ def test_cpu_breakdown_groups_processes_by_role():
     assert bench.cpu_breakdown(before, after) == {"recognizer replica": 19.0, "vad replica": 2.5}
 
 
+class _Titled:
+    """A process as psutil shows it: Ray workers retitle themselves (``ray::<actor>``)."""
+
+    def __init__(self, pid: int, title: str) -> None:
+        self.pid, self._title = pid, title
+
+    def cmdline(self) -> list[str]:
+        return self._title.split()
+
+    def name(self) -> str:
+        return Path(self._title.split()[0]).name
+
+
+def test_serve_row_processes_are_labelled_by_role():
+    """Row 4's CPU breakdown names each Serve role: process titles as ``ps`` shows them on
+    Ray 2.60 during a row 4 run (``ray::ServeReplica:<app>:<deployment>.<method>``, app
+    "bench"), with this project's deployment names as they are now."""
+    from serve_app.deployments.ingress import AsrIngress
+    from serve_app.deployments.recognizer import RecognizerDeployment
+    from serve_app.deployments.vad import VadDeployment
+
+    measure = _bench("measure")
+    site = "/venv/lib/python3.11/site-packages/ray"
+    replica = "ray::ServeReplica:bench:{}.initialize_and_get_metadata".format
+    titles = {
+        replica(RecognizerDeployment.name): "recognizer replica",
+        replica(VadDeployment.name): "vad replica",
+        replica(AsrIngress.name): "ingress replica",
+        "ray::ProxyActor": "serve proxy",
+        "ray::ServeController.listen_for_change": "serve controller",
+        "ray::IDLE": "ray other workers",
+        f"{site}/core/src/ray/raylet/raylet --node_ip_address=127.0.0.1": "ray system",
+        f"{site}/core/src/ray/gcs/gcs_server --log_dir=/tmp/ray": "ray system",
+        f"python -u {site}/_private/log_monitor.py --session-dir=/tmp/ray": "ray system",
+    }
+    for pid, (title, role) in enumerate(titles.items(), start=10**7):
+        assert measure._process_label(_Titled(pid, title)) == role, title
+    assert measure._process_label(_Titled(os.getpid(), "python")) == "benchmark + HTTP clients"
+
+
 def test_ray_worker_setup_hook_imports_by_its_module_path():
     """Rows 4 and 5 give Ray the hook as a dotted path that its workers import with only the
     repository root on PYTHONPATH (not scripts/): a fresh interpreter must find it so."""

@@ -36,6 +36,7 @@ from serve_app.offline import DECODED_SCHEMA, recognize_rows, table_from_rows
 from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript, TextSpan
 from serve_app.segmentation import SpeechSegment, pack_pieces
 from serve_app.serving import ModelRoute, TranscriptionService
+from tests.speech import requires_espeak
 
 SR = 16_000
 
@@ -410,3 +411,47 @@ def test_offline_rows_redecode_in_one_second_batch():
         assert [r["text"] for r in out] == [expected, expected]
         assert rec.batches == ([2] if rounds == 0 else [2, 2])  # both tails in one call
     assert pa.types.is_list(DECODED_SCHEMA.field("speech").type)
+
+
+# -- real models ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@requires_espeak
+def test_long_recording_keeps_every_sentence_the_library_keeps(tmp_path, models_dir):
+    """FSMN-VAD + Whisper tiny.en (the plain classes, default config) on nine espeak-ng
+    sentences joined with pauses of 0.3-2.0 s (two packed 30 s items): no sentence is lost
+    that faster-whisper's own sequential transcribe keeps, and the WER stays within 0.05
+    of that reference (see tests/test_fidelity_script.py for the script this uses)."""
+    from tests.conftest import load_script
+    from tests.speech import SENTENCES, synthesize
+
+    fidelity = load_script("fidelity")
+    texts = SENTENCES[:9]
+    parts = [synthesize(t, tmp_path, voice="en-gb") for t in texts]
+    pauses = [0.3, 0.8, 1.2, 2.0, 0.3, 0.8, 1.2, 2.0]
+    pieces = [parts[0]]
+    for pause, part in zip(pauses, parts[1:], strict=True):
+        pieces += [np.zeros(int(pause * SR), np.float32), part]
+    samples = np.concatenate(pieces)
+
+    logic = fidelity.ServiceLogic(fidelity.DEFAULT_CONFIG, cpu_threads=0)
+    from serve_app.recognizers.whisper_backend import resolve_compute_type, resolve_model_path
+
+    s = logic.settings
+    library = fidelity.LibraryReference(
+        resolve_model_path(s.model, logic.models_dir),
+        resolve_compute_type(s.precision, s.device),
+        s.cpu_threads,
+    )
+    reference = library(samples, s.language)
+    ours = logic.transcribe(samples, redecode_rounds=2)
+    lost = set(fidelity.dropped_sentences(texts, ours))
+    assert lost <= set(fidelity.dropped_sentences(texts, reference)), (ours, reference)
+    from serve_app.evaluation import word_error_rate
+
+    joined = " ".join(texts)
+    assert word_error_rate([joined], [ours]) <= word_error_rate([joined], [reference]) + 0.05, (
+        ours,
+        reference,
+    )

@@ -1,7 +1,8 @@
-"""Pure batch planning: sort by duration, pack by padded cost, restore order.
+"""Batch planning (sort by cost, pack by padded cost, restore order) and the one batch runner.
 
-No Ray, no torch: these functions are shared by the Serve recognizer, the Ray Data job and
-the benchmarks, and are unit-tested on their own.
+No Ray, and torch only lazily (to recognise its out-of-memory error): these are shared by
+the Serve recognizer, the speaker embedder, the Ray Data job and the benchmarks, and are
+unit-tested on their own.
 
 The padded cost of a batch is ``longest item x number of items``: that is the audio the
 model actually computes on once every item is padded to the longest. Sorting by duration
@@ -10,11 +11,20 @@ before packing keeps neighbours alike in length, so little of that cost is paddi
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
+ItemT = TypeVar("ItemT")
+ResultT = TypeVar("ResultT")
+ErrorT = TypeVar("ErrorT", bound=Exception)
+ItemT_contra = TypeVar("ItemT_contra", contravariant=True)
+ResultT_co = TypeVar("ResultT_co", covariant=True)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,3 +119,151 @@ def bucket_by(items: Sequence[T], key: Callable[[T], float], width: float) -> di
     for item in items:
         buckets.setdefault(int(key(item) // width), []).append(item)
     return buckets
+
+
+# ---------------------------------------------------------------- the runner
+
+
+@dataclass
+class BatchStats:
+    """What one :meth:`BatchedRunner.run` call did (for metrics).
+
+    ``real_audio_s`` / ``padded_audio_s`` are in the runner's cost unit: audio seconds for
+    every stage so far (recognition segments, embedding windows).
+    """
+
+    num_items: int = 0
+    num_forward_passes: int = 0
+    real_audio_s: float = 0.0
+    padded_audio_s: float = 0.0
+    num_oom_splits: int = 0
+    num_failed_items: int = 0
+    forward_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    @property
+    def padding_efficiency(self) -> float:
+        return 1.0 if self.padded_audio_s <= 0 else self.real_audio_s / self.padded_audio_s
+
+
+class ForwardBackend(Protocol[ItemT_contra, ResultT_co]):
+    """Anything with one padded forward pass over a list of items (it may raise)."""
+
+    def forward(self, items: Sequence[ItemT_contra]) -> Sequence[ResultT_co]: ...
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (and CPU allocator) out-of-memory, across torch versions."""
+    try:
+        import torch
+
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        pass
+    return isinstance(exc, (MemoryError, RuntimeError)) and "out of memory" in str(exc).lower()
+
+
+def _release_cached_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class BatchedRunner(Generic[ItemT, ResultT, ErrorT]):
+    """Runs a backend's ``forward`` over many items: the engine of every batched model stage.
+
+    Items are grouped by ``group_key`` (items whose options change the forward pass never
+    share one), each group is packed by padded cost (:func:`plan_batches` over ``cost_s``),
+    and each pack runs as one forward. A failing forward never fails its batch-mates: on
+    out-of-memory the pack is halved and retried, on any other error its items are retried
+    one by one, and an item that fails alone becomes ``on_item_error(item, exc)`` at its
+    position. :meth:`run` restores the input order and never raises for one bad item.
+    """
+
+    def __init__(
+        self,
+        backend: ForwardBackend[ItemT, ResultT],
+        *,
+        cost_s: Callable[[ItemT], float],
+        max_batch_cost_s: float,
+        max_batch_items: int,
+        on_item_error: Callable[[ItemT, Exception], ErrorT],
+        group_key: Callable[[ItemT], Hashable] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.cost_s = cost_s
+        self.max_batch_cost_s = max_batch_cost_s
+        self.max_batch_items = max_batch_items
+        self.on_item_error = on_item_error
+        self.group_key = group_key
+        self.last_stats = BatchStats()
+
+    def plan(self, items: Sequence[ItemT]) -> list[tuple[list[int], BatchPlan]]:
+        """Group by key, then pack each group by padded cost."""
+        if self.group_key is None:
+            groups = [list(range(len(items)))] if items else []
+        else:
+            groups = group_indices([self.group_key(item) for item in items])
+        return [
+            (
+                group,
+                plan_batches(
+                    [self.cost_s(items[i]) for i in group],
+                    max_batch_audio_s=self.max_batch_cost_s,
+                    max_batch_items=self.max_batch_items,
+                ),
+            )
+            for group in groups
+        ]
+
+    def run(self, items: Sequence[ItemT]) -> list[ResultT | ErrorT]:
+        """One result or one item's own error per item, in input order."""
+        stats = BatchStats(num_items=len(items))
+        results_by_batch: list[tuple[list[int], list[ResultT | ErrorT]]] = []
+        for group, plan in self.plan(items):
+            for batch in plan.batches:
+                indices = [group[i] for i in batch]
+                packed = [items[i] for i in indices]
+                results_by_batch.append((indices, self._run_isolated(packed, stats)))
+        self.last_stats = stats
+        return scatter(results_by_batch, len(items)) if items else []
+
+    def _run_isolated(self, items: list[ItemT], stats: BatchStats) -> list[ResultT | ErrorT]:
+        started = time.perf_counter()
+        try:
+            out = self.backend.forward(items)
+            stats.forward_s += time.perf_counter() - started
+            if len(out) != len(items):
+                raise RuntimeError(f"backend returned {len(out)} results for {len(items)} items")
+            costs_s = [self.cost_s(item) for item in items]
+            stats.num_forward_passes += 1
+            stats.batch_sizes.append(len(items))
+            stats.real_audio_s += sum(costs_s)
+            stats.padded_audio_s += max(costs_s) * len(items)
+            return list(out)
+        except Exception as exc:
+            if len(items) > 1 and is_out_of_memory(exc):
+                # Halve and retry: the two halves need less activation memory each.
+                stats.num_oom_splits += 1
+                _release_cached_memory()
+                mid = len(items) // 2
+                logger.warning("out of memory on a batch of %d; splitting", len(items))
+                return self._run_isolated(items[:mid], stats) + self._run_isolated(
+                    items[mid:], stats
+                )
+            if len(items) > 1:
+                # Some item broke the whole forward: find it by running each alone.
+                logger.warning("batch of %d failed (%r); retrying items alone", len(items), exc)
+                results: list[ResultT | ErrorT] = []
+                for item in items:
+                    results.extend(self._run_isolated([item], stats))
+                return results
+            if is_out_of_memory(exc):
+                _release_cached_memory()
+            stats.num_failed_items += 1
+            return [self.on_item_error(items[0], exc)]

@@ -27,11 +27,21 @@ class ActorPoolSettings(_Strict):
     max_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Fault tolerance: an actor whose process dies (SIGKILL, OOM killer, lost node) is
+    # recreated up to ``max_restarts`` times (-1: always) and the batches it held are
+    # resubmitted up to ``max_task_retries`` times (-1: always), so no row is lost. These
+    # are Ray Data's own defaults, stated here so a config cannot drop them silently.
+    max_restarts: int = Field(-1, ge=-1)
+    max_task_retries: int = Field(-1, ge=-1)
 
     @model_validator(mode="after")
     def _check(self) -> ActorPoolSettings:
         if self.max_size < self.min_size:
             raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+        if self.max_restarts == 0 and self.max_task_retries != 0:
+            raise ValueError(
+                "max_task_retries needs max_restarts != 0 (a dead actor never returns)"
+            )
         return self
 
 

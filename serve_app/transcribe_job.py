@@ -18,6 +18,19 @@ moved to ``<output>/_quarantine/`` and their ids processed again. So a killed jo
 resumed by running the same command again, and the output ends with exactly one row per id.
 One job per output directory at a time.
 
+Failures of the machinery (a recognizer or decode actor's process killed, a node lost) are
+not errors of a file: the actor pools restart dead actors and resubmit the batches they held
+(``max_restarts`` / ``max_task_retries`` of the pool settings), so the run still ends with
+one row per id, without a rerun.
+
+Retrying error rows (``--retry-errors``): the ids whose row is ``status="error"`` are
+transcribed again (with any ids still missing) into a staging folder
+``<output>/_retry-<run>/``; then every part file holding a superseded error row is rewritten
+without it (its other rows go to a new part file) and moved to ``<output>/_superseded/<run>/``,
+and the staged files are moved into the output. The output keeps exactly one row per id. A
+run killed during that last step can leave ids missing, never repeated: run the same command
+again.
+
 The pipeline (streaming, see :mod:`serve_app.offline` for why there is no groupby)::
 
     manifest rows not done (blocks) -> DecodeVadStage actors -> RecognizeStage actors
@@ -56,12 +69,17 @@ logger = logging.getLogger("serve_app.transcribe_job")
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "ray_configs" / "batch_cpu.yaml"
 QUARANTINE_DIR = "_quarantine"
+SUPERSEDED_DIR = "_superseded"
+RETRY_STAGING_PREFIX = "_retry-"
 PART_PREFIX = "part-"
 # Parquet writing is light I/O; it reserves no CPU so it can never wait behind the actor
 # pools that hold all of a small cluster's CPUs.
 IO_TASK_CPUS = 0
 MAX_ROWS_PER_MANIFEST_BLOCK = 256
 MAX_FAILURES_SHOWN = 10
+# Ray Data's own (max_restarts, max_task_retries) for actor pools: restart forever, retry
+# every batch of a dead actor.
+RAY_DATA_ACTOR_FAULT_TOLERANCE = (-1, -1)
 
 
 class JobInputError(ValueError):
@@ -220,6 +238,14 @@ def _pool_args(pool) -> dict:
     }
     if pool.num_gpus > 0:
         args["num_gpus"] = pool.num_gpus
+    # Actor restart + task retry: a killed actor is recreated and the batches it held run
+    # again on its replacement. Ray Data 2.60 already gives pool actors max_restarts=-1 and
+    # max_task_retries=-1 (ActorPoolMapOperator._apply_default_remote_args; checked by
+    # the tests), and setting them goes through map_batches' **ray_remote_args, deprecated
+    # for Ray 2.64: so they are passed only when a config asks for something else.
+    if (pool.max_restarts, pool.max_task_retries) != RAY_DATA_ACTOR_FAULT_TOLERANCE:
+        args["max_restarts"] = pool.max_restarts
+        args["max_task_retries"] = pool.max_task_retries
     return args
 
 
@@ -308,6 +334,8 @@ class JobSummary:
     duplicates: int = 0  # ids with more than one output row
     extra: int = 0  # output ids not in the manifest
     quarantined: list[str] = field(default_factory=list)
+    retried: int = 0  # error rows of earlier runs redone (--retry-errors)
+    superseded: list[str] = field(default_factory=list)  # part files moved aside
 
     @property
     def rtfx(self) -> float:
@@ -333,6 +361,11 @@ class JobSummary:
             lines.append(f"  ... {self.failed - len(self.failures)} more (status = 'error')")
         if self.quarantined:
             lines.append(f"quarantined {len(self.quarantined)} unreadable part file(s)")
+        if self.retried or self.superseded:
+            lines.append(
+                f"retried     {self.retried} earlier error row(s); "
+                f"{len(self.superseded)} part file(s) moved to {SUPERSEDED_DIR}/"
+            )
         lines.append(
             f"output      {self.output}: missing {self.missing}, duplicates {self.duplicates}, "
             f"not in manifest {self.extra}"
@@ -376,11 +409,80 @@ def _verify(manifest_ids: pa.Array, output_ids: pa.Array) -> tuple[int, int, int
     return missing, duplicated, extra
 
 
+# -- retrying error rows -----------------------------------------------------------------
+
+
+def error_rows_by_file(
+    fs: pafs.FileSystem, files: list[str], manifest_ids: pa.Array
+) -> dict[str, pa.Array]:
+    """``{part file: ids of its error rows}`` for the manifest ids (files without any left out)."""
+    found: dict[str, pa.Array] = {}
+    for path in files:
+        table = pq.read_table(path, columns=["id", "status"], filesystem=fs)
+        is_error = pc.not_equal(table.column("status").fill_null(""), STATUS_OK)
+        ids = table.filter(is_error).column("id").combine_chunks().cast(pa.string())
+        ids = ids.filter(pc.is_in(ids, value_set=manifest_ids))
+        if len(ids):
+            found[path] = ids
+    return found
+
+
+def commit_retry(
+    fs: pafs.FileSystem,
+    out_path: str,
+    staging_path: str,
+    errors_by_file: dict[str, pa.Array],
+    redone_ids: pa.Array,
+    run_id: str,
+) -> list[str]:
+    """Swap the redone rows in: returns the part files moved to ``_superseded/<run>/``.
+
+    Only error rows whose id has a new row in ``staging_path`` are replaced (a block that
+    failed this run keeps its old error rows). Order, for crash safety: each old file's
+    other rows are written under a hidden name, the old file is moved aside, the new one
+    takes a part name; then the staged files move in. A crash can lose rows that the next
+    run redoes (ids missing), but never leaves an id twice.
+    """
+    superseded_dir = f"{out_path}/{SUPERSEDED_DIR}/{run_id}"
+    moved: list[str] = []
+    for index, (path, error_ids) in enumerate(sorted(errors_by_file.items())):
+        drop = error_ids.filter(pc.is_in(error_ids, value_set=redone_ids))
+        if not len(drop):
+            continue
+        table = pq.read_table(path, filesystem=fs)
+        is_error = pc.not_equal(table.column("status").fill_null(""), STATUS_OK)
+        superseded_row = pc.and_(is_error, pc.is_in(table.column("id"), value_set=drop))
+        kept = table.filter(pc.invert(superseded_row))
+        fs.create_dir(superseded_dir, recursive=True)
+        final = f"{out_path}/{PART_PREFIX}{run_id}-kept_{index:06}.parquet"
+        hidden = f"{out_path}/.{PART_PREFIX}{run_id}-kept_{index:06}.parquet.tmp"
+        if kept.num_rows:
+            pq.write_table(kept, hidden, filesystem=fs)
+        target = f"{superseded_dir}/{path.rsplit('/', 1)[-1]}"
+        fs.move(path, target)
+        moved.append(target)
+        if kept.num_rows:
+            fs.move(hidden, final)
+    for info in _part_files(fs, staging_path):
+        fs.move(info.path, f"{out_path}/{info.base_name}")
+    fs.delete_dir(staging_path)
+    return moved
+
+
 # -- the job -----------------------------------------------------------------------------
 
 
-def run_job(config: JobConfig, *, manifest: str | ManifestInfo, output: str) -> JobSummary:
+def run_job(
+    config: JobConfig,
+    *,
+    manifest: str | ManifestInfo,
+    output: str,
+    retry_errors: bool = False,
+) -> JobSummary:
     """Process the manifest ids not yet in ``output`` and return the summary.
+
+    With ``retry_errors``, the ids whose row in ``output`` is an ``error`` row are processed
+    again too, and their new rows replace the old ones (see the module docstring).
 
     Needs a connected Ray (``ray.init``). Raises :class:`JobInputError` before any work
     when the manifest or the output directory cannot be used.
@@ -391,24 +493,36 @@ def run_job(config: JobConfig, *, manifest: str | ManifestInfo, output: str) -> 
     fs, out_path = _filesystem(output)
     scan = scan_output(output)
     done = pc.unique(scan.ids)
+    errors_by_file: dict[str, pa.Array] = {}
+    retry_ids = pa.array([], pa.string())
+    if retry_errors:
+        errors_by_file = error_rows_by_file(fs, scan.files, info.ids)
+        if errors_by_file:
+            retry_ids = pc.unique(pa.concat_arrays(list(errors_by_file.values())))
+            done = done.filter(pc.invert(pc.is_in(done, value_set=retry_ids)))
     skipped = int(pc.sum(pc.is_in(info.ids, value_set=done)).as_py() or 0)
     pending = len(info.ids) - skipped
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     logger.info(
-        "manifest %s: %d ids, %d already in %s, %d to process (run %s)",
+        "manifest %s: %d ids, %d already in %s, %d to process (%d error rows redone; run %s)",
         info.location,
         len(info.ids),
         skipped,
         output,
         pending,
+        len(retry_ids),
         run_id,
     )
+    # Redone error rows are staged apart until their replacements exist: the output never
+    # holds an id twice, even while this run is going.
+    target = f"{output}/{RETRY_STAGING_PREFIX}{run_id}" if len(retry_ids) else output
+    target_path = f"{out_path}/{RETRY_STAGING_PREFIX}{run_id}" if len(retry_ids) else out_path
     if pending:
         from ray.data import SaveMode
 
         dataset = build_pipeline(config, info, done)
         dataset.write_parquet(
-            output,
+            target,
             mode=SaveMode.APPEND,
             filename_provider=_run_filenames(run_id),
             min_rows_per_file=config.min_rows_per_output_file,
@@ -416,16 +530,26 @@ def run_job(config: JobConfig, *, manifest: str | ManifestInfo, output: str) -> 
         )
     wall_s = time.perf_counter() - started
 
-    rows = _run_rows(fs, out_path, run_id)
+    rows = _run_rows(fs, target_path, run_id)
+    superseded: list[str] = []
+    output_ids = pa.concat_arrays([scan.ids, rows.column("id").combine_chunks()])
+    if len(retry_ids):
+        superseded = commit_retry(
+            fs,
+            out_path,
+            target_path,
+            errors_by_file,
+            pc.unique(rows.column("id").combine_chunks()),
+            run_id,
+        )
+        output_ids = scan_output(output).ids
     status = rows.column("status").to_pylist()
     errors = rows.column("error").to_pylist()
     ids = rows.column("id").to_pylist()
     durations = rows.column("duration_s").to_pylist()
     failures = [(i, e) for i, s, e in zip(ids, status, errors, strict=True) if s != STATUS_OK]
     audio_s = sum(d or 0.0 for d, s in zip(durations, status, strict=True) if s == STATUS_OK)
-    missing, duplicates, extra = _verify(
-        info.ids, pa.concat_arrays([scan.ids, rows.column("id").combine_chunks()])
-    )
+    missing, duplicates, extra = _verify(info.ids, output_ids)
     return JobSummary(
         manifest_ids=len(info.ids),
         skipped=skipped,
@@ -441,6 +565,8 @@ def run_job(config: JobConfig, *, manifest: str | ManifestInfo, output: str) -> 
         duplicates=duplicates,
         extra=extra,
         quarantined=scan.quarantined,
+        retried=len(retry_ids),
+        superseded=superseded,
     )
 
 
@@ -460,6 +586,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Ray address (default: $RAY_ADDRESS, a running local cluster, else embedded)",
     )
     parser.add_argument("--summary-json", default=None, help="also write the summary here")
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="also redo the ids whose output row is an error row, replacing those rows",
+    )
     return parser.parse_args(argv)
 
 
@@ -477,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address=args.address)
     try:
-        summary = run_job(config, manifest=manifest, output=args.output)
+        summary = run_job(
+            config, manifest=manifest, output=args.output, retry_errors=args.retry_errors
+        )
     except JobInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -360,9 +360,18 @@ def test_write_filenames_are_deterministic_per_task():
 
 
 def test_actor_pools_restart_dead_actors_and_retry_their_batches():
+    import ray.data
+    from ray.data._internal.execution.operators.actor_pool_map_operator import (
+        ActorPoolMapOperator,
+    )
+
+    # The default pool settings rely on Ray Data's own defaults (no deprecated remote
+    # args): check that this Ray still restarts pool actors and retries their batches.
+    applied = ActorPoolMapOperator._apply_default_remote_args({}, ray.data.DataContext())
+    assert (applied["max_restarts"], applied["max_task_retries"]) == (-1, -1)
     pool = ActorPoolSettings(min_size=1, max_size=2, num_cpus=1)
-    args = _pool_args(pool)
-    assert (args["max_restarts"], args["max_task_retries"]) == (-1, -1)  # always, by default
+    assert (pool.max_restarts, pool.max_task_retries) == (-1, -1)
+    assert "max_restarts" not in _pool_args(pool)
     limited = _pool_args(ActorPoolSettings(max_restarts=3, max_task_retries=5))
     assert (limited["max_restarts"], limited["max_task_retries"]) == (3, 5)
     with pytest.raises(ValidationError, match="max_task_retries needs max_restarts"):

@@ -75,6 +75,9 @@ def ray_cluster():
     import ray
 
     ray.init(
+        # Always a cluster of its own: never auto-connect to another cluster on the host
+        # (a `serve run` or soak someone left running).
+        address="local",
         num_cpus=4,
         include_dashboard=False,
         log_to_driver=False,

@@ -49,7 +49,12 @@ class DeploymentSettings(_Strict):
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     health_check_period_s: float | None = None
-    graceful_shutdown_timeout_s: float | None = None
+    # A stopping replica (update, scale-down, shutdown) waits this long for its in-flight
+    # requests before it is killed (Serve's default: 20 s).
+    graceful_shutdown_timeout_s: float | None = Field(None, ge=0)
+    # ... checking every this many seconds (Serve's default: 2 s, paid by every replica at
+    # every stop even when idle).
+    graceful_shutdown_wait_loop_s: float | None = Field(None, gt=0)
 
     @field_validator("autoscaling_config")
     @classmethod

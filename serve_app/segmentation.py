@@ -1,9 +1,10 @@
 """Turn raw VAD speech spans into batchable segments (pure functions, no models).
 
 Order of operations: pad each span, merge close neighbours while the result stays within
-``max_segment_s``, split what is still too long at the quietest point near each cut, then
-drop clicks shorter than ``min_segment_ms``. Times are integer milliseconds in the original
-audio's timeline throughout.
+``max_segment_s``, split what is still too long at the longest real pause near each cut
+(runs of low frame energy relative to the span's own speech level; the quietest 50 ms
+window when there is none), then drop clicks shorter than ``min_segment_ms``. Times are
+integer milliseconds in the original audio's timeline throughout.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from serve_app.audio import SAMPLE_RATE_HZ
 _SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
 # Energy is measured over windows of this length when looking for a quiet cut point.
 _CUT_WINDOW_MS = 50
+# Frame of the pause search inside long spans.
+_PAUSE_FRAME_MS = 10
+# A cut at a pause never leaves a piece shorter than this (a sliver batches badly).
+_MIN_PIECE_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -120,20 +125,95 @@ def _quietest_cut_ms(samples: np.ndarray, lo_ms: int, hi_ms: int) -> int:
     return lo_ms + int(np.argmin(energy)) * _CUT_WINDOW_MS + _CUT_WINDOW_MS // 2
 
 
-def split_long(
-    segments: Sequence[SpeechSegment], samples: np.ndarray, *, max_segment_ms: int
-) -> list[SpeechSegment]:
-    """Cut segments longer than ``max_segment_ms`` at quiet points, each piece within limit.
+@dataclass(frozen=True)
+class PauseSettings:
+    """What counts as a pause inside a span: a run of frames at least ``min_pause_ms`` long
+    whose energy is ``depth_db`` or more below the span's speech level (the 75th percentile
+    of its 10 ms frame energies: a VAD span is mostly speech). ``min_pause_ms <= 0`` turns
+    pause search off (cuts fall back to the quietest 50 ms window)."""
 
-    Each cut is searched in the second half of the allowed span, so pieces stay at least
-    half the maximum long (fewer, fuller batch items) and never exceed it.
+    min_pause_ms: int = 200
+    depth_db: float = 20.0
+
+
+def frame_energy_db(samples: np.ndarray, start_ms: int, end_ms: int) -> np.ndarray:
+    """Energy of each whole 10 ms frame of [start_ms, end_ms), in dB (floor -120 dB)."""
+    frame = _PAUSE_FRAME_MS * _SAMPLES_PER_MS
+    region = samples[start_ms * _SAMPLES_PER_MS : end_ms * _SAMPLES_PER_MS]
+    count = len(region) // frame
+    power = np.square(region[: count * frame].astype(np.float64)).reshape(count, frame).mean(1)
+    return 10.0 * np.log10(power + 1e-12)
+
+
+def find_pauses_ms(
+    samples: np.ndarray, start_ms: int, end_ms: int, pauses: PauseSettings
+) -> list[tuple[int, int]]:
+    """Pauses inside [start_ms, end_ms) as (start_ms, end_ms) runs of quiet 10 ms frames."""
+    if pauses.min_pause_ms <= 0:
+        return []
+    energy_db = frame_energy_db(samples, start_ms, end_ms)
+    min_frames = max(1, pauses.min_pause_ms // _PAUSE_FRAME_MS)
+    if len(energy_db) < min_frames:
+        return []
+    # Relative to the span's own level, so a quiet speaker or a gain change does not matter.
+    quiet = energy_db < np.percentile(energy_db, 75) - pauses.depth_db
+    # Run boundaries of the quiet mask: +1 where a run starts, -1 after it ends.
+    edges = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [
+        (start_ms + int(a) * _PAUSE_FRAME_MS, start_ms + int(b) * _PAUSE_FRAME_MS)
+        for a, b in zip(starts, stops)
+        if b - a >= min_frames
+    ]
+
+
+def _pause_cut_ms(pauses_ms: Sequence[tuple[int, int]], lo_ms: int, hi_ms: int) -> int | None:
+    """The middle of the longest pause (clipped to [lo_ms, hi_ms]), the later one on a tie
+    (fuller pieces); None when no pause reaches into the window."""
+    best: tuple[int, int] | None = None
+    for p_start, p_end in pauses_ms:
+        a, b = max(p_start, lo_ms), min(p_end, hi_ms)
+        if b - a <= 0:
+            continue
+        key = (b - a, (a + b) // 2)
+        if best is None or key >= best:
+            best = key
+    return None if best is None else best[1]
+
+
+def split_long(
+    segments: Sequence[SpeechSegment],
+    samples: np.ndarray,
+    *,
+    max_segment_ms: int,
+    pauses: PauseSettings | None = None,
+) -> list[SpeechSegment]:
+    """Cut segments longer than ``max_segment_ms`` at real pauses, each piece within limit.
+
+    A cut goes into the longest pause (see :class:`PauseSettings`) in the second half of
+    the allowed span, so pieces stay at least half the maximum long (fewer, fuller batch
+    items); failing that, into the longest pause anywhere in the allowed span (a pause a
+    listener hears beats a full piece: a cut inside a word costs words); failing that, at
+    the quietest 50 ms window of the second half. No piece exceeds the maximum.
     """
+    pauses = pauses or PauseSettings()
     out: list[SpeechSegment] = []
     for seg in segments:
         start = seg.start_ms
+        found = (
+            find_pauses_ms(samples, seg.start_ms, seg.end_ms, pauses)
+            if seg.duration_ms > max_segment_ms
+            else []
+        )
         while seg.end_ms - start > max_segment_ms:
-            cut = _quietest_cut_ms(samples, start + max_segment_ms // 2, start + max_segment_ms)
-            cut = min(max(cut, start + 1), start + max_segment_ms)
+            limit = start + max_segment_ms
+            # Keep away from the piece's own start so a pause at it cannot make a sliver.
+            cut = _pause_cut_ms(found, start + max_segment_ms // 2, limit)
+            if cut is None:
+                cut = _pause_cut_ms(found, start + _MIN_PIECE_MS, limit)
+            if cut is None:
+                cut = _quietest_cut_ms(samples, start + max_segment_ms // 2, limit)
+            cut = min(max(cut, start + 1), limit)
             out.append(SpeechSegment(start, cut))
             start = cut
         out.append(SpeechSegment(start, seg.end_ms))
@@ -148,11 +228,14 @@ def postprocess_spans(
     merge_gap_ms: int,
     min_segment_ms: int,
     pad_ms: int,
+    pauses: PauseSettings | None = None,
 ) -> list[SpeechSegment]:
-    """Raw VAD spans -> ordered, non-overlapping segments no longer than ``max_segment_s``."""
+    """Raw VAD spans -> ordered, non-overlapping segments no longer than ``max_segment_s``.
+
+    Spans still too long after merging are cut at pauses inside them (``pauses``)."""
     total_ms = len(samples) // _SAMPLES_PER_MS
     max_segment_ms = int(max_segment_s * 1000)
     segments = pad_spans(spans_ms, pad_ms=pad_ms, total_ms=total_ms)
     segments = merge_close(segments, merge_gap_ms=merge_gap_ms, max_segment_ms=max_segment_ms)
-    segments = split_long(segments, samples, max_segment_ms=max_segment_ms)
+    segments = split_long(segments, samples, max_segment_ms=max_segment_ms, pauses=pauses)
     return [s for s in segments if s.duration_ms >= min_segment_ms]

@@ -1,4 +1,4 @@
-"""VAD deployment: CPU replicas around :class:`serve_app.vad.FsmnVad`."""
+"""VAD deployment: CPU replicas around :class:`serve_app.vad.Vad` (FSMN-VAD or Silero)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from ray import serve
 from serve_app import observability
 from serve_app.config import VadSettings
 from serve_app.segmentation import SpeechSegment
-from serve_app.vad import FsmnVad
+from serve_app.vad import Vad
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 class VadDeployment:
     def __init__(self, settings: VadSettings, models_dir: str) -> None:
-        self._vad = FsmnVad(settings, models_dir=Path(models_dir))
+        self._vad = Vad(settings, models_dir=Path(models_dir))
         self._vad.warmup()  # load + first run here, before the replica takes traffic
 
     async def segments(self, samples: np.ndarray) -> list[SpeechSegment]:
@@ -26,7 +26,7 @@ class VadDeployment:
         # The model call is CPU-bound: a thread keeps health checks answering meanwhile.
         result = await asyncio.to_thread(self._vad.segments, samples)
         observability.stage_latency_s().observe(
-            time.perf_counter() - started, tags={"stage": "vad_model", "model": "fsmn-vad"}
+            time.perf_counter() - started, tags={"stage": "vad_model", "model": self._vad.name}
         )
         return result
 

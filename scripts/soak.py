@@ -1,0 +1,834 @@
+"""Soak test: does any process of the service grow in memory under sustained load?
+
+C clients (default 16) send a mix of short files (1-3 espeak-ng sentences) and long ones
+(sentences joined with pauses, up to ``--long-max-s``, ~2 min) to
+``/v1/audio/transcriptions`` for ``--duration-s`` (default 30 min). Every ``--sample-s``
+(default 30 s) it samples the RSS of every Ray worker process of the service (ingress, VAD,
+recognizers, HTTP proxy, Serve controller), found without the dashboard: the process that
+listens on the URL's port is the Serve HTTP proxy, its parent is the node's raylet, and the
+raylet's other non-idle ``ray::`` children are the replicas and the controller (so another
+engineer's Ray cluster on the same machine is never measured). It writes
+
+- ``rss.csv``       ``t_s, pid, process, rss_mb``, one row per process per sample,
+- ``requests.csv``  ``t_start_s, t_end_s, latency_s, status, audio_s, kind, error``,
+- ``windows.csv``   per ``--window-s`` (5 min): requests, errors, p50 / p95 latency,
+- ``summary.json``  slopes (MB/hour, least squares over the samples after ``--warmup-s``,
+  default 5 min) per process, errors, p95 per window, the verdict against the targets,
+- ``soak.png``      RSS per process over time and p95 latency per window,
+
+and prints the same figures. Targets: slope < 20 MB/hour for every process, 0 errors, p95
+not drifting (last window's p95 within ``--p95-drift`` (1.5x) of the first post-warm-up one).
+A 503 with ``Retry-After`` (admission control: the queue is full) is counted as *rejected*,
+not as an error; the client waits that long (capped at 30 s, jittered) and goes on, as an
+OpenAI SDK client does. Anything else that is not a 200 is an error.
+
+    python scripts/soak.py --start                       # serve ray_configs/serve.yaml itself
+    python scripts/soak.py --url http://127.0.0.1:8000   # an already running service
+    python scripts/soak.py --start --duration-s 120 --clients 4 --sample-s 10 --warmup-s 30
+
+``--start`` runs ``serve run`` on a fresh local Ray cluster (``--address local``), on a
+free port (the config is copied with its ``http_options.port`` changed), with
+``RAY_AUTH_MODE=disabled``; ``--env KEY=VALUE`` adds variables to the replicas'
+runtime env (e.g. ``MALLOC_ARENA_MAX=2``), to compare allocator settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import os
+import platform
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import psutil
+import soundfile as sf
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.speech import SENTENCES, concat_with_pauses, synthesize  # noqa: E402
+
+SAMPLE_RATE = 16000
+MB = 1024 * 1024
+SLOPE_TARGET_MB_PER_H = 20.0
+DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
+
+
+# -- corpus --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SoakFile:
+    name: str
+    kind: str  # "short" | "long"
+    wav_bytes: bytes
+    duration_s: float
+
+
+def _wav_bytes(samples: np.ndarray, path: Path) -> bytes:
+    sf.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
+    return path.read_bytes()
+
+
+def make_corpus(
+    out_dir: Path, *, num_short: int, num_long: int, long_max_s: float, seed: int = 0
+) -> list[SoakFile]:
+    """Short files of 1-3 sentences and long files of sentences joined with pauses.
+
+    The long files' target lengths spread evenly up to ``long_max_s`` (e.g. 30, 60, 90,
+    120 s for four files), so segmenting, packing and the 30 s cap are all exercised.
+    """
+    rng = random.Random(seed)
+    spoken = [synthesize(text, out_dir, speed_wpm=150) for text in SENTENCES]
+    corpus: list[SoakFile] = []
+    for i in range(num_short):
+        count = 1 + i % 3
+        parts = [spoken[(i * 3 + j) % len(spoken)] for j in range(count)]
+        audio = concat_with_pauses(parts, 0.6 + 0.2 * (i % 3))
+        path = out_dir / f"short{i:02d}.wav"
+        corpus.append(SoakFile(path.name, "short", _wav_bytes(audio, path), len(audio) / 16000))
+    for i in range(num_long):
+        target_s = long_max_s * (i + 1) / num_long
+        chunks: list[np.ndarray] = []
+        total = 0.0
+        while total < target_s - 4.0 or not chunks:
+            pause_s = rng.choice((0.4, 0.8, 1.2, 2.0))
+            sentence = spoken[rng.randrange(len(spoken))]
+            chunks += [np.zeros(int(pause_s * SAMPLE_RATE), np.float32), sentence]
+            total += pause_s + len(sentence) / SAMPLE_RATE
+        audio = np.concatenate(chunks).astype(np.float32)
+        path = out_dir / f"long{i:02d}.wav"
+        corpus.append(SoakFile(path.name, "long", _wav_bytes(audio, path), len(audio) / 16000))
+    return corpus
+
+
+# -- which processes ---------------------------------------------------------------------
+
+
+def _listening_pid(port: int) -> int | None:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid:
+                return conn.pid
+    return None
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+    return cmdline[0] if cmdline else ""
+
+
+def _label(title: str) -> str:
+    """``ray::ServeReplica:asr:AsrIngress`` -> ``ServeReplica:asr:AsrIngress``.
+
+    Serve's replicas, proxy and controller are async actors, whose title stays
+    ``ray::<actor class>``; the label is only a name for the pid it was first seen on.
+    """
+    return title.removeprefix("ray::").split(" ", 1)[0]
+
+
+def service_processes(port: int) -> dict[int, str]:
+    """``{pid: label}`` of the service's Ray worker processes (see the module docstring)."""
+    proxy_pid = _listening_pid(port)
+    if proxy_pid is None:
+        return {}
+    try:
+        proxy = psutil.Process(proxy_pid)
+        raylet = proxy.parent()
+    except psutil.NoSuchProcess:
+        return {}
+    if raylet is None:
+        return {}
+    found: dict[int, str] = {}
+    for child in raylet.children(recursive=False):
+        title = _title(child)
+        if not title.startswith("ray::") or title.startswith("ray::IDLE"):
+            continue
+        found[child.pid] = _label(title)
+    if proxy_pid not in found:
+        found[proxy_pid] = _label(_title(proxy)) or "proxy"
+    found[raylet.pid] = "raylet"
+    return found
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).memory_info().rss / MB
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+# -- load --------------------------------------------------------------------------------
+
+
+@dataclass
+class RequestRecord:
+    t_start_s: float
+    t_end_s: float
+    latency_s: float
+    status: int  # HTTP status, 0 for a client-side failure
+    audio_s: float
+    kind: str
+    error: str = ""
+
+    @property
+    def rejected(self) -> bool:
+        """Admission control said "later" (503 + Retry-After): an answer, not a failure."""
+        return self.status == 503 and self.error.startswith(REJECTED_PREFIX)
+
+    @property
+    def failed(self) -> bool:
+        return self.status != 200 and not self.rejected
+
+
+REJECTED_PREFIX = "retry-after "
+MAX_BACKOFF_S = 30.0
+
+
+async def _client(
+    http: httpx.AsyncClient,
+    url: str,
+    model: str | None,
+    corpus: list[SoakFile],
+    long_fraction: float,
+    stop_at: float,
+    t0: float,
+    records: list[RequestRecord],
+    rng: random.Random,
+) -> None:
+    shorts = [f for f in corpus if f.kind == "short"]
+    longs = [f for f in corpus if f.kind == "long"] or shorts
+    while time.monotonic() < stop_at:
+        item = rng.choice(longs if rng.random() < long_fraction else shorts)
+        data = {"model": model} if model else {}
+        started = time.monotonic()
+        status, error, audio_s = 0, "", 0.0
+        backoff_s = 0.0
+        try:
+            resp = await http.post(
+                f"{url}/v1/audio/transcriptions",
+                files={"file": (item.name, item.wav_bytes, "audio/wav")},
+                data=data,
+            )
+            status = resp.status_code
+            if status == 200:
+                audio_s = float(resp.headers.get("x-audio-duration-s", item.duration_s))
+            elif status == 503 and resp.headers.get("retry-after"):
+                # A client that honours Retry-After, as an OpenAI SDK does.
+                backoff_s = min(MAX_BACKOFF_S, float(resp.headers["retry-after"]))
+                error = f"{REJECTED_PREFIX}{resp.headers['retry-after']}"
+            else:
+                error = resp.text[:200]
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        ended = time.monotonic()
+        records.append(
+            RequestRecord(
+                t_start_s=started - t0,
+                t_end_s=ended - t0,
+                latency_s=ended - started,
+                status=status,
+                audio_s=audio_s,
+                kind=item.kind,
+                error=error,
+            )
+        )
+        if backoff_s:
+            await asyncio.sleep(backoff_s * rng.uniform(0.5, 1.5))
+
+
+async def run_load(
+    url: str,
+    corpus: list[SoakFile],
+    *,
+    clients: int,
+    duration_s: float,
+    model: str | None,
+    long_fraction: float,
+    t0: float,
+    timeout_s: float,
+    seed: int,
+) -> list[RequestRecord]:
+    records: list[RequestRecord] = []
+    stop_at = t0 + duration_s
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
+        await asyncio.gather(
+            *(
+                _client(
+                    http,
+                    url,
+                    model,
+                    corpus,
+                    long_fraction,
+                    stop_at,
+                    t0,
+                    records,
+                    random.Random(seed * 1000 + i),
+                )
+                for i in range(clients)
+            )
+        )
+    return records
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of the service's processes every ``period_s`` (and at t=0)."""
+
+    def __init__(self, port: int, period_s: float, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.period_s, self.t0 = port, period_s, t0
+        self.samples: list[tuple[float, int, str, float]] = []  # t_s, pid, label, rss_mb
+        self.labels: dict[int, str] = {}
+        self.load_avg_1m: list[float] = []
+        self._stop_event = threading.Event()
+
+    def sample_once(self) -> None:
+        t_s = time.monotonic() - self.t0
+        self.load_avg_1m.append(os.getloadavg()[0])
+        for pid, label in service_processes(self.port).items():
+            self.labels.setdefault(pid, label)
+            value = rss_mb(pid)
+            if value is not None:
+                self.samples.append((t_s, pid, self.labels[pid], value))
+
+    def run(self) -> None:
+        while True:
+            self.sample_once()
+            if self._stop_event.wait(self.period_s):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.sample_once()
+
+
+# -- figures -----------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+
+
+def slope_mb_per_hour(times_s: list[float], values_mb: list[float]) -> float:
+    """Least-squares slope of RSS against time, in MB per hour (nan with < 2 samples)."""
+    if len(times_s) < 2 or max(times_s) - min(times_s) <= 0:
+        return float("nan")
+    slope_per_s = np.polyfit(np.asarray(times_s), np.asarray(values_mb), 1)[0]
+    return float(slope_per_s * 3600.0)
+
+
+@dataclass
+class ProcessFigures:
+    pid: int
+    process: str
+    samples: int
+    first_mb: float
+    last_mb: float
+    max_mb: float
+    slope_mb_per_h: float  # over the samples after the warm-up
+
+
+@dataclass
+class WindowFigures:
+    start_s: float
+    end_s: float
+    requests: int
+    errors: int
+    rejected: int  # 503 + Retry-After (admission control)
+    p50_s: float
+    p95_s: float
+
+
+@dataclass
+class SoakSummary:
+    url: str
+    clients: int
+    duration_s: float
+    sample_s: float
+    warmup_s: float
+    requests: int
+    errors: int  # failures: anything but a 200 or an admission-control 503
+    rejected: int  # 503 + Retry-After; the client waited and went on
+    ok: int
+    audio_s: float
+    processes: list[ProcessFigures]
+    windows: list[WindowFigures]
+    max_slope_mb_per_h: float
+    p95_drift: float  # last post-warm-up window's p95 / first post-warm-up window's p95
+    passed: dict[str, bool] = field(default_factory=dict)
+    machine: str = ""
+    started_utc: str = ""
+    error_samples: list[str] = field(default_factory=list)
+    load_avg_1m_mean: float = float("nan")  # the host's, during the run (shared machine)
+    load_avg_1m_max: float = float("nan")
+
+
+def process_figures(
+    samples: list[tuple[float, int, str, float]], warmup_s: float
+) -> list[ProcessFigures]:
+    by_pid: dict[int, list[tuple[float, str, float]]] = {}
+    for t_s, pid, label, value in samples:
+        by_pid.setdefault(pid, []).append((t_s, label, value))
+    figures = []
+    for pid, rows in sorted(by_pid.items(), key=lambda kv: kv[1][0][1]):
+        after = [(t, v) for t, _, v in rows if t >= warmup_s]
+        figures.append(
+            ProcessFigures(
+                pid=pid,
+                process=rows[0][1],
+                samples=len(rows),
+                first_mb=rows[0][2],
+                last_mb=rows[-1][2],
+                max_mb=max(v for _, _, v in rows),
+                slope_mb_per_h=slope_mb_per_hour([t for t, _ in after], [v for _, v in after]),
+            )
+        )
+    return figures
+
+
+def window_figures(
+    records: list[RequestRecord], window_s: float, duration_s: float
+) -> list[WindowFigures]:
+    """Requests grouped by the window their start falls in."""
+    count = max(1, math.ceil(duration_s / window_s))
+    windows = []
+    for i in range(count):
+        lo, hi = i * window_s, min((i + 1) * window_s, duration_s)
+        inside = [r for r in records if lo <= r.t_start_s < hi]
+        ok = [r.latency_s for r in inside if r.status == 200]
+        windows.append(
+            WindowFigures(
+                start_s=lo,
+                end_s=hi,
+                requests=len(inside),
+                errors=sum(1 for r in inside if r.failed),
+                rejected=sum(1 for r in inside if r.rejected),
+                p50_s=percentile(ok, 50),
+                p95_s=percentile(ok, 95),
+            )
+        )
+    return windows
+
+
+def summarize(
+    *,
+    url: str,
+    clients: int,
+    duration_s: float,
+    sample_s: float,
+    warmup_s: float,
+    window_s: float,
+    records: list[RequestRecord],
+    samples: list[tuple[float, int, str, float]],
+    p95_drift_limit: float,
+) -> SoakSummary:
+    processes = process_figures(samples, warmup_s)
+    windows = window_figures(records, window_s, duration_s)
+    errors = sum(1 for r in records if r.failed)
+    slopes = [p.slope_mb_per_h for p in processes if not math.isnan(p.slope_mb_per_h)]
+    max_slope = max(slopes) if slopes else float("nan")
+    steady = [w for w in windows if w.start_s >= warmup_s and not math.isnan(w.p95_s)]
+    if len(steady) < 2:  # short runs: compare the first and last windows with requests
+        steady = [w for w in windows if not math.isnan(w.p95_s)]
+    drift = steady[-1].p95_s / steady[0].p95_s if len(steady) >= 2 else float("nan")
+    summary = SoakSummary(
+        url=url,
+        clients=clients,
+        duration_s=duration_s,
+        sample_s=sample_s,
+        warmup_s=warmup_s,
+        requests=len(records),
+        errors=errors,
+        rejected=sum(1 for r in records if r.rejected),
+        ok=sum(1 for r in records if r.status == 200),
+        audio_s=sum(r.audio_s for r in records),
+        processes=processes,
+        windows=windows,
+        max_slope_mb_per_h=max_slope,
+        p95_drift=drift,
+        machine=_machine(),
+        error_samples=[f"{r.status} {r.error}" for r in records if r.failed][:5],
+    )
+    summary.passed = {
+        f"slope < {SLOPE_TARGET_MB_PER_H:g} MB/h (every process)": bool(
+            slopes and max_slope < SLOPE_TARGET_MB_PER_H
+        ),
+        "0 errors": errors == 0,
+        f"p95 drift < {p95_drift_limit:g}x": bool(
+            not math.isnan(drift) and drift < p95_drift_limit
+        ),
+    }
+    return summary
+
+
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 1024**3:.0f} GiB"
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def write_outputs(
+    out_dir: Path,
+    summary: SoakSummary,
+    records: list[RequestRecord],
+    samples: list[tuple[float, int, str, float]],
+) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "rss": out_dir / "rss.csv",
+        "requests": out_dir / "requests.csv",
+        "windows": out_dir / "windows.csv",
+        "summary": out_dir / "summary.json",
+        "plot": out_dir / "soak.png",
+    }
+    with paths["rss"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["t_s", "pid", "process", "rss_mb"])
+        for t_s, pid, label, value in samples:
+            writer.writerow([f"{t_s:.1f}", pid, label, f"{value:.2f}"])
+    with paths["requests"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(list(asdict(records[0]).keys()) if records else ["t_start_s"])
+        for r in sorted(records, key=lambda r: r.t_start_s):
+            writer.writerow(
+                [
+                    f"{r.t_start_s:.3f}",
+                    f"{r.t_end_s:.3f}",
+                    f"{r.latency_s:.3f}",
+                    r.status,
+                    f"{r.audio_s:.2f}",
+                    r.kind,
+                    r.error,
+                ]
+            )
+    with paths["windows"].open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["start_s", "end_s", "requests", "errors", "rejected", "p50_s", "p95_s"])
+        for w in summary.windows:
+            writer.writerow(
+                [
+                    w.start_s,
+                    w.end_s,
+                    w.requests,
+                    w.errors,
+                    w.rejected,
+                    f"{w.p50_s:.3f}",
+                    f"{w.p95_s:.3f}",
+                ]
+            )
+    paths["summary"].write_text(json.dumps(asdict(summary), indent=2))
+    plot(paths["plot"], summary, samples)
+    return paths
+
+
+def plot(path: Path, summary: SoakSummary, samples: list[tuple[float, int, str, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rss, ax_p95) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
+    for proc in summary.processes:
+        rows = [(t / 60, v) for t, pid, _, v in samples if pid == proc.pid]
+        ax_rss.plot(
+            [t for t, _ in rows],
+            [v for _, v in rows],
+            marker=".",
+            label=f"{proc.process} [{proc.pid}] {proc.slope_mb_per_h:+.1f} MB/h",
+        )
+    ax_rss.axvline(summary.warmup_s / 60, color="grey", linestyle="--", linewidth=1)
+    ax_rss.set_ylabel("RSS (MB)")
+    ax_rss.set_title(
+        f"soak: {summary.clients} clients, {summary.duration_s / 60:.0f} min, "
+        f"{summary.ok} ok, {summary.errors} errors, {summary.rejected} rejected (503)"
+    )
+    ax_rss.legend(fontsize=7, loc="best")
+    mids = [(w.start_s + w.end_s) / 120 for w in summary.windows]
+    ax_p95.plot(mids, [w.p95_s for w in summary.windows], marker="o", label="p95")
+    ax_p95.plot(mids, [w.p50_s for w in summary.windows], marker="x", label="p50")
+    ax_p95.set_xlabel("minutes")
+    ax_p95.set_ylabel("latency per window (s)")
+    ax_p95.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render(summary: SoakSummary) -> str:
+    lines = [
+        f"== soak: {summary.url}, {summary.clients} clients, {summary.duration_s:.0f} s, "
+        f"RSS every {summary.sample_s:g} s, slope after {summary.warmup_s:g} s ==",
+        f"machine   {summary.machine}",
+        f"requests  {summary.requests}: ok {summary.ok} ({summary.audio_s:.0f} s of audio), "
+        f"errors {summary.errors}, rejected (503 + Retry-After) {summary.rejected}",
+        f"load avg  1 min mean {summary.load_avg_1m_mean:.1f}, max {summary.load_avg_1m_max:.1f}",
+    ]
+    lines += [f"  error: {e}" for e in summary.error_samples]
+    lines.append("process                                   pid   first MB  last MB  max MB  MB/h")
+    for p in summary.processes:
+        lines.append(
+            f"{p.process[:40]:40s} {p.pid:6d} {p.first_mb:9.1f} {p.last_mb:8.1f} "
+            f"{p.max_mb:7.1f} {p.slope_mb_per_h:+7.1f}"
+        )
+    lines.append("window (s)     requests errors rejected  p50 s   p95 s")
+    for w in summary.windows:
+        lines.append(
+            f"{w.start_s:5.0f}-{w.end_s:<6.0f} {w.requests:9d} {w.errors:6d} {w.rejected:8d} "
+            f"{w.p50_s:7.2f} {w.p95_s:7.2f}"
+        )
+    lines.append(
+        f"max slope {summary.max_slope_mb_per_h:+.1f} MB/h; p95 drift {summary.p95_drift:.2f}x"
+    )
+    lines += [f"{'PASS' if ok else 'FAIL'}  {name}" for name, ok in summary.passed.items()]
+    return "\n".join(lines)
+
+
+# -- starting a service ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(
+    config: Path,
+    port: int,
+    env_vars: dict[str, str],
+    work_dir: Path,
+    timeout_s: float,
+    log_path: Path | None = None,
+) -> subprocess.Popen:
+    """``serve run`` the config on a fresh local cluster on ``port``; wait for /healthz."""
+    raw = yaml.safe_load(config.read_text())
+    raw.setdefault("http_options", {})["port"] = port
+    if env_vars:
+        for app in raw["applications"]:
+            app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+    copy = work_dir / "soak_serve.yaml"
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Its own temp root: this cluster never becomes the host's "current" one, which
+        # a plain ray.init() elsewhere (a test session, a script) would connect to.
+        "RAY_TMPDIR": str(work_dir),
+    }
+    serve_bin = Path(sys.executable).with_name("serve")
+    log = (log_path or work_dir / "serve_run.log").open("w")
+    proc = subprocess.Popen(
+        [str(serve_bin), "run", "--address", "local", str(copy)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    url = f"http://127.0.0.1:{port}"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve run exited with {proc.returncode}; see {log.name}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(2)
+    stop_service(proc)
+    raise TimeoutError(f"service not healthy after {timeout_s} s; see {log.name}")
+
+
+def stop_service(proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """Ctrl-C ``serve run`` (it shuts Serve and its cluster down), then kill its group."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def soak(
+    *,
+    url: str,
+    corpus: list[SoakFile],
+    clients: int,
+    duration_s: float,
+    sample_s: float,
+    warmup_s: float,
+    window_s: float,
+    model: str | None = None,
+    long_fraction: float = 0.25,
+    timeout_s: float = 600,
+    p95_drift_limit: float = 1.5,
+    seed: int = 0,
+) -> tuple[SoakSummary, list[RequestRecord], list[tuple[float, int, str, float]]]:
+    """Run the load and the RSS sampler together; return the figures and the raw data."""
+    port = urlparse(url).port or 80
+    started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    t0 = time.monotonic()
+    sampler = RssSampler(port, sample_s, t0)
+    sampler.start()
+    try:
+        records = asyncio.run(
+            run_load(
+                url,
+                corpus,
+                clients=clients,
+                duration_s=duration_s,
+                model=model,
+                long_fraction=long_fraction,
+                t0=t0,
+                timeout_s=timeout_s,
+                seed=seed,
+            )
+        )
+    finally:
+        sampler.stop()
+    summary = summarize(
+        url=url,
+        clients=clients,
+        duration_s=duration_s,
+        sample_s=sample_s,
+        warmup_s=warmup_s,
+        window_s=window_s,
+        records=records,
+        samples=sampler.samples,
+        p95_drift_limit=p95_drift_limit,
+    )
+    summary.started_utc = started_utc
+    if sampler.load_avg_1m:
+        summary.load_avg_1m_mean = float(np.mean(sampler.load_avg_1m))
+        summary.load_avg_1m_max = float(np.max(sampler.load_avg_1m))
+    return summary, records, sampler.samples
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=None, help="a running service (default with --start)")
+    parser.add_argument("--start", action="store_true", help="serve --config on a free port")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for replicas")
+    parser.add_argument("--model", default=None, help="model field (default: the server's)")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration-s", type=float, default=1800)
+    parser.add_argument("--sample-s", type=float, default=30)
+    parser.add_argument("--warmup-s", type=float, default=300)
+    parser.add_argument("--window-s", type=float, default=300)
+    parser.add_argument("--short-files", type=int, default=12)
+    parser.add_argument("--long-files", type=int, default=4)
+    parser.add_argument("--long-max-s", type=float, default=120)
+    parser.add_argument("--long-fraction", type=float, default=0.25)
+    parser.add_argument("--timeout-s", type=float, default=600, help="per request")
+    parser.add_argument("--p95-drift", type=float, default=1.5)
+    parser.add_argument("--out-dir", type=Path, default=Path("soak_out"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if not args.start and not args.url:
+        parser.error("give --url of a running service, or --start")
+    return args
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that stops the service
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    env_vars = dict(item.split("=", 1) for item in args.env)
+    with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
+        work = Path(tmp)
+        corpus = make_corpus(
+            work,
+            num_short=args.short_files,
+            num_long=args.long_files,
+            long_max_s=args.long_max_s,
+            seed=args.seed,
+        )
+        print(
+            f"corpus: {len(corpus)} files, "
+            + ", ".join(f"{f.name} {f.duration_s:.0f}s" for f in corpus if f.kind == "long"),
+            flush=True,
+        )
+        service = None
+        url = args.url
+        if args.start:
+            port = _free_port()
+            print(f"starting {args.config} on port {port} ...", flush=True)
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            service = start_service(
+                args.config,
+                port,
+                env_vars,
+                work,
+                timeout_s=900,
+                log_path=args.out_dir / "serve_run.log",
+            )
+            url = f"http://127.0.0.1:{port}"
+        try:
+            summary, records, samples = soak(
+                url=url,
+                corpus=corpus,
+                clients=args.clients,
+                duration_s=args.duration_s,
+                sample_s=args.sample_s,
+                warmup_s=args.warmup_s,
+                window_s=args.window_s,
+                model=args.model,
+                long_fraction=args.long_fraction,
+                timeout_s=args.timeout_s,
+                p95_drift_limit=args.p95_drift,
+                seed=args.seed,
+            )
+        finally:
+            if service is not None:
+                stop_service(service)
+    paths = write_outputs(args.out_dir, summary, records, samples)
+    print(render(summary))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0 if all(summary.passed.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

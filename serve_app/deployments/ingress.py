@@ -8,7 +8,6 @@ traffic only after loading and warming their models).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import time
@@ -23,8 +22,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from serve_app import observability
-from serve_app.admission import AdmissionController, AdmissionPolicy, AdmissionTicket
+from serve_app import observability, request_scope
+from serve_app.admission import AdmissionController, AdmissionPolicy
 from serve_app.audio import AudioLimits
 from serve_app.auth import ApiKeys
 from serve_app.errors import (
@@ -79,21 +78,6 @@ class IngressOptions:
     request_timeout_s: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     admission: dict[str, AdmissionPolicy] = field(default_factory=dict)  # canonical name
-
-
-@dataclass
-class _RequestScope:
-    """What the stage calls of one request need and TranscriptionService does not carry:
-    set per request in a context variable, which asyncio copies into the segment tasks."""
-
-    deadline_unix_s: float | None
-    ticket: AdmissionTicket | None = None
-    model: str = ""
-
-
-_REQUEST: contextvars.ContextVar[_RequestScope | None] = contextvars.ContextVar(
-    "asr_request_scope", default=None
-)
 
 
 def error_response(exc: BaseException, request_id: str) -> JSONResponse:
@@ -196,7 +180,7 @@ class AsrIngress:
         policy = self._options.retry
 
         async def segment(samples: np.ndarray) -> list:
-            scope = _REQUEST.get()
+            scope = request_scope.CURRENT.get()
             segments = await call_with_retries(
                 lambda: call(samples),
                 policy=policy,
@@ -226,7 +210,7 @@ class AsrIngress:
                 what="recognize",
                 on_retry=_count_retry("recognize"),
             )
-            scope = _REQUEST.get()
+            scope = request_scope.CURRENT.get()
             if scope is not None and scope.ticket is not None:
                 scope.ticket.completed(job.duration_s)
                 self._publish(model)
@@ -339,7 +323,9 @@ class AsrIngress:
             )
             raise
         self._publish(canonical)
-        scope_token = _REQUEST.set(_RequestScope(deadline_unix_s, ticket, canonical))
+        scope_token = request_scope.CURRENT.set(
+            request_scope.RequestScope(deadline_unix_s, ticket, canonical)
+        )
         try:
             transcription = await self._service.transcribe(
                 audio,
@@ -349,7 +335,7 @@ class AsrIngress:
                 request_id=request_id,
             )
         finally:
-            _REQUEST.reset(scope_token)
+            request_scope.CURRENT.reset(scope_token)
             ticket.close()
             self._publish(canonical)
         body, media_type = render(

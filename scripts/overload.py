@@ -1,0 +1,263 @@
+"""Overload check: N clients at once, each sending a long file; is every answer a 200 or a
+fast 503, and is the service healthy afterwards?
+
+    python scripts/overload.py --url http://127.0.0.1:8000            # 64 x 2-3 min files
+    python scripts/overload.py --url ... --clients 16 --files a.wav b.wav
+
+Without ``--files`` it speaks 2-3 minute files with espeak-ng (sentences of
+``tests/speech.py`` joined with pauses; cached under ``--work-dir``). First one file is sent
+alone (the baseline: its latency is one request's processing time on an idle service),
+then all clients start together. It prints
+
+- counts of 200 / 503 / other statuses / client timeouts,
+- the 503s' answer time (max, p95) and whether each carried ``Retry-After``,
+- the accepted requests' latency (p50, p95, max) against the bound
+  ``max_queue_wait_s`` + their own processing time (the baseline scaled by duration),
+- ``/healthz`` after the burst.
+
+The figures depend on the machine and on whatever else runs there: report the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SAMPLE_RATE_HZ = 16000
+
+
+@dataclass
+class Answer:
+    status: str  # "200", "503", ..., or "timeout" / an exception name
+    latency_s: float
+    audio_s: float
+    retry_after: str | None = None
+
+
+@dataclass
+class Report:
+    clients: int
+    counts: dict[str, int]
+    rejected_max_s: float | None
+    rejected_p95_s: float | None
+    rejected_without_retry_after: int
+    accepted_p50_s: float | None
+    accepted_p95_s: float | None
+    accepted_max_s: float | None
+    baseline_s: float | None
+    max_queue_wait_s: float
+    accepted_bound_p95_s: float | None
+    healthz_after: int | None
+    wall_s: float
+    answers: list[Answer] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Every answer a 200 or a 503 within 1 s, none hung, healthy after, and the
+        accepted p95 within the bound."""
+        only_200_503 = set(self.counts) <= {"200", "503"}
+        fast = self.rejected_max_s is None or self.rejected_max_s <= 1.0
+        within = (
+            self.accepted_p95_s is None
+            or self.accepted_bound_p95_s is None
+            or self.accepted_p95_s <= self.accepted_bound_p95_s
+        )
+        return only_200_503 and fast and within and self.healthz_after == 200
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def make_long_files(
+    out_dir: Path, count: int, *, min_s: float, max_s: float, seed: int = 0
+) -> list[Path]:
+    """``count`` WAVs of ``min_s``-``max_s`` seconds of espeak sentences with pauses."""
+    from tests.speech import SENTENCES, synthesize
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    parts: list[np.ndarray] | None = None
+    files = []
+    for i in range(count):
+        path = out_dir / f"long_{int(min_s)}_{int(max_s)}_{seed}_{i:02d}.wav"
+        files.append(path)
+        if path.exists():
+            continue
+        if parts is None:
+            parts = [synthesize(text, out_dir) for text in SENTENCES]
+        target_s = rng.uniform(min_s, max_s)
+        pieces, total = [], 0
+        while total < target_s * SAMPLE_RATE_HZ:
+            part = parts[rng.randrange(len(parts))]
+            pause = np.zeros(int(rng.uniform(0.4, 1.5) * SAMPLE_RATE_HZ), np.float32)
+            pieces += [part, pause]
+            total += len(part) + len(pause)
+        audio = np.concatenate(pieces)[: int(target_s * SAMPLE_RATE_HZ)]
+        sf.write(path, audio, SAMPLE_RATE_HZ, subtype="PCM_16")
+    return files
+
+
+async def _send(
+    client: httpx.AsyncClient, url: str, data: bytes, audio_s: float, model: str | None
+) -> Answer:
+    form = {"model": model} if model else {}
+    started = time.monotonic()
+    try:
+        resp = await client.post(
+            f"{url}/v1/audio/transcriptions",
+            files={"file": ("audio.wav", data, "audio/wav")},
+            data=form,
+        )
+    except httpx.TimeoutException:
+        return Answer("timeout", time.monotonic() - started, audio_s)
+    except httpx.HTTPError as exc:
+        return Answer(type(exc).__name__, time.monotonic() - started, audio_s)
+    return Answer(
+        str(resp.status_code),
+        time.monotonic() - started,
+        audio_s,
+        resp.headers.get("retry-after"),
+    )
+
+
+async def run_overload(
+    url: str,
+    files: list[Path],
+    *,
+    clients: int = 64,
+    model: str | None = None,
+    timeout_s: float = 240.0,
+    max_queue_wait_s: float = 60.0,
+    baseline: bool = True,
+) -> Report:
+    url = url.rstrip("/")
+    blobs = [(f.read_bytes(), sf.info(str(f)).duration) for f in files]
+    limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
+    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
+        baseline_s = baseline_audio_s = None
+        if baseline:
+            data, audio_s = max(blobs, key=lambda b: b[1])
+            first = await _send(client, url, data, audio_s, model)
+            if first.status == "200":
+                baseline_s, baseline_audio_s = first.latency_s, audio_s
+        started = time.monotonic()
+        answers = await asyncio.gather(
+            *(_send(client, url, *blobs[i % len(blobs)], model) for i in range(clients))
+        )
+        wall_s = time.monotonic() - started
+        try:
+            healthz: int | None = (await client.get(f"{url}/healthz", timeout=10)).status_code
+        except httpx.HTTPError:
+            healthz = None
+    counts: dict[str, int] = {}
+    for answer in answers:
+        counts[answer.status] = counts.get(answer.status, 0) + 1
+    rejected = [a.latency_s for a in answers if a.status == "503"]
+    accepted = [a for a in answers if a.status == "200"]
+    bounds = (
+        [max_queue_wait_s + baseline_s * a.audio_s / baseline_audio_s for a in accepted]
+        if baseline_s is not None and baseline_audio_s
+        else []
+    )
+    return Report(
+        clients=clients,
+        counts=dict(sorted(counts.items())),
+        rejected_max_s=max(rejected) if rejected else None,
+        rejected_p95_s=percentile(rejected, 95),
+        rejected_without_retry_after=sum(
+            1 for a in answers if a.status == "503" and not a.retry_after
+        ),
+        accepted_p50_s=percentile([a.latency_s for a in accepted], 50),
+        accepted_p95_s=percentile([a.latency_s for a in accepted], 95),
+        accepted_max_s=max((a.latency_s for a in accepted), default=None),
+        baseline_s=baseline_s,
+        max_queue_wait_s=max_queue_wait_s,
+        accepted_bound_p95_s=percentile(bounds, 95),
+        healthz_after=healthz,
+        wall_s=wall_s,
+        answers=list(answers),
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_report(report: Report) -> None:
+    print(f"clients: {report.clients}, burst wall time {report.wall_s:.1f} s")
+    print(f"answers: {report.counts}")
+    print(
+        f"503 answer time: max {_fmt(report.rejected_max_s)} s, p95 "
+        f"{_fmt(report.rejected_p95_s)} s (target <= 1 s); without Retry-After: "
+        f"{report.rejected_without_retry_after}"
+    )
+    print(
+        f"accepted latency: p50 {_fmt(report.accepted_p50_s)} s, p95 "
+        f"{_fmt(report.accepted_p95_s)} s, max {_fmt(report.accepted_max_s)} s; bound p95 "
+        f"(max_queue_wait_s {report.max_queue_wait_s:.0f} + own processing, baseline "
+        f"{_fmt(report.baseline_s)} s alone) {_fmt(report.accepted_bound_p95_s)} s"
+    )
+    print(f"/healthz after: {report.healthz_after}")
+    print(f"bar met: {report.ok}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8000")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--files", nargs="*", type=Path, help="audio files (default: espeak)")
+    parser.add_argument("--num-files", type=int, default=8, help="distinct generated files")
+    parser.add_argument("--min-s", type=float, default=120.0)
+    parser.add_argument("--max-s", type=float, default=180.0)
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--timeout-s", type=float, default=240.0, help="client timeout")
+    parser.add_argument(
+        "--max-queue-wait-s", type=float, default=60.0, help="the served config's value"
+    )
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "asr-overload"
+    )
+    parser.add_argument("--json", type=Path, help="write the report (with every answer) here")
+    args = parser.parse_args()
+    files = args.files or make_long_files(
+        args.work_dir, args.num_files, min_s=args.min_s, max_s=args.max_s
+    )
+    report = asyncio.run(
+        run_overload(
+            args.url,
+            files,
+            clients=args.clients,
+            model=args.model,
+            timeout_s=args.timeout_s,
+            max_queue_wait_s=args.max_queue_wait_s,
+            baseline=not args.no_baseline,
+        )
+    )
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=1))
+    sys.exit(0 if report.ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""Requests survive replica death; overload is answered, not hung; dead work is dropped.
+
+The replica-kill tests SIGKILL a Serve replica process (found by pid in Ray's actor table)
+while clients keep sending requests, and count what the clients got. The models are the
+real FSMN-VAD and the random-weight tiny Paraformer (real FunASR classes, fast on CPU):
+what matters here is the request path, not the text.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.deployments.recognizer import _Coalescer, _QueuedItem
+from serve_app.errors import DeadlineExceededError
+from serve_app.recognizers.base import SegmentJob
+from tests.conftest import deploy, replica_options
+from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
+
+MODEL = "paraformer-tiny-random"
+RECOGNIZER = f"Recognizer-{MODEL}"
+VAD = "VadDeployment"
+
+
+# -- the recognizer queue drops work nobody waits for (no Ray) ------------------------
+def test_coalescer_drops_expired_and_cancelled_items_before_the_forward_pass():
+    import asyncio
+
+    ran: list[list[float]] = []
+
+    async def run(items):
+        ran.append([item.job.duration_s for item in items])
+        return [f"text {item.job.duration_s}" for item in items]
+
+    def item(seconds: float, deadline_unix_s: float | None) -> _QueuedItem:
+        job = SegmentJob(
+            np.zeros(int(seconds * 16000), np.float32), deadline_unix_s=deadline_unix_s
+        )
+        return _QueuedItem(job, seconds, 0.0)
+
+    async def main():
+        drops: list[str] = []
+        coalescer = _Coalescer(run, capacity_s=100.0, on_drop=drops.append)
+        live, late, gone = item(1.0, time.time() + 60), item(2.0, time.time() - 1), item(3.0, None)
+        gone.cancelled = True
+        results = await coalescer.submit([live, late, gone])
+        return results, drops
+
+    results, drops = asyncio.run(main())
+    assert ran == [[1.0]]  # only the live item cost a forward pass
+    assert results[0] == "text 1.0"
+    assert isinstance(results[1], DeadlineExceededError)
+    assert isinstance(results[2], DeadlineExceededError)
+    assert sorted(drops) == ["cancelled", "deadline"]
+
+
+# -- served app helpers ---------------------------------------------------------------
+def app_config(models_dir, random_models_dir, *, replicas: int, **recognizer) -> dict:
+    batch = {
+        "max_batch_audio_s": 120,
+        "max_batch_items": 16,
+        "batch_wait_timeout_s": recognizer.pop("batch_wait_timeout_s", 0.3),
+        "max_forward_audio_s": 120,
+    }
+    return {
+        "models_dir": str(models_dir),
+        "vad_deployment": replica_options(num_replicas=replicas, max_ongoing_requests=16),
+        "ingress": {"deployment": replica_options(max_ongoing_requests=64)},
+        "recognizers": [
+            {
+                "name": MODEL,
+                "backend": "funasr",
+                "model": str(random_models_dir / "paraformer-tiny"),
+                "batch": batch,
+                "deployment": replica_options(num_replicas=replicas, max_ongoing_requests=32),
+                **recognizer,
+            }
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("resilience")
+    audio = concat_with_pauses([synthesize(t, tmp) for t in SENTENCES[:2]], pause_s=1.0)
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(serve_instance, models_dir, random_models_dir):
+    """Deploy an app by name once per module (the kill tests leave it healthy again);
+    delete them all at the end."""
+    from ray import serve
+
+    urls: dict[str, str] = {}
+
+    def start(name: str, **kwargs) -> str:
+        if name not in urls:
+            deploy(
+                app_config(models_dir, random_models_dir, **kwargs),
+                name=name,
+                route_prefix=f"/{name}",
+            )
+            urls[name] = f"{serve_instance}/{name}"
+        return urls[name]
+
+    yield start
+    for name in urls:
+        serve.delete(name)
+
+
+def transcribe(client: httpx.Client, url: str, wav: bytes, **kwargs) -> httpx.Response:
+    return client.post(
+        f"{url}/v1/audio/transcriptions",
+        files={"file": ("a.wav", wav, "audio/wav")},
+        data={"model": MODEL},
+        **kwargs,
+    )
+
+
+@dataclass
+class Load:
+    """``clients`` threads sending the same file back to back until stopped."""
+
+    url: str
+    wav: bytes
+    clients: int = 4
+    results: list[tuple[str, float, float]] = field(default_factory=list)  # status, t0, t1
+    in_flight: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def _client(self) -> None:
+        with httpx.Client(timeout=180) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    self.in_flight += 1
+                t0 = time.monotonic()
+                try:
+                    status = str(transcribe(client, self.url, self.wav).status_code)
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                with self._lock:
+                    self.in_flight -= 1
+                    self.results.append((status, t0, time.monotonic()))
+
+    def start(self) -> Load:
+        self._threads = [threading.Thread(target=self._client) for _ in range(self.clients)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def ok(self) -> int:
+        with self._lock:
+            return sum(1 for status, _, _ in self.results if status == "200")
+
+    def wait_ok(self, count: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.ok() < count:
+            assert time.monotonic() < deadline, f"only {self.ok()} answers 200: {self.statuses()}"
+            time.sleep(0.1)
+
+    def stop(self) -> Counter:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=200)
+        return self.statuses()
+
+    def statuses(self) -> Counter:
+        with self._lock:
+            return Counter(status for status, _, _ in self.results)
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """Pids of the live replicas of a deployment, from the GCS actor table.
+
+    ``ray.util.state.list_actors`` needs the dashboard, which the test cluster does not
+    start; the GCS table it reads from is the same."""
+    from ray._private import state
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    return [
+        int(actor["Pid"])
+        for actor in state.actors(actor_state_name="ALIVE").values()
+        if actor["Name"].startswith(prefix)
+    ]
+
+
+def wait_replaced(app: str, deployment: str, dead_pid: int, count: int, timeout_s=180) -> None:
+    """Until Ray has seen ``dead_pid`` die and Serve runs ``count`` replicas again."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = replica_pids(app, deployment)
+        dep = serve.status().applications[app].deployments[deployment]
+        running = int(dict(dep.replica_states).get("RUNNING", 0))
+        if dead_pid not in pids and len(pids) >= count and running >= count:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{deployment} of {app} has not got {count} running replicas back")
+
+
+def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: int) -> Load:
+    load = Load(url, wav).start()
+    try:
+        load.wait_ok(3, timeout_s=120)
+        (pid, *_) = replica_pids(app, deployment)
+        ok_before = load.ok()
+        assert load.in_flight > 0
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        wait_replaced(app, deployment, pid, replicas)  # Serve replaced it
+        load.wait_ok(ok_before + 2 * load.clients, timeout_s=120)
+    finally:
+        load.stop()
+    # Requests that were running when the replica died ended after it.
+    assert any(t0 < killed_at < t1 for _, t0, t1 in load.results)
+    return load
+
+
+# -- replica death ----------------------------------------------------------------------
+@requires_espeak
+@pytest.mark.slow
+@pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
+def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deployment):
+    app = "resilience2"
+    url = served(app, replicas=2)
+    load = kill_under_load(url, app, deployment, speech_wav, replicas=2)
+    assert load.statuses().keys() == {"200"}, load.statuses()
+
+
+@requires_espeak
+@pytest.mark.slow
+@pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
+def test_with_one_replica_requests_wait_for_its_restart(served, speech_wav, deployment):
+    app = "resilience1"
+    url = served(app, replicas=1)
+    load = kill_under_load(url, app, deployment, speech_wav, replicas=1)
+    assert load.statuses().keys() == {"200"}, load.statuses()
+
+
+# -- overload and dead requests --------------------------------------------------------
+@requires_espeak
+@pytest.mark.slow
+def test_a_burst_beyond_the_queue_limit_is_answered_503_with_retry_after(served, speech_wav):
+    # Before any rate is measured, 1 audio-s/s x 0.5 s admits one request at a time; the
+    # long batch wait keeps it queued while the rest of the burst arrives.
+    url = served(
+        "admission",
+        replicas=1,
+        max_queue_wait_s=0.5,
+        initial_drain_rate_audio_s_per_s=1.0,
+        batch_wait_timeout_s=2.0,
+    )
+    burst = 8
+    barrier = threading.Barrier(burst)
+    answers: list[tuple[int, float, str | None]] = []
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as http:
+            barrier.wait()
+            t0 = time.monotonic()
+            resp = transcribe(http, url, speech_wav)
+            answers.append(
+                (resp.status_code, time.monotonic() - t0, resp.headers.get("retry-after"))
+            )
+
+    threads = [threading.Thread(target=client) for _ in range(burst)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=150)
+    statuses = Counter(status for status, _, _ in answers)
+    assert statuses.keys() == {200, 503} and len(answers) == burst, answers
+    rejected = [(s, retry) for status, s, retry in answers if status == 503]
+    accepted_s = [s for status, s, _ in answers if status == 200]
+    assert all(retry is not None and int(retry) >= 1 for _, retry in rejected), rejected
+    # Answered at once: every 503 came back before any accepted request did.
+    assert max(s for s, _ in rejected) < min(accepted_s), answers
+    with httpx.Client(timeout=120) as http:
+        assert http.get(f"{url}/healthz").status_code == 200
+        assert transcribe(http, url, speech_wav).status_code == 200  # idle again: admitted
+
+
+@requires_espeak
+@pytest.mark.slow
+def test_expired_and_abandoned_requests_cost_no_forward_pass(served, speech_wav):
+    url = served("deadlines", replicas=1, batch_wait_timeout_s=2.0)
+
+    def items_run(http: httpx.Client) -> int:
+        return http.get(f"{url}/v1/stats").json()[MODEL]["items"]
+
+    with httpx.Client(timeout=120) as http:
+        before = items_run(http)
+        resp = transcribe(http, url, speech_wav, headers={"x-request-timeout-s": "0.5"})
+        assert resp.status_code == 504, resp.text
+        assert resp.json()["error"]["code"] == "deadline_exceeded"
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and disconnects
+            transcribe(http, url, speech_wav, timeout=0.5)
+        time.sleep(4.0)  # past the batch wait: a surviving item would have run by now
+        assert items_run(http) == before
+        assert transcribe(http, url, speech_wav).status_code == 200
+        assert items_run(http) > before
+
+
+@requires_espeak
+@pytest.mark.slow
+def test_overload_script_smoke(served, speech_wav, tmp_path):
+    """scripts/overload.py end to end, small: 4 clients, a short file, the tight queue."""
+    import asyncio
+
+    from tests.conftest import load_script
+
+    overload = load_script("overload")
+    url = served(
+        "admission",
+        replicas=1,
+        max_queue_wait_s=0.5,
+        initial_drain_rate_audio_s_per_s=1.0,
+        batch_wait_timeout_s=2.0,
+    )
+    path = tmp_path / "short.wav"
+    path.write_bytes(speech_wav)
+    report = asyncio.run(overload.run_overload(url, [path], clients=4, model=MODEL, timeout_s=120))
+    overload.print_report(report)
+    assert sum(report.counts.values()) == 4
+    assert set(report.counts) <= {"200", "503"}, report.counts
+    assert report.counts.get("503", 0) >= 1 and report.rejected_without_retry_after == 0
+    assert report.baseline_s is not None and report.accepted_p95_s is not None
+    assert report.healthz_after == 200

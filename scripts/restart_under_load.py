@@ -1,0 +1,464 @@
+"""Config updates and a graceful stop under load: nothing in flight may fail.
+
+Runs ``serve run`` on a Serve config (default ``ray_configs/serve.yaml``), drives it with a
+few clients sending a short spoken file in a loop, and goes through four phases:
+
+1. ``steady``: load only.
+2. ``reconfigure``: ``serve deploy`` of the same config plus a ``user_config`` for the
+   recognizer (a new ``batch_wait_timeout_s``): Serve calls ``reconfigure`` on the running
+   replica; it must not restart (its actor id is checked).
+3. ``restart``: ``serve deploy`` with a changed app argument (the recognizer's
+   ``batch.max_batch_items``): a new code version, every replica is replaced (rolling).
+4. ``stop``: the clients stop sending, then ``serve run`` gets SIGTERM (``--signal INT``:
+   SIGINT to its process group, what Ctrl-C in a terminal does); every request in flight
+   at that moment must still be answered. With ``--drain-first`` a config with no
+   application is deployed first and the signal is sent once the app is gone: Ray 2.60's
+   ``serve.shutdown()`` (what Ctrl-C of ``serve run`` calls) kills the HTTP proxies at
+   once (``ray.kill``), so the answers of requests still in flight never reach their
+   clients however long the replicas drain; deleting the app first drains them through
+   live proxies.
+
+It prints, per phase, requests sent / ok / shed (503 with Retry-After: the admission
+control's "retry later") / failed, the same for the requests in flight at each event,
+and the seconds from the signal to the exit of ``serve run``.
+
+Cluster: ``--cluster head`` (default) starts ``ray start --head --block`` on 127.0.0.1 with
+free ports and points ``serve run --address`` at it (so the updates' ``serve deploy`` knows
+the dashboard address); ``--cluster local`` lets ``serve run`` start its own Ray
+(``--address local``), the README's quick start. ``RAY_AUTH_MODE=disabled`` throughout.
+
+    python scripts/restart_under_load.py --clients 3 --phase-s 20
+    python scripts/restart_under_load.py --cluster local --signal INT
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.speech import SENTENCES, concat_with_pauses, synthesize  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PHASES = ("steady", "reconfigure", "restart", "stop")
+
+
+@dataclass
+class Request:
+    phase: str
+    started_s: float
+    finished_s: float = 0.0
+    status: int = 0  # 0: no HTTP answer (connection error, timeout)
+    error: str = ""
+    retry_after: bool = False  # a 503 with Retry-After: load shed, the client retries
+
+    @property
+    def outcome(self) -> str:
+        if self.status == 200:
+            return "ok"
+        return "shed" if self.status == 503 and self.retry_after else "failed"
+
+
+@dataclass
+class Load:
+    """C clients posting one file in a loop; each request is tagged with the phase it
+    started in."""
+
+    url: str
+    audio: bytes
+    clients: int
+    timeout_s: float = 300.0
+    phase: str = "steady"
+    requests: list[Request] = field(default_factory=list)
+    events: dict[str, list[Request]] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> None:
+        for _ in range(self.clients):
+            thread = threading.Thread(target=self._client, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop_sending(self) -> None:
+        self._stop.set()
+
+    def in_flight(self) -> list[Request]:
+        with self._lock:
+            return [r for r in self.requests if not r.finished_s]
+
+    def mark(self, event: str) -> None:
+        """Remember which requests are in flight at ``event`` (they must all succeed)."""
+        self.events[event] = self.in_flight()
+
+    def join(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _client(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as http:
+            while not self._stop.is_set():
+                request = Request(self.phase, time.monotonic())
+                with self._lock:
+                    self.requests.append(request)
+                try:
+                    r = http.post(
+                        "/v1/audio/transcriptions",
+                        files={"file": ("speech.wav", self.audio, "audio/wav")},
+                    )
+                    request.status = r.status_code
+                    request.retry_after = "retry-after" in r.headers
+                    if r.status_code != 200:
+                        request.error = r.text[:200]
+                    elif not r.json().get("text", "").strip():
+                        request.status, request.error = -1, "200 with empty text"
+                except Exception as exc:  # counted as failed, reported
+                    request.error = f"{type(exc).__name__}: {exc}"[:200]
+                request.finished_s = time.monotonic()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def speech_wav() -> bytes:
+    import io
+
+    import soundfile as sf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        parts = [synthesize(text, Path(tmp)) for text in SENTENCES[1:3]]
+    buf = io.BytesIO()
+    sf.write(buf, concat_with_pauses(parts, pause_s=0.8), 16000, format="WAV")
+    return buf.getvalue()
+
+
+def configs(path: Path, port: int, wait_s: float | None) -> dict[str, dict]:
+    """The base config (on ``port``) and the two updates."""
+    base = yaml.safe_load(path.read_text())
+    base["http_options"]["port"] = port
+    (app,) = base["applications"]
+    recognizer = app["args"]["recognizers"][0]
+    name = f"Recognizer-{recognizer['name']}"
+    batch = recognizer.setdefault("batch", {})
+    old_wait_s = float(batch.get("batch_wait_timeout_s", 0.05))
+    reconfigured = copy.deepcopy(base)
+    reconfigured["applications"][0].setdefault("deployments", []).append(
+        {"name": name, "user_config": {"batch_wait_timeout_s": wait_s or 2 * old_wait_s}}
+    )
+    restarted = copy.deepcopy(reconfigured)
+    rec = restarted["applications"][0]["args"]["recognizers"][0]
+    rec["batch"]["max_batch_items"] = max(1, int(rec["batch"].get("max_batch_items", 16)) - 4)
+    # No application: Serve deletes the app, each replica draining its in-flight requests,
+    # while the proxies stay up to deliver their answers.
+    drained = {k: base[k] for k in ("proxy_location", "http_options") if k in base}
+    drained["applications"] = []
+    return {"base": base, "reconfigure": reconfigured, "restart": restarted, "drain": drained}
+
+
+class Cluster:
+    """The processes this script starts, each in its own session, stopped by pgid."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.head: subprocess.Popen | None = None
+        self.gcs_address = "local"
+        self.dashboard_url: str | None = None
+
+    def start_head(self, num_cpus: int | None) -> None:
+        if self.kind != "head":
+            return
+        gcs_port, dash_port = free_port(), free_port()
+        cmd = [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dash_port}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            "--disable-usage-stats",
+        ]
+        if num_cpus:
+            cmd.append(f"--num-cpus={num_cpus}")
+        log = open(self.workdir / "ray_head.log", "wb")
+        self.head = subprocess.Popen(
+            cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.gcs_address = f"127.0.0.1:{gcs_port}"
+        self.dashboard_url = f"http://127.0.0.1:{dash_port}"
+        wait_for(lambda: _get(f"{self.dashboard_url}/api/version") is not None, 180, "dashboard")
+
+    def serve_run(self, config: Path) -> subprocess.Popen:
+        log = open(self.workdir / "serve_run.log", "wb")
+        return subprocess.Popen(
+            [str(BIN / "serve"), "run", "--address", self.gcs_address, str(config)],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, like a terminal's job
+        )
+
+    def find_dashboard(self, timeout_s: float) -> None:
+        if self.dashboard_url:
+            return
+
+        def parse() -> bool:
+            text = (self.workdir / "serve_run.log").read_text(errors="replace")
+            found = re.search(r"dashboard at \S*?(127\.0\.0\.1:\d+|localhost:\d+)", text)
+            if found:
+                self.dashboard_url = "http://" + found.group(1)
+            return bool(found)
+
+        wait_for(parse, timeout_s, "the dashboard address in serve run's log")
+
+    def deploy(self, config: Path) -> None:
+        subprocess.run(
+            [str(BIN / "serve"), "deploy", "--address", str(self.dashboard_url), str(config)],
+            cwd=REPO,
+            env=self.env,
+            check=True,
+            capture_output=True,
+        )
+
+    def replicas(self, app: str = "asr") -> dict[str, set[str]]:
+        """Deployment -> ids of its RUNNING replicas."""
+        details = _get(f"{self.dashboard_url}/api/serve/applications/")
+        if not details or app not in details.get("applications", {}):
+            return {}
+        deployments = details["applications"][app]["deployments"]
+        return {
+            name: {r["replica_id"] for r in d["replicas"] if r["state"] == "RUNNING"}
+            for name, d in deployments.items()
+        }
+
+    def app_status(self, app: str = "asr") -> str | None:
+        details = _get(f"{self.dashboard_url}/api/serve/applications/")
+        if not details:
+            return None
+        entry = details.get("applications", {}).get(app)
+        return entry["status"] if entry else None
+
+    def stop_head(self) -> float | None:
+        """Stop ``ray start --block`` (it stops what it started); seconds it took."""
+        if self.head is None:
+            return None
+        started = time.monotonic()
+        _stop_group(self.head, signal.SIGTERM, 60)
+        return time.monotonic() - started
+
+
+def _get(url: str) -> dict | None:
+    try:
+        r = httpx.get(url, timeout=10)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, json.JSONDecodeError):
+        return None
+
+
+def _stop_group(proc: subprocess.Popen, sig: int, timeout_s: float) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout_s)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    _kill_leftovers(proc.pid)
+
+
+def _group_pids(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True)
+    return [int(p) for p, g in (line.split() for line in out.stdout.splitlines()) if int(g) == pgid]
+
+
+def _kill_leftovers(pgid: int) -> int:
+    pids = _group_pids(pgid)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def wait_for(check, timeout_s: float, what: str, period_s: float = 1.0) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if check():
+            return time.monotonic() - started
+        time.sleep(period_s)
+    raise TimeoutError(f"{what}: not ready after {timeout_s:.0f} s")
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def report(load: Load, phases: list[str]) -> list[str]:
+    """Per phase (requests by the phase they started in) and per event (requests in flight
+    at that moment): sent, ok, shed (503 + Retry-After), failed."""
+    lines = [f"{'':<26} {'sent':>5} {'ok':>5} {'shed':>5} {'failed':>6}  failures"]
+
+    def row(label: str, reqs: list[Request]) -> str:
+        n = {k: sum(r.outcome == k for r in reqs) for k in ("ok", "shed", "failed")}
+        kinds = sorted({f"{r.status}: {r.error[:70]}" for r in reqs if r.outcome == "failed"})
+        return (
+            f"{label:<26} {len(reqs):>5} {n['ok']:>5} {n['shed']:>5} {n['failed']:>6}  "
+            f"{kinds[:3] if kinds else ''}"
+        )
+
+    for phase in phases:
+        lines.append(row(f"phase {phase}", [r for r in load.requests if r.phase == phase]))
+    for event, reqs in load.events.items():
+        lines.append(row(f"in flight at {event}", reqs))
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "ray_configs" / "serve.yaml")
+    parser.add_argument("--cluster", choices=("head", "local"), default="head")
+    parser.add_argument("--signal", choices=("TERM", "INT"), default="TERM")
+    parser.add_argument("--clients", type=int, default=3)
+    parser.add_argument("--phase-s", type=float, default=20.0, help="load after each step")
+    parser.add_argument("--num-cpus", type=int, default=None, help="head node CPUs")
+    parser.add_argument("--port", type=int, default=None, help="HTTP port (default: free)")
+    parser.add_argument(
+        "--drain-first",
+        action="store_true",
+        help="before the signal, serve deploy a config with no application (a graceful stop)",
+    )
+    parser.add_argument("--new-batch-wait-s", type=float, default=None)
+    parser.add_argument("--startup-timeout-s", type=float, default=600.0)
+    parser.add_argument("--exit-timeout-s", type=float, default=180.0)
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="restart_under_load_"))
+    port = args.port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    paths = {}
+    for name, cfg in configs(args.config, port, args.new_batch_wait_s).items():
+        paths[name] = workdir / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
+    print(f"logs and configs in {workdir}; service at {url}")
+
+    cluster = Cluster(args.cluster, workdir)
+    serve_run: subprocess.Popen | None = None
+    load: Load | None = None
+    code = 1
+    try:
+        cluster.start_head(args.num_cpus)
+        started = time.monotonic()
+        serve_run = cluster.serve_run(paths["base"])
+        wait_for(lambda: healthy(url), args.startup_timeout_s, "the service", period_s=2)
+        print(f"serve run: healthy after {time.monotonic() - started:.1f} s")
+        cluster.find_dashboard(60)
+        load = Load(url, speech_wav(), args.clients)
+        load.start()
+        time.sleep(args.phase_s)
+
+        before = cluster.replicas()
+        load.phase = "reconfigure"
+        t0 = time.monotonic()
+        load.mark("reconfigure")
+        cluster.deploy(paths["reconfigure"])
+        time.sleep(2)
+        wait_for(lambda: cluster.app_status() == "RUNNING", 300, "reconfigure")
+        print(f"reconfigure: RUNNING after {time.monotonic() - t0:.1f} s")
+        time.sleep(args.phase_s)
+        after = cluster.replicas()
+        restarted = sorted(d for d in before if before[d] != after.get(d))
+        print(f"reconfigure: replicas replaced: {restarted or 'none'}")
+
+        load.phase = "restart"
+        t0 = time.monotonic()
+        load.mark("restart")
+        cluster.deploy(paths["restart"])
+
+        def all_replaced() -> bool:
+            now = cluster.replicas()
+            return cluster.app_status() == "RUNNING" and all(
+                now.get(d) and not (now[d] & after[d]) for d in after
+            )
+
+        wait_for(all_replaced, args.startup_timeout_s, "the restart update", period_s=2)
+        print(f"restart: every replica replaced, RUNNING after {time.monotonic() - t0:.1f} s")
+        time.sleep(args.phase_s)
+
+        load.phase = "stop"
+        load.stop_sending()
+        time.sleep(0.5)  # let each client's next request start or not; none start after
+        if args.drain_first:
+            load.mark("drain")
+            t0 = time.monotonic()
+            cluster.deploy(paths["drain"])
+            wait_for(lambda: cluster.app_status() is None, 700, "the app's deletion")
+            print(f"drain: app deleted, in-flight requests done, {time.monotonic() - t0:.1f} s")
+        load.mark("signal")
+        in_flight = len(load.events["signal"])
+        t0 = time.monotonic()
+        if args.signal == "TERM":
+            serve_run.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(serve_run.pid, signal.SIGINT)  # Ctrl-C: the whole foreground group
+        try:
+            serve_run.wait(args.exit_timeout_s)
+            exit_s = time.monotonic() - t0
+            what = "SIGTERM" if args.signal == "TERM" else "Ctrl-C"
+            print(f"stop: {what} -> exit of serve run {exit_s:.1f} s (rc {serve_run.returncode})")
+        except subprocess.TimeoutExpired:
+            print(f"stop: serve run still running {args.exit_timeout_s:.0f} s after the signal")
+        load.join(120)
+        left = _group_pids(serve_run.pid)
+        all_gone_s = time.monotonic() - t0
+        print(
+            f"stop: {in_flight} requests in flight at the signal; processes of serve run's "
+            f"group left: {len(left)} ({all_gone_s:.1f} s after the signal)"
+        )
+        print(f"stop: service answers after stop: {healthy(url)}")
+        print("\n".join(report(load, list(PHASES))))
+        in_flight_failed = [r for reqs in load.events.values() for r in reqs if r.outcome != "ok"]
+        failed = [r for r in load.requests if r.outcome == "failed"]
+        code = 0 if not failed and not in_flight_failed else 1
+    finally:
+        if load is not None:
+            load.stop_sending()
+        if serve_run is not None and serve_run.poll() is None:
+            _stop_group(serve_run, signal.SIGINT, 60)
+        elif serve_run is not None:
+            _kill_leftovers(serve_run.pid)
+        head_s = cluster.stop_head()
+        if head_s is not None:
+            print(f"ray head stopped in {head_s:.1f} s")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -264,7 +264,8 @@ class ServiceLogic:
         self._recognizer = build_recognizer(self.settings, models)
         self._limits = AudioLimits(config.audio.max_upload_bytes, config.audio.max_duration_s)
         self._cache: dict[str, object] = {}
-        self.items = 0
+        self.items = 0  # items the recognizer ran (not cached)
+        self.redecoded_items = 0
 
     def _recognize_one(self, job):
         key = hashlib.sha1(np.ascontiguousarray(job.audio).tobytes()).hexdigest()
@@ -302,7 +303,10 @@ class ServiceLogic:
         from serve_app.audio import DecodedAudio
 
         audio = DecodedAudio(samples.astype(np.float32), SAMPLE_RATE_HZ, "wav")
+        before = self.items
         tr = asyncio.run(self.service(redecode_rounds).transcribe(audio, model=None))
+        if redecode_rounds:  # the first round is cached by the run without re-decode
+            self.redecoded_items += self.items - before
         return tr.text
 
 
@@ -333,13 +337,17 @@ def evaluate(
     systems: dict[str, object],
     *,
     progress: bool = True,
+    texts: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, dict[str, Tally]]:
-    """group -> system -> tally."""
+    """group -> system -> tally (and each output in ``texts``, when given)."""
     table: dict[str, dict[str, Tally]] = {}
     for n, rec in enumerate(recs, start=1):
         row = table.setdefault(rec.group, {name: Tally() for name in systems})
         for name, run in systems.items():
-            row[name].add(rec.sentences, run(rec.samples))  # type: ignore[operator]
+            hyp = run(rec.samples)  # type: ignore[operator]
+            row[name].add(rec.sentences, hyp)
+            if texts is not None:
+                texts.setdefault(rec.name, {"reference": " ".join(rec.sentences)})[name] = hyp
         if progress and (n % 10 == 0 or n == len(recs)):
             print(f"  {n}/{len(recs)} recordings", file=sys.stderr, flush=True)
     return table
@@ -426,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_before:
             systems["before"] = lambda x: logic.transcribe(x, redecode_rounds=0)
         systems["after"] = lambda x: logic.transcribe(x, redecode_rounds=2)
-    table = evaluate(recs, systems)
+    texts: dict[str, dict[str, str]] = {}
+    table = evaluate(recs, systems, texts=texts)
     elapsed = time.perf_counter() - started
     print(
         f"model {settings.name} ({compute_type}), config {args.config.name}, "
@@ -434,6 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{elapsed:.0f} s wall"
     )
     print(render(table, recs))
+    if not args.url:
+        print(
+            f"recognizer items: {logic.items} ({logic.redecoded_items} of them re-decodes"
+            f"{'' if not args.no_before else ', first rounds included'})"
+        )
     for group, row in table.items():
         for name, tally in row.items():
             for sentence in tally.examples:
@@ -451,7 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             for group, row in table.items()
         }
-        args.json.write_text(json.dumps({"groups": figures, "wall_s": elapsed}, indent=2))
+        args.json.write_text(
+            json.dumps({"groups": figures, "wall_s": elapsed, "texts": texts}, indent=2)
+        )
     return 0
 
 

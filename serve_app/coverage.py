@@ -274,21 +274,25 @@ def implausible_timing(
 
 
 def retime_spans(
-    spans: Sequence[TextSpan], mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
+    spans: Sequence[TextSpan],
+    mask: np.ndarray,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+    speech_ms: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[TextSpan, ...]:
-    """New times for ``spans`` (order and text kept) from the speech islands.
+    """New times for ``spans`` (order and text kept) from the VAD segments or speech islands.
 
-    With as many islands as spans, one span per island. Otherwise each span gets a share
-    of the speech time in proportion to its text, and each boundary moves to the nearest
-    pause between islands when one lies within 1 s.
+    With as many VAD segments (or else speech islands) as spans, one span per segment
+    (island). Otherwise each span gets a share of the speech time in proportion to its
+    text, and each boundary moves to the nearest pause between islands within 1 s.
     """
     islands = speech_islands(mask, settings)
     if not spans or not islands:
         return tuple(spans)
-    if len(islands) == len(spans):
-        return tuple(
-            TextSpan(a / 1000, b / 1000, s.text) for s, (a, b) in zip(spans, islands, strict=True)
-        )
+    for runs in (list(speech_ms or ()), islands):
+        if len(runs) == len(spans):
+            return tuple(
+                TextSpan(a / 1000, b / 1000, s.text) for s, (a, b) in zip(spans, runs, strict=True)
+            )
     weights = np.array([max(text_weight(s.text), 1.0) for s in spans])
     shares = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
     lengths = np.array([b - a for a, b in islands], dtype=np.float64)
@@ -391,13 +395,15 @@ def check_item(
     spans = tuple(s for s in result.spans if s.text.strip())
     retimed = implausible_timing(spans, mask, settings)
     if retimed is not None:
-        spans = retime_spans(spans, mask, settings)
+        spans = retime_spans(spans, mask, settings, speech_ms)
 
-    # Times that cannot follow the speech cannot say where speech is missing either: the
-    # item is decoded again in pieces (the re-timed spans stand if it cannot be split).
-    degenerate = degenerate_reason(result, speech_total_ms, settings) or retimed
+    # Times that do not follow the speech cannot say where speech is missing, but the text
+    # is usually whole (measured: decoding such an item again in pieces cost more words
+    # than it found, scripts/fidelity.py): re-time it, and re-decode only if the text is
+    # also degenerate.
+    degenerate = degenerate_reason(result, speech_total_ms, settings)
     stretches: list[Stretch] = []
-    if degenerate is None and (spans or not result.text.strip()):
+    if degenerate is None and retimed is None and (spans or not result.text.strip()):
         # Only trustworthy times say where speech is missing; results without spans
         # (backends without timestamps) carry their text for the whole item.
         stretches = uncovered_stretches(mask, spans, duration_ms, settings)
@@ -436,7 +442,7 @@ def retime_only(
     why = implausible_timing(spans, mask, settings)
     if why is None:
         return result, None
-    return replace(result, spans=retime_spans(spans, mask, settings)), why
+    return replace(result, spans=retime_spans(spans, mask, settings, speech_ms)), why
 
 
 # -- splicing ---------------------------------------------------------------------------
@@ -618,6 +624,13 @@ class Redecoder:
                 node.children.append(child)
                 self._waiting.append(child)
                 jobs.append(RedecodeJob(node.item, child.samples, stretch.reason))
+                logger.debug(
+                    "item %d: re-decode %d-%d ms (%s)",
+                    node.item,
+                    stretch.start_ms,
+                    stretch.end_ms,
+                    stretch.reason,
+                )
                 self.redecodes[stretch.reason] += 1
         self._frontier = []
         if jobs:

@@ -28,6 +28,7 @@ from serve_app.coverage import (
     compression_ratio,
     has_repetition_loop,
     retime_only,
+    retime_spans,
     speech_frames,
     speech_islands,
     splice,
@@ -186,25 +187,38 @@ def test_empty_decode_of_speech_is_split_not_repeated_whole():
     assert 2700 <= cut <= 3500  # in the pause between the two bursts
 
 
-def test_fixed_step_timestamps_are_retimed_or_redecoded():
+def test_fixed_step_timestamps_are_retimed_from_the_speech():
     samples, spans = _speech([1.5, 2.6, 1.1, 1.8], [0.8, 1.2, 0.8])
     result = FakeWhisper("fixed_steps")(samples)
     check = check_item(samples, result, spans)
-    # Such times cannot tell where speech is missing: decode again per VAD segment.
-    assert check.retimed == RETIME_STEPS and check.replace
-    assert [(s.start_ms, s.end_ms) for s in check.stretches] == spans
-    # Where it cannot be decoded again (last round), the spans are re-timed from speech.
-    retimed, why = retime_only(samples, result, spans)
+    assert check.retimed == RETIME_STEPS and check.stretches == () and not check.replace
+    assert [s.text for s in check.spans] == [_sentence_words(i) for i in range(4)]
+    for span, (a, b) in zip(check.spans, spans, strict=True):
+        assert abs(span.start_s * 1000 - a) <= 100 and abs(span.end_s * 1000 - b) <= 100
+    # One VAD span over everything: the speech islands give the times.
+    whole = [(spans[0][0], spans[-1][1])]
+    retimed, why = retime_only(samples, result, whole)
     assert why == RETIME_STEPS
-    assert [s.text for s in retimed.spans] == [_sentence_words(i) for i in range(4)]
     for span, (a, b) in zip(retimed.spans, spans, strict=True):
         assert abs(span.start_s * 1000 - a) <= 100 and abs(span.end_s * 1000 - b) <= 100
-    # Unsplittable (one VAD span, no pause near the middle is needed: it splits anyway)
-    # items still get plausible times in the end.
-    _, final, redecoder, _ = _run_rounds(FakeWhisper("fixed_steps"), samples, spans)
-    assert final.text == _words_of(4) and redecoder.retimed[RETIME_STEPS] >= 1
-    for span, (a, b) in zip(final.spans, spans, strict=True):
-        assert abs(span.start_s * 1000 - a) <= 400 and abs(span.end_s * 1000 - b) <= 400
+    _, final, redecoder, rounds = _run_rounds(FakeWhisper("fixed_steps"), samples, whole)
+    assert rounds == 0 and redecoder.retimed[RETIME_STEPS] == 1
+    assert final.text == _words_of(4) and final.spans == check.spans
+
+
+def test_proportional_retiming_keeps_order_and_snaps_to_pauses():
+    samples, spans = _speech([1.5, 2.6, 1.1, 1.8], [0.8, 1.2, 0.8])
+    mask = speech_frames(samples, spans)
+    three = (TextSpan(0, 2, "a" * 10), TextSpan(2, 4, "b" * 17), TextSpan(4, 6, "c" * 19))
+    out = retime_spans(three, mask)
+    assert [s.text for s in out] == [s.text for s in three]
+    assert all(a.end_s <= b.start_s for a, b in zip(out, out[1:]))
+    assert abs(out[0].start_s * 1000 - spans[0][0]) <= 60
+    assert abs(out[-1].end_s * 1000 - spans[-1][1]) <= 60
+    # Every boundary lies in a pause between two sentences.
+    pauses = [(spans[k][1] - 40, spans[k + 1][0] + 40) for k in range(3)]
+    for a, b in zip(out, out[1:]):
+        assert any(lo <= a.end_s * 1000 <= b.start_s * 1000 <= hi for lo, hi in pauses)
 
 
 def test_repetition_detector_spares_normal_text():

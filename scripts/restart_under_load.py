@@ -104,9 +104,12 @@ class Load:
         with self._lock:
             return [r for r in self.requests if not r.finished_s]
 
-    def mark(self, event: str) -> None:
-        """Remember which requests are in flight at ``event`` (they must all succeed)."""
+    def mark(self, event: str, phase: str | None = None) -> None:
+        """Remember which requests are in flight at ``event`` (they must all succeed);
+        with ``phase``, count them in that phase from now on."""
         self.events[event] = self.in_flight()
+        for request in self.events[event] if phase else ():
+            request.phase = phase
 
     def join(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -416,12 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         load.stop_sending()
         time.sleep(0.5)  # let each client's next request start or not; none start after
         if args.drain_first:
-            load.mark("drain")
+            load.mark("drain", phase="stop")
             t0 = time.monotonic()
             cluster.deploy(paths["drain"])
             wait_for(lambda: cluster.app_status() is None, 700, "the app's deletion")
             print(f"drain: app deleted, in-flight requests done, {time.monotonic() - t0:.1f} s")
-        load.mark("signal")
+        load.mark("signal", phase="stop")
         in_flight = len(load.events["signal"])
         t0 = time.monotonic()
         if args.signal == "TERM":
@@ -437,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stop: serve run still running {args.exit_timeout_s:.0f} s after the signal")
         load.join(120)
         left = _group_pids(serve_run.pid)
+        if left:
+            names = subprocess.run(
+                ["ps", "-o", "pid=,args=", "-p", ",".join(map(str, left))],
+                capture_output=True,
+                text=True,
+            ).stdout
+            print("stop: left in serve run's group:\n" + names[:2000])
         all_gone_s = time.monotonic() - t0
         print(
             f"stop: {in_flight} requests in flight at the signal; processes of serve run's "

@@ -12,8 +12,6 @@ SCRIPTS = REPO / "scripts"
 
 
 ROWS = ("1", "2", "3", "4", "5", "6")
-
-
 ROW_TITLES = {
     "1": "library, one file at a time",
     "2": "library's own batching",
@@ -22,6 +20,4 @@ ROW_TITLES = {
     "5": "this project: Ray Data job",
     "6": "floor: forward on sorted batches",
 }
-
-
 WHISPER_WINDOW_S = 30.0

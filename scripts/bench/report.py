@@ -25,8 +25,6 @@ RATIOS: tuple[tuple[str, str, float | None], ...] = (
     ("5", "2", None),
     ("5", "6", 0.9),
 )
-
-
 DEFAULT_RESULTS_DIR = Path("/tmp/asr-bench-results")
 
 

@@ -27,6 +27,12 @@ Models (``--models``, default all):
 - ``paraformer-tiny``, ``seaco-paraformer-tiny``, ``sensevoice-tiny``: the same classes
   (SeACo with CifPredictorV3 and its bias LSTM / SeACo decoder) at toy size (2 blocks,
   64 dims, about 200 tokens) so tests load them in well under a second.
+- ``campplus-random``: the speaker encoder ``CAMPPlus`` as in
+  ``iic/speech_campplus_sv_zh-cn_16k-common`` (FunASR's ``cam++``): 80-dim fbank, FCM head,
+  D-TDNN blocks of 12/24/16 CAM layers (growth 32, bn_size 4, 128 initial channels),
+  statistics pooling and a 192-dim embedding, with the hub's config keys; no tokenizer and
+  no ``am.mvn`` (CAM++ mean-normalises its own fbank). Random embeddings: for batched ==
+  one-at-a-time checks only, never for telling speakers apart.
 
 Random init is seeded (``--seed``) and adjusted so outputs are not empty: the CIF
 predictor's output layer is set so it fires about once per 3 encoder frames (180 ms), and
@@ -217,11 +223,36 @@ def sensevoice_config(*, size: int, heads: int, units: int, blocks: int, tp_bloc
     }
 
 
-def configuration_json(file_path_metas: dict[str, Any]) -> dict[str, Any]:
+def campplus_config() -> dict:
+    """config.yaml of the hub's CAM++ speaker encoder (speech_campplus_sv_zh-cn_16k-common)."""
+    return {
+        "model": "CAMPPlus",
+        "model_conf": {
+            "feat_dim": 80,
+            "embedding_size": 192,
+            "growth_rate": 32,
+            "bn_size": 4,
+            "init_channels": 128,
+            "config_str": "batchnorm-relu",
+            "memory_efficient": True,
+            "output_level": "segment",
+        },
+        "frontend": "WavFrontend",
+        "frontend_conf": {"fs": 16000},
+    }
+
+
+def configuration_json(
+    file_path_metas: dict[str, Any],
+    *,
+    task: str = "auto-speech-recognition",
+    cmvn_file: str | None = "am.mvn",
+) -> dict[str, Any]:
     """The hub's configuration.json: tells FunASR which files in the folder are which."""
+    frontend_metas = {"frontend_conf": {"cmvn_file": cmvn_file}} if cmvn_file else {}
     return {
         "framework": "pytorch",
-        "task": "auto-speech-recognition",
+        "task": task,
         "model": {"type": "funasr"},
         "pipeline": {"type": "funasr-pipeline"},
         "model_name_in_hub": {"ms": "", "hf": ""},
@@ -229,7 +260,7 @@ def configuration_json(file_path_metas: dict[str, Any]) -> dict[str, Any]:
             "init_param": "model.pt",
             "config": "config.yaml",
             **file_path_metas,
-            "frontend_conf": {"cmvn_file": "am.mvn"},
+            **frontend_metas,
         },
     }
 
@@ -403,6 +434,8 @@ class RandomModelSpec:
     name: str
     config: dict[str, Any]
     write_tokenizer: Callable[[Path], dict[str, Any]]  # writes files, returns file_path_metas
+    task: str = "auto-speech-recognition"
+    writes_cmvn: bool = True  # am.mvn for WavFrontend's CMVN (not CAM++: it has its own)
 
 
 def _char_tokenizer_writer(size: int, *, num_cjk: int) -> Callable[[Path], dict[str, Any]]:
@@ -455,6 +488,13 @@ def _specs() -> dict[str, RandomModelSpec]:
             "sensevoice-tiny",
             sensevoice_config(size=64, heads=4, units=128, blocks=2, tp_blocks=1),
             _sentencepiece_writer(200, first_tag_id=160, num_cjk=60),
+        ),
+        "campplus-random": RandomModelSpec(
+            "campplus-random",
+            campplus_config(),
+            lambda folder: {},
+            task="speaker-verification",
+            writes_cmvn=False,
         ),
     }
 
@@ -519,10 +559,12 @@ def write_model(name: str, out_dir: Path, *, seed: int = 0) -> tuple[Path, int]:
     (partial / "config.yaml").write_text(
         yaml.safe_dump(spec.config, sort_keys=False, allow_unicode=True), "utf-8"
     )
-    (partial / "configuration.json").write_text(
-        json.dumps(configuration_json(file_path_metas), indent=2), "utf-8"
+    configuration = configuration_json(
+        file_path_metas, task=spec.task, cmvn_file="am.mvn" if spec.writes_cmvn else None
     )
-    write_am_mvn(partial / "am.mvn")
+    (partial / "configuration.json").write_text(json.dumps(configuration, indent=2), "utf-8")
+    if spec.writes_cmvn:
+        write_am_mvn(partial / "am.mvn")
 
     # Build through FunASR's own loader while model.pt is still missing: it then constructs
     # the model from the config with random init (seeded by `seed`) and loads nothing.

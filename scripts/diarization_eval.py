@@ -1,0 +1,227 @@
+"""Diarization error rate of the speaker pipeline on espeak-ng conversations, with real weights.
+
+For each speaker count (``--speakers``), ``--files`` conversations are made at run time
+(``tests/speakers/conversations.py``: 2-5 espeak-ng talkers, 2-10 s turns, pauses, one
+quick exchange, no overlap) and diarized the way the service will: speech spans from the
+project's VAD (FSMN-VAD, ``serve_app.vad``; ``--vad oracle`` takes the reference turns
+instead, which isolates the embedding and clustering), ``embedding_windows`` inside the
+spans, the real GE2E encoder (``resemblyzer==0.1.4``'s weights) through
+``BatchedEmbedder`` (the shared batch runner), then clustering and turns
+(``serve_app.speakers.diarize``). DER comes from ``pyannote.metrics`` (collar 0, and
+pyannote's collar 0.5 = 0.25 s either side of each reference boundary, as NIST's md-eval),
+overlap scored. Speaker count is "right" when the number of hypothesis speakers equals the
+reference's with the count not given; DER is reported both without and with
+``num_speakers`` given.
+
+``--sweep`` prints DER and count accuracy for several distance thresholds (tune on other
+seeds than you report: ``--seed``).
+
+Usage: python scripts/diarization_eval.py [--speakers 2,4] [--files 10] [--seed 0]
+       [--vad fsmn|oracle] [--threshold T | --sweep 0.2,0.3,...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from serve_app.speakers import diarize as dz  # noqa: E402
+from serve_app.speakers.base import BatchedEmbedder, EmbeddingJob  # noqa: E402
+from tests.speakers.conversations import (  # noqa: E402
+    Conversation,
+    make_conversation,
+    reference_annotation,
+)
+
+print = functools.partial(print, flush=True)  # progress as it comes
+
+COLLARS_S = (0.0, 0.5)  # pyannote's collar: the total width around each boundary
+
+
+@dataclass
+class FileCase:
+    conversation: Conversation
+    spans_s: list[tuple[float, float]]
+    windows: list[dz.TimeWindow]
+    embeddings: np.ndarray
+
+
+def speech_spans_s(conversation: Conversation, vad: Any) -> list[tuple[float, float]]:
+    if vad is None:
+        return [(t.start_s, t.end_s) for t in conversation.turns]
+    return [(a / 1000, b / 1000) for a, b in vad.speech_spans_ms(conversation.samples)]
+
+
+def hypothesis_annotation(diarization: dz.Diarization):
+    from pyannote.core import Annotation, Segment
+
+    hypothesis = Annotation()
+    for turn in diarization.turns:
+        hypothesis[Segment(turn.start_s, turn.end_s)] = turn.speaker
+    return hypothesis
+
+
+def score(cases: list[FileCase], settings: dz.DiarizationSettings, *, given: bool) -> dict:
+    """Aggregate DER (per collar), its components and speaker-count accuracy."""
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    metrics = {c: DiarizationErrorRate(collar=c, skip_overlap=False) for c in COLLARS_S}
+    parts = {c: {"confusion": 0.0, "missed detection": 0.0, "false alarm": 0.0, "total": 0.0}
+             for c in COLLARS_S}  # fmt: skip
+    right_count = 0
+    for case in cases:
+        options = dz.DiarizationOptions(
+            num_speakers=case.conversation.num_speakers if given else None
+        )
+        result = dz.turns_from_embeddings(
+            case.windows, case.embeddings, case.spans_s, options, settings
+        )
+        right_count += len(result.talk_time_s) == case.conversation.num_speakers
+        reference = reference_annotation(case.conversation)
+        hypothesis = hypothesis_annotation(result)
+        for collar, metric in metrics.items():
+            detail = metric(reference, hypothesis, detailed=True)
+            for key in parts[collar]:
+                parts[collar][key] += detail[key]
+    out: dict[str, Any] = {"files": len(cases), "count_right": right_count / max(len(cases), 1)}
+    for collar in COLLARS_S:
+        total = parts[collar]["total"] or 1.0
+        out[f"der_collar{collar}"] = abs(metrics[collar])
+        out[f"confusion_collar{collar}"] = parts[collar]["confusion"] / total
+        out[f"missed_collar{collar}"] = parts[collar]["missed detection"] / total
+        out[f"false_alarm_collar{collar}"] = parts[collar]["false alarm"] / total
+    return out
+
+
+def build_cases(
+    num_speakers: int,
+    files: int,
+    seed: int,
+    tmp_dir: Path,
+    vad: Any,
+    embedder: BatchedEmbedder,
+    settings: dz.DiarizationSettings,
+    timings: dict[str, float],
+) -> list[FileCase]:
+    cases = []
+    for index in range(files):
+        conversation = make_conversation(num_speakers, seed + index, tmp_dir)
+        started = time.perf_counter()
+        spans = speech_spans_s(conversation, vad)
+        timings["vad_s"] += time.perf_counter() - started
+        windows = dz.embedding_windows(spans, window_s=settings.window_s, hop_s=settings.hop_s)
+        jobs = [EmbeddingJob(a) for a in dz.window_audio(conversation.samples, windows)]
+        started = time.perf_counter()
+        results = embedder.embed_batch(jobs)
+        timings["embed_s"] += time.perf_counter() - started
+        timings["audio_s"] += conversation.duration_s
+        timings["windows"] += len(jobs)
+        errors = [r for r in results if isinstance(r, Exception)]
+        if errors:
+            raise errors[0]
+        embeddings = np.stack(results) if results else np.zeros((0, 256), np.float32)
+        cases.append(FileCase(conversation, spans, windows, embeddings))
+    return cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--speakers", default="2,4", help="comma-separated speaker counts")
+    parser.add_argument("--files", type=int, default=10, help="conversations per count")
+    parser.add_argument("--seed", type=int, default=0, help="first conversation seed")
+    parser.add_argument("--vad", choices=["fsmn", "oracle"], default="fsmn")
+    parser.add_argument("--threshold", type=float, default=None, help="distance threshold")
+    parser.add_argument("--sweep", default=None, help="comma-separated thresholds to compare")
+    parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+
+    from serve_app.config import resolve_models_dir
+    from serve_app.speakers.ge2e import Ge2eEmbedder
+
+    models_dir = args.models_dir or resolve_models_dir(None)
+    settings = dz.DiarizationSettings()
+    if args.threshold is not None:
+        settings = replace(settings, distance_threshold=args.threshold)
+    thresholds = (
+        [float(t) for t in args.sweep.split(",")] if args.sweep else [settings.distance_threshold]
+    )
+    embedder = BatchedEmbedder(
+        Ge2eEmbedder.from_models_dir(models_dir), max_batch_audio_s=96.0, max_batch_items=64
+    )
+    embedder.warmup()
+    vad = None
+    if args.vad == "fsmn":
+        from serve_app.config import VadSettings
+        from serve_app.vad import Vad
+
+        vad = Vad(VadSettings(), models_dir=models_dir)
+        vad.warmup()
+
+    timings = {"vad_s": 0.0, "embed_s": 0.0, "audio_s": 0.0, "windows": 0.0}
+    report: dict[str, Any] = {
+        "command": " ".join(["scripts/diarization_eval.py", *(argv or sys.argv[1:])]),
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "encoder": "ge2e (resemblyzer 0.1.4 weights)",
+        "vad": args.vad,
+        "settings": settings.__dict__,
+        "results": [],
+    }
+    print(f"# encoder ge2e, vad {args.vad}, window {settings.window_s} s / hop {settings.hop_s} s")
+    print(
+        f"{'spk':>3} {'files':>5} {'thresh':>6} {'count':>6} | {'DER':>6} {'conf':>6} "
+        f"{'miss':>6} {'FA':>6} | {'DER.25':>6} | {'DER(n)':>6} {'DER(n).25':>9}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        for num_speakers in [int(s) for s in args.speakers.split(",")]:
+            cases = build_cases(
+                num_speakers, args.files, args.seed, Path(tmp), vad, embedder, settings, timings
+            )
+            for threshold in thresholds:
+                tuned = replace(settings, distance_threshold=threshold)
+                blind = score(cases, tuned, given=False)
+                given = score(cases, tuned, given=True)
+                report["results"].append(
+                    {"speakers": num_speakers, "threshold": threshold, "count_not_given": blind,
+                     "count_given": given}
+                )  # fmt: skip
+                print(
+                    f"{num_speakers:>3} {blind['files']:>5} {threshold:>6.2f} "
+                    f"{blind['count_right']:>6.0%} | {blind['der_collar0.0']:>6.1%} "
+                    f"{blind['confusion_collar0.0']:>6.1%} {blind['missed_collar0.0']:>6.1%} "
+                    f"{blind['false_alarm_collar0.0']:>6.1%} | {blind['der_collar0.5']:>6.1%} | "
+                    f"{given['der_collar0.0']:>6.1%} {given['der_collar0.5']:>9.1%}"
+                )
+    rtfx = timings["audio_s"] / max(timings["embed_s"], 1e-9)
+    report["timings"] = {**timings, "embed_rtfx": rtfx}
+    print(
+        f"# {timings['audio_s']:.0f} s of audio, {timings['windows']:.0f} windows: "
+        f"GE2E embedding {timings['embed_s']:.1f} s (RTFx {rtfx:.0f}), VAD {timings['vad_s']:.1f} s"
+    )
+    print(
+        "# DER/conf/miss/FA: count not given, collar 0; DER.25: +-0.25 s collar; "
+        "DER(n): num_speakers given"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

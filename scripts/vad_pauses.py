@@ -180,7 +180,8 @@ def score(
     }
 
 
-CONFIGS = {
+CONFIGS: dict[str, list] = {
+    "none": [],
     "default": [
         ("fsmn funasr-dynamic (old)", {"fsmn_runtime": "torch"}, "dynamic"),
         ("fsmn end_silence 500", {}, None),
@@ -216,6 +217,32 @@ def build_vad(overrides: dict, mode: str | None, models_dir: Path):
         kwargs.pop("speech_noise_thres")
     vad.warmup()
     return vad
+
+
+def cap_cuts(recordings: list[Recording], depth_db: float) -> list[dict]:
+    """The cap alone: each recording as ONE span (what the old VAD returned for files under
+    60 s), cut to ``max_s`` by split_long at real pauses vs at the quietest 50 ms window.
+    Counts cuts that land in sounding audio inside an utterance."""
+    from serve_app.segmentation import PauseSettings, SpeechSegment, split_long
+
+    rows = []
+    print("\n== the cap alone: one span per recording cut by split_long (cuts in sound / cuts)")
+    for max_s in (30, 10):
+        for label, pauses in (
+            ("pause cut", PauseSettings()),
+            ("quietest 50 ms (old)", PauseSettings(min_pause_ms=0)),
+        ):
+            in_sound = cuts = 0
+            for rec in recordings:
+                span = [SpeechSegment(rec.utterances_ms[0][0], rec.utterances_ms[-1][1])]
+                pieces = split_long(span, rec.samples, max_segment_ms=max_s * 1000, pauses=pauses)
+                final = [(p.start_ms, p.end_ms) for p in pieces]
+                cuts += len(pieces) - 1
+                # Each cut is the end of one piece and the start of the next: halve.
+                in_sound += score(rec, final, final, depth_db)["cuts_in_sound"] // 2
+            rows.append({"max_s": max_s, "cut": label, "cuts": cuts, "cuts_in_sound": in_sound})
+            print(f"  max {max_s:2d} s, {label:22}: {in_sound:3d} / {cuts:3d}")
+    return rows
 
 
 def main() -> None:
@@ -255,7 +282,7 @@ def main() -> None:
     audio_h = sum(len(r.samples) for r in recordings) / SR / 3600
     print(f"[vad_pauses] {len(recordings)} recordings, {audio_h * 60:.1f} min of audio")
 
-    results = []
+    results = [{"config": "cap cuts", "rows": cap_cuts(recordings, args.depth_db)}]
     for label, overrides, mode in CONFIGS[args.configs]:
         vad = build_vad(overrides, mode, models_dir)
         cpu_s = 0.0

@@ -554,7 +554,7 @@ def run_row(
             ctx,
             {**base, "status": "error", "reason": f"{type(exc).__name__}: {str(exc)[:300]}"},
         )
-    if out.get("status") == "skipped":
+    if out.get("status") in ("skipped", "error"):  # a row's own verdict, with its figures
         return add_row(ctx, {**base, **out})
     return add_row(
         ctx, {**base, "status": "ok", **out, "row_s": round(time.perf_counter() - started, 2)}
@@ -571,10 +571,10 @@ def build_auto_model(model_dir: Path, ctx: Context, precision: str, vad: bool) -
         "disable_log": True,
         "ncpu": ctx.args.cpu_threads,
     }
+    if precision in ("fp16", "bf16"):
+        kwargs[precision] = True  # FunASR's own flags: the model is converted to that dtype
     if ctx.device.startswith("cuda"):
         kwargs["device"] = ctx.device
-        if precision in ("fp16", "bf16"):
-            kwargs[precision] = True
     else:
         # AutoModel turns batch_size_s off when its device string is exactly "cpu";
         # "cpu:0" is the same device and keeps FunASR's own batching on.
@@ -692,21 +692,54 @@ def check_model(ctx: Context, choice: ModelChoice, model_dir: Path, precisions: 
             num_threads=ctx.args.cpu_threads,
         )
     for precision in precisions:
-        backend.precision = precision
-        with quiet():
-            backend.warmup()
+        set_precision(ctx, backend, precision)
         ModelRows(ctx, choice, model_dir, backend, precision).run()
         release(ctx.device)
+    # A row that failed at every requested precision (FunASR's own fp16/bf16 flags, say)
+    # runs once more in fp32, so one GPU run always brings back a figure per row.
+    rows = [r for r in ctx.rows if r["model"] == choice.random_name]
+    never_ok = {r["id"] for r in rows} - {r["id"] for r in rows if r["status"] == "ok"}
+    if never_ok and "fp32" not in precisions:
+        set_precision(ctx, backend, "fp32")
+        ModelRows(ctx, choice, model_dir, backend, "fp32", only=never_ok, fallback=True).run()
     del backend
     release(ctx.device)
+
+
+def set_precision(ctx: Context, backend: Any, precision: str) -> None:
+    """Switch the loaded backend's autocast precision (the weights stay fp32)."""
+    backend.precision = precision
+    if ctx.device == "cpu" and ctx.args.cpu_autocast:
+        import torch
+
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+        @contextlib.contextmanager
+        def cpu_autocast() -> Iterator[None]:
+            if precision not in dtypes:
+                yield
+                return
+            with torch.autocast(device_type="cpu", dtype=dtypes[precision]):
+                yield
+
+        backend._precision = cpu_autocast
 
 
 class ModelRows:
     """The rows of one model at one precision; rows d, e, g compare with row c's run."""
 
     def __init__(
-        self, ctx: Context, choice: ModelChoice, model_dir: Path, backend: Any, precision: str
+        self,
+        ctx: Context,
+        choice: ModelChoice,
+        model_dir: Path,
+        backend: Any,
+        precision: str,
+        *,
+        only: set[str] | None = None,
+        fallback: bool = False,
     ) -> None:
+        self.only, self.fallback = only, fallback
         BatchedRecognizer, SegmentJob, _ = _recognition_classes()
         self.ctx, self.choice, self.model_dir = ctx, choice, model_dir
         self.backend, self.precision = backend, precision
@@ -743,11 +776,23 @@ class ModelRows:
                 ("g_gpu_fbank", 3, self.gpu_fbank),
                 ("g_overlap_prep", 3, self.overlap),
             ]
+        rows = [row for row in rows if self.only is None or row[0] in self.only]
+        if not self.fallback:
+            rows.insert(0, ("precision_probe", 1, self.probe))
         for row_id, min_share, fn in rows:
-            run_row(self.ctx, row_id, self.name, self.precision, min_share * self.share, fn)
+            row = run_row(self.ctx, row_id, self.name, self.precision, min_share * self.share, fn)
+            if self.fallback:
+                row["fallback"] = "failed at every requested precision: rerun in fp32"
             if row_id.startswith("b_") or (row_id.startswith("a_") and not self.is_paraformer):
                 self._auto = None  # rows a and b done: free FunASR's own model copy
                 release(self.device)
+
+    def probe(self) -> dict:
+        """The backend's warm-up at this precision: two 1 s items through forward."""
+        started = time.perf_counter()
+        self.backend.warmup()
+        sync(self.device)
+        return {"wall_s": round(time.perf_counter() - started, 3)}
 
     # -- rows a, b
 
@@ -1063,9 +1108,17 @@ def oom_split(ctx: Context, backend: Any, max_items: int) -> dict:
         "simulated": not cuda,
         "notes": "; ".join(notes),
     }
-    if not cuda or stats.num_oom_splits:
-        return out
-    return {**out, "status": "ok", "warning": "the capped batch did not run out of memory"}
+    if finished != count:
+        failed = next((r for r in results if not isinstance(r, SegmentTranscript)), None)
+        return {
+            **out,
+            "status": "error",
+            "reason": f"{count - finished} of {count} items "
+            f"failed after {stats.num_oom_splits} splits: {failed}",
+        }
+    if not stats.num_oom_splits:
+        return {**out, "status": "error", "reason": "the batch did not run out of memory"}
+    return out
 
 
 # ---------------------------------------------------------------- setup and report
@@ -1235,6 +1288,8 @@ def markdown(report: dict) -> str:
             note = f"x{row['speedup_vs_c']} vs c, {row['prep_threads']} threads"
         elif row.get("partial"):
             note = "partial (time budget)"
+        if row.get("fallback"):
+            note = f"fp32 fallback; {note}" if note else "fp32 fallback"
         cells = [cell(row.get(c)) for c in COLUMNS]
         lines.append(
             f"| {row['id']} | {row['model']} | {row['precision']} | {row['status']} | "
@@ -1261,6 +1316,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep-items", type=int, default=512)
     parser.add_argument("--oom-items", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cpu-autocast",
+        action="store_true",
+        help="on cpu keep --precision: CPU autocast and FunASR's fp16/bf16 flags (tests the "
+        "per-precision failure and fp32 fallback paths; CPU autocast is not CUDA's policy)",
+    )
     args = parser.parse_args(argv)
     args.sweep_s = [float(x) for x in args.sweep_s.split(",") if x.strip()]
     if args.tiny and args.sweep_s == [30.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0]:
@@ -1279,7 +1340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda but torch sees no CUDA device")
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    if args.device == "cpu":
+    if args.device == "cpu" and not args.cpu_autocast:
         precisions = ["fp32"]  # autocast fp16/bf16 is CUDA-only in FunAsrBackend
     choices = model_choices(
         [m.strip() for m in args.models.split(",") if m.strip()], tiny=args.tiny

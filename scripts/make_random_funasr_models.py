@@ -34,6 +34,16 @@ Models (``--models``, default all):
   no ``am.mvn`` (CAM++ mean-normalises its own fbank). Random embeddings: for batched ==
   one-at-a-time checks only, never for telling speakers apart.
 
+- ``ct-punc-large``, ``ct-punc-tiny``: the punctuation model ``CTTransformer`` as in
+  ``iic/punc_ct-transformer_cn-en-common-vocab471067-large`` (FunASR's ``ct-punc``):
+  word embedding 516, SANMEncoder 516 x 12 blocks (12 heads, 2048 units, kernel 11), a
+  6-class head (``<unk>``, ``_`` = none, and the full-width comma, full stop, question
+  mark and enumeration comma), CharTokenizer over a 471067-entry ``tokens.json``
+  (CJK characters and letter strings standing in for the real words); the tiny one has
+  64 dims, 2 blocks and 300 tokens. Their PUNCTUATION IS MEANINGLESS (random marks): for
+  batched == one-at-a-time checks and throughput only. The real folder also has a jieba
+  user dictionary for Chinese word segmentation; these do not (characters stay single).
+
 Random init is seeded (``--seed``) and adjusted so outputs are not empty: the CIF
 predictor's output layer is set so it fires about once per 3 encoder frames (180 ms), and
 SenseVoice's CTC head is biased toward blank so about half the frames emit a token.
@@ -242,6 +252,36 @@ def campplus_config() -> dict:
     }
 
 
+def ct_punc_config(*, size: int, heads: int, units: int, blocks: int) -> dict:
+    """config.yaml of FunASR's CT-Transformer punctuation model (hub alias ``ct-punc``).
+
+    Keys as in ``iic/punc_ct-transformer_cn-en-common-vocab471067-large``: a SANMEncoder over
+    word embeddings (``input_size == embed_unit == att_unit``), a linear head over the
+    punctuation classes ``<unk>``, ``_`` (no mark) and four full-width marks, a CharTokenizer whose
+    ``vocab_size`` the loader takes from ``tokens.json``.
+    """
+    encoder_conf = _sanm_encoder_conf(size=size, heads=heads, units=units, blocks=blocks)
+    encoder_conf["input_size"] = size
+    encoder_conf["padding_idx"] = 0
+    punc_list = ["<unk>", "_", "\uff0c", "\u3002", "\uff1f", "\u3001"]
+    return {
+        "model": "CTTransformer",
+        "model_conf": {
+            "ignore_id": 0,
+            "embed_unit": size,
+            "att_unit": size,
+            "dropout_rate": 0.1,
+            "punc_list": punc_list,
+            "punc_weight": [1.0] * len(punc_list),
+            "sentence_end_id": 3,
+        },
+        "encoder": "SANMEncoder",
+        "encoder_conf": encoder_conf,
+        "tokenizer": "CharTokenizer",
+        "tokenizer_conf": {"unk_symbol": "<unk>"},
+    }
+
+
 def configuration_json(
     file_path_metas: dict[str, Any],
     *,
@@ -296,6 +336,15 @@ def char_token_list(size: int, *, num_cjk: int) -> list[str]:
     stems = _letter_ngrams(num_english // 2 + num_english % 2)
     english = [f"{stem}@@" for stem in stems[: num_english // 2]] + stems
     return ["<blank>", "<s>", "</s>", *cjk, *english, "<unk>"]
+
+
+def punc_token_list(size: int, *, num_cjk: int) -> list[str]:
+    """CT-Transformer's tokens.json layout: <blank> <s> </s>, CJK chars, English words, <unk>."""
+    num_english = size - 4 - num_cjk
+    if num_english < 1:
+        raise ValueError("vocabulary too small for the requested number of CJK characters")
+    cjk = [chr(CJK_FIRST + i) for i in range(num_cjk)]
+    return ["<blank>", "<s>", "</s>", *cjk, *_letter_ngrams(num_english), "<unk>"]
 
 
 def seg_dict_lines(tokens: Sequence[str]) -> list[str]:
@@ -448,6 +497,15 @@ def _char_tokenizer_writer(size: int, *, num_cjk: int) -> Callable[[Path], dict[
     return write
 
 
+def _punc_tokenizer_writer(size: int, *, num_cjk: int) -> Callable[[Path], dict[str, Any]]:
+    def write(folder: Path) -> dict[str, Any]:
+        tokens = punc_token_list(size, num_cjk=num_cjk)
+        (folder / "tokens.json").write_text(json.dumps(tokens, ensure_ascii=False), "utf-8")
+        return {"tokenizer_conf": {"token_list": "tokens.json"}}
+
+    return write
+
+
 SENSEVOICE_BPE_FILE = "chn_jpn_yue_eng_ko_spectok.bpe.model"
 
 
@@ -494,6 +552,20 @@ def _specs() -> dict[str, RandomModelSpec]:
             campplus_config(),
             lambda folder: {},
             task="speaker-verification",
+            writes_cmvn=False,
+        ),
+        "ct-punc-large": RandomModelSpec(
+            "ct-punc-large",
+            ct_punc_config(size=516, heads=12, units=2048, blocks=12),
+            _punc_tokenizer_writer(471067, num_cjk=20000),
+            task="punctuation",
+            writes_cmvn=False,
+        ),
+        "ct-punc-tiny": RandomModelSpec(
+            "ct-punc-tiny",
+            ct_punc_config(size=64, heads=4, units=128, blocks=2),
+            _punc_tokenizer_writer(300, num_cjk=150),
+            task="punctuation",
             writes_cmvn=False,
         ),
     }

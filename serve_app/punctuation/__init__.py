@@ -1,0 +1,1 @@
+"""Punctuation as a batched stage: text windows across segment boundaries, one runner."""

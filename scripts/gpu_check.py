@@ -524,6 +524,11 @@ class Context:
 
 def add_row(ctx: Context, row: dict) -> dict:
     ctx.rows.append(row)
+    if ctx.args is not None and getattr(ctx.args, "out", None) is not None:
+        # Rewritten after every row: a run killed at its time limit still leaves its rows.
+        partial = {"meta": {"partial": True, "argv": sys.argv[1:]}, "rows": ctx.rows}
+        ctx.args.out.parent.mkdir(parents=True, exist_ok=True)
+        ctx.args.out.write_text(json.dumps(partial, indent=2, default=str))
     shown = {k: v for k, v in row.items() if k not in ("points", "notes")}
     print(f"[gpu-check] {json.dumps(shown, default=str)}", file=sys.stderr, flush=True)
     return row
@@ -670,27 +675,34 @@ def fbank_timer() -> Iterator[list[float]]:
             finally:
                 spent[0] += time.perf_counter() - t0
 
-        module.extract_fbank = timed
+        setattr(module, "extract_fbank", timed)  # noqa: B010  (a module global, for mypy)
         patched.append((module, original))
     try:
         yield spent
     finally:
         for module, original in patched:
-            module.extract_fbank = original
+            setattr(module, "extract_fbank", original)  # noqa: B010
 
 
 def check_model(ctx: Context, choice: ModelChoice, model_dir: Path, precisions: list[str]) -> None:
     """Every row of one model, for each precision, on one loaded backend."""
     from serve_app.recognizers.funasr_backend import FunAsrBackend
 
-    with quiet():
-        # One load for every precision: fp16/bf16 are autocast around the same fp32 weights.
-        backend = FunAsrBackend(
-            str(model_dir),
-            device=ctx.device,
-            precision=precisions[0],
-            num_threads=ctx.args.cpu_threads,
-        )
+    try:
+        with quiet():
+            # One load for every precision: fp16/bf16 are autocast around the same weights.
+            backend = FunAsrBackend(
+                str(model_dir),
+                device=ctx.device,
+                precision=precisions[0],
+                num_threads=ctx.args.cpu_threads,
+            )
+    except Exception as exc:  # the next model may still load: record it, do not stop
+        logger.exception("loading %s failed", model_dir)
+        reason = f"FunAsrBackend load failed: {type(exc).__name__}: {str(exc)[:300]}"
+        add_row(ctx, {"id": "load", "model": choice.random_name, "precision": "-",
+                      "status": "error", "reason": reason})  # fmt: skip
+        return
     for precision in precisions:
         set_precision(ctx, backend, precision)
         ModelRows(ctx, choice, model_dir, backend, precision).run()
@@ -1227,7 +1239,7 @@ def preflight() -> None:
 def versions(device: str) -> dict:
     import torch
 
-    out = {
+    out: dict[str, Any] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": np.__version__,

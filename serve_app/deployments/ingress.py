@@ -96,8 +96,9 @@ def error_response(exc: BaseException, request_id: str) -> JSONResponse:
         "request_id": request_id,
     }
     headers = {"x-request-id": request_id}
-    retry_after_s = getattr(exc, "retry_after_s", None)
-    if isinstance(exc, OverloadedError) and retry_after_s is not None:
+    if isinstance(exc, OverloadedError):
+        # Admission control's estimate; 1 s for back-pressure and unavailable replicas.
+        retry_after_s = getattr(exc, "retry_after_s", None) or 1.0
         headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
     return JSONResponse(body, status_code=status, headers=headers)
 

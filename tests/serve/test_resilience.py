@@ -30,6 +30,13 @@ from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthes
 MODEL = "paraformer-tiny-random"
 RECOGNIZER = f"Recognizer-{MODEL}"
 VAD = "VadDeployment"
+# Kill tests: segments wait this long in the recognizer's batch queue, so most of each
+# request's time is spent there and a killed recognizer replica almost always has accepted
+# calls in flight (Serve's router itself re-sends a call the replica had not accepted yet).
+KILL_BATCH_WAIT_S = 2.0
+# The clients fall into step (a batch answers them together): the kill comes this long
+# after an answer, inside the next batch's wait.
+KILL_DELAY_S = 1.0
 
 
 # -- the recognizer queue drops work nobody waits for (no Ray) ------------------------
@@ -215,9 +222,10 @@ def wait_replaced(app: str, deployment: str, dead_pid: int, count: int, timeout_
 
 
 def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: int) -> Load:
-    load = Load(url, wav).start()
+    load = Load(url, wav, clients=6).start()
     try:
-        load.wait_ok(3, timeout_s=120)
+        load.wait_ok(2 * load.clients, timeout_s=120)
+        time.sleep(KILL_DELAY_S)
         (pid, *_) = replica_pids(app, deployment)
         ok_before = load.ok()
         assert load.in_flight > 0
@@ -238,7 +246,7 @@ def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: i
 @pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
 def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deployment):
     app = "resilience2"
-    url = served(app, replicas=2)
+    url = served(app, replicas=2, batch_wait_timeout_s=KILL_BATCH_WAIT_S)
     load = kill_under_load(url, app, deployment, speech_wav, replicas=2)
     assert load.statuses().keys() == {"200"}, load.statuses()
 
@@ -248,7 +256,7 @@ def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deploy
 @pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
 def test_with_one_replica_requests_wait_for_its_restart(served, speech_wav, deployment):
     app = "resilience1"
-    url = served(app, replicas=1)
+    url = served(app, replicas=1, batch_wait_timeout_s=KILL_BATCH_WAIT_S)
     load = kill_under_load(url, app, deployment, speech_wav, replicas=1)
     assert load.statuses().keys() == {"200"}, load.statuses()
 

@@ -549,6 +549,12 @@ def run_row(
                 f"the row needs ~{min_left_s:.0f} s",
             },
         )
+    if ctx.args is not None:
+        # FunASR's loaders call torch.set_num_threads(ncpu) (the VAD's 1, AutoModel's own
+        # default): every row starts from the same CPU thread count.
+        import torch
+
+        torch.set_num_threads(ctx.args.cpu_threads)
     started = time.perf_counter()
     try:
         with quiet():

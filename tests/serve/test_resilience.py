@@ -343,7 +343,11 @@ def test_overload_script_smoke(served, speech_wav, tmp_path):
     )
     path = tmp_path / "short.wav"
     path.write_bytes(speech_wav)
-    report = asyncio.run(overload.run_overload(url, [path], clients=4, model=MODEL, timeout_s=120))
+    report = asyncio.run(
+        overload.run_overload(
+            url, [path], clients=4, model=MODEL, timeout_s=120, max_queue_wait_s=0.5
+        )
+    )
     overload.print_report(report)
     assert sum(report.counts.values()) == 4
     assert set(report.counts) <= {"200", "503"}, report.counts

@@ -16,6 +16,16 @@ if [ "$want_test" = 1 ] && ! { command -v espeak-ng >/dev/null && command -v sox
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq espeak-ng sox >/dev/null
 fi
 
+# The web UI and dashboard tests: a real browser (Playwright drives Debian's chromium; its
+# own browser download cannot work offline) and a real Prometheus scraping Ray's metrics.
+if [ "$want_test" = 1 ] && ! { command -v chromium >/dev/null && command -v prometheus >/dev/null; }; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  echo "[setup] installing chromium and prometheus (Debian packages for tests/ui and tests/test_prometheus.py)"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "${PYTHON:-python3}" -m venv .venv

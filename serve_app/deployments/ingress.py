@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from serve_app import observability, request_scope
+from serve_app import observability, request_scope, system, ui
 from serve_app.admission import AdmissionController, AdmissionPolicy
 from serve_app.audio import AudioLimits
 from serve_app.auth import ApiKeys
@@ -151,6 +151,12 @@ class AsrIngress:
     async def __call__(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         path = _route_path(request)
+        if ui.StaticUi.handles(path) and request.method in ("GET", "HEAD"):
+            # Static files only, open like the probes: a browser cannot send a Bearer key
+            # for a page load; every API call the page makes carries the key.
+            return self._static_ui().response(
+                path, request.scope.get("root_path", ""), request.headers.get("if-none-match")
+            )
         try:
             self._api_keys.check(path, request.headers.get("authorization"))
         except UnauthorizedError as exc:
@@ -167,6 +173,12 @@ class AsrIngress:
                 return await self._healthz()
             if path == "/v1/stats" and request.method == "GET":
                 return await self._stats()
+            if path == "/v1/system" and request.method == "GET":
+                return JSONResponse(await self._system_view().system())
+            if path == "/v1/tune" and request.method == "GET":
+                return JSONResponse(await self._system_view().tune_state())
+            if path == "/v1/tune" and request.method == "POST":
+                return JSONResponse(await self._system_view().tune(await _json_body(request)))
             return JSONResponse(
                 {"error": {"message": f"no route {request.method} {path}", "code": "not_found"}},
                 status_code=404,
@@ -175,6 +187,23 @@ class AsrIngress:
             kind = getattr(unwrap_error(exc), "code", type(exc).__name__)
             observability.errors_total().inc(tags={"kind": kind, "stage": "request"})
             return error_response(exc, request_id)
+
+    def _static_ui(self) -> ui.StaticUi:
+        if getattr(self, "_ui", None) is None:
+            self._ui = ui.StaticUi()
+        return self._ui
+
+    def _system_view(self) -> system.SystemView:
+        """Aggregates every recognizer replica through the app's stats board (see
+        serve_app/system.py for why not through the handles)."""
+        if getattr(self, "_system", None) is None:
+            self._system = system.SystemView(
+                app_name=serve.get_replica_context().app_name,
+                models=list(self._recognizers),
+                model_names=self._options.model_names,
+                queued_audio_s=lambda model: self._admission[model].queued_audio_s,
+            )
+        return self._system
 
     def _vad_call(self, vad: DeploymentHandle) -> Callable[[np.ndarray], Awaitable[list]]:
         call = _remote_call(vad, "segments")
@@ -409,6 +438,13 @@ def _route_path(request: Request) -> str:
     if root and path.startswith(root):
         path = path[len(root) :]
     return "/" + path.strip("/")
+
+
+async def _json_body(request: Request) -> object:
+    try:
+        return await request.json()
+    except Exception as exc:
+        raise InvalidRequestError(f"the body must be JSON: {exc}") from exc
 
 
 def _optional_str(value) -> str | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ray import serve
 
-from serve_app import observability
+from serve_app import observability, system
 from serve_app.batching import item_cost_s
 from serve_app.config import RecognizerSettings
 from serve_app.errors import AsrError, DeadlineExceededError, InvalidRequestError
@@ -161,6 +161,8 @@ class RecognizerDeployment:
         self._num_batches = 0
         self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}
         self._tags = {"model": settings.name}
+        self._errors: Counter[str] = Counter()
+        self._stats_pusher = self._start_stats_pusher()
 
     def reconfigure(self, user_config: dict) -> None:
         """Live tuning without restart: ``batch_wait_timeout_s`` and ``max_batch_audio_s``."""
@@ -201,6 +203,7 @@ class RecognizerDeployment:
 
     def _dropped(self, reason: str) -> None:
         observability.deadline_drops_total().inc(tags={**self._tags, "reason": reason})
+        self._errors[f"dropped_{reason}"] += 1
 
     async def _submit(self, items: list[_QueuedItem]) -> list[ItemResult]:
         return await self._coalescer.submit(items)
@@ -233,6 +236,7 @@ class RecognizerDeployment:
             observability.errors_total().inc(
                 stats.num_failed_items, tags={"kind": "recognition_failed", "stage": "recognize"}
             )
+            self._errors["recognition_failed"] += stats.num_failed_items
 
     def batch_stats(self) -> dict:
         """Batch sizes (items per forward) seen by this replica, for tests and the load tool."""
@@ -241,6 +245,38 @@ class RecognizerDeployment:
             "batch_size_counts": dict(sorted(self._batch_size_counts.items())),
             **self._totals,
         }
+
+    def replica_stats(self) -> dict:
+        """This replica's totals, errors by kind, batch settings in force and GPU memory,
+        as the stats pusher reports them to the app's board (serve_app/system.py)."""
+        return {
+            **self.batch_stats(),
+            "errors": dict(self._errors),
+            "max_batch_audio_s": float(self._batched._get_max_batch_size()),
+            "batch_wait_timeout_s": float(self._batched._get_batch_wait_timeout_s()),
+            **system.gpu_memory(),
+        }
+
+    def _start_stats_pusher(self) -> system.StatsPusher | None:
+        """Report to the app's board once a second (outside Serve, e.g. a unit test: off)."""
+        try:
+            context = serve.get_replica_context()
+            app_name = context.app_name
+            replica_id = str(context.replica_id.unique_id)
+        except Exception:
+            return None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        return system.StatsPusher(
+            app_name=app_name,
+            model=self._settings.name,
+            replica_id=replica_id,
+            stats=self.replica_stats,
+            apply=self.reconfigure,
+            loop=loop,
+        ).start()
 
     def ready(self) -> bool:
         return True

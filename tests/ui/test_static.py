@@ -1,0 +1,138 @@
+"""The static UI module and the stats board, without Ray."""
+
+from __future__ import annotations
+
+import pytest
+
+from serve_app.errors import InvalidRequestError, UnknownModelError
+from serve_app.system import StatsBoard, parse_tune_body
+from serve_app.ui import STATIC_DIR, StaticUi
+
+
+def test_assets_have_media_types_and_index_gets_the_prefix_as_base():
+    site = StaticUi()
+    assert {"index.html", "app.js", "app.css"} <= set(site.names())
+    page = site.response("/", "/asr")
+    assert page.status_code == 200
+    assert page.media_type.startswith("text/html")
+    assert b'<base href="/asr/ui/">' in page.body
+    assert site.response("/ui", "").body.count(b'<base href="/ui/">') == 1
+    assert site.response("/ui/app.js").media_type.startswith("text/javascript")
+    assert site.response("/ui/app.css").media_type.startswith("text/css")
+    assert page.headers["cache-control"] == "no-cache"
+
+
+def test_etag_revalidation():
+    site = StaticUi()
+    first = site.response("/ui/app.js")
+    again = site.response("/ui/app.js", "", first.headers["etag"])
+    assert again.status_code == 304 and again.body == b""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/../ui.py",
+        "/ui/..%2fui.py",
+        "/ui/%2e%2e/config.py",
+        "/ui//etc/passwd",
+        "/ui/nope.js",
+        "/ui/static/app.js",
+    ],
+)
+def test_nothing_outside_the_allow_list(path):
+    assert StaticUi().response(path).status_code == 404
+
+
+def test_no_external_urls_in_the_ui():
+    # Offline by construction: no CDN, no remote font or script.
+    for path in STATIC_DIR.iterdir():
+        text = path.read_text()
+        assert "http://" not in text and "https://" not in text, path.name
+
+
+def test_board_sums_replicas_and_survives_a_restart():
+    now = [1000.0]
+    board = StatsBoard(clock=lambda: now[0])
+    board.publish(
+        "m",
+        "a",
+        {
+            "items": 2,
+            "audio_s": 10.0,
+            "busy_s": 1.0,
+            "padded_s": 20.0,
+            "num_batches": 1,
+            "batch_size_counts": {2: 1},
+        },
+    )
+    board.publish(
+        "m",
+        "b",
+        {
+            "items": 3,
+            "audio_s": 5.0,
+            "busy_s": 1.0,
+            "padded_s": 5.0,
+            "num_batches": 2,
+            "batch_size_counts": {1: 1, 2: 1},
+            "errors": {"recognition_failed": 1},
+        },
+    )
+    now[0] += 10
+    board.publish(
+        "m",
+        "a",
+        {
+            "items": 4,
+            "audio_s": 30.0,
+            "busy_s": 2.0,
+            "padded_s": 40.0,
+            "num_batches": 2,
+            "batch_size_counts": {2: 2},
+        },
+    )
+    snap = board.snapshot()["m"]
+    assert snap["totals"]["items"] == 7
+    assert snap["totals"]["batch_size_counts"] == {1: 1, 2: 3}
+    assert snap["totals"]["errors"] == {"recognition_failed": 1}
+    assert snap["totals"]["padding_efficiency"] == pytest.approx(35 / 45)
+    assert snap["rtfx"]["rtfx"] == pytest.approx(20 / 10)  # a's 20 new audio s in 10 s
+    # Replica a restarts: its counters start from 0 again; the monotonic totals keep going.
+    now[0] += 10
+    board.publish("m", "a", {"items": 1, "audio_s": 4.0, "busy_s": 0.5, "padded_s": 4.0})
+    assert board.snapshot()["m"]["cumulative"]["audio_s"] == pytest.approx(10 + 5 + 20 + 4)
+    # b is silent for longer than stale_after_s: no longer counted as a live replica.
+    assert [r["replica_id"] for r in board.snapshot()["m"]["replicas"]] == ["a"]
+
+
+def test_board_tuning_versions():
+    board = StatsBoard()
+    assert board.publish("m", "a", {})["version"] == 0
+    version = board.set_tuning("m", {"batch_wait_timeout_s": 0.5})
+    answer = board.publish("m", "a", {})
+    assert answer == {"version": version, "settings": {"batch_wait_timeout_s": 0.5}}
+    board.set_tuning("m", {"max_batch_audio_s": 100.0})
+    assert board.tuning("m")["settings"] == {
+        "batch_wait_timeout_s": 0.5,
+        "max_batch_audio_s": 100.0,
+    }
+
+
+def test_tune_body_validation():
+    names = {"m": "m", "alias": "m"}
+    assert parse_tune_body({"model": "alias", "batch_wait_timeout_s": 0}, names) == (
+        "m",
+        {"batch_wait_timeout_s": 0.0},
+    )
+    with pytest.raises(UnknownModelError):
+        parse_tune_body({"model": "x", "batch_wait_timeout_s": 1}, names)
+    for bad in (
+        {"model": "m"},
+        {"model": "m", "max_batch_audio_s": 0},
+        {"model": "m", "batch_wait_timeout_s": "1"},
+        {"model": "m", "oops": 1},
+        [1],
+    ):
+        with pytest.raises(InvalidRequestError):
+            parse_tune_body(bad, names)

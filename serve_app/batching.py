@@ -247,23 +247,25 @@ class BatchedRunner(Generic[ItemT, ResultT, ErrorT]):
             stats.padded_audio_s += max(costs_s) * len(items)
             return list(out)
         except Exception as exc:
-            if len(items) > 1 and is_out_of_memory(exc):
-                # Halve and retry: the two halves need less activation memory each.
-                stats.num_oom_splits += 1
-                _release_cached_memory()
-                mid = len(items) // 2
-                logger.warning("out of memory on a batch of %d; splitting", len(items))
-                return self._run_isolated(items[:mid], stats) + self._run_isolated(
-                    items[mid:], stats
-                )
-            if len(items) > 1:
-                # Some item broke the whole forward: find it by running each alone.
-                logger.warning("batch of %d failed (%r); retrying items alone", len(items), exc)
-                results: list[ResultT | ErrorT] = []
-                for item in items:
-                    results.extend(self._run_isolated([item], stats))
-                return results
-            if is_out_of_memory(exc):
-                _release_cached_memory()
-            stats.num_failed_items += 1
-            return [self.on_item_error(items[0], exc)]
+            # Leave the except block before retrying: its traceback holds the failed
+            # forward's frames, and with them the activations that ran out of memory.
+            oom = is_out_of_memory(exc)
+            failure = exc.with_traceback(None) if oom else exc
+        if len(items) > 1 and oom:
+            # Halve and retry: the two halves need less activation memory each.
+            stats.num_oom_splits += 1
+            _release_cached_memory()
+            mid = len(items) // 2
+            logger.warning("out of memory on a batch of %d; splitting", len(items))
+            return self._run_isolated(items[:mid], stats) + self._run_isolated(items[mid:], stats)
+        if len(items) > 1:
+            # Some item broke the whole forward: find it by running each alone.
+            logger.warning("batch of %d failed (%r); retrying items alone", len(items), failure)
+            results: list[ResultT | ErrorT] = []
+            for item in items:
+                results.extend(self._run_isolated([item], stats))
+            return results
+        if oom:
+            _release_cached_memory()
+        stats.num_failed_items += 1
+        return [self.on_item_error(items[0], failure)]

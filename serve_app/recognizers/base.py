@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,6 +37,11 @@ class RecognitionOptions:
     language: str | None = None
     prompt: str | None = None
     hotwords: tuple[str, ...] = ()
+    # Word-level times in ``SegmentTranscript.words`` (where the backend computes them on
+    # demand: Whisper's cross-attention alignment costs an extra decoder pass).
+    word_timestamps: bool = False
+    # Whisper: "translate" decodes English text from speech in any language.
+    task: Literal["transcribe", "translate"] = "transcribe"
 
 
 @dataclass(frozen=True)
@@ -122,7 +127,7 @@ def _duration_s(job: SegmentJob) -> float:
 def _recognition_error(job: SegmentJob, exc: Exception) -> AsrError:
     if isinstance(exc, AsrError):  # already typed (e.g. an option the model rejects)
         return exc
-    logger.exception("recognition failed on a %.2f s segment", job.duration_s)
+    logger.error("recognition failed on a %.2f s segment", job.duration_s, exc_info=exc)
     return RecognitionError(f"recognition failed: {type(exc).__name__}: {exc}")
 
 

@@ -7,6 +7,7 @@ exactly as they do alone.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,3 +137,40 @@ def test_typed_errors_pass_through_unwrapped() -> None:
     with pytest.raises(InvalidRequestError):
         recognizer.validate(bad.options)
     recognizer.validate(good.options)
+
+
+class _LeakCheckingBackend:
+    """Runs out of memory on batches of more than one item while holding a big "activation"
+    in its frame; records whether the previous attempt's activation was still alive."""
+
+    name = "leak-check"
+
+    def __init__(self) -> None:
+        self.previous: list[weakref.ref] = []
+        self.alive_at_retry: list[bool] = []
+
+    def group_key(self, options: RecognitionOptions) -> object:
+        return None
+
+    def warmup(self) -> None:
+        return None
+
+    def forward(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
+        self.alive_at_retry.append(any(ref() is not None for ref in self.previous))
+        activation = torch.zeros(1024)
+        self.previous.append(weakref.ref(activation))
+        if len(jobs) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return [SegmentTranscript(text="ok") for _ in jobs]
+
+
+def test_oom_split_frees_the_failed_forward_before_the_halves_run() -> None:
+    backend = _LeakCheckingBackend()
+    runner = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    jobs = [SegmentJob(np.zeros(16000, dtype=np.float32)) for _ in range(4)]
+    results = runner.transcribe_batch(jobs)
+    assert [r.text for r in results] == ["ok"] * 4
+    assert runner.last_stats.num_oom_splits == 3
+    # Retrying inside the except block would keep the failed batch's frame (and its
+    # activations) alive through the traceback while the halves run.
+    assert backend.alive_at_retry == [False] * len(backend.alive_at_retry)

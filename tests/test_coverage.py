@@ -433,21 +433,18 @@ def test_offline_rows_redecode_in_one_second_batch():
 @pytest.mark.slow
 @requires_espeak
 def test_long_recording_keeps_every_sentence_the_library_keeps(tmp_path, models_dir):
-    """FSMN-VAD + Whisper tiny.en (the plain classes, default config) on nine espeak-ng
-    sentences joined with pauses of 0.3-2.0 s (two packed 30 s items): no sentence is lost
-    that faster-whisper's own sequential transcribe keeps, and the WER stays within 0.05
-    of that reference (see tests/test_fidelity_script.py for the script this uses)."""
+    """FSMN-VAD + Whisper tiny.en (the plain classes, default config) on ten espeak-ng
+    sentences joined with 0.3 s pauses (two packed 30 s items): no sentence is lost that
+    faster-whisper's own sequential transcribe keeps, and the WER stays within 0.05 of
+    that reference. On the development machine the first item's decode stops after its
+    first sentence here (without the re-decode 8 of 10 sentences are lost, WER 0.79); the
+    assertion does not depend on that happening on another CPU."""
     from tests.conftest import load_script
-    from tests.speech import SENTENCES, synthesize
+    from tests.speech import SENTENCES, concat_with_pauses, synthesize
 
     fidelity = load_script("fidelity")
-    texts = SENTENCES[:9]
-    parts = [synthesize(t, tmp_path, voice="en-gb") for t in texts]
-    pauses = [0.3, 0.8, 1.2, 2.0, 0.3, 0.8, 1.2, 2.0]
-    pieces = [parts[0]]
-    for pause, part in zip(pauses, parts[1:], strict=True):
-        pieces += [np.zeros(int(pause * SR), np.float32), part]
-    samples = np.concatenate(pieces)
+    texts = SENTENCES[:10]
+    samples = concat_with_pauses([synthesize(t, tmp_path, voice="en-gb") for t in texts], 0.3)
 
     logic = fidelity.ServiceLogic(fidelity.DEFAULT_CONFIG, cpu_threads=0)
     from serve_app.recognizers.whisper_backend import resolve_compute_type, resolve_model_path

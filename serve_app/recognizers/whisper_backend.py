@@ -19,6 +19,7 @@ instance can therefore serve concurrent ``forward`` calls.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -28,12 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from serve_app.audio import SAMPLE_RATE_HZ
+from serve_app.errors import InvalidRequestError
 from serve_app.modelref import resolve_model_ref
 from serve_app.recognizers.base import (
     RecognitionOptions,
     SegmentJob,
     SegmentTranscript,
     TextSpan,
+    WordTiming,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,11 @@ LOG_PROB_THRESHOLD = -1.0
 SILENCE_PEAK = 1e-4
 # Above this zlib compression ratio the text is repetitive (a typical hallucination).
 COMPRESSION_RATIO_THRESHOLD = 2.4
+# Mel frames per second (hop 160 at 16 kHz): an item's real, unpadded frames for alignment.
+MEL_FRAMES_PER_S = 100
+# faster-whisper's transcribe() defaults: punctuation merged into the neighbouring word.
+PREPEND_PUNCTUATIONS = "\"'\u201c\u00bf([{-"
+APPEND_PUNCTUATIONS = "\"'.\u3002,\uff0c!\uff01?\uff1f:\uff1a\u201d)]}\u3001"
 
 # Accepted precision aliases -> CTranslate2 compute types; CTranslate2 names pass through.
 PRECISION_TO_COMPUTE_TYPE = {
@@ -160,7 +168,7 @@ class WhisperBackend:
             num_workers=num_workers,
         )
         self.is_multilingual = bool(self._model.model.is_multilingual)
-        self._tokenizers: dict[str, object] = {}
+        self._tokenizers: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
         # Same suppression as faster-whisper's transcribe() default (suppress_tokens=[-1]).
         self._suppress_tokens = list(get_suppressed_tokens(self._tokenizer("en"), [-1]))
@@ -177,8 +185,26 @@ class WhisperBackend:
         CTranslate2 needs ``<|startoftranscript|>`` at the same position in every prompt of
         a batch, so the text before it (initial prompt, hotwords) must be common; the
         language token after it can differ per item, so language is not part of the key.
+        The task token and whether words are aligned (an extra pass) are per batch too.
         """
-        return (_clean_prompt(options.prompt), tuple(options.hotwords))
+        return (
+            _clean_prompt(options.prompt),
+            tuple(options.hotwords),
+            options.task,
+            options.word_timestamps,
+        )
+
+    def validate_options(self, options: RecognitionOptions) -> None:
+        """Reject options this model cannot honour (call before batching, for a 400)."""
+        if options.task not in ("transcribe", "translate"):
+            raise InvalidRequestError(
+                f"task {options.task!r} is not one of 'transcribe', 'translate'", param="task"
+            )
+        if options.task == "translate" and not self.is_multilingual:
+            raise InvalidRequestError(
+                f"task='translate' needs a multilingual Whisper model; {self.name} is English-only",
+                param="task",
+            )
 
     def forward(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
         """Transcribe ``jobs`` (equal ``group_key``) as one encode + one generate call.
@@ -195,7 +221,10 @@ class WhisperBackend:
                     "window; segment the audio first"
                 )
         if any(self.group_key(job.options) != self.group_key(jobs[0].options) for job in jobs):
-            raise ValueError("a Whisper batch must share prompt and hotwords (see group_key)")
+            raise ValueError(
+                "a Whisper batch must share prompt, hotwords, task and word_timestamps "
+                "(see group_key)"
+            )
 
         # Digital silence never reaches the model: Whisper tends to "hear" a word ("you")
         # in a long silent window, and skipping it costs nothing.
@@ -216,9 +245,11 @@ class WhisperBackend:
         features = np.stack([self._features(job.audio) for job in jobs])
         encoder_output = self._model.encode(features)
         languages = self._languages(jobs, encoder_output)
+        task = jobs[0].options.task
+        self.validate_options(jobs[0].options)
 
         # One prompt per item, identical but for the language token.
-        base_tokenizer = self._tokenizer(languages[0])
+        base_tokenizer = self._tokenizer(languages[0], task)
         previous = base_tokenizer.encode(" " + prompt_text) if prompt_text else []
         base_prompt = self._model.get_prompt(
             base_tokenizer, previous, without_timestamps=not self.timestamps, hotwords=hotwords
@@ -228,7 +259,7 @@ class WhisperBackend:
             prompt = list(base_prompt)
             if self.is_multilingual:
                 index = prompt.index(base_tokenizer.language)
-                prompt[index] = self._tokenizer(language).language
+                prompt[index] = self._tokenizer(language, task).language
             prompts.append(prompt)
 
         longest_s = max(job.duration_s for job in jobs)
@@ -244,10 +275,113 @@ class WhisperBackend:
             suppress_blank=True,
             suppress_tokens=self._suppress_tokens,
         )
-        return [
+        transcripts = [
             self._transcript(result, language, base_tokenizer, job.duration_s)
             for result, language, job in zip(generated, languages, jobs, strict=True)
         ]
+        if not jobs[0].options.word_timestamps:
+            return transcripts
+        words = self._word_timings(
+            jobs,
+            [r.sequences_ids[0] for r in generated],
+            transcripts,
+            languages,
+            task,
+            encoder_output,
+            features,
+        )
+        return [
+            dataclasses.replace(transcript, words=item_words)
+            for transcript, item_words in zip(transcripts, words, strict=True)
+        ]
+
+    def _word_timings(
+        self,
+        jobs: Sequence[SegmentJob],
+        tokens: Sequence[Sequence[int]],
+        transcripts: Sequence[SegmentTranscript],
+        languages: Sequence[str],
+        task: str,
+        encoder_output,
+        features: np.ndarray,
+    ) -> list[tuple[WordTiming, ...]]:
+        """Word times (item-relative seconds) as faster-whisper's ``add_word_timestamps``.
+
+        One batched ``align`` call (cross-attention DTW) per language in the batch (the
+        start sequence holds the language token; a mixed-language batch re-encodes each
+        language's items), then faster-whisper's own per-segment post-processing, run item
+        by item so no item's times depend on its batch-mates (faster-whisper carries the
+        last speech time from one chunk to the next: here every item starts at 0).
+        """
+        out: list[tuple[WordTiming, ...]] = [() for _ in jobs]
+        by_language: dict[str, list[int]] = {}
+        for i, transcript in enumerate(transcripts):
+            if transcript.text:  # blank (no-speech) items have no words
+                by_language.setdefault(languages[i], []).append(i)
+        for language, indices in by_language.items():
+            tokenizer = self._tokenizer(language, task)
+            if len(indices) == len(jobs):
+                encoded = encoder_output
+            else:
+                encoded = self._model.encode(np.ascontiguousarray(features[indices]))
+            num_frames = [_num_frames(jobs[i]) for i in indices]
+            segments = [
+                self._alignment_segments(tokens[i], tokenizer, n, jobs[i].duration_s)
+                for i, n in zip(indices, num_frames, strict=True)
+            ]
+            text_tokens = [
+                [t for sub in segment for t in sub["tokens"] if t < tokenizer.eot]
+                for segment in segments
+            ]
+            alignments = self._model.find_alignment(tokenizer, text_tokens, encoded, num_frames)
+            for i, segment, alignment, n in zip(
+                indices, segments, alignments, num_frames, strict=True
+            ):
+                out[i] = self._post_process_words(segment, alignment, tokenizer, n)
+        return out
+
+    def _alignment_segments(
+        self, tokens: Sequence[int], tokenizer, num_frames: int, duration_s: float
+    ) -> list[dict]:
+        """faster-whisper's subsegment dicts for one item (its timestamp spans, or one)."""
+        if self.timestamps:
+            subsegments, _, _ = self._model._split_segments_by_timestamps(
+                tokenizer=tokenizer,
+                tokens=list(tokens),
+                time_offset=0.0,
+                segment_size=num_frames,
+                segment_duration=duration_s,
+                seek=0,
+            )
+            if subsegments:
+                return [dict(sub) for sub in subsegments]
+        text = [t for t in tokens if t < tokenizer.eot]
+        return [{"seek": 0, "start": 0.0, "end": duration_s, "tokens": text}]
+
+    def _post_process_words(
+        self, segment: list[dict], alignment: list[dict], tokenizer, num_frames: int
+    ) -> tuple[WordTiming, ...]:
+        from faster_whisper import WhisperModel
+
+        # add_word_timestamps aligns by calling self.find_alignment: give it this item's
+        # alignment from the batched call, so its post-processing runs unchanged.
+        shim = _PrecomputedAlignment(alignment, self._model.frames_per_second)
+        WhisperModel.add_word_timestamps(
+            shim,  # type: ignore[arg-type]
+            [segment],
+            tokenizer,
+            None,
+            num_frames,
+            PREPEND_PUNCTUATIONS,
+            APPEND_PUNCTUATIONS,
+            0.0,
+        )
+        return tuple(
+            WordTiming(start_s=float(w["start"]), end_s=float(w["end"]), word=w["word"].strip())
+            for sub in segment
+            for w in sub.get("words", ())
+            if w["word"].strip()
+        )
 
     def warmup(self, batch_size: int = 2) -> None:
         """Run one short batch so the first request does not pay for lazy initialisation."""
@@ -260,17 +394,17 @@ class WhisperBackend:
     def _silent_language(self, options: RecognitionOptions) -> str | None:
         return options.language if self.is_multilingual else "en"
 
-    def _tokenizer(self, language: str):
+    def _tokenizer(self, language: str, task: str = "transcribe"):
         with self._lock:
-            tokenizer = self._tokenizers.get(language)
+            tokenizer = self._tokenizers.get((language, task))
             if tokenizer is None:
                 tokenizer = self._tokenizer_cls(
                     self._model.hf_tokenizer,
                     self.is_multilingual,
-                    task="transcribe",
+                    task=task,
                     language=language,
                 )
-                self._tokenizers[language] = tokenizer
+                self._tokenizers[(language, task)] = tokenizer
             return tokenizer
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
@@ -317,9 +451,7 @@ class WhisperBackend:
         ratio = _compression_ratio(text) if text else None
         if ratio is not None and ratio > COMPRESSION_RATIO_THRESHOLD:
             logger.warning("repetitive Whisper output (likely hallucination): %.80r", text)
-        return SegmentTranscript(
-            text=text, language=language, spans=spans, compression_ratio=ratio
-        )
+        return SegmentTranscript(text=text, language=language, spans=spans, compression_ratio=ratio)
 
 
 def split_by_timestamps(
@@ -356,6 +488,22 @@ def split_by_timestamps(
     if text_tokens:
         close(duration_s)
     return tuple(spans)
+
+
+class _PrecomputedAlignment:
+    """Stands in for ``WhisperModel`` as the ``self`` of its ``add_word_timestamps``."""
+
+    def __init__(self, alignment: list[dict], frames_per_second: float) -> None:
+        self._alignment = alignment
+        self.frames_per_second = frames_per_second
+
+    def find_alignment(self, *args, **kwargs) -> list[list[dict]]:
+        return [self._alignment]
+
+
+def _num_frames(job: SegmentJob) -> int:
+    """An item's real (unpadded) Mel frames, as faster-whisper's ``segment_size``."""
+    return max(1, min(WINDOW_FRAMES, len(job.audio) * MEL_FRAMES_PER_S // SAMPLE_RATE_HZ))
 
 
 def _peak(audio: np.ndarray) -> float:

@@ -1,0 +1,191 @@
+"""The web UI in a real browser: Playwright drives Debian's chromium (never its own
+download, which cannot work offline) against the session's served test app.
+
+Screenshots of each tab go to $ASR_UI_SCREENSHOTS_DIR when set (docs/screenshots/ is
+made that way), else to the test's tmp folder.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.evaluation import word_error_rate
+from tests.speech import SENTENCES, requires_espeak, synthesize
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+MODEL = "whisper-tiny.en"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    requires_espeak,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed"),
+]
+
+
+def wav_file(path: Path, samples: np.ndarray) -> Path:
+    sf.write(path, samples, 16000, format="WAV", subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, asr_url):
+    context = browser.new_context(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(240_000)  # a loaded 2-core machine: recognition takes its time
+    pg.goto(asr_url + "/ui")
+    pg.wait_for_selector("#single-model option[value='whisper-tiny.en']", state="attached")
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    out = os.environ.get("ASR_UI_SCREENSHOTS_DIR")
+    path = Path(out) if out else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def speech_files(tmp_path_factory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("ui-speech")
+    return [wav_file(tmp / f"speech-{i}.wav", synthesize(SENTENCES[i], tmp)) for i in range(4)]
+
+
+def test_single_file_shows_its_transcript(page, http, speech_files, shots):
+    path = speech_files[0]
+    page.select_option("#single-model", MODEL)
+    page.set_input_files("#single-file", str(path))
+    page.click("#single-go")
+    page.wait_for_selector("#single-result:not([hidden])")
+    shown = page.inner_text("#single-text")
+    rows = page.locator("#single-segments tbody tr")
+    assert rows.count() >= 1
+    # The same file through the API: the page shows what the service answers.
+    api = http.post(
+        "/v1/audio/transcriptions",
+        files={"file": (path.name, path.read_bytes(), "audio/wav")},
+        data={"model": MODEL, "response_format": "verbose_json"},
+    ).json()
+    assert word_error_rate(api["text"], shown) <= 0.1, (api["text"], shown)
+    assert len(api["segments"]) == rows.count()
+    with page.expect_download() as info:
+        page.click("#single-result .downloads button[data-fmt='srt']")
+    srt = Path(info.value.path()).read_text()
+    assert srt.startswith("1\n00:00:") and "-->" in srt
+    page.screenshot(path=str(shots / "single.png"))
+
+
+def test_batch_with_one_bad_file(page, speech_files, tmp_path, shots):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
+    files = [*speech_files, bad]
+    page.click("#tab-batch")
+    page.select_option("#batch-model", MODEL)
+    page.set_input_files("#batch-files", [str(f) for f in files])
+    page.click("#batch-go")
+    page.wait_for_function(
+        "document.querySelectorAll('#batch-table tbody td.state-done, "
+        "#batch-table tbody td.state-error').length === 5"
+    )
+    states = page.locator("#batch-table tbody tr td:nth-child(2)").all_inner_texts()
+    assert sorted(states) == ["done"] * 4 + ["error"]
+    error_row = page.locator("#batch-table tbody tr[data-file='broken.wav']")
+    assert error_row.locator("td").nth(1).inner_text() == "error"
+    message = error_row.locator("td").nth(3).inner_text()
+    assert message.startswith(("400", "415")) and len(message) > 10, message
+    with page.expect_download() as info:
+        page.click("#batch-zip")
+    archive = zipfile.ZipFile(io.BytesIO(Path(info.value.path()).read_bytes()))
+    assert archive.testzip() is None  # CRCs of the JS zip writer are right
+    names = archive.namelist()
+    results = {n.split("/")[0] for n in names if "/" in n}
+    assert results == {f.stem for f in speech_files}
+    for stem in results:
+        for ext in ("txt", "srt", "vtt", "json"):
+            assert f"{stem}/{stem}.{ext}" in names
+    summary = archive.read("summary.csv").decode().splitlines()
+    assert len(summary) == 6 and summary[0].startswith("file,state")
+    page.screenshot(path=str(shots / "batch.png"), full_page=True)
+
+
+def test_system_panel_shows_batch_statistics(page, http, speech_files, shots):
+    http.post(
+        "/v1/audio/transcriptions",
+        files={"file": ("s.wav", speech_files[1].read_bytes(), "audio/wav")},
+        data={"model": MODEL},
+    )
+    page.click("#tab-system")
+    card = page.locator(f"#system-models .card[data-model='{MODEL}']")
+    card.wait_for()
+    page.wait_for_function(
+        f"(() => {{ const td = document.querySelector(\"#system-models .card[data-model='{MODEL}']"
+        " td[data-key='batches']\"); return td && Number(td.textContent) > 0; })()"
+    )
+    items = int(card.locator("td[data-key='items']").inner_text())
+    assert items > 0
+    assert card.locator(".bars .bar").count() >= 1  # the batch-size histogram
+    assert page.locator("#system-deployments tbody tr").count() >= 3
+    page.screenshot(path=str(shots / "system.png"), full_page=True)
+
+
+def test_tune_panel_changes_the_live_batch_wait(page, http, shots):
+    before = http.get("/v1/tune").json()["models"][MODEL]["settings"]["batch_wait_timeout_s"]
+    new_wait_s = round(before + 0.05, 3)
+    page.click("#tab-tune")
+    page.wait_for_selector(f"#tune-model option[value='{MODEL}']", state="attached")
+    page.select_option("#tune-model", MODEL)
+    try:
+        page.fill("#tune-wait", str(new_wait_s))
+        page.click("#tune-apply")
+        page.wait_for_function(
+            "document.getElementById('tune-status').textContent.startsWith('In force')"
+        )
+        live = http.get("/v1/tune").json()["models"][MODEL]
+        assert live["replicas"] and all(
+            r["batch_wait_timeout_s"] == pytest.approx(new_wait_s) for r in live["replicas"]
+        )
+        page.screenshot(path=str(shots / "tune.png"), full_page=True)
+    finally:
+        http.post("/v1/tune", json={"model": MODEL, "batch_wait_timeout_s": before})
+
+
+def test_phone_layout_and_keyboard_tabs(page, shots):
+    page.set_viewport_size({"width": 390, "height": 800})
+    page.focus("#tab-single")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate("document.activeElement.id") == "tab-batch"
+    assert page.get_attribute("#tab-batch", "aria-selected") == "true"
+    assert page.is_hidden("#panel-single") and page.is_visible("#panel-batch")
+    page.keyboard.press("End")
+    assert page.evaluate("document.activeElement.id") == "tab-tune"
+    page.keyboard.press("Home")
+    # No horizontal scroll of the page itself on a phone.
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(shots / "phone.png"))

@@ -87,22 +87,6 @@ def retimed_items_total():
     )
 
 
-def redecodes_total():
-    return counter(
-        "asr_redecodes_total",
-        "Stretches decoded again because an item's decode missed speech or degenerated",
-        ("model", "reason"),
-    )
-
-
-def retimed_items_total():
-    return counter(
-        "asr_retimed_items_total",
-        "Items whose span times were implausible and re-timed from the speech",
-        ("model", "reason"),
-    )
-
-
 def audio_processed_s():
     return counter("asr_audio_processed_s_total", "Seconds of audio transcribed", ("model",))
 

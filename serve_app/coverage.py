@@ -55,6 +55,7 @@ REPETITION = "repetition"
 COMPRESSION = "compression_ratio"
 TOO_LONG = "too_long"
 TOO_SHORT = "too_short"
+EMPTY = "empty"  # nothing decoded (or only a sliver) from an item that has speech
 RETIME_OUTSIDE = "outside_speech"
 RETIME_STEPS = "fixed_steps"
 
@@ -413,7 +414,7 @@ def check_item(
             if s.end_ms - s.start_ms >= settings.whole_item_fraction * duration_ms
         ]
         if whole:  # the same audio again would decode the same: split it instead
-            degenerate, stretches = whole[0].reason, []
+            degenerate, stretches = EMPTY, []
     if degenerate is None:
         return ItemCheck(spans=spans, stretches=tuple(stretches), retimed=retimed)
     pieces = split_points(samples, mask, speech_ms, settings)

@@ -111,3 +111,39 @@ def test_a_stuck_recognizer_rejects_until_its_queue_empties_then_admits():
     assert info.value.retry_after_s == ctl.policy.max_retry_after_s
     stuck.close()  # its request failed or timed out
     ctl.admit(10.0)  # idle again: admitted whatever the stale rate says
+
+
+def test_requests_still_uploading_count_at_the_average_length():
+    from serve_app.admission import PendingRequests
+
+    pending = PendingRequests(prior_audio_s=30.0)
+    assert pending.audio_s() == 0.0
+    first, second = pending.begin(), pending.begin()
+    assert pending.audio_s() == 60.0  # the prior until a duration is seen
+    first.end(150.0)
+    first.end(150.0)  # idempotent
+    assert pending.count == 1 and pending.average_audio_s == 150.0
+    second.end(None)  # failed before decoding: no duration learnt
+    assert pending.count == 0 and pending.average_audio_s == 150.0
+
+
+def test_a_burst_is_refused_before_its_bodies_are_read():
+    """64 simultaneous arrivals of ~150 s files at 12 audio-s/s with a 60 s limit: the
+    early check (pending requests at the average length) lets through only what fits."""
+    from serve_app.admission import PendingRequests
+
+    ctl, clock = controller(max_queue_wait_s=60.0, min_busy_s=1.0)
+    drain(ctl, clock, rate=12.0, seconds=10.0).close()
+    pending = PendingRequests()
+    pending.begin().end(150.0)  # one request seen: the average is 150 s
+    passed = 0
+    for _ in range(64):
+        try:
+            ctl.check(pending.average_audio_s, pending_audio_s=pending.audio_s())
+        except OverloadedError:
+            continue
+        pending.begin()
+        passed += 1
+    # The first at once (idle), then while (k + 1) x 150 s / 12 audio-s/s <= 60 s: 4 in all
+    # (60 s x 12 audio-s/s holds 4.8 such files).
+    assert passed == 4

@@ -23,7 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from serve_app import observability, request_scope, system, ui
-from serve_app.admission import AdmissionController, AdmissionPolicy
+from serve_app.admission import (
+    AdmissionController,
+    AdmissionPolicy,
+    PendingRequests,
+    PendingToken,
+)
 from serve_app.audio import AudioLimits
 from serve_app.auth import ApiKeys
 from serve_app.errors import (
@@ -132,6 +137,7 @@ class AsrIngress:
             )
             for name in recognizers
         }
+        self._pending = PendingRequests()
         routes = {}
         for alias, name in options.model_names.items():
             handle = recognizers[name]
@@ -254,16 +260,20 @@ class AsrIngress:
         observability.admission_queued_audio_s().set(controller.queued_audio_s, tags=tags)
         observability.admission_drain_rate().set(controller.rate(), tags=tags)
 
-    def _admission_check(self, model: str | None, audio_s: float, stage: str) -> None:
+    def _admission_check(
+        self, model: str | None, audio_s: float, stage: str, *, pending_audio_s: float = 0.0
+    ) -> None:
         """Raise OverloadedError (503 + Retry-After) when the expected wait is too long.
 
         With ``model`` None (before the form is read) the request is refused only when
-        every model's queue alone is already too long."""
+        every model's queue is already too long. The requests still uploading or decoding
+        (``pending_audio_s``) are not known per model yet: each model is charged all of
+        them, which is exact with one model and errs towards refusing with several."""
         names = [self._service.route(model).name] if model is not None else list(self._admission)
         error: OverloadedError | None = None
         for name in names:
             try:
-                self._admission[name].check(audio_s)
+                self._admission[name].check(audio_s, pending_audio_s=pending_audio_s)
                 return
             except OverloadedError as exc:
                 error = exc
@@ -293,8 +303,30 @@ class AsrIngress:
     async def _transcriptions(self, request: Request, request_id: str) -> Response:
         started = time.perf_counter()
         deadline_unix_s = self._deadline_unix_s(request)
-        # The queue alone may already be too long: answer before reading the body.
-        self._admission_check(None, 0.0, "before_body")
+        # The queue (with the requests still uploading ahead of this one, and this one at
+        # their average length) may already be too long: answer before reading the body.
+        self._admission_check(
+            None,
+            self._pending.average_audio_s,
+            "before_body",
+            pending_audio_s=self._pending.audio_s(),
+        )
+        pending = self._pending.begin()
+        try:
+            return await self._read_and_transcribe(
+                request, request_id, started, deadline_unix_s, pending
+            )
+        finally:
+            pending.end(None)  # a no-op once the audio was decoded
+
+    async def _read_and_transcribe(
+        self,
+        request: Request,
+        request_id: str,
+        started: float,
+        deadline_unix_s: float,
+        pending: PendingToken,
+    ) -> Response:
         limits = self._options.limits
         declared = request.headers.get("content-length")
         if declared and declared.isdigit():
@@ -344,6 +376,7 @@ class AsrIngress:
         t_decode = time.perf_counter()
         audio = await self._service.decode(data)
         decode_s = time.perf_counter() - t_decode
+        pending.end(audio.duration_s)
         canonical = self._service.route(model).name
         try:
             ticket = self._admission[canonical].admit(audio.duration_s)

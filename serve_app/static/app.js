@@ -189,6 +189,13 @@ async function loadModels() {
 }
 
 function dropZone(zone, onFiles) {
+  // Keyboard: Enter or Space on the focused zone opens the file picker.
+  zone.addEventListener("keydown", (e) => {
+    if ((e.key === "Enter" || e.key === " ") && e.target === zone) {
+      e.preventDefault();
+      zone.querySelector("input[type=file]").click();
+    }
+  });
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("over"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (e) => {

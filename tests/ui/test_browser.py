@@ -55,7 +55,10 @@ def browser():
 
 @pytest.fixture
 def page(browser, asr_url):
-    context = browser.new_context(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+    # bypass_csp: the page's CSP forbids eval, which wait_for_function's string predicates need.
+    context = browser.new_context(
+        viewport={"width": 1100, "height": 800}, accept_downloads=True, bypass_csp=True
+    )
     pg = context.new_page()
     pg.set_default_timeout(240_000)  # a loaded 2-core machine: recognition takes its time
     pg.goto(asr_url + "/ui")

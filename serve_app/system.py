@@ -20,7 +20,9 @@ What survives: the tuning lives in the detached board, so replicas that start la
 (autoscaling, a restarted replica) get it on their first report, within a second of
 starting. It does not survive a restart of the Ray cluster, and a redeploy whose
 ``user_config`` sets the same fields overrides it until the next tune (last writer wins);
-make a setting permanent in the config file. The numbers are at most ~1 s old.
+make a setting permanent in the config file. A redeploy that changes a replica's
+configured batch settings (the ``args`` or the ``user_config``) clears the tuning: replicas
+of the new config keep what it says. The numbers are at most ~1 s old.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class _ModelTotals:
     tuning: dict[str, float] = field(default_factory=dict)
     version: int = 0
     tuned_at: tuple[float, float, float] | None = None  # ring sample at the last tune
+    tuned_over: Any = None  # the replicas' configured settings when the tuning was set
 
 
 class StatsBoard:
@@ -89,6 +92,14 @@ class StatsBoard:
             delta = new - old if new >= old else new  # counters went back: a restart
             setattr(totals, key, getattr(totals, key) + delta)
         self._replicas[(model, replica_id)] = (now, dict(stats))
+        configured = stats.get("configured")
+        if totals.tuning and configured is not None and totals.tuned_over is not None:
+            if configured != totals.tuned_over:
+                # A redeploy changed the configured settings after the tune: the new
+                # config wins (its replicas keep what it says) until the next tune.
+                totals.tuning = {}
+                totals.version += 1
+                totals.tuned_over = None
         sample = (now, totals.audio_s, totals.busy_s)
         if totals.ring and now - totals.ring[-1][0] < self._sample_every_s:
             totals.ring[-1] = sample
@@ -102,6 +113,9 @@ class StatsBoard:
         totals = self._model(model)
         totals.tuning.update(settings)
         totals.version += 1
+        seen = [(t, st) for (m, _), (t, st) in self._replicas.items() if m == model]
+        if seen:
+            totals.tuned_over = max(seen, key=lambda pair: pair[0])[1].get("configured")
         totals.tuned_at = (self._clock(), totals.audio_s, totals.busy_s)
         return totals.version
 

@@ -166,6 +166,7 @@ class RecognizerDeployment:
 
     def reconfigure(self, user_config: dict) -> None:
         """Live tuning without restart: ``batch_wait_timeout_s`` and ``max_batch_audio_s``."""
+        self._last_user_config: dict | None = dict(user_config)
         if "batch_wait_timeout_s" in user_config:
             self._batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
         if "max_batch_audio_s" in user_config:
@@ -254,8 +255,24 @@ class RecognizerDeployment:
             "errors": dict(self._errors),
             "max_batch_audio_s": float(self._batched._get_max_batch_size()),
             "batch_wait_timeout_s": float(self._batched._get_batch_wait_timeout_s()),
+            "configured": self._configured_batch(),
             **system.gpu_memory(),
         }
+
+    def _configured_batch(self) -> dict:
+        """What the deployment's config says (args, and the last user_config from Serve)."""
+        batch = self._settings.batch
+        user_config = getattr(self, "_last_user_config", None) or {}
+        return {
+            "args": {key: float(getattr(batch, key)) for key in system.TUNABLE},
+            "user_config": {k: user_config[k] for k in system.TUNABLE if k in user_config},
+        }
+
+    def _apply_tuning(self, settings: dict) -> None:
+        """The board's tuning, through reconfigure, without counting it as config."""
+        configured = getattr(self, "_last_user_config", None)
+        self.reconfigure(settings)
+        self._last_user_config = configured
 
     def _start_stats_pusher(self) -> system.StatsPusher | None:
         """Report to the app's board once a second (outside Serve, e.g. a unit test: off)."""
@@ -274,7 +291,7 @@ class RecognizerDeployment:
             model=self._settings.name,
             replica_id=replica_id,
             stats=self.replica_stats,
-            apply=self.reconfigure,
+            apply=self._apply_tuning,
             loop=loop,
         ).start()
 

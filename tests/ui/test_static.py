@@ -136,3 +136,36 @@ def test_tune_body_validation():
     ):
         with pytest.raises(InvalidRequestError):
             parse_tune_body(bad, names)
+
+
+def test_gpu_memory_reads_torch_cuda_only_when_in_use(monkeypatch):
+    import types
+
+    from serve_app.system import gpu_memory
+
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True,
+        is_initialized=lambda: True,
+        memory_allocated=lambda: 123,
+        max_memory_allocated=lambda: 456,
+    )
+    monkeypatch.setitem(__import__("sys").modules, "torch", types.SimpleNamespace(cuda=cuda))
+    assert gpu_memory() == {
+        "gpu_memory_allocated_bytes": 123,
+        "gpu_max_memory_allocated_bytes": 456,
+    }
+    cuda.is_initialized = lambda: False  # CPU replica, or CUDA never touched: no numbers
+    assert gpu_memory()["gpu_memory_allocated_bytes"] is None
+
+
+def test_a_changed_config_clears_the_tuning():
+    board = StatsBoard()
+    old = {"args": {"batch_wait_timeout_s": 0.2}, "user_config": {}}
+    board.publish("m", "a", {"configured": old})
+    board.set_tuning("m", {"batch_wait_timeout_s": 0.5})
+    # A replica of the same config (autoscaled, restarted) gets the tuning.
+    assert board.publish("m", "b", {"configured": old})["settings"] == {"batch_wait_timeout_s": 0.5}
+    # A redeploy with another configured wait: the config wins.
+    new = {"args": {"batch_wait_timeout_s": 0.3}, "user_config": {}}
+    answer = board.publish("m", "c", {"configured": new})
+    assert answer["settings"] == {} and board.tuning("m")["settings"] == {}

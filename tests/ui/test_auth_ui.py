@@ -1,0 +1,86 @@
+"""With API keys set: the page loads without a key, the stats and tune API need one, and
+the page's key field (sessionStorage, Bearer) makes the Tune tab work."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import deploy, replica_options
+from tests.ui.test_browser import CHROMIUM, FLAGS
+
+pytestmark = pytest.mark.slow
+
+APP_NAME = "asr_ui_auth_test"
+ROUTE = "/asr-ui-auth"
+KEY = "sk-ui-test-31d0"
+MODEL = "paraformer-tiny-random"
+
+
+@pytest.fixture(scope="module")
+def keyed_url(serve_instance, models_dir, random_models_dir):
+    from ray import serve
+
+    env = {"ASR_API_KEYS": KEY}
+    config = {
+        "models_dir": str(models_dir),
+        "vad_deployment": replica_options(),
+        "ingress": {
+            "deployment": replica_options(
+                ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}
+            ),
+        },
+        "recognizers": [
+            {
+                "name": MODEL,
+                "backend": "funasr",
+                "model": str(random_models_dir / "paraformer-tiny"),
+                "batch": {"max_batch_items": 4},
+                "deployment": replica_options(max_ongoing_requests=8),
+            }
+        ],
+    }
+    deploy(config, name=APP_NAME, route_prefix=ROUTE)
+    yield serve_instance + ROUTE
+    serve.delete(APP_NAME)
+
+
+def test_page_open_api_protected(keyed_url):
+    with httpx.Client(base_url=keyed_url, timeout=120) as client:
+        assert client.get("/ui").status_code == 200
+        assert client.get("/ui/app.js").status_code == 200
+        assert client.get("/v1/system").status_code == 401
+        assert client.get("/v1/tune").status_code == 401
+        body = {"model": MODEL, "batch_wait_timeout_s": 0.07}
+        assert client.post("/v1/tune", json=body).status_code == 401
+        auth = {"authorization": f"Bearer {KEY}"}
+        assert client.get("/v1/system", headers=auth).status_code == 200
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="no chromium")
+def test_key_field_unlocks_the_tune_tab(keyed_url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = browser.new_page(bypass_csp=True)
+            page.set_default_timeout(120_000)
+            page.goto(keyed_url + "/ui#tune")
+            page.wait_for_selector("#global-error:not([hidden])")  # 401: asks for the key
+            page.fill("#apikey", KEY)
+            page.click("#apikey-save")
+            page.wait_for_selector(f"#single-model option[value='{MODEL}']", state="attached")
+            assert page.evaluate("sessionStorage.getItem('asr-api-key')") == KEY
+            page.click("#tab-tune")
+            page.wait_for_selector(f"#tune-model option[value='{MODEL}']", state="attached")
+            page.fill("#tune-wait", "0.07")
+            page.click("#tune-apply")
+            page.wait_for_function(
+                "document.getElementById('tune-status').textContent.startsWith('In force')"
+            )
+        finally:
+            browser.close()
+    with httpx.Client(base_url=keyed_url, timeout=60) as client:
+        live = client.get("/v1/tune", headers={"authorization": f"Bearer {KEY}"}).json()
+    replicas = live["models"][MODEL]["replicas"]
+    assert replicas and all(r["batch_wait_timeout_s"] == pytest.approx(0.07) for r in replicas)

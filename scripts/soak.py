@@ -29,7 +29,8 @@ OpenAI SDK client does. Anything else that is not a 200 is an error.
 ``--start`` runs ``serve run`` on a fresh local Ray cluster (``--address local``), on a
 free port (the config is copied with its ``http_options.port`` changed), with
 ``RAY_AUTH_MODE=disabled``; ``--env KEY=VALUE`` adds variables to the replicas'
-runtime env (e.g. ``MALLOC_ARENA_MAX=2``), to compare allocator settings.
+runtime env and to the cluster's environment (e.g. ``MALLOC_ARENA_MAX=2``), to compare
+allocator settings.
 """
 
 from __future__ import annotations
@@ -138,13 +139,29 @@ def _title(proc: psutil.Process) -> str:
     return cmdline[0] if cmdline else ""
 
 
-def _label(title: str) -> str:
-    """``ray::ServeReplica:asr:AsrIngress`` -> ``ServeReplica:asr:AsrIngress``.
+SERVICE_ROLES = ("ServeReplica:", "ServeController", "ProxyActor")
 
-    Serve's replicas, proxy and controller are async actors, whose title stays
-    ``ray::<actor class>``; the label is only a name for the pid it was first seen on.
+
+def _label(title: str) -> str:
+    """``ray::ServeController.listen_for_change`` -> ``ServeController``.
+
+    Ray titles a worker ``ray::<actor class>``, and ``ray::<class>.<method>`` while a
+    method runs; a method name is cut when it has an underscore (deployment names such as
+    ``whisper-tiny.en`` keep their dots). While a method runs, Ray also cuts a class name
+    at its last dot (``ray::en.handle_request``): such labels are replaced by a better one
+    seen later (:meth:`RssSampler.sample_once`).
     """
-    return title.removeprefix("ray::").split(" ", 1)[0]
+    name = title.removeprefix("ray::").split(" ", 1)[0]
+    head, sep, tail = name.rpartition(".")
+    if sep and tail.isidentifier() and "_" in tail:
+        return head
+    return name
+
+
+def _better_label(old: str | None, new: str) -> str:
+    if old is None or (not old.startswith(SERVICE_ROLES) and new.startswith(SERVICE_ROLES)):
+        return new
+    return old
 
 
 def service_processes(port: int) -> dict[int, str]:
@@ -307,7 +324,7 @@ class RssSampler(threading.Thread):
         t_s = time.monotonic() - self.t0
         self.load_avg_1m.append(os.getloadavg()[0])
         for pid, label in service_processes(self.port).items():
-            self.labels.setdefault(pid, label)
+            self.labels[pid] = _better_label(self.labels.get(pid), label)
             value = rss_mb(pid)
             if value is not None:
                 self.samples.append((t_s, pid, self.labels[pid], value))
@@ -322,6 +339,8 @@ class RssSampler(threading.Thread):
         self._stop_event.set()
         self.join()
         self.sample_once()
+        # Every sample of a pid under the best name it was seen with.
+        self.samples = [(t, pid, self.labels[pid], v) for t, pid, _, v in self.samples]
 
 
 # -- figures -----------------------------------------------------------------------------
@@ -648,6 +667,9 @@ def start_service(
         # Its own temp root: this cluster never becomes the host's "current" one, which
         # a plain ray.init() elsewhere (a test session, a script) would connect to.
         "RAY_TMPDIR": str(work_dir),
+        # Also in the cluster's own environment, so the proxy and the controller (not
+        # covered by the app's runtime_env) get allocator settings such as MALLOC_ARENA_MAX.
+        **env_vars,
     }
     serve_bin = Path(sys.executable).with_name("serve")
     log = (log_path or work_dir / "serve_run.log").open("w")

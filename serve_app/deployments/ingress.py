@@ -69,6 +69,8 @@ STATUS_BY_ERROR: dict[type[AsrError], int] = {
 # Multipart framing around the file: the upload limit is checked on Content-Length with
 # this allowance before the body is read, and on the file's own size after.
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Retry-After of a request refused while this instance drains before a stop.
+DRAIN_RETRY_AFTER_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,9 @@ class AsrIngress:
             for name in recognizers
         }
         self._pending = PendingRequests()
+        # Graceful stop (serve_app.run): set through user_config, counted per replica.
+        self._draining = False
+        self._in_flight = 0
         routes = {}
         for alias, name in options.model_names.items():
             handle = recognizers[name]
@@ -172,7 +177,16 @@ class AsrIngress:
             return denied
         try:
             if path == "/v1/audio/transcriptions" and request.method == "POST":
-                return await self._transcriptions(request, request_id)
+                if self._draining:
+                    raise OverloadedError(
+                        "the service is shutting down; retry on another instance",
+                        retry_after_s=DRAIN_RETRY_AFTER_S,
+                    )
+                self._in_flight += 1
+                try:
+                    return await self._transcriptions(request, request_id)
+                finally:
+                    self._in_flight -= 1
             if path == "/v1/models" and request.method == "GET":
                 return self._models()
             if path in ("/healthz", "/health") and request.method == "GET":
@@ -193,6 +207,17 @@ class AsrIngress:
             kind = getattr(unwrap_error(exc), "code", type(exc).__name__)
             observability.errors_total().inc(tags={"kind": kind, "stage": "request"})
             return error_response(exc, request_id)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """``{"draining": true}``: refuse new transcriptions (503 + Retry-After) and fail
+        readiness, finishing what is in flight. ``serve_app.run`` sets it before a stop;
+        Serve applies a user_config change to every replica without restarting it."""
+        self._draining = bool((user_config or {}).get("draining", False))
+        logger.info("draining: %s", self._draining)
+
+    def drain_state(self) -> dict:
+        """This replica's draining flag and transcription requests in flight."""
+        return {"draining": self._draining, "in_flight": self._in_flight}
 
     def _static_ui(self) -> ui.StaticUi:
         if getattr(self, "_ui", None) is None:
@@ -443,6 +468,8 @@ class AsrIngress:
         asks the Serve controller instead of calling the replicas: a saturated recognizer
         would queue a probe call behind its backlog and fail every Pod's readiness at once.
         """
+        if self._draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
         app_name = serve.get_replica_context().app_name
         try:
             status = await asyncio.wait_for(

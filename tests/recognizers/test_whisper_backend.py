@@ -34,7 +34,7 @@ from tests.reference import allowed_wer, text_distance
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
 MODEL_FOLDER = "whisper-tiny.en"
-CPU_THREADS = min(4, os.cpu_count() or 1)
+CPU_THREADS = int(os.environ.get("ASR_CPU_THREADS") or min(4, os.cpu_count() or 1))
 
 # Our batched greedy decode runs without timestamp tokens; faster-whisper's default decode
 # predicts timestamps, which conditions the text slightly differently. On these 16 sentences

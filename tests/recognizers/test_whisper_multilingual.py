@@ -39,7 +39,7 @@ pytestmark = [
     pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed"),
 ]
 
-CPU_THREADS = min(4, os.cpu_count() or 1)
+CPU_THREADS = int(os.environ.get("ASR_CPU_THREADS") or min(4, os.cpu_count() or 1))
 MIN_DETECTION_ACCURACY = 0.9
 ERROR_RATE_MARGIN = 0.02  # 2 points
 # (espeak-ng voice, Whisper language code, sentences)

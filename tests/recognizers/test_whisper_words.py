@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are
 ONSET_TOLERANCE_S = 0.3
 # Ours may be this much worse on average than faster-whisper's own word times.
 MEAN_ERROR_SLACK_S = 0.05
-CPU_THREADS = min(4, os.cpu_count() or 1)
+CPU_THREADS = int(os.environ.get("ASR_CPU_THREADS") or min(4, os.cpu_count() or 1))
 SENTENCES = [
     "please call the customer service team tomorrow morning",
     "our meeting has been moved to thursday afternoon",

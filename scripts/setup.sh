@@ -26,6 +26,15 @@ if [ "$want_test" = 1 ] && ! { command -v chromium >/dev/null && command -v prom
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null
 fi
 
+# The result cache's Redis backend test (tests/test_cache.py) starts a real redis-server.
+if [ "$want_test" = 1 ] && ! command -v redis-server >/dev/null; then
+  sudo_cmd=""
+  [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  echo "[setup] installing redis-server (Debian package for the result cache's Redis test)"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "${PYTHON:-python3}" -m venv .venv

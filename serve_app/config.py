@@ -224,6 +224,23 @@ class IngressSettings(_Strict):
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
 
+class CacheSettings(_Strict):
+    """The result cache (serve_app/cache.py): a repeated upload with the same model and
+    output options is answered without VAD or recognizer (header ``x-cache: hit``)."""
+
+    enabled: bool = True
+    # In-process LRU per ingress replica (keys + serialized transcriptions).
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # redis://host:port/db: one cache shared by every ingress replica (then max_bytes is
+    # Redis's own maxmemory, not this).
+    redis_url: str | None = None
+    # Entry lifetime; null: until evicted.
+    ttl_s: float | None = Field(None, gt=0)
+    # Model name -> version string, instead of the computed one (weights' files + the
+    # settings that change the output): set it where the weights are not on this machine.
+    model_versions: dict[str, str] = Field(default_factory=dict)
+
+
 class AppConfig(_Strict):
     """The whole application. ``ray_configs/*.yaml`` hold one under ``args``."""
 
@@ -232,6 +249,7 @@ class AppConfig(_Strict):
     vad: VadSettings = VadSettings()
     vad_deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=8)
     ingress: IngressSettings = IngressSettings()
+    cache: CacheSettings = CacheSettings()
     recognizers: tuple[RecognizerSettings, ...] = Field(..., min_length=1)
 
     @model_validator(mode="after")

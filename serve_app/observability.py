@@ -187,3 +187,27 @@ def deadline_drops_total():
         "(deadline passed or request cancelled)",
         ("model", "reason"),
     )
+
+
+def cache_hits_total():
+    return counter(
+        "asr_cache_hits_total",
+        "Transcription requests answered from the result cache (no VAD, no recognizer)",
+        ("model",),
+    )
+
+
+def cache_misses_total():
+    return counter(
+        "asr_cache_misses_total",
+        "Transcription requests that looked in the result cache and found nothing",
+        ("model",),
+    )
+
+
+def cache_errors_total():
+    return counter(
+        "asr_cache_errors_total",
+        "Result cache backend failures (read as a miss or a lost write, never a request error)",
+        ("backend", "op"),
+    )

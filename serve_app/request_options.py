@@ -109,4 +109,5 @@ def parse_form(form: Any) -> RequestOptions:
         response_format=response_format,
         timestamp_granularities=tuple(dict.fromkeys(granularities)),
         stream=bool(optional_bool(form, "stream")),
+        use_cache=optional_bool(form, "cache") is not False,
     )

@@ -142,6 +142,41 @@ class BatchSettings(_Strict):
     max_forward_audio_s: float = Field(240.0, gt=0)
 
 
+class PunctuationSettings(_Strict):
+    """A CT-Transformer punctuation stage after one recognizer (serve_app/punctuation/):
+    its own batched deployment (items are text windows, capacity in tokens), CPU default."""
+
+    # Folder (absolute or under models_dir) or hub id ("ct-punc": FunASR's
+    # punc_ct-transformer_cn-en-common-vocab471067-large, from the hub or its cache).
+    model: str = "ct-punc"
+    device: Literal["cpu", "cuda"] = "cpu"
+    cpu_threads: int = Field(1, ge=0)
+    # Each window keeps the marks of core_tokens words and sees context_tokens more on
+    # each side (across segment boundaries: whether a segment ends a sentence depends on
+    # how the next one starts).
+    core_tokens: int = Field(100, ge=1)
+    context_tokens: int = Field(20, ge=0)
+    # Capacity of one dynamic batch in tokens (sum over windows) and its item cap.
+    max_batch_tokens: int = Field(4096, gt=0)
+    max_batch_items: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=128)
+
+    @property
+    def max_window_tokens(self) -> int:
+        return self.core_tokens + 2 * self.context_tokens
+
+    @model_validator(mode="after")
+    def _check(self) -> PunctuationSettings:
+        if self.max_batch_tokens < self.max_window_tokens:
+            # @serve.batch rejects an item larger than the whole batch capacity.
+            raise ValueError(
+                f"punctuation.max_batch_tokens ({self.max_batch_tokens}) must be >= "
+                f"core_tokens + 2 x context_tokens ({self.max_window_tokens})"
+            )
+        return self
+
+
 class RecognizerSettings(_Strict):
     """One served model: its backend, weights, precision, batching and replicas."""
 
@@ -175,9 +210,18 @@ class RecognizerSettings(_Strict):
     # cold start admits at once (max_queue_wait_s x this many seconds of audio).
     initial_drain_rate_audio_s_per_s: float = Field(10.0, gt=0)
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
+    # Punctuation after recognition (null: off). For FunASR models that do not punctuate
+    # themselves (Paraformer, SeACo-Paraformer); Whisper is rejected here, SenseVoice
+    # (which punctuates with its ITN) is skipped with a warning when the app is built.
+    punctuation: PunctuationSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RecognizerSettings:
+        if self.punctuation is not None and self.backend == "whisper":
+            raise ValueError(
+                f"{self.name}: punctuation is for models without their own; Whisper's text is "
+                "already punctuated (remove the punctuation section)"
+            )
         if self.precision in ("fp16", "bf16") and self.device == "cpu":
             raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
         if self.precision == "int8" and self.backend != "whisper":

@@ -46,13 +46,14 @@ from serve_app.audio import AudioLimits, decode_audio, read_audio_bytes
 from serve_app.config import AudioSettings, RecognizerSettings, VadSettings, resolve_models_dir
 from serve_app.coverage import ItemAudio, Redecoder
 from serve_app.errors import AsrError, InternalError, InvalidAudioError, InvalidRequestError
+from serve_app.punctuation.stage import build_punctuator, punctuation_for
 from serve_app.recognizers.base import (
     ItemResult,
     RecognitionOptions,
     SegmentJob,
 )
 from serve_app.segmentation import PackedPiece, SpeechSegment, pack_pieces
-from serve_app.transcript import stitch_segments
+from serve_app.transcript import join_texts, stitch_segments
 
 logger = logging.getLogger(__name__)
 
@@ -342,14 +343,17 @@ def recognize_rows(
     model_name: str,
     default_options: RecognitionOptions,
     redecode_rounds: int = 0,
+    punctuator: PunctuateBatchFn | None = None,
 ) -> list[dict]:
     """Decoded rows -> output rows: every segment of every ok file in ONE transcribe_batch.
 
     With ``redecode_rounds`` > 0 (packed Whisper items, decoded with timestamps), speech an
     item's decode missed is decoded again as in the online service
     (:class:`serve_app.coverage.Redecoder`): all stretches of the block in ONE more
-    ``transcribe_batch`` call per round. Error rows pass through untouched (with the model
-    name added).
+    ``transcribe_batch`` call per round. With ``punctuator`` the stitched files of the
+    block are punctuated as in the online service, all files in ONE ``punctuate`` call
+    (windows across segment boundaries, packed by tokens). Error rows pass through
+    untouched (with the model name added).
     """
     meta = batch.drop_columns(["speech"]).to_pylist()
     speech = batch.column("speech")
@@ -422,7 +426,28 @@ def recognize_rows(
                 "error": None,
             }
         )
+    if punctuator is not None:
+        _punctuate_rows(out, punctuator)
     return out
+
+
+class PunctuateBatchFn(Protocol):
+    def punctuate(self, requests: Sequence[Sequence[str]]) -> list[list[str] | AsrError]: ...
+
+
+def _punctuate_rows(rows: list[dict], punctuator: PunctuateBatchFn) -> None:
+    """Punctuate every ok row with text in place (segment texts and the joined text); a
+    file whose punctuation failed becomes an error row, as its request would fail online."""
+    todo = [row for row in rows if row["status"] == STATUS_OK and (row["text"] or "").strip()]
+    if not todo:
+        return
+    results = punctuator.punctuate([[seg["text"] for seg in row["segments"]] for row in todo])
+    for row, result in zip(todo, results, strict=True):
+        if isinstance(result, AsrError):
+            row.update(text=None, segments=None, status=STATUS_ERROR, error=error_text(result))
+            continue
+        segments = [{**seg, "text": text} for seg, text in zip(row["segments"], result)]
+        row.update(text=join_texts(result), segments=segments)
 
 
 def _redecode(
@@ -460,7 +485,15 @@ class RecognizeStage:
         models_dir: str | None = None,
         *,
         recognizer: TranscribeBatchFn | None = None,
+        punctuator: PunctuateBatchFn | None = None,
     ) -> None:
+        # The recognizer's punctuation stage, the same plain object the online deployment
+        # runs (none for models that punctuate themselves; see serve_app.punctuation.stage).
+        if punctuator is None and (
+            punctuation := punctuation_for(settings, resolve_models_dir(models_dir))
+        ):
+            punctuator = build_punctuator(punctuation, resolve_models_dir(models_dir))
+        self._punctuator = punctuator
         if recognizer is None:
             from serve_app.recognizers.factory import build_recognizer
 
@@ -480,6 +513,7 @@ class RecognizeStage:
             model_name=self._model_name,
             default_options=self._default_options,
             redecode_rounds=self._redecode_rounds,
+            punctuator=self._punctuator,
         )
         stats = getattr(self._recognizer, "last_stats", None)
         if stats is not None and stats.num_items:

@@ -39,10 +39,22 @@ class PunctuationWindow:
 
     token_ids: tuple[int, ...]
     request_id: str | None = None
+    # When the request that spawned the window stops waiting (wall clock): a queue drops
+    # the window unrun past it (serve_app.deployments.batch_queue).
+    deadline_unix_s: float | None = None
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class PunctuationRequest:
+    """One request's stitched segment texts (time order), sent to the punctuation stage."""
+
+    segment_texts: tuple[str, ...]
+    request_id: str | None = None
+    deadline_unix_s: float | None = None
 
 
 @runtime_checkable
@@ -123,33 +135,52 @@ class BatchedPunctuator(BatchedRunner[PunctuationWindow, tuple[str, ...], AsrErr
         )
         return words, plan
 
+    def request_windows(
+        self,
+        segment_texts: Sequence[str],
+        *,
+        request_id: str | None = None,
+        deadline_unix_s: float | None = None,
+    ) -> PlannedRequest:
+        """One request's words, window plan and the batch items of its windows."""
+        words, plan = self.plan_request(segment_texts)
+        token_ids = self.backend.encode(words.words)
+        windows = tuple(
+            PunctuationWindow(token_ids[w.start : w.stop], request_id, deadline_unix_s)
+            for w in plan.windows
+        )
+        return PlannedRequest(words, plan, windows)
+
     def punctuate(
         self,
         requests: Sequence[Sequence[str]],
         *,
         request_ids: Sequence[str | None] | None = None,
     ) -> list[list[str] | AsrError]:
-        planned = [self.plan_request(texts) for texts in requests]
-        items: list[PunctuationWindow] = []
-        owners: list[tuple[int, int]] = []  # (request index, window index)
-        for r, (words, plan) in enumerate(planned):
-            token_ids = self.backend.encode(words.words)
-            request_id = request_ids[r] if request_ids is not None else None
-            for w, window in enumerate(plan.windows):
-                items.append(PunctuationWindow(token_ids[window.start : window.stop], request_id))
-                owners.append((r, w))
-        results = self.run(items)
-        per_request: list[list[tuple[str, ...] | AsrError]] = [
-            [() for _ in plan.windows] for _, plan in planned
+        planned = [
+            self.request_windows(
+                texts, request_id=request_ids[r] if request_ids is not None else None
+            )
+            for r, texts in enumerate(requests)
         ]
-        for (r, w), result in zip(owners, results):
-            per_request[r][w] = result
-        out: list[list[str] | AsrError] = []
-        for (words, plan), window_marks in zip(planned, per_request):
-            error = next((m for m in window_marks if isinstance(m, AsrError)), None)
-            if error is not None:
-                out.append(error)
-                continue
-            marks = plan.merge([m for m in window_marks if not isinstance(m, AsrError)])
-            out.append(punctuate_segments(words, marks))
-        return out
+        items = [window for request in planned for window in request.windows]
+        results = iter(self.run(items))
+        return [request.finish([next(results) for _ in request.windows]) for request in planned]
+
+
+@dataclass(frozen=True)
+class PlannedRequest:
+    """A request's windows, planned where the model's word splitter and vocabulary are;
+    :meth:`finish` maps the windows' marks back onto its segments."""
+
+    words: RequestWords
+    plan: WindowPlan
+    windows: tuple[PunctuationWindow, ...]
+
+    def finish(self, window_marks: Sequence[tuple[str, ...] | AsrError]) -> list[str] | AsrError:
+        """Each segment's punctuated text, or the error of the first window that failed."""
+        error = next((m for m in window_marks if isinstance(m, AsrError)), None)
+        if error is not None:
+            return error
+        marks = self.plan.merge([m for m in window_marks if not isinstance(m, AsrError)])
+        return punctuate_segments(self.words, marks)

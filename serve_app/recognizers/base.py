@@ -42,6 +42,10 @@ class RecognitionOptions:
     word_timestamps: bool = False
     # Whisper: "translate" decodes English text from speech in any language.
     task: Literal["transcribe", "translate"] = "transcribe"
+    # The request's punctuation switch (form ``punctuate``): None = the route's config
+    # (a punctuation stage runs where configured), False = skip it. Not a decoding option:
+    # no backend reads it, so it never splits batches.
+    punctuate: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,42 @@ class SegmentTranscript:
     # zlib compression ratio of ``text`` where the backend measures it (Whisper): over
     # ~2.4 the text is repetitive, a looping decode (see ``serve_app.coverage``).
     compression_ratio: float | None = None
+    # Probability of ``language`` where the backend detected it (Whisper's language
+    # head); None when the language was given, fixed, or detected without a score.
+    language_probability: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelCapabilities:
+    """What one served model can do, as ``GET /v1/models`` reports it.
+
+    ``languages``: codes it transcribes (empty: not declared, e.g. a random-weight or
+    unknown FunASR model). ``language_detection``: it finds the language itself when the
+    client gives none. ``word_timestamps``: ``timestamp_granularities[]=word`` is honoured.
+    ``hotwords``: ``"hotwords"`` (SeACo's bias list), ``"prompt"`` (Whisper's initial
+    prompt and hotwords prefix) or ``None``. ``punctuation``: the model's text is already
+    punctuated (Whisper, SenseVoice with ITN); a punctuation stage is reported by the
+    ingress on top. ``diarization`` stays False until a diarization stage sets it.
+    """
+
+    languages: tuple[str, ...] = ()
+    language_detection: bool = False
+    translation: bool = False
+    word_timestamps: bool = False
+    hotwords: str | None = None
+    punctuation: bool = False
+    diarization: bool = False
+
+    def to_json(self) -> dict:
+        return {
+            "languages": list(self.languages),
+            "language_detection": self.language_detection,
+            "translation": self.translation,
+            "word_timestamps": self.word_timestamps,
+            "hotwords": self.hotwords,
+            "punctuation": self.punctuation,
+            "diarization": self.diarization,
+        }
 
 
 @runtime_checkable
@@ -170,6 +210,11 @@ class BatchedRecognizer(BatchedRunner[SegmentJob, SegmentTranscript, AsrError]):
         validate = getattr(self.backend, "validate_options", None)
         if validate is not None:
             validate(options)
+
+    def capabilities(self) -> ModelCapabilities:
+        """The backend's :class:`ModelCapabilities` (none declared: all off)."""
+        capabilities = getattr(self.backend, "capabilities", None)
+        return capabilities() if capabilities is not None else ModelCapabilities()
 
     def transcribe_batch(self, jobs: Sequence[SegmentJob]) -> list[ItemResult]:
         return self.run(jobs)

@@ -29,6 +29,7 @@ import torch
 
 from serve_app.errors import InvalidRequestError
 from serve_app.recognizers.base import (
+    ModelCapabilities,
     RecognitionOptions,
     SegmentJob,
     SegmentTranscript,
@@ -423,8 +424,51 @@ class FunAsrBackend:
             return _hotwords(options)
         return None
 
+    def capabilities(self) -> ModelCapabilities:
+        """Paraformer/SeACo: word (character) times from the CIF predictor, no punctuation
+        of their own (a CT-Transformer stage adds it), no language id; SeACo: hotwords.
+        SenseVoice: its own language id over its five languages, punctuated text with ITN,
+        segment times only (from the VAD: the model gives no word times without a CTC
+        forced alignment, which is not built). Languages are not declared for the
+        Paraformer family: which one (Mandarin, English...) depends on the weights."""
+        if self.family == "sensevoice":
+            return ModelCapabilities(
+                languages=tuple(sorted(_DETECTABLE_LANGUAGES)),
+                language_detection=True,
+                word_timestamps=self.word_timestamps,
+                punctuation=self.use_itn,
+            )
+        return ModelCapabilities(
+            word_timestamps=self.word_timestamps,
+            hotwords="hotwords" if self.family == "seaco" else None,
+        )
+
     def validate_options(self, options: RecognitionOptions) -> None:
         """Reject options this model cannot honour (call before batching, for a 400)."""
+        if options.task != "transcribe":
+            raise InvalidRequestError(
+                f"task={options.task!r} is not supported by {self.name}: FunASR models "
+                "transcribe only (translation needs a multilingual Whisper model)",
+                param="task",
+            )
+        if options.word_timestamps and not self.word_timestamps:
+            raise InvalidRequestError(
+                f"word timestamps are not available from {self.name} ({self.model_class} "
+                "gives segment times only)",
+                param="timestamp_granularities",
+            )
+        if options.prompt:
+            raise InvalidRequestError(
+                f"prompt is not supported by {self.name} (a Whisper option; SeACo-Paraformer "
+                "takes hotwords)",
+                param="prompt",
+            )
+        if options.hotwords and self.family != "seaco":
+            raise InvalidRequestError(
+                f"hotwords are not supported by {self.name} ({self.model_class}); "
+                "SeACo-Paraformer and Whisper models take them",
+                param="hotwords",
+            )
         if self.family == "sensevoice":
             language = _normalize_language(options.language)
             if language not in SENSEVOICE_LANGUAGES:

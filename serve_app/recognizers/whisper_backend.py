@@ -32,6 +32,7 @@ from serve_app.audio import SAMPLE_RATE_HZ
 from serve_app.errors import InvalidRequestError
 from serve_app.modelref import resolve_model_ref
 from serve_app.recognizers.base import (
+    ModelCapabilities,
     RecognitionOptions,
     SegmentJob,
     SegmentTranscript,
@@ -194,12 +195,35 @@ class WhisperBackend:
             options.word_timestamps,
         )
 
+    def capabilities(self) -> ModelCapabilities:
+        """Whisper: punctuated text, word times (cross-attention alignment), prompt and
+        hotwords; multilingual models also detect the language and translate."""
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+        return ModelCapabilities(
+            languages=tuple(_LANGUAGE_CODES) if self.is_multilingual else ("en",),
+            language_detection=self.is_multilingual,
+            translation=self.is_multilingual,
+            word_timestamps=True,
+            hotwords="prompt",
+            punctuation=True,
+        )
+
     def validate_options(self, options: RecognitionOptions) -> None:
         """Reject options this model cannot honour (call before batching, for a 400)."""
         if options.task not in ("transcribe", "translate"):
             raise InvalidRequestError(
                 f"task {options.task!r} is not one of 'transcribe', 'translate'", param="task"
             )
+        if self.is_multilingual and options.language is not None:
+            from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+            if options.language not in _LANGUAGE_CODES:
+                raise InvalidRequestError(
+                    f"language {options.language!r} is not one of {self.name}'s languages "
+                    "(ISO-639-1 codes such as 'en', 'de', 'zh')",
+                    param="language",
+                )
         if options.task == "translate" and not self.is_multilingual:
             raise InvalidRequestError(
                 f"task='translate' needs a multilingual Whisper model; {self.name} is English-only",
@@ -244,7 +268,7 @@ class WhisperBackend:
         hotwords = " ".join(jobs[0].options.hotwords) or None
         features = np.stack([self._features(job.audio) for job in jobs])
         encoder_output = self._model.encode(features)
-        languages = self._languages(jobs, encoder_output)
+        languages, probabilities = self._languages(jobs, encoder_output)
         task = jobs[0].options.task
         self.validate_options(jobs[0].options)
 
@@ -276,8 +300,13 @@ class WhisperBackend:
             suppress_tokens=self._suppress_tokens,
         )
         transcripts = [
-            self._transcript(result, language, base_tokenizer, job.duration_s)
-            for result, language, job in zip(generated, languages, jobs, strict=True)
+            dataclasses.replace(
+                self._transcript(result, language, base_tokenizer, job.duration_s),
+                language_probability=probability,
+            )
+            for result, language, probability, job in zip(
+                generated, languages, probabilities, jobs, strict=True
+            )
         ]
         if not jobs[0].options.word_timestamps:
             return transcripts
@@ -419,22 +448,27 @@ class WhisperBackend:
         mel = self._model.feature_extractor(samples)[..., :-1]
         return pad_or_trim(mel, WINDOW_FRAMES)
 
-    def _languages(self, jobs: Sequence[SegmentJob], encoder_output) -> list[str]:
-        """Per-item language: ``en`` for English-only models, else requested or detected."""
+    def _languages(
+        self, jobs: Sequence[SegmentJob], encoder_output
+    ) -> tuple[list[str], list[float | None]]:
+        """Per-item language (``en`` for English-only models, else requested or detected)
+        and, where detected, its probability."""
         if not self.is_multilingual:
             for job in jobs:
                 if job.options.language not in (None, "en"):
                     logger.debug("English-only model: ignoring language=%s", job.options.language)
-            return ["en"] * len(jobs)
+            return ["en"] * len(jobs), [None] * len(jobs)
         requested = [job.options.language for job in jobs]
         if all(requested):
-            return [str(language) for language in requested]
+            return [str(language) for language in requested], [None] * len(jobs)
         # Each entry is [("<|xx|>", prob), ...], most probable first.
         detected = self._model.model.detect_language(encoder_output)
-        return [
-            language or ranked[0][0][2:-2]
-            for language, ranked in zip(requested, detected, strict=True)
-        ]
+        languages: list[str] = []
+        probabilities: list[float | None] = []
+        for language, ranked in zip(requested, detected, strict=True):
+            languages.append(language or ranked[0][0][2:-2])
+            probabilities.append(None if language else float(ranked[0][1]))
+        return languages, probabilities
 
     def _transcript(self, result, language: str, tokenizer, duration_s: float) -> SegmentTranscript:
         tokens = result.sequences_ids[0]

@@ -50,10 +50,18 @@ class DecodedAudio:
     samples: np.ndarray  # float32, mono, SAMPLE_RATE_HZ, contiguous
     source_sample_rate_hz: int
     source_format: str  # "<container>/<codec>", e.g. "wav/pcm_16", "ogg/opus", "mp3/mp3"
+    # decode_audio(keep_channels=True): each source channel on its own (16 kHz float32,
+    # as long as ``samples``, which is still their average); () otherwise.
+    channels: tuple[np.ndarray, ...] = ()
 
     @property
     def duration_s(self) -> float:
         return len(self.samples) / SAMPLE_RATE_HZ
+
+    @property
+    def num_channels(self) -> int:
+        """Channels kept by the decode (1 when they were not kept)."""
+        return max(1, len(self.channels))
 
 
 SOUNDFILE_CONTAINERS = frozenset({"wav", "flac", "aiff", "au", "caf"})
@@ -93,8 +101,15 @@ _WAV_FLOAT = 0x0003
 _WAV_EXTENSIBLE = 0xFFFE
 
 
-def decode_audio(data: bytes, limits: AudioLimits = AudioLimits()) -> DecodedAudio:
+def decode_audio(
+    data: bytes, limits: AudioLimits = AudioLimits(), *, keep_channels: bool = False
+) -> DecodedAudio:
     """Decode any supported audio file to 16 kHz mono float32, once.
+
+    With ``keep_channels`` the same single decode also keeps every source channel,
+    resampled on its own (``DecodedAudio.channels``, e.g. agent and customer of a call);
+    the mono mix is then their average after resampling (the resampler is linear, so it
+    equals the default path's up to float rounding). The default path is unchanged.
 
     Raises:
         UploadTooLargeError: ``len(data) > limits.max_upload_bytes`` (checked first).
@@ -130,7 +145,12 @@ def decode_audio(data: bytes, limits: AudioLimits = AudioLimits()) -> DecodedAud
                 f"audio declares {source.declared_s:.1f} s, over the "
                 f"{limits.max_duration_s:.0f} s limit"
             )
-        samples, decoded_s = _to_mono_16k(source.blocks, source.sample_rate_hz, limits)
+        if keep_channels:
+            channels, decoded_s = _to_channels_16k(source.blocks, source.sample_rate_hz, limits)
+            samples = channels[0] if len(channels) == 1 else _average_rows(channels)
+        else:
+            samples, decoded_s = _to_mono_16k(source.blocks, source.sample_rate_hz, limits)
+            channels = []
     finally:
         source.close()
     if (
@@ -142,7 +162,7 @@ def decode_audio(data: bytes, limits: AudioLimits = AudioLimits()) -> DecodedAud
             f"truncated: {source.format} declares {source.declared_s:.2f} s, "
             f"only {decoded_s:.2f} s decodable"
         )
-    return DecodedAudio(samples, source.sample_rate_hz, source.format)
+    return DecodedAudio(samples, source.sample_rate_hz, source.format, tuple(channels))
 
 
 def read_audio_bytes(uri: str, *, max_bytes: int | None = None) -> bytes:
@@ -342,6 +362,61 @@ def _to_mono_16k(
             f"at {SAMPLE_RATE_HZ} Hz"
         )
     return samples, num_frames / rate_hz
+
+
+def _to_channels_16k(
+    blocks: Iterator[np.ndarray], rate_hz: int, limits: AudioLimits
+) -> tuple[list[np.ndarray], float]:
+    """As :func:`_to_mono_16k`, keeping channels: one 16 kHz array per source channel."""
+    import soxr
+
+    resampler = None
+    max_frames = limits.max_duration_s * rate_hz
+    out: list[np.ndarray] = []
+    num_frames = 0
+    for block in blocks:
+        _check_block(block)
+        if resampler is None and rate_hz != SAMPLE_RATE_HZ:
+            resampler = soxr.ResampleStream(
+                rate_hz, SAMPLE_RATE_HZ, block.shape[1], dtype="float32", quality="HQ"
+            )
+        num_frames += len(block)
+        if num_frames > max_frames:
+            raise AudioTooLongError(f"audio is longer than the {limits.max_duration_s:.0f} s limit")
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        out.append(resampler.resample_chunk(block) if resampler else block)
+    if num_frames == 0:
+        raise InvalidAudioError("no samples: the audio is empty")
+    if resampler is not None:
+        width = out[0].shape[1]
+        out.append(resampler.resample_chunk(np.zeros((0, width), np.float32), last=True))
+    joined = np.concatenate(out)
+    if len(joined) == 0:
+        raise InvalidAudioError(
+            f"no samples: {num_frames} frame(s) at {rate_hz} Hz is shorter than one sample "
+            f"at {SAMPLE_RATE_HZ} Hz"
+        )
+    channels = [np.ascontiguousarray(joined[:, c]) for c in range(joined.shape[1])]
+    return channels, num_frames / rate_hz
+
+
+def _check_block(block: np.ndarray) -> None:
+    peak = float(np.abs(block).max()) if block.size else 0.0
+    if not peak <= MAX_ABS_AMPLITUDE:  # also true for NaN
+        if not np.isfinite(peak):
+            raise InvalidAudioError("invalid samples: the audio contains NaN or Inf values")
+        raise InvalidAudioError(
+            f"invalid samples: peak amplitude {peak:.3g}, over {MAX_ABS_AMPLITUDE:g} "
+            "(full scale is 1.0)"
+        )
+
+
+def _average_rows(channels: list[np.ndarray]) -> np.ndarray:
+    mono = channels[0].copy()
+    for channel in channels[1:]:
+        mono += channel
+    mono *= np.float32(1.0 / len(channels))
+    return mono
 
 
 def _average_channels(block: np.ndarray) -> np.ndarray:

@@ -249,6 +249,90 @@ class RecognizerSettings(_Strict):
         return round(self.segment_pack_s * 1000)
 
 
+class ChannelSettings(_Strict):
+    """Multi-channel files (``channels`` request option): ``mix`` averages the channels
+    into one signal; ``split`` VADs and recognizes each channel on its own (a call
+    recorder's agent and customer) and labels every segment with its channel's name."""
+
+    # What a request that does not say gets (the form field / manifest column ``channels``).
+    default: Literal["mix", "split"] = "mix"
+    # Names of channels 1, 2, ... in split mode (``speaker`` of their segments); channels
+    # beyond the list are ``channel_<n>``.
+    names: tuple[str, ...] = ("left", "right")
+    # A split request with more channels than this is a 400.
+    max_channels: int = Field(2, ge=1, le=64)
+
+    def name(self, index: int) -> str:
+        return self.names[index] if index < len(self.names) else f"channel_{index + 1}"
+
+
+class SpeakerBatchSettings(_Strict):
+    """Cross-request batching of embedding windows (each window is one item)."""
+
+    max_batch_audio_s: float = Field(96.0, gt=0)
+    max_batch_items: int = Field(64, ge=1)
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
+
+
+class SpeakerSettings(_Strict):
+    """Speaker embeddings for diarization (``diarize=true``). Without this section the
+    service cannot diarize and a request that asks is a 400."""
+
+    # ge2e: the real GE2E encoder (resemblyzer 0.1.4 weights, scripts/provision_models.py);
+    # campplus: FunASR CAM++ (hub id ``cam++``, or a folder such as ``campplus-random``).
+    backend: Literal["ge2e", "campplus"] = "ge2e"
+    model: str = Field("ge2e-resemblyzer", description="folder (or under models_dir) or hub id")
+    device: Literal["cpu", "cuda"] = "cpu"
+    # Intra-op threads on CPU (0: the library default, Ray's OMP_NUM_THREADS = num_cpus).
+    cpu_threads: int = Field(0, ge=0)
+    warmup: bool = True
+    # A request that does not send ``diarize`` gets this.
+    diarize_by_default: bool = False
+    # Diarization knobs (serve_app.speakers.diarize.DiarizationSettings); null = its
+    # default, tuned on GE2E (re-tune distance_threshold for CAM++).
+    window_s: float | None = Field(None, gt=0)
+    hop_s: float | None = Field(None, gt=0)
+    distance_threshold: float | None = Field(None, gt=0, lt=2)
+    max_speakers: int = Field(20, ge=1)
+    batch: SpeakerBatchSettings = SpeakerBatchSettings()
+    # Every window of every request is one call: 16 requests of a minute are ~1,300.
+    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=256)
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeakerSettings:
+        window_s = self.diarization_settings().window_s
+        if window_s > self.batch.max_batch_audio_s:
+            raise ValueError("speakers: batch.max_batch_audio_s must be >= the window length")
+        max_ongoing = self.deployment.max_ongoing_requests or 5
+        if max_ongoing < self.batch.max_batch_items:
+            raise ValueError(
+                f"speakers: deployment.max_ongoing_requests ({max_ongoing}) must be >= "
+                f"batch.max_batch_items ({self.batch.max_batch_items})"
+            )
+        return self
+
+    def diarization_settings(self) -> Any:
+        """The :class:`~serve_app.speakers.diarize.DiarizationSettings` this section asks for."""
+        from dataclasses import replace
+
+        from serve_app.speakers.diarize import DiarizationSettings
+
+        given: dict[str, Any] = {
+            k: v
+            for k, v in {
+                "window_s": self.window_s,
+                "hop_s": self.hop_s,
+                "distance_threshold": self.distance_threshold,
+                "max_speakers": self.max_speakers,
+            }.items()
+            if v is not None
+        }
+        try:
+            return replace(DiarizationSettings(), **given)
+        except ValueError as exc:
+            raise ValueError(f"speakers: {exc}") from exc
+
+
 class RetrySettings(_Strict):
     """Retries of a VAD or segment call whose replica died (serve_app.retry): exponential
     backoff with jitter, never past the request's deadline."""
@@ -295,6 +379,8 @@ class AppConfig(_Strict):
     ingress: IngressSettings = IngressSettings()
     cache: CacheSettings = CacheSettings()
     recognizers: tuple[RecognizerSettings, ...] = Field(..., min_length=1)
+    channels: ChannelSettings = ChannelSettings()
+    speakers: SpeakerSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> AppConfig:

@@ -13,7 +13,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve_app.config import AudioSettings, RecognizerSettings, VadSettings
+from serve_app.config import (
+    AudioSettings,
+    ChannelSettings,
+    RecognizerSettings,
+    SpeakerSettings,
+    VadSettings,
+)
 
 
 class _Strict(BaseModel):
@@ -53,6 +59,13 @@ class JobConfig(_Strict):
     audio: AudioSettings = AudioSettings(max_upload_bytes=2 * 1024**3, max_duration_s=4 * 3600.0)
     vad: VadSettings = VadSettings()
     recognizer: RecognizerSettings
+    # Multi-channel files: the default of the manifest's ``channels`` column (mix | split),
+    # channel names and maximum, as online.
+    channels: ChannelSettings = ChannelSettings()
+    # Diarization (manifest column ``diarize``, default ``speakers.diarize_by_default``):
+    # each decode actor loads this encoder on its first diarized file. Its ``deployment``
+    # and ``batch.batch_wait_timeout_s`` are not used offline. Absent: no diarization.
+    speakers: SpeakerSettings | None = None
     # Decode + VAD actors (CPU). Each holds one FSMN-VAD model.
     decode_vad_pool: ActorPoolSettings = ActorPoolSettings(min_size=1, max_size=2)
     # Files per decode + VAD call: small, since one file's decoded audio can be large.

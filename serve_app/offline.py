@@ -43,7 +43,14 @@ import numpy as np
 import pyarrow as pa
 
 from serve_app.audio import AudioLimits, decode_audio, read_audio_bytes
-from serve_app.config import AudioSettings, RecognizerSettings, VadSettings, resolve_models_dir
+from serve_app.config import (
+    AudioSettings,
+    ChannelSettings,
+    RecognizerSettings,
+    SpeakerSettings,
+    VadSettings,
+    resolve_models_dir,
+)
 from serve_app.coverage import ItemAudio, Redecoder
 from serve_app.errors import AsrError, InternalError, InvalidAudioError, InvalidRequestError
 from serve_app.punctuation.stage import build_punctuator, punctuation_for
@@ -53,6 +60,17 @@ from serve_app.recognizers.base import (
     SegmentJob,
 )
 from serve_app.segmentation import PackedPiece, SpeechSegment, pack_pieces
+from serve_app.speakers.base import BatchedEmbedder
+from serve_app.speakers.diarize import DiarizationSettings
+from serve_app.speakers.offline import (
+    diarize_file,
+    label_rows,
+    merge_channel_rows,
+    row_speaker_request,
+    signals_of,
+    speakers_column,
+    turns_to_row,
+)
 from serve_app.transcript import join_texts, stitch_segments
 
 logger = logging.getLogger(__name__)
@@ -62,7 +80,7 @@ STATUS_ERROR = "error"
 
 # Manifest columns: ``id`` and ``audio`` are required, the others optional.
 REQUIRED_MANIFEST_COLUMNS = ("id", "audio")
-OPTIONAL_MANIFEST_COLUMNS = ("language", "hotwords")
+OPTIONAL_MANIFEST_COLUMNS = ("language", "hotwords", "diarize", "channels")
 
 SPEECH_TYPE = pa.list_(
     pa.struct(
@@ -76,8 +94,14 @@ SPEECH_TYPE = pa.list_(
             # for rows written before it existed (the whole piece is then its speech).
             # Used to find speech the decode missed (serve_app.coverage).
             ("vad_ms", pa.list_(pa.struct([("start_ms", pa.int64()), ("end_ms", pa.int64())]))),
+            # Index of the channel it comes from (channels=split), else 0.
+            ("channel", pa.int32()),
         ]
     )
+)
+# Diarized speaker turns of a file (null when it is not diarized).
+TURNS_TYPE = pa.list_(
+    pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("speaker", pa.string())])
 )
 # What DecodeVadStage emits and RecognizeStage consumes (internal to the job).
 DECODED_SCHEMA = pa.schema(
@@ -89,11 +113,24 @@ DECODED_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("speech", SPEECH_TYPE),
+        # channels=split: the name of each channel (segments' speaker); empty otherwise.
+        ("channel_names", pa.list_(pa.string())),
+        ("turns", TURNS_TYPE),
     ]
 )
 SEGMENTS_TYPE = pa.list_(
-    pa.struct([("start_s", pa.float64()), ("end_s", pa.float64()), ("text", pa.string())])
+    pa.struct(
+        [
+            ("start_s", pa.float64()),
+            ("end_s", pa.float64()),
+            ("text", pa.string()),
+            # The channel's name (channels=split) or the diarized speaker; null otherwise.
+            ("speaker", pa.string()),
+        ]
+    )
 )
+# Each speaker's label and talk time (s); null for files without speakers.
+SPEAKERS_TYPE = pa.list_(pa.struct([("speaker", pa.string()), ("talk_time_s", pa.float64())]))
 # The job's output. ``text`` and ``segments`` are null on error rows: an empty string
 # means "no speech", never "failed".
 OUTPUT_SCHEMA = pa.schema(
@@ -105,6 +142,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("model", pa.string()),
+        ("speakers", SPEAKERS_TYPE),
     ]
 )
 
@@ -178,11 +216,13 @@ def decoded_error_row(row_id: str, exc: BaseException, duration_s: float | None 
         "status": STATUS_ERROR,
         "error": error_text(exc),
         "speech": [],
+        "channel_names": [],
+        "turns": None,
     }
 
 
 def speech_items(
-    samples: np.ndarray, segments: Sequence[SpeechSegment | PackedPiece]
+    samples: np.ndarray, segments: Sequence[SpeechSegment | PackedPiece], channel: int = 0
 ) -> list[dict]:
     """Segments (or packed pieces with their VAD members) sorted by start, each with its
     float32 samples as bytes."""
@@ -194,6 +234,7 @@ def speech_items(
             "end_ms": p.segment.end_ms,
             "audio": np.ascontiguousarray(p.segment.slice(samples), dtype=np.float32).tobytes(),
             "vad_ms": [{"start_ms": m.start_ms, "end_ms": m.end_ms} for m in p.members],
+            "channel": channel,
         }
         for p in pieces
     ]
@@ -202,7 +243,8 @@ def speech_items(
 @dataclass(frozen=True)
 class StitchedFile:
     text: str
-    segments: list[dict]  # {"start_s", "end_s", "text"}
+    segments: list[dict]  # {"start_s", "end_s", "text"} (+ "speaker" with speakers)
+    speakers: list[dict] | None = None  # {"speaker", "talk_time_s"}; None: no speakers
 
 
 def stitch(spans_ms: Sequence[tuple[int, int]], results: Sequence[ItemResult]) -> StitchedFile:
@@ -245,7 +287,16 @@ class DecodeVadStage:
         base_dir: str | None = None,
         segmenter: SegmentsFn | None = None,
         pack_segments_s: float = 0.0,
+        channels: ChannelSettings | None = None,
+        speakers: SpeakerSettings | None = None,
+        embedder: BatchedEmbedder | None = None,
     ) -> None:
+        # Speakers (serve_app.speakers.offline): the channel layout, and the encoder that
+        # diarizes files asking for it (loaded on the first such file).
+        self._channels = channels or ChannelSettings()
+        self._speakers = speakers
+        self._embedder = embedder
+        self._models_dir = models_dir
         self._limits = AudioLimits(
             max_upload_bytes=audio.max_upload_bytes, max_duration_s=audio.max_duration_s
         )
@@ -269,13 +320,23 @@ class DecodeVadStage:
             ref = row.get("audio")
             if not ref or not str(ref).strip():
                 raise InvalidRequestError("the manifest row has no audio path", param="audio")
+            request = row_speaker_request(row, self._channels, self._speakers)
             data = self._read(resolve_audio_ref(str(ref).strip(), self._base_dir))
-            audio = decode_audio(data, self._limits)
+            audio = decode_audio(data, self._limits, keep_channels=request.channels == "split")
             del data
             duration_s = audio.duration_s
             if len(audio.samples) == 0:
                 raise InvalidAudioError("no samples: the audio is empty")
-            segments = pack_pieces(self._vad.segments(audio.samples), max_piece_ms=self._pack_ms)
+            signals = signals_of(audio, request, self._channels)
+            speech: list[dict] = []
+            turns = None
+            for channel, samples in enumerate(signals):
+                vad_segments = self._vad.segments(samples)
+                pieces = pack_pieces(vad_segments, max_piece_ms=self._pack_ms)
+                speech += speech_items(samples, pieces, channel)
+                if request.diarize and request.channels != "split":
+                    turns = turns_to_row(diarize_file(samples, vad_segments, *self._diarizer()))
+            split = request.channels == "split"
             return {
                 "id": row_id,
                 "language": normalize_language(row.get("language")),
@@ -283,12 +344,26 @@ class DecodeVadStage:
                 "duration_s": duration_s,
                 "status": STATUS_OK,
                 "error": None,
-                "speech": speech_items(audio.samples, segments),
+                "speech": speech,
+                "channel_names": [self._channels.name(i) for i in range(len(signals))]
+                if split
+                else [],
+                "turns": turns,
             }
         except Exception as exc:  # one bad file must not fail its block
             if not isinstance(exc, AsrError):
                 logger.warning("file %s failed: %r", row_id, exc)
             return decoded_error_row(row_id, exc, duration_s)
+
+    def _diarizer(self) -> tuple[BatchedEmbedder, DiarizationSettings]:
+        assert self._speakers is not None  # row_speaker_request refused the row otherwise
+        if self._embedder is None:
+            from serve_app.speakers.factory import build_batched_embedder
+
+            self._embedder = build_batched_embedder(
+                self._speakers, resolve_models_dir(self._models_dir)
+            )
+        return self._embedder, self._speakers.diarization_settings()
 
     def _read(self, uri: str) -> bytes:
         for attempt in range(1, READ_ATTEMPTS + 1):
@@ -309,6 +384,16 @@ class DecodeVadStage:
 
 class TranscribeBatchFn(Protocol):
     def transcribe_batch(self, jobs: Sequence[SegmentJob]) -> list[ItemResult]: ...
+
+
+def _channels_of(value: pa.ListScalar) -> list[int]:
+    """Each speech item's channel (0 for rows written before the field existed)."""
+    if not value.is_valid or len(value) == 0:
+        return []
+    items = value.values
+    if "channel" not in items.type.names:
+        return [0] * len(items)
+    return [c or 0 for c in items.field("channel").to_pylist()]
 
 
 def _speech_of(
@@ -359,8 +444,8 @@ def recognize_rows(
     speech = batch.column("speech")
     jobs: list[SegmentJob] = []
     items: list[ItemAudio] = []
-    # Per row: (slice of jobs, spans); None for rows that already failed.
-    layout: list[tuple[slice, list[tuple[int, int]]] | None] = []
+    # Per row: (slice of jobs, spans, channels); None for rows that already failed.
+    layout: list[tuple[slice, list[tuple[int, int]], list[int]] | None] = []
     for i, row in enumerate(meta):
         if row["status"] != STATUS_OK:
             layout.append(None)
@@ -370,7 +455,7 @@ def recognize_rows(
         first = len(jobs)
         jobs.extend(SegmentJob(audio=a, options=opts) for a in arrays)
         items.extend(ItemAudio(a, m) for a, m in zip(arrays, members, strict=True))
-        layout.append((slice(first, len(jobs)), spans))
+        layout.append((slice(first, len(jobs)), spans, _channels_of(speech[i])))
 
     try:
         results: list[ItemResult] = recognizer.transcribe_batch(jobs) if jobs else []
@@ -401,11 +486,11 @@ def recognize_rows(
                 }
             )
             continue
-        where, spans = place
+        where, spans, channels = place
         try:
             if batch_error is not None:
                 raise batch_error
-            stitched = stitch(spans, results[where])
+            stitched = _stitch_row(row, spans, channels, results[where])
         except Exception as exc:  # recorded per file
             out.append(
                 {
@@ -424,11 +509,38 @@ def recognize_rows(
                 "segments": stitched.segments,
                 "status": STATUS_OK,
                 "error": None,
+                # Only files with speakers carry them (segments' "speaker" too).
+                **({"speakers": stitched.speakers} if stitched.speakers is not None else {}),
             }
         )
     if punctuator is not None:
         _punctuate_rows(out, punctuator)
     return out
+
+
+def _stitch_row(
+    row: dict, spans: list[tuple[int, int]], channels: list[int], results: Sequence[ItemResult]
+) -> StitchedFile:
+    """One file: stitched alone, per channel (split, labelled and merged by start), or
+    labelled with its diarized turns, as the online request is."""
+    names = row.get("channel_names") or []
+    if names:
+        per_channel = []
+        for index, name in enumerate(names):
+            mine = [i for i, c in enumerate(channels) if c == index]
+            part = stitch([spans[i] for i in mine], [results[i] for i in mine])
+            per_channel.append((name, part.segments))
+        segments = merge_channel_rows(per_channel)
+        text = join_texts([seg["text"] for seg in segments])
+        return StitchedFile(text, segments, speakers_column(segments, names))
+    stitched = stitch(spans, results)
+    turns = row.get("turns")
+    if turns is None:
+        return stitched
+    segments = label_rows(stitched.segments, turns)
+    order = list(dict.fromkeys(t["speaker"] for t in sorted(turns, key=lambda t: t["start_s"])))
+    order.sort(key=lambda x: (len(x), x))
+    return StitchedFile(stitched.text, segments, speakers_column(segments, order))
 
 
 class PunctuateBatchFn(Protocol):

@@ -17,9 +17,11 @@ from starlette.datastructures import UploadFile
 
 from serve_app.errors import InvalidRequestError
 from serve_app.recognizers.base import RecognitionOptions
+from serve_app.speakers.diarize import DiarizationOptions
 from serve_app.transcript import RESPONSE_FORMATS
 
 TIMESTAMP_GRANULARITIES = ("segment", "word")
+CHANNEL_MODES = ("mix", "split")
 # Fields that change how the answer is delivered, not what it says.
 _NOT_OUTPUT = frozenset({"stream", "use_cache"})
 
@@ -34,6 +36,17 @@ class RequestOptions:
     stream: bool = False
     # False: neither read nor write the result cache for this request.
     use_cache: bool = True
+    # Speakers (None: the server's configured default). ``channels``: "mix" | "split".
+    channels: str | None = None
+    diarize: bool | None = None
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    # json/text: "[speaker] ..." lines instead of the plain text (form ``speaker_text``).
+    speaker_text: bool = False
+
+    def diarization_options(self) -> DiarizationOptions:
+        return DiarizationOptions(self.num_speakers, self.min_speakers, self.max_speakers)
 
     @property
     def include_words(self) -> bool:
@@ -103,7 +116,23 @@ def parse_form(form: Any) -> RequestOptions:
         prompt=optional_str(form.get("prompt")),
         hotwords=tuple(w for w in (optional_str(form.get("hotwords")) or "").split() if w.strip()),
     )
+    channels = optional_str(form.get("channels"))
+    if channels is not None and channels not in CHANNEL_MODES:
+        raise InvalidRequestError(
+            f"channels must be one of {list(CHANNEL_MODES)}, got {channels!r}", param="channels"
+        )
+    counts = DiarizationOptions(  # a 400 for inconsistent counts
+        num_speakers=optional_int(form, "num_speakers"),
+        min_speakers=optional_int(form, "min_speakers"),
+        max_speakers=optional_int(form, "max_speakers"),
+    )
     return RequestOptions(
+        channels=channels,
+        diarize=optional_bool(form, "diarize"),
+        speaker_text=bool(optional_bool(form, "speaker_text")),
+        num_speakers=counts.num_speakers,
+        min_speakers=counts.min_speakers,
+        max_speakers=counts.max_speakers,
         model=optional_str(form.get("model")),
         recognition=recognition,
         response_format=response_format,

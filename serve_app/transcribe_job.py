@@ -7,9 +7,11 @@ Usage (embedded Ray, or against a cluster from ``RAY_ADDRESS`` / ``ray job submi
 
 The manifest has ``id`` (unique string) and ``audio`` (a local path, relative paths being
 taken from the manifest's folder, or a URI pyarrow reads: ``file://``, ``s3://``,
-``gs://``), optionally ``language`` and ``hotwords``. The output directory receives Parquet
-part files with one row per manifest id: ``id, text, segments, duration_s, status, error,
-model`` (see :data:`serve_app.offline.OUTPUT_SCHEMA`).
+``gs://``), optionally ``language``, ``hotwords``, ``channels`` (mix | split) and
+``diarize`` (true | false; both default to the job config). The output directory receives
+Parquet part files with one row per manifest id: ``id, text, segments, duration_s, status,
+error, model, speakers`` (see :data:`serve_app.offline.OUTPUT_SCHEMA`; segments carry
+``speaker``, ``speakers`` lists each label with its talk time).
 
 Resuming: before anything runs, the ``id`` column of the part files already in the output
 directory is read, and only the manifest ids not there are processed; the new rows are
@@ -300,6 +302,8 @@ def build_pipeline(config: JobConfig, manifest: ManifestInfo, done_ids: pa.Array
         fn_constructor_kwargs={
             "base_dir": manifest.base_dir,
             "pack_segments_s": config.recognizer.segment_pack_s,
+            "channels": config.channels,
+            "speakers": config.speakers,
         },
         batch_size=config.files_per_decode_batch,
         batch_format="pyarrow",

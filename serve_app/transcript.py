@@ -19,6 +19,8 @@ class TranscriptSegment:
     end_s: float
     text: str
     words: tuple[WordTiming, ...] = ()
+    # Who said it: the channel's name (channels=split) or the diarized speaker.
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Transcription:
     model: str
     language: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    # Speaker label -> talk time (s), in label order; empty without speakers.
+    speakers: dict[str, float] = field(default_factory=dict)
 
 
 def _is_cjk(ch: str) -> bool:
@@ -91,9 +95,21 @@ def _clock(seconds: float, sep: str) -> str:
     return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
 
 
+def _srt_text(seg: TranscriptSegment) -> str:
+    return f"[{seg.speaker}] {seg.text}" if seg.speaker else seg.text
+
+
+def _vtt_text(seg: TranscriptSegment) -> str:
+    """A WebVTT voice span (``<v speaker>text``) when the segment has a speaker."""
+    if not seg.speaker:
+        return seg.text
+    name = seg.speaker.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return f"<v {name}>{seg.text}"
+
+
 def to_srt(tr: Transcription) -> str:
     blocks = [
-        f"{i}\n{_clock(seg.start_s, ',')} --> {_clock(seg.end_s, ',')}\n{seg.text}\n"
+        f"{i}\n{_clock(seg.start_s, ',')} --> {_clock(seg.end_s, ',')}\n{_srt_text(seg)}\n"
         for i, seg in enumerate((s for s in tr.segments if s.text), start=1)
     ]
     return "\n".join(blocks)
@@ -101,11 +117,30 @@ def to_srt(tr: Transcription) -> str:
 
 def to_vtt(tr: Transcription) -> str:
     blocks = [
-        f"{_clock(seg.start_s, '.')} --> {_clock(seg.end_s, '.')}\n{seg.text}\n"
+        f"{_clock(seg.start_s, '.')} --> {_clock(seg.end_s, '.')}\n{_vtt_text(seg)}\n"
         for seg in tr.segments
         if seg.text
     ]
     return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def speaker_text(tr: Transcription) -> str:
+    """The text as one ``[speaker] ...`` line per speaker turn (consecutive segments of a
+    speaker joined); the plain text when no segment has a speaker."""
+    if not any(seg.speaker for seg in tr.segments):
+        return tr.text
+    turns: list[tuple[str | None, list[str]]] = []
+    for seg in tr.segments:
+        if not seg.text:
+            continue
+        if turns and turns[-1][0] == seg.speaker:
+            turns[-1][1].append(seg.text)
+        else:
+            turns.append((seg.speaker, [seg.text]))
+    return "\n".join(
+        f"[{speaker}] {join_texts(texts)}" if speaker else join_texts(texts)
+        for speaker, texts in turns
+    )
 
 
 def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
@@ -126,10 +161,16 @@ def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
                 "avg_logprob": 0.0,
                 "compression_ratio": 0.0,
                 "no_speech_prob": 0.0,
+                **({"speaker": seg.speaker} if seg.speaker is not None else {}),
             }
             for seg in tr.segments
         ],
     }
+    if tr.speakers:
+        body["speakers"] = [
+            {"speaker": label, "talk_time_s": round(seconds, 3)}
+            for label, seconds in tr.speakers.items()
+        ]
     if include_words:
         body["words"] = [
             {"word": w.word, "start": round(w.start_s, 3), "end": round(w.end_s, 3)}
@@ -142,12 +183,20 @@ def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
-def render(tr: Transcription, response_format: str, *, include_words: bool = False):
-    """(body, media type) for an OpenAI ``response_format``."""
+def render(
+    tr: Transcription,
+    response_format: str,
+    *,
+    include_words: bool = False,
+    speaker_prefixed: bool = False,
+):
+    """(body, media type) for an OpenAI ``response_format``. ``speaker_prefixed``: the
+    ``text`` of json/text is :func:`speaker_text` (``[speaker] ...`` lines)."""
+    text = speaker_text(tr) if speaker_prefixed else tr.text
     if response_format == "json":
-        return json.dumps({"text": tr.text}, ensure_ascii=False), "application/json"
+        return json.dumps({"text": text}, ensure_ascii=False), "application/json"
     if response_format == "text":
-        return tr.text, "text/plain; charset=utf-8"
+        return text, "text/plain; charset=utf-8"
     if response_format == "srt":
         return to_srt(tr), "text/plain; charset=utf-8"
     if response_format == "vtt":

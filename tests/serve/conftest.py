@@ -23,6 +23,13 @@ def default_app_config(models_dir, random_models_dir) -> dict:
             "default_model": "whisper-tiny.en",
             "deployment": replica_options(max_ongoing_requests=128),
         },
+        # The real GE2E speaker encoder: diarize=true works on this app (tests/speakers).
+        "speakers": {
+            "backend": "ge2e",
+            "cpu_threads": 1,
+            "batch": {"max_batch_audio_s": 96, "max_batch_items": 64, "batch_wait_timeout_s": 0.05},
+            "deployment": replica_options(max_ongoing_requests=512),
+        },
         "recognizers": [
             {
                 "name": "whisper-tiny.en",

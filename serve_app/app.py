@@ -13,6 +13,7 @@ from ray.serve import Application, Deployment
 
 from serve_app.admission import AdmissionPolicy
 from serve_app.audio import AudioLimits
+from serve_app.cache import CacheOptions, model_version
 from serve_app.config import AppConfig, resolve_models_dir
 from serve_app.deployments.ingress import AsrIngress, IngressOptions
 from serve_app.deployments.recognizer import RecognizerDeployment
@@ -56,11 +57,49 @@ def build_app(args: AppConfig) -> Application:
             )
             for rec in config.recognizers
         },
+        cache=_cache_options(config, models_dir),
     )
     ingress = _deployment(AsrIngress).options(
         name="AsrIngress", **config.ingress.deployment.serve_options()
     )
     return ingress.bind(vad.bind(config.vad, models_dir), recognizers, options)
+
+
+# Settings that change how a model is served, not what it answers (the cache's version).
+_NOT_OUTPUT_SETTINGS = {
+    "aliases",
+    "deployment",
+    "batch",
+    "max_queue_wait_s",
+    "initial_drain_rate_audio_s_per_s",
+    "warmup",
+    "cpu_threads",
+}
+
+
+def _cache_options(config: AppConfig, models_dir: str) -> CacheOptions | None:
+    """The result cache's options; each model's version is the config's, else its
+    weights' identity with every setting that may change the output: the recognizer's
+    own and the rest of the app's (VAD, speakers, punctuation: all but the ingress,
+    the deployments' resources and the cache itself)."""
+    if not config.cache.enabled:
+        return None
+    shared = config.model_dump(
+        mode="json",
+        exclude={"recognizers", "ingress", "vad_deployment", "cache", "audio", "models_dir"},
+    )
+    versions = {}
+    for rec in config.recognizers:
+        own = rec.model_dump(mode="json", exclude=_NOT_OUTPUT_SETTINGS)
+        versions[rec.name] = config.cache.model_versions.get(rec.name) or model_version(
+            rec.model, models_dir, {"recognizer": own, "app": shared}
+        )
+    return CacheOptions(
+        max_bytes=config.cache.max_bytes,
+        redis_url=config.cache.redis_url,
+        ttl_s=config.cache.ttl_s,
+        model_versions=versions,
+    )
 
 
 def _deployment(cls: object) -> Deployment:

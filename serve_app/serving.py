@@ -22,7 +22,7 @@ from serve_app.coverage import ItemAudio, Redecoder
 from serve_app.errors import AsrError, UnknownModelError
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
 from serve_app.segmentation import SpeechSegment, pack_pieces
-from serve_app.transcript import Transcription, stitch_segments
+from serve_app.transcript import Transcription, TranscriptSegment, stitch_segments
 
 SegmentFn = Callable[[np.ndarray], Awaitable[list[SpeechSegment]]]
 RecognizeFn = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
@@ -77,9 +77,13 @@ class TranscriptionService:
         options: RecognitionOptions | None = None,
         deadline_unix_s: float | None = None,
         request_id: str | None = None,
+        on_segment: SegmentCallback | None = None,
     ) -> Transcription:
         """Transcribe decoded audio. Every segment job carries ``deadline_unix_s`` and
-        ``request_id`` so downstream stages can drop work of requests that gave up."""
+        ``request_id`` so downstream stages can drop work of requests that gave up.
+
+        ``on_segment`` (streaming) is awaited with each recognized item in audio order, as
+        soon as it and every earlier one are done. What this returns does not change."""
         route = self.route(model)
         opts = _merge(route.default_options, options)
         timings: dict[str, float] = {}
@@ -99,11 +103,10 @@ class TranscriptionService:
             )
 
         t1 = time.perf_counter()
-        results: list[object] = list(
-            await asyncio.gather(
-                *(route.recognize(job(seg.slice(audio.samples))) for seg in segments),
-                return_exceptions=True,
-            )
+        results = await _recognize_in_order(
+            [route.recognize(job(seg.slice(audio.samples))) for seg in segments],
+            segments,
+            on_segment,
         )
         timings["recognize"] = time.perf_counter() - t1
         failed = any(isinstance(r, BaseException) for r in results)
@@ -140,6 +143,47 @@ class TranscriptionService:
             language=language or opts.language,
             timings_s=timings,
         )
+
+
+@dataclass(frozen=True)
+class SegmentDone:
+    """One recognized item, reported while its request still runs (streaming).
+
+    ``index``: its position among the request's items in audio order. ``text`` and
+    ``pieces`` (in the audio's time) are the first pass: a re-decode or a post-stage may
+    still change the final transcript.
+    """
+
+    index: int
+    text: str
+    pieces: tuple[TranscriptSegment, ...]
+
+
+SegmentCallback = Callable[[SegmentDone], Awaitable[None]]
+
+
+async def _recognize_in_order(
+    calls: list[Awaitable[SegmentTranscript]],
+    segments: list[SpeechSegment],
+    on_segment: SegmentCallback | None,
+) -> list[object]:
+    """Every item at once (they meet in the recognizer's batches), results (or errors)
+    in item order; with ``on_segment``, each item is reported as soon as it and every
+    earlier one are done, and reporting stops at the first failed item."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        if on_segment is not None:
+            for index, (task, seg) in enumerate(zip(tasks, segments, strict=True)):
+                await asyncio.wait([task])
+                if task.cancelled() or task.exception() is not None:
+                    break  # the request fails at stitching, with this item's error
+                text, pieces, _ = stitch_segments([(seg.start_ms, seg.end_ms)], [task.result()])
+                await on_segment(SegmentDone(index, text, pieces))
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
 
 
 def _record_redecodes(model: str, redecoder: Redecoder) -> None:

@@ -8,6 +8,8 @@ traffic only after loading and warming their models).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import math
 import time
@@ -20,9 +22,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from serve_app import observability, request_scope, system, ui
+from serve_app import observability, request_scope, streaming, system, ui
 from serve_app.admission import (
     AdmissionController,
     AdmissionPolicy,
@@ -31,6 +33,7 @@ from serve_app.admission import (
 )
 from serve_app.audio import AudioLimits
 from serve_app.auth import ApiKeys
+from serve_app.cache import CacheOptions, TranscriptionCache, sha256_hex
 from serve_app.errors import (
     AsrError,
     AudioTooLongError,
@@ -46,10 +49,15 @@ from serve_app.errors import (
     UploadTooLargeError,
 )
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob
-from serve_app.request_options import parse_form
+from serve_app.request_options import RequestOptions, parse_form
 from serve_app.retry import RetryPolicy, call_with_retries
-from serve_app.serving import ModelRoute, TranscriptionService, unwrap_error
-from serve_app.transcript import render
+from serve_app.serving import (
+    ModelRoute,
+    SegmentCallback,
+    TranscriptionService,
+    unwrap_error,
+)
+from serve_app.transcript import Transcription, render
 
 logger = logging.getLogger("serve_app.ingress")
 
@@ -86,10 +94,24 @@ class IngressOptions:
     request_timeout_s: float = 600.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     admission: dict[str, AdmissionPolicy] = field(default_factory=dict)  # canonical name
+    # The result cache (serve_app/cache.py); None: off (every answer says x-cache: bypass).
+    cache: CacheOptions | None = None
 
 
 def error_response(exc: BaseException, request_id: str) -> JSONResponse:
     """The JSON error body OpenAI clients understand, with our status mapping."""
+    status, body, exc = error_body(exc, request_id)
+    headers = {"x-request-id": request_id}
+    if isinstance(exc, OverloadedError):
+        # Admission control's estimate; 1 s for back-pressure and unavailable replicas.
+        retry_after_s = getattr(exc, "retry_after_s", None) or 1.0
+        headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_body(exc: BaseException, request_id: str) -> tuple[int, dict, AsrError]:
+    """(status, JSON body, the typed error) of a failure: the one mapping, shared by the
+    JSON error responses and the error events of a stream."""
     exc = unwrap_error(exc)
     if not isinstance(exc, AsrError):
         exc = _classify_foreign(exc)
@@ -103,17 +125,15 @@ def error_response(exc: BaseException, request_id: str) -> JSONResponse:
         },
         "request_id": request_id,
     }
-    headers = {"x-request-id": request_id}
-    if isinstance(exc, OverloadedError):
-        # Admission control's estimate; 1 s for back-pressure and unavailable replicas.
-        retry_after_s = getattr(exc, "retry_after_s", None) or 1.0
-        headers["retry-after"] = str(max(1, math.ceil(retry_after_s)))
-    return JSONResponse(body, status_code=status, headers=headers)
+    return status, body, exc
 
 
 def _classify_foreign(exc: BaseException) -> AsrError:
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+    if isinstance(exc, asyncio.CancelledError):
+        # A streamed request's work cancelled under it (replica stopping).
+        return InternalError("the request was cancelled before it finished")
     if isinstance(exc, (BackPressureError, DeploymentUnavailableError)):
         return OverloadedError(f"the service is overloaded, retry later ({type(exc).__name__})")
     logger.error("unexpected error", exc_info=exc)
@@ -141,6 +161,7 @@ class AsrIngress:
             for name in recognizers
         }
         self._pending = PendingRequests()
+        self._cache: TranscriptionCache | None = options.cache.build() if options.cache else None
         # Graceful stop (serve_app.run): set through user_config, counted per replica.
         self._draining = False
         self._in_flight = 0
@@ -379,6 +400,22 @@ class AsrIngress:
             raise UploadTooLargeError(
                 f"upload exceeds the limit of {limits.max_upload_bytes} bytes", param="file"
             )
+        canonical = self._service.route(model).name
+        cache_key = None
+        if self._cache is not None and request_options.use_cache:
+            digest = await asyncio.to_thread(sha256_hex, data) if len(data) > 2**20 else None
+            cache_key = self._cache.key(
+                digest or sha256_hex(data), canonical, request_options.output_fields()
+            )
+            cached = await self._cache.get(cache_key, model=canonical)
+            if cached is not None:
+                # No decode, VAD or recognizer: nothing queued, no admission ticket.
+                if request_options.stream:
+                    return self._stream(
+                        lambda _: _done(cached), request_options, request_id, "hit", lambda: None
+                    )
+                return self._answer(cached, request_options, request_id, started, "hit")
+        cache_state = "miss" if cache_key is not None else "bypass"
         t_decode = time.perf_counter()
         audio = await self._service.decode(data)
         decode_s = time.perf_counter() - t_decode
@@ -392,41 +429,114 @@ class AsrIngress:
             )
             raise
         self._publish(canonical)
-        scope_token = request_scope.CURRENT.set(
-            request_scope.RequestScope(deadline_unix_s, ticket, canonical)
-        )
-        try:
-            transcription = await self._service.transcribe(
-                audio,
-                model=model,
-                options=request_options.recognition,
-                deadline_unix_s=deadline_unix_s,
-                request_id=request_id,
-            )
-        finally:
-            request_scope.CURRENT.reset(scope_token)
-            ticket.close()
+        scope = request_scope.RequestScope(deadline_unix_s, ticket, canonical)
+
+        def release() -> None:
+            ticket.close()  # idempotent
             self._publish(canonical)
-        body, media_type = render(
-            transcription,
-            request_options.response_format,
-            include_words=request_options.include_words,
-        )
-        total_s = time.perf_counter() - started
-        tags = {"model": transcription.model}
-        latency = observability.stage_latency_s()
-        latency.observe(decode_s, tags={**tags, "stage": "decode"})
-        for stage, seconds in transcription.timings_s.items():
-            latency.observe(seconds, tags={**tags, "stage": stage})
-        latency.observe(total_s, tags={**tags, "stage": "total"})
+
+        async def run(on_segment: SegmentCallback | None = None) -> Transcription:
+            # Awaited here, or run in its own task by a stream (the scope is set inside,
+            # so both see it, and a stream's ticket is released when its task ends).
+            scope_token = request_scope.CURRENT.set(scope)
+            try:
+                transcription = await self._service.transcribe(
+                    audio,
+                    model=model,
+                    options=request_options.recognition,
+                    deadline_unix_s=deadline_unix_s,
+                    request_id=request_id,
+                    on_segment=on_segment,
+                )
+            finally:
+                request_scope.CURRENT.reset(scope_token)
+                release()
+            _record_latency(transcription, decode_s, started)
+            if cache_key is not None and self._cache is not None:
+                await self._cache.put(cache_key, transcription)
+            return transcription
+
+        if request_options.stream:
+            return self._stream(run, request_options, request_id, cache_state, release)
+        transcription = await run()
+        return self._answer(transcription, request_options, request_id, started, cache_state)
+
+    def _answer(
+        self,
+        transcription: Transcription,
+        request_options: RequestOptions,
+        request_id: str,
+        started: float,
+        cache_state: str,
+    ) -> Response:
+        body, media_type = self._render(transcription, request_options)
         return Response(
             body,
             media_type=media_type,
             headers={
                 "x-request-id": request_id,
-                "x-audio-duration-s": f"{audio.duration_s:.3f}",
-                "x-processing-s": f"{total_s:.3f}",
+                "x-audio-duration-s": f"{transcription.duration_s:.3f}",
+                "x-processing-s": f"{time.perf_counter() - started:.3f}",
+                "x-cache": cache_state,
             },
+        )
+
+    def _render(
+        self, transcription: Transcription, request_options: RequestOptions
+    ) -> tuple[str, str]:
+        """(body, media type) of the answer: the one rendering of a request's options."""
+        return render(
+            transcription,
+            request_options.response_format,
+            include_words=request_options.include_words,
+        )
+
+    def _done_fields(self, request_options: RequestOptions) -> streaming.DoneFieldsFn:
+        """The done event's ``text``: the ``text`` a non-streamed ``json`` answer gives
+        (speaker lines and all). With ``response_format=verbose_json`` also ``response``,
+        the whole verbose body (an extension: the web UI takes segments from it)."""
+
+        def done_fields(transcription: Transcription) -> dict:
+            as_json = dataclasses.replace(request_options, response_format="json")
+            out = {"text": json.loads(self._render(transcription, as_json)[0])["text"]}
+            if request_options.response_format == "verbose_json":
+                out["response"] = json.loads(self._render(transcription, request_options)[0])
+            return out
+
+        return done_fields
+
+    def _stream(
+        self,
+        run: streaming.RunFn,
+        request_options: RequestOptions,
+        request_id: str,
+        cache_state: str,
+        release: Callable[[], None],
+    ) -> StreamingResponse:
+        """Server-Sent Events (serve_app/streaming.py). The transcription starts now and
+        counts as in flight (graceful stop waits for it) until its task ends."""
+        self._in_flight += 1
+
+        def finish() -> None:
+            self._in_flight -= 1
+            release()
+
+        def body(exc: BaseException) -> dict:
+            _status, payload, typed = error_body(exc, request_id)
+            observability.errors_total().inc(tags={"kind": typed.code, "stage": "stream"})
+            return payload
+
+        stream = streaming.TranscriptStream(
+            run,
+            error_body=body,
+            done_fields=self._done_fields(request_options),
+            on_finish=finish,
+        )
+        stream.start()
+        return StreamingResponse(
+            stream.events(),
+            media_type=streaming.MEDIA_TYPE,
+            headers={**streaming.HEADERS, "x-request-id": request_id, "x-cache": cache_state},
         )
 
     def _models(self) -> Response:
@@ -472,6 +582,19 @@ class AsrIngress:
             {"status": "ok" if ok else "unavailable", "checks": checks},
             status_code=200 if ok else 503,
         )
+
+
+async def _done(transcription: Transcription) -> Transcription:
+    return transcription
+
+
+def _record_latency(transcription: Transcription, decode_s: float, started: float) -> None:
+    tags = {"model": transcription.model}
+    latency = observability.stage_latency_s()
+    latency.observe(decode_s, tags={**tags, "stage": "decode"})
+    for stage, seconds in transcription.timings_s.items():
+        latency.observe(seconds, tags={**tags, "stage": stage})
+    latency.observe(time.perf_counter() - started, tags={**tags, "stage": "total"})
 
 
 def _route_path(request: Request) -> str:

@@ -58,6 +58,53 @@ function transcribe(file, opts, onPhase) {
   });
 }
 
+// POST a file with stream=true and read its Server-Sent Events as they come: onDelta gets
+// each transcript.text.delta ({delta, start, end}) in audio order; resolves the final
+// verbose_json body (the done event's "response"). fetch, not XHR: XHR cannot hand over a
+// body in pieces; the price is no upload progress.
+async function transcribeStream(file, opts, onPhase, onDelta) {
+  const form = new FormData();
+  form.append("file", file, file.name || "recording.webm");
+  form.append("response_format", "verbose_json");
+  form.append("stream", "true");
+  if (opts.model) form.append("model", opts.model);
+  if (opts.language) form.append("language", opts.language);
+  if (opts.hotwords) form.append("hotwords", opts.hotwords);
+  onPhase("uploading", null);
+  let res;
+  try {
+    res = await fetch(API + "/v1/audio/transcriptions", { method: "POST", body: form, headers: authHeaders() });
+  } catch (_) { throw new Error("network error (is the service up?)"); }
+  if (!res.ok) {
+    // Validation and admission errors come before the stream starts: plain JSON.
+    if (res.status === 401) showGlobalError("The service needs an API key: enter it at the top.");
+    throw new Error(await errorMessage(res.status, await res.text()));
+  }
+  onPhase("recognizing", 1);
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (value) buffered += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffered.indexOf("\n\n")) >= 0) {
+      const block = buffered.slice(0, end);
+      buffered = buffered.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (!data) continue;
+      const event = JSON.parse(data);
+      if (event.type === "transcript.text.delta") onDelta(event);
+      else if (event.type === "transcript.text.done") return event.response || { text: event.text, segments: [] };
+      else if (event.type === "error") {
+        const err = event.error || {};
+        throw new Error(`${err.code || "error"}: ${err.message || "the transcription failed"}`);
+      }
+    }
+    if (done) throw new Error("the stream ended before the transcript was done");
+  }
+}
+
 function showGlobalError(msg) {
   const el = $("global-error");
   el.textContent = msg;
@@ -259,10 +306,21 @@ $("single-go").addEventListener("click", async () => {
   $("single-go").disabled = true;
   $("single-result").hidden = true;
   const started = performance.now();
+  let partial = "", count = 0;
+  const body = $("single-segments").tBodies[0];
   try {
-    singleResult = await transcribe(singleFile, options("single"), (phase, frac) => {
-      const pct = frac == null ? "" : ` ${Math.round(frac * 100)}%`;
-      setStatus("single-status", phase === "uploading" ? `Uploading${pct}...` : "Recognizing...", "busy");
+    singleResult = await transcribeStream(singleFile, options("single"), (phase) => {
+      setStatus("single-status", phase === "uploading" ? "Uploading..." : "Recognizing...", "busy");
+    }, (event) => {
+      // Text as it is recognized: each delta extends the transcript and adds a row; the
+      // final result (done) replaces both with the finished transcript.
+      if (count === 0) { body.replaceChildren(); $("single-raw").textContent = ""; }
+      count += 1;
+      partial += event.delta;
+      $("single-text").textContent = partial;
+      body.append(row([stamp(event.start, "."), stamp(event.end, "."), event.delta.trim()]));
+      $("single-result").hidden = false;
+      setStatus("single-status", `Recognizing... ${count} segment${count === 1 ? "" : "s"} so far.`, "busy");
     });
     const secs = ((performance.now() - started) / 1000).toFixed(1);
     setStatus("single-status", `Done: ${Number(singleResult.duration || 0).toFixed(1)} s of audio in ${secs} s.`);

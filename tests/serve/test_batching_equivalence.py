@@ -40,7 +40,8 @@ def test_batched_equals_sequential_over_http(asr_url, http, tmp_path):
     def request(data):
         return {
             "files": {"file": ("a.wav", data, "audio/wav")},
-            "data": {"model": MODEL, "response_format": "verbose_json"},
+            # cache=false: the second, concurrent pass must reach the recognizer.
+            "data": {"model": MODEL, "response_format": "verbose_json", "cache": "false"},
         }
 
     sequential = []

@@ -119,7 +119,8 @@ def test_user_config_update_under_load_reconfigures_in_place(
                     r = http.post(
                         "/v1/audio/transcriptions",
                         files={"file": ("a.wav", audio, "audio/wav")},
-                        data={"model": MODEL},
+                        # cache=false: the load must reach the recognizer being changed.
+                        data={"model": MODEL, "cache": "false"},
                     )
                     outcome = (r.status_code, r.text[:200])
                 except httpx.HTTPError as exc:

@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 
 from serve_app.evaluation import word_error_rate
-from tests.speech import SENTENCES, requires_espeak, synthesize
+from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MODEL = "whisper-tiny.en"
@@ -103,6 +103,40 @@ def test_single_file_shows_its_transcript(page, http, speech_files, shots):
     srt = Path(info.value.path()).read_text()
     assert srt.startswith("1\n00:00:") and "-->" in srt
     page.screenshot(path=str(shots / "single.png"))
+
+
+# Records every text the transcript and the status show (the text nodes each assignment
+# adds), however fast the page replaces them.
+WATCH_JS = """() => {
+  window.__shown = {"single-text": [], "single-status": []};
+  for (const id of Object.keys(window.__shown)) {
+    new MutationObserver((records) => {
+      for (const r of records) for (const n of r.addedNodes) window.__shown[id].push(n.textContent);
+    }).observe(document.getElementById(id), { childList: true });
+  }
+}"""
+
+
+def test_single_file_text_appears_as_segments_are_recognized(page, tmp_path):
+    # The random-weight FunASR model: one item per VAD segment (no packing), so three
+    # sentences stream as three deltas; bytes of its own so no cached answer stands in.
+    audio = concat_with_pauses([synthesize(t, tmp_path) for t in SENTENCES[10:13]], pause_s=1.6)
+    tail = np.random.default_rng().uniform(-1e-3, 1e-3, 160).astype(np.float32)
+    path = wav_file(tmp_path / "three.wav", np.concatenate([audio, tail]))
+    page.evaluate(WATCH_JS)
+    page.select_option("#single-model", "paraformer-tiny-random")
+    page.set_input_files("#single-file", str(path))
+    page.click("#single-go")
+    page.wait_for_function(
+        "document.getElementById('single-status').textContent.startsWith('Done')"
+    )
+    final = page.inner_text("#single-text").strip()
+    shown = page.evaluate("window.__shown")
+    partial = [t for t in shown["single-text"] if t.strip() and t.strip() != final]
+    # Shown before the end: growing prefixes of the final text, one per segment.
+    assert partial and all(final.startswith(t.strip()) for t in partial), (partial, final)
+    assert any("so far" in status for status in shown["single-status"]), shown["single-status"]
+    assert page.locator("#single-segments tbody tr").count() >= 3
 
 
 def test_batch_with_one_bad_file(page, speech_files, tmp_path, shots):

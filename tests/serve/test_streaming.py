@@ -165,6 +165,45 @@ def test_a_stream_cancelled_before_it_ran_still_releases_and_says_why():
     assert finished == [True]
 
 
+def test_the_openai_client_parses_our_events_and_raises_on_the_error_event():
+    """Our bytes, fed to the official client through a mock transport (no server)."""
+    import httpx
+    import openai
+
+    from serve_app.deployments.ingress import error_body
+    from serve_app.streaming import delta_event, done_event, error_event
+
+    def client_for(body: bytes):
+        def handler(request: httpx.Request) -> httpx.Response:
+            assert b'name="stream"' in request.content  # sent as a form field
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=body)
+
+        return openai.OpenAI(
+            base_url="http://test/v1",
+            api_key="unused",
+            max_retries=0,
+            http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+        )
+
+    def create(client):
+        return client.audio.transcriptions.create(
+            model="m", file=("a.wav", b"RIFF", "audio/wav"), stream=True
+        )
+
+    ok = delta_event("hello", 0.0, 1.0) + delta_event(" world", 1.0, 2.0)
+    events = list(create(client_for(ok + done_event({"text": "hello world"}))))
+    assert [type(e).__name__ for e in events] == [
+        "TranscriptionTextDeltaEvent",
+        "TranscriptionTextDeltaEvent",
+        "TranscriptionTextDoneEvent",
+    ]
+    assert "".join(e.delta for e in events[:2]) == events[2].text == "hello world"
+    failed = ok + error_event(error_body(RecognitionError("segment 3 failed"), "req-9")[1])
+    stream = create(client_for(failed))
+    with pytest.raises(openai.APIError, match="segment 3 failed"):
+        list(stream)
+
+
 # --- the official openai client against the shared app ----------------------------------
 
 MODEL = "whisper-1"

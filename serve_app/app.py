@@ -7,6 +7,7 @@ annotation) once. Each deployment receives only its own settings.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import cast
 
 from ray.serve import Application, Deployment
@@ -16,10 +17,14 @@ from serve_app.audio import AudioLimits
 from serve_app.cache import CacheOptions, model_version
 from serve_app.config import AppConfig, resolve_models_dir
 from serve_app.deployments.ingress import AsrIngress, IngressOptions
+from serve_app.deployments.punctuation import PunctuationDeployment
 from serve_app.deployments.recognizer import RecognizerDeployment
+from serve_app.deployments.speakers import SpeakerDeployment
 from serve_app.deployments.vad import VadDeployment
+from serve_app.punctuation.stage import punctuation_for
 from serve_app.recognizers.base import RecognitionOptions
 from serve_app.retry import RetryPolicy
+from serve_app.speakers.diarize import DiarizationSettings
 
 
 def build_app(args: AppConfig) -> Application:
@@ -58,11 +63,45 @@ def build_app(args: AppConfig) -> Application:
             for rec in config.recognizers
         },
         cache=_cache_options(config, models_dir),
+        channels=config.channels,
+        diarize_by_default=bool(config.speakers and config.speakers.diarize_by_default),
+        diarization_settings=(
+            config.speakers.diarization_settings() if config.speakers else DiarizationSettings()
+        ),
     )
     ingress = _deployment(AsrIngress).options(
         name="AsrIngress", **config.ingress.deployment.serve_options()
     )
-    return ingress.bind(vad.bind(config.vad, models_dir), recognizers, options)
+    # The speaker-embedding stage exists only with a ``speakers`` section (diarization).
+    speakers = None
+    if config.speakers is not None:
+        speakers = (
+            _deployment(SpeakerDeployment)
+            .options(name="SpeakerDeployment", **config.speakers.deployment.serve_options())
+            .bind(config.speakers, models_dir)
+        )
+    return ingress.bind(
+        vad.bind(config.vad, models_dir),
+        recognizers,
+        options,
+        speakers,
+        punctuators=_punctuators(config, models_dir),
+    )
+
+
+def _punctuators(config: AppConfig, models_dir: str) -> dict:
+    """One punctuation deployment per recognizer with a ``punctuation`` section (skipped,
+    with a warning, for a model that punctuates itself: serve_app.punctuation.stage)."""
+    out = {}
+    for rec in config.recognizers:
+        settings = punctuation_for(rec, Path(models_dir))
+        if settings is not None:
+            out[rec.name] = (
+                _deployment(PunctuationDeployment)
+                .options(name=f"Punctuation-{rec.name}", **settings.deployment.serve_options())
+                .bind(settings, models_dir, rec.name)
+            )
+    return out
 
 
 # Settings that change how a model is served, not what it answers (the cache's version).

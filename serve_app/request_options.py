@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 from starlette.datastructures import UploadFile
 
@@ -92,11 +92,14 @@ def optional_int(form: Mapping[str, Any], name: str, *, minimum: int = 1) -> int
     return value
 
 
-def parse_form(form: Any) -> RequestOptions:
+def parse_form(
+    form: Any, *, task: Literal["transcribe", "translate"] = "transcribe"
+) -> RequestOptions:
     """The multipart form's fields (all but ``file``) -> :class:`RequestOptions`.
 
     ``form`` is Starlette's FormData (``get`` and ``getlist``). Raises
     :class:`InvalidRequestError` (a 400 naming the field) for a value it cannot accept.
+    ``task``: ``translate`` for ``/v1/audio/translations`` (English text out).
     """
     response_format = str(form.get("response_format") or "json")
     if response_format not in RESPONSE_FORMATS:
@@ -115,6 +118,9 @@ def parse_form(form: Any) -> RequestOptions:
         language=optional_str(form.get("language")),
         prompt=optional_str(form.get("prompt")),
         hotwords=tuple(w for w in (optional_str(form.get("hotwords")) or "").split() if w.strip()),
+        word_timestamps="word" in granularities,
+        task=task,
+        punctuate=optional_bool(form, "punctuate"),
     )
     channels = optional_str(form.get("channels"))
     if channels is not None and channels not in CHANNEL_MODES:

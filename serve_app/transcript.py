@@ -33,6 +33,8 @@ class Transcription:
     timings_s: dict[str, float] = field(default_factory=dict)
     # Speaker label -> talk time (s), in label order; empty without speakers.
     speakers: dict[str, float] = field(default_factory=dict)
+    # "transcribe", or "translate" (/v1/audio/translations: English text).
+    task: str = "transcribe"
 
 
 def _is_cjk(ch: str) -> bool:
@@ -145,7 +147,7 @@ def speaker_text(tr: Transcription) -> str:
 
 def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
     body: dict = {
-        "task": "transcribe",
+        "task": tr.task,
         "language": tr.language or "unknown",
         "duration": round(tr.duration_s, 3),
         "text": tr.text,

@@ -1,6 +1,7 @@
 """HTTP ingress: the OpenAI-compatible API, and the one place errors become status codes.
 
-Routes: ``POST /v1/audio/transcriptions`` (multipart, OpenAI fields), ``GET /v1/models``,
+Routes: ``POST /v1/audio/transcriptions`` and ``/v1/audio/translations`` (multipart, OpenAI
+fields), ``GET /v1/models`` (with each model's capabilities),
 ``GET /healthz`` (200 only when the VAD and every recognizer answer: their replicas take
 traffic only after loading and warming their models).
 """
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from ray import serve
@@ -34,6 +36,7 @@ from serve_app.admission import (
 from serve_app.audio import AudioLimits
 from serve_app.auth import ApiKeys
 from serve_app.cache import CacheOptions, TranscriptionCache, sha256_hex
+from serve_app.config import ChannelSettings
 from serve_app.errors import (
     AsrError,
     AudioTooLongError,
@@ -48,6 +51,8 @@ from serve_app.errors import (
     UnsupportedCodecError,
     UploadTooLargeError,
 )
+from serve_app.punctuation.base import PunctuationRequest
+from serve_app.punctuation.request import PunctuateFn
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob
 from serve_app.request_options import RequestOptions, parse_form
 from serve_app.retry import RetryPolicy, call_with_retries
@@ -57,6 +62,9 @@ from serve_app.serving import (
     TranscriptionService,
     unwrap_error,
 )
+from serve_app.speakers.base import EmbeddingJob
+from serve_app.speakers.diarize import DiarizationSettings
+from serve_app.speakers.request import EmbedFn, SpeakerRequest
 from serve_app.transcript import Transcription, render
 
 logger = logging.getLogger("serve_app.ingress")
@@ -78,6 +86,11 @@ STATUS_BY_ERROR: dict[type[AsrError], int] = {
 # Multipart framing around the file: the upload limit is checked on Content-Length with
 # this allowance before the body is read, and on the file's own size after.
 _MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# The audio routes and the task each runs (translations: English text out).
+_AUDIO_ROUTES: dict[str, Literal["transcribe", "translate"]] = {
+    "/v1/audio/transcriptions": "transcribe",
+    "/v1/audio/translations": "translate",
+}
 # Retry-After of a request refused while this instance drains before a stop.
 DRAIN_RETRY_AFTER_S = 2.0
 
@@ -96,6 +109,10 @@ class IngressOptions:
     admission: dict[str, AdmissionPolicy] = field(default_factory=dict)  # canonical name
     # The result cache (serve_app/cache.py); None: off (every answer says x-cache: bypass).
     cache: CacheOptions | None = None
+    # Speakers: channel split layout, and diarization (needs the speaker deployment).
+    channels: ChannelSettings = field(default_factory=ChannelSettings)
+    diarize_by_default: bool = False
+    diarization_settings: DiarizationSettings = field(default_factory=DiarizationSettings)
 
 
 def error_response(exc: BaseException, request_id: str) -> JSONResponse:
@@ -147,10 +164,15 @@ class AsrIngress:
         vad: DeploymentHandle,
         recognizers: dict[str, DeploymentHandle],
         options: IngressOptions,
+        speakers: DeploymentHandle | None = None,
+        punctuators: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self._vad = vad
         self._recognizers = recognizers
         self._options = options
+        # Canonical model name -> its punctuation stage (only models configured with one).
+        self._punctuators = dict(punctuators or {})
+        self._capabilities_cache: dict[str, dict] = {}
         # Read here, in the replica, so a Secret mounted as env or file on the node counts.
         self._api_keys = ApiKeys.from_env()
         logger.info("API keys: %s", f"{len(self._api_keys)} set" if self._api_keys else "off")
@@ -173,12 +195,17 @@ class AsrIngress:
                 recognize=self._recognize_call(handle, name),
                 default_options=options.default_options.get(name, RecognitionOptions()),
                 pack_segments_ms=options.pack_segments_ms.get(name, 0),
+                punctuate=self._punctuate_call(name),
+                detects_language=self._detects_language_call(name),
             )
         self._service = TranscriptionService(
             segment=self._vad_call(vad),
             routes=routes,
             default_model=options.default_model,
             limits=options.limits,
+            embed=self._embed_call(speakers) if speakers is not None else None,
+            diarization_settings=options.diarization_settings,
+            channels=options.channels,
         )
 
     async def __call__(self, request: Request) -> Response:
@@ -198,7 +225,7 @@ class AsrIngress:
             denied.headers["www-authenticate"] = "Bearer"
             return denied
         try:
-            if path == "/v1/audio/transcriptions" and request.method == "POST":
+            if path in _AUDIO_ROUTES and request.method == "POST":
                 if self._draining:
                     raise OverloadedError(
                         "the service is shutting down; retry on another instance",
@@ -210,7 +237,7 @@ class AsrIngress:
                 finally:
                     self._in_flight -= 1
             if path == "/v1/models" and request.method == "GET":
-                return self._models()
+                return await self._models()
             if path in ("/healthz", "/health") and request.method == "GET":
                 return await self._healthz()
             if path == "/v1/stats" and request.method == "GET":
@@ -301,6 +328,40 @@ class AsrIngress:
 
         return recognize
 
+    def _embed_call(self, handle: DeploymentHandle) -> EmbedFn:
+        call = _remote_call(handle, "embed")
+        policy = self._options.retry
+
+        async def embed(job: EmbeddingJob):
+            # One call per embedding window; idempotent, so retried like a segment.
+            return await call_with_retries(
+                lambda: call(job),
+                policy=policy,
+                deadline_unix_s=job.deadline_unix_s,
+                what="embed",
+                on_retry=_count_retry("embed"),
+            )
+
+        return embed
+
+    def _speaker_request(self, request_options: RequestOptions) -> SpeakerRequest:
+        """The request's speaker options over the server's defaults; 400 when it asks
+        for diarization this server cannot do."""
+        diarize = request_options.diarize
+        if diarize is None:
+            diarize = self._options.diarize_by_default
+        if diarize and not self._service.can_diarize:
+            raise InvalidRequestError(
+                "diarization is not configured on this server (no 'speakers' section)",
+                param="diarize",
+            )
+        channels = request_options.channels or self._options.channels.default
+        return SpeakerRequest(
+            channels="split" if channels == "split" else "mix",
+            diarize=bool(diarize),
+            diarization=request_options.diarization_options(),
+        )
+
     def _publish(self, model: str) -> None:
         controller = self._admission[model]
         tags = {"model": model}
@@ -390,9 +451,11 @@ class AsrIngress:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidRequestError("missing 'file' field (multipart upload)", param="file")
-        request_options = parse_form(form)
+        request_options = parse_form(form, task=_AUDIO_ROUTES[_route_path(request)])
+        speakers = self._speaker_request(request_options)
         model = request_options.model
         self._service.route(model)  # 404 before decoding anything
+        await self._check_capabilities(model, request_options.recognition)
         self._admission_check(model, 0.0, "before_decode")
         data = await upload.read(limits.max_upload_bytes + 1)
         await form.close()
@@ -417,12 +480,13 @@ class AsrIngress:
                 return self._answer(cached, request_options, request_id, started, "hit")
         cache_state = "miss" if cache_key is not None else "bypass"
         t_decode = time.perf_counter()
-        audio = await self._service.decode(data)
+        audio = await self._service.decode(data, keep_channels=speakers.channels == "split")
         decode_s = time.perf_counter() - t_decode
         pending.end(audio.duration_s)
         canonical = self._service.route(model).name
         try:
-            ticket = self._admission[canonical].admit(audio.duration_s)
+            # Split: every channel is recognized, so each costs the recognizer its length.
+            ticket = self._admission[canonical].admit(audio.duration_s * audio.num_channels)
         except OverloadedError:
             observability.admission_rejections_total().inc(
                 tags={"model": canonical, "stage": "after_decode"}
@@ -446,6 +510,7 @@ class AsrIngress:
                     options=request_options.recognition,
                     deadline_unix_s=deadline_unix_s,
                     request_id=request_id,
+                    speakers=speakers,
                     on_segment=on_segment,
                 )
             finally:
@@ -489,6 +554,7 @@ class AsrIngress:
             transcription,
             request_options.response_format,
             include_words=request_options.include_words,
+            speaker_prefixed=request_options.speaker_text,
         )
 
     def _done_fields(self, request_options: RequestOptions) -> streaming.DoneFieldsFn:
@@ -539,13 +605,95 @@ class AsrIngress:
             headers={**streaming.HEADERS, "x-request-id": request_id, "x-cache": cache_state},
         )
 
-    def _models(self) -> Response:
+    async def _models(self) -> Response:
         names = sorted(set(self._options.model_names))
-        data = [
-            {"id": name, "object": "model", "created": 0, "owned_by": "ray-funasr-serve"}
-            for name in names
-        ]
+        canonical = sorted(set(self._options.model_names.values()))
+        found = await asyncio.gather(
+            *(self._capabilities(name) for name in canonical), return_exceptions=True
+        )
+        capabilities = {
+            name: caps for name, caps in zip(canonical, found) if isinstance(caps, dict)
+        }
+        data = []
+        for name in names:
+            entry = {"id": name, "object": "model", "created": 0, "owned_by": "ray-funasr-serve"}
+            caps = capabilities.get(self._options.model_names[name])
+            if caps is not None:  # a model still loading is listed without them
+                entry["capabilities"] = caps
+            data.append(entry)
         return JSONResponse({"object": "list", "data": data})
+
+    async def _capabilities(self, name: str) -> dict:
+        """The model's capabilities (its backend's, asked once, cached), with the
+        punctuation stage this app adds on top."""
+        cached = self._capabilities_cache.get(name)
+        if cached is not None:
+            return cached
+        caps = dict(
+            await asyncio.wait_for(
+                self._recognizers[name].capabilities.remote(),
+                timeout=self._options.health_timeout_s,
+            )
+        )
+        stage = name in self._punctuators
+        caps["punctuation_source"] = "model" if caps.get("punctuation") else None
+        if stage and not caps.get("punctuation"):
+            caps["punctuation"] = True
+            caps["punctuation_source"] = "ct-transformer"
+        # Diarization is the app's speaker stage, for every model (diarize=true).
+        caps["diarization"] = bool(caps.get("diarization")) or self._service.can_diarize
+        self._capabilities_cache[name] = caps
+        return caps
+
+    async def _check_capabilities(self, model: str | None, options: RecognitionOptions) -> None:
+        """A 400 naming the option before the body is decoded, when the model cannot do
+        what the request asks (the recognizer checks again per segment)."""
+        name = self._service.route(model).name
+        if options.task == "transcribe" and not options.word_timestamps:
+            return
+        try:
+            caps = await self._capabilities(name)
+        except Exception:
+            return  # not known yet: the recognizer's own validation answers instead
+        if options.task == "translate" and not caps.get("translation"):
+            raise InvalidRequestError(
+                f"model {name!r} cannot translate: translation needs a multilingual Whisper model",
+                param="model",
+            )
+        if options.word_timestamps and not caps.get("word_timestamps"):
+            raise InvalidRequestError(
+                f"model {name!r} gives no word timestamps (segment timestamps only)",
+                param="timestamp_granularities",
+            )
+
+    def _punctuate_call(self, name: str) -> PunctuateFn | None:
+        handle = self._punctuators.get(name)
+        if handle is None:
+            return None
+        call = _remote_call(handle, "punctuate")
+        policy = self._options.retry
+
+        async def punctuate(request: PunctuationRequest):
+            # Idempotent like a segment: a request whose replica died is sent again.
+            return await call_with_retries(
+                lambda: call(request),
+                policy=policy,
+                deadline_unix_s=request.deadline_unix_s,
+                what="punctuate",
+                on_retry=_count_retry("punctuate"),
+            )
+
+        return punctuate
+
+    def _detects_language_call(self, name: str) -> Callable[[], Awaitable[bool]]:
+        async def detects_language() -> bool:
+            try:
+                caps = await self._capabilities(name)
+            except Exception:
+                return False  # unknown yet: decode per segment as before
+            return bool(caps.get("language_detection"))
+
+        return detects_language
 
     async def _stats(self) -> Response:
         """Batch statistics of one replica per model (exact with one replica; with more,

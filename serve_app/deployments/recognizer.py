@@ -160,5 +160,9 @@ class RecognizerDeployment:
             loop=loop,
         ).start()
 
+    def capabilities(self) -> dict:
+        """The model's :class:`~serve_app.recognizers.base.ModelCapabilities` as JSON."""
+        return self._recognizer.capabilities().to_json()
+
     def ready(self) -> bool:
         return True

@@ -1,0 +1,312 @@
+"""Issue 10 over HTTP, on ONE deployed app of this module: a random-weight Paraformer with
+a random-weight CT-Transformer punctuation stage, and the real multilingual Whisper base.
+
+- Punctuation: many concurrent requests give exactly the text the plain
+  :class:`~serve_app.punctuation.base.BatchedPunctuator` gives one request at a time over
+  the same segments (taken from the same server with ``punctuate=false``), and the
+  offline job's recognize stage gives the same punctuated file as the online route.
+  Random weights: the marks are meaningless, only equality is the point (fp32; the
+  recognizer and the punctuator are both bit-exact batched vs alone on CPU, see
+  tests/punctuation and tests/serve/test_batching_equivalence.py).
+- Translations (``/v1/audio/translations``, five formats), the 400s naming the option
+  for a model that cannot, language detection once per request against faster-whisper's
+  own detection, and ``GET /v1/models`` capabilities.
+"""
+
+# ruff: noqa: RUF001  (full-width CJK punctuation is the point here)
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from serve_app.config import AppConfig
+from tests.conftest import deploy, load_script, replica_options
+from tests.recognizers.test_whisper_multilingual import CORPUS
+from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
+
+pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")
+
+APP_NAME = "asr_capabilities"
+ROUTE = "/caps"
+PARAFORMER = "paraformer-punc"
+WHISPER_BASE = "whisper-base"
+PUNCTUATION = {
+    # Small windows so a request's text spans several windows and segment boundaries.
+    "core_tokens": 12,
+    "context_tokens": 6,
+    "max_batch_tokens": 512,
+    "max_batch_items": 32,
+    "batch_wait_timeout_s": 0.2,
+    "deployment": replica_options(max_ongoing_requests=64),
+}
+NUM_FILES = 8
+ENGLISH = {"the", "to", "is", "we", "a", "in", "every", "please", "my", "train", "today", "at"}
+
+
+def _batch() -> dict:
+    return {
+        "max_batch_audio_s": 240,
+        "max_batch_items": 16,
+        "batch_wait_timeout_s": 0.2,
+        "max_forward_audio_s": 240,
+    }
+
+
+@pytest.fixture(scope="module")
+def ct_punc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ct-punc-http")
+    return load_script("make_random_funasr_models").write_models(["ct-punc-tiny"], out)[
+        "ct-punc-tiny"
+    ]
+
+
+@pytest.fixture(scope="module")
+def base_dir(models_dir: Path) -> Path:
+    return load_script("provision_models").provision_whisper_base(models_dir)
+
+
+@pytest.fixture(scope="module")
+def app_config(models_dir, random_models_dir, ct_punc_dir, base_dir) -> dict:
+    return {
+        "models_dir": str(models_dir),
+        "vad_deployment": replica_options(max_ongoing_requests=16),
+        "ingress": {
+            "default_model": PARAFORMER,
+            "deployment": replica_options(max_ongoing_requests=128),
+        },
+        "recognizers": [
+            {
+                "name": PARAFORMER,
+                "backend": "funasr",
+                "model": str(random_models_dir / "paraformer-tiny"),
+                "batch": _batch(),
+                "deployment": replica_options(max_ongoing_requests=64),
+                "punctuation": {"model": str(ct_punc_dir), **PUNCTUATION},
+            },
+            {
+                "name": WHISPER_BASE,
+                "backend": "whisper",
+                "model": str(base_dir),
+                "precision": "int8",
+                "batch": _batch(),
+                "deployment": replica_options(max_ongoing_requests=64),
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def caps_http(serve_instance, app_config):
+    from ray import serve
+
+    deploy(app_config, name=APP_NAME, route_prefix=ROUTE)
+    with httpx.Client(base_url=serve_instance + ROUTE, timeout=300) as client:
+        yield client
+    serve.delete(APP_NAME)
+
+
+def _wav(samples: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def english_files(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """Three sentences per file with pauses the VAD splits at: several segments each."""
+    tmp = tmp_path_factory.mktemp("punc-speech")
+    spoken = [synthesize(s, tmp) for s in SENTENCES[:6]]
+    return [
+        _wav(concat_with_pauses([spoken[(i + k) % 6] for k in range(3)], 1.0))
+        for i in range(NUM_FILES)
+    ]
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[np.ndarray]]:
+    tmp = tmp_path_factory.mktemp("foreign")
+    return {
+        language: [
+            synthesize(text, tmp, voice=CORPUS[language][0]) for text in CORPUS[language][1][:2]
+        ]
+        for language in ("fr", "es")
+    }
+
+
+def _post(client, data: bytes, route: str = "/v1/audio/transcriptions", **fields):
+    files = {"file": ("a.wav", data, "audio/wav")}
+    return client.post(route, files=files, data=fields)
+
+
+def _verbose(client, data: bytes, **fields) -> dict:
+    response = _post(client, data, response_format="verbose_json", **fields)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+# -- punctuation ------------------------------------------------------------------------
+
+
+def test_punctuated_concurrent_requests_equal_the_plain_stage_one_at_a_time(
+    caps_http, english_files, ct_punc_dir, models_dir
+) -> None:
+    from ray import serve
+
+    from serve_app.config import PunctuationSettings
+    from serve_app.punctuation.stage import build_punctuator
+
+    raw = [_verbose(caps_http, data, model=PARAFORMER, punctuate="false") for data in english_files]
+    with ThreadPoolExecutor(len(english_files)) as pool:
+        served = list(pool.map(lambda d: _verbose(caps_http, d, model=PARAFORMER), english_files))
+    plain = build_punctuator(PunctuationSettings(model=str(ct_punc_dir), **PUNCTUATION), models_dir)
+    windows_per_file = []
+    for before, after in zip(raw, served, strict=True):
+        texts = [seg["text"] for seg in before["segments"]]
+        assert len(texts) >= 2, before  # several segments: windows cross their boundaries
+        (alone,) = plain.punctuate([texts])
+        assert not isinstance(alone, Exception), alone
+        assert [seg["text"] for seg in after["segments"]] == alone
+        assert [(s["start"], s["end"]) for s in after["segments"]] == [
+            (s["start"], s["end"]) for s in before["segments"]
+        ]
+        windows_per_file.append(len(plain.request_windows(texts).windows))
+        # Same words, marks added: stripping the marks gives the raw text back.
+        assert re.sub(r"[，。？、,.?]", "", after["text"]).lower().replace(" ", "") == before[
+            "text"
+        ].lower().replace(" ", "")
+    assert max(windows_per_file) > 1
+    marks = {ch for r in served for ch in r["text"] if ch in "，。？、,.?"}
+    assert len(marks) > 1, marks  # the stage really punctuates (meaningless but varied)
+    stats = (
+        serve.get_deployment_handle(f"Punctuation-{PARAFORMER}", app_name=APP_NAME)
+        .batch_stats.remote()
+        .result()
+    )
+    print("punctuation batch sizes (windows per forward):", stats["batch_size_counts"])
+    assert max(stats["batch_size_counts"]) > 1
+
+
+def test_offline_job_stage_punctuates_like_the_online_route(
+    caps_http, english_files, app_config, models_dir, tmp_path: Path
+) -> None:
+    from serve_app.offline import DECODED_SCHEMA, DecodeVadStage, RecognizeStage, table_from_rows
+
+    config = AppConfig.model_validate(app_config)
+    data = english_files[0]
+    path = tmp_path / "file.wav"
+    path.write_bytes(data)
+    decode = DecodeVadStage(config.audio, config.vad, str(models_dir))
+    decoded = table_from_rows([decode.process({"id": "f", "audio": str(path)})], DECODED_SCHEMA)
+    (row,) = RecognizeStage(config.recognizer(PARAFORMER), str(models_dir))(decoded).to_pylist()
+    online = _verbose(caps_http, data, model=PARAFORMER)
+    assert row["status"] == "ok", row
+    assert row["text"] == online["text"]
+    assert [(round(s["start_s"], 3), round(s["end_s"], 3), s["text"]) for s in row["segments"]] == [
+        (s["start"], s["end"], s["text"]) for s in online["segments"]
+    ]
+
+
+# -- capabilities, options a model cannot honour ------------------------------------------
+
+
+def test_models_list_capabilities(caps_http) -> None:
+    body = caps_http.get("/v1/models").json()
+    caps = {m["id"]: m["capabilities"] for m in body["data"]}
+    para, base = caps[PARAFORMER], caps[WHISPER_BASE]
+    assert para["punctuation"] and para["punctuation_source"] == "ct-transformer"
+    assert not para["translation"] and not para["language_detection"]
+    assert para["word_timestamps"]  # the CIF predictor's character times
+    assert base["punctuation"] and base["punctuation_source"] == "model"
+    assert base["translation"] and base["language_detection"] and base["word_timestamps"]
+    assert base["hotwords"] == "prompt" and {"de", "fr", "es", "zh", "en"} <= set(base["languages"])
+    assert not para["diarization"] and not base["diarization"]
+
+
+def test_translation_on_a_model_that_cannot_is_a_400_naming_it(caps_http, english_files) -> None:
+    response = _post(caps_http, english_files[0], "/v1/audio/translations", model=PARAFORMER)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert PARAFORMER in error["message"] and error["param"] == "model"
+
+
+def test_unsupported_option_is_a_400_naming_it(caps_http, english_files) -> None:
+    response = _post(caps_http, english_files[0], model=PARAFORMER, prompt="hello")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "prompt"
+
+
+# -- languages ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_languages(base_dir, foreign) -> dict[str, list[str]]:
+    """faster-whisper's own language detection on each whole file (same model, int8)."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(base_dir), device="cpu", compute_type="int8")
+    return {
+        language: [model.detect_language(audio)[0] for audio in files]
+        for language, files in foreign.items()
+    }
+
+
+def test_language_detected_per_request_as_faster_whisper_does(
+    caps_http, foreign, reference_languages
+) -> None:
+    agree = total = correct = 0
+    for language, files in foreign.items():
+        for audio, expected in zip(files, reference_languages[language], strict=True):
+            body = _verbose(caps_http, _wav(audio), model=WHISPER_BASE)
+            total += 1
+            agree += body["language"] == expected
+            correct += body["language"] == language
+            assert body["text"].strip(), body
+    print(f"language detection: {correct}/{total} right, {agree}/{total} as faster-whisper")
+    assert agree == total
+
+
+def test_given_language_skips_detection(caps_http, foreign) -> None:
+    body = _verbose(caps_http, _wav(foreign["fr"][0]), model=WHISPER_BASE, language="es")
+    assert body["language"] == "es"
+
+
+@pytest.mark.parametrize("response_format", ["json", "text", "srt", "verbose_json", "vtt"])
+def test_translation_gives_english_text_in_every_format(
+    caps_http, foreign, response_format: str
+) -> None:
+    # One sentence: Whisper base's translation of longer espeak-ng French drifts into a
+    # repeated English phrase (faster-whisper's own transcribe(task="translate") gives the
+    # same phrase on that audio), which says nothing about the route.
+    audio = foreign["fr"][0]
+    response = _post(
+        caps_http,
+        _wav(audio),
+        "/v1/audio/translations",
+        model=WHISPER_BASE,
+        response_format=response_format,
+    )
+    assert response.status_code == 200, response.text
+    body = response.text
+    if response_format in ("json", "verbose_json"):
+        parsed = json.loads(body)
+        text = parsed["text"]
+        if response_format == "verbose_json":
+            assert parsed["task"] == "translate" and parsed["segments"]
+    else:
+        text = body
+        if response_format == "srt":
+            assert "-->" in body and body.startswith("1\n")
+        if response_format == "vtt":
+            assert body.startswith("WEBVTT")
+    words = set(re.findall(r"[a-z']+", text.lower()))
+    assert words & ENGLISH, text
+    assert all(ord(ch) < 0x250 for ch in text), text  # Latin script only

@@ -75,18 +75,67 @@ async def detect_request_language(
 
     try:
         probed = {0: await recognize(job(audios[0]))}
-        first = probed[0]
-        unsure = first.language_probability is not None and (
-            first.language_probability < CONFIDENT_PROBABILITY
-        )
-        if unsure and len(audios) > 1:
+        if _unsure(probed[0]) and len(audios) > 1:
             more = await asyncio.gather(*(recognize(job(a)) for a in audios[1:PROBE_ITEMS]))
             probed.update(enumerate(more, start=1))
     except Exception as exc:  # the normal pass decodes (and fails) these items again
         logger.debug("language probe failed: %r", exc)
         return options, {}
+    return _decide(options, probed)
+
+
+def _unsure(result: SegmentTranscript) -> bool:
+    probability = result.language_probability
+    return probability is not None and probability < CONFIDENT_PROBABILITY
+
+
+def _decide(
+    options: RecognitionOptions, probed: dict[int, SegmentTranscript]
+) -> tuple[RecognitionOptions, dict[int, SegmentTranscript]]:
     language = majority_language([probed[i] for i in sorted(probed)])
     if language is None:
         return options, {}
     keep = {i: r for i, r in probed.items() if r.language == language}
     return dataclasses.replace(options, language=language), keep
+
+
+BatchFn = Callable[[Sequence[SegmentJob]], Sequence[object]]
+
+
+def detect_languages_batched(
+    transcribe_batch: BatchFn,
+    requests: Sequence[tuple[RecognitionOptions, Sequence[np.ndarray]]],
+) -> list[tuple[RecognitionOptions, dict[int, SegmentTranscript]]]:
+    """The same decision as :func:`detect_request_language` for many files at once (the
+    offline job): the first items of every file needing detection in ONE batch, then the
+    next few items of the unsure ones in one more. A file whose probe item failed keeps
+    its options (its normal pass reports the failure)."""
+    out: list[tuple[RecognitionOptions, dict[int, SegmentTranscript]]] = [
+        (options, {}) for options, _ in requests
+    ]
+    todo = [
+        i for i, (options, audios) in enumerate(requests) if options.language is None and audios
+    ]
+    if not todo:
+        return out
+    first = transcribe_batch([SegmentJob(requests[i][1][0], requests[i][0]) for i in todo])
+    probed: dict[int, dict[int, SegmentTranscript]] = {}
+    for i, result in zip(todo, first, strict=True):
+        if isinstance(result, SegmentTranscript):
+            probed[i] = {0: result}
+    unsure = [i for i in probed if _unsure(probed[i][0]) and len(requests[i][1]) > 1]
+    more_jobs = [
+        (i, k, SegmentJob(requests[i][1][k], requests[i][0]))
+        for i in unsure
+        for k in range(1, min(PROBE_ITEMS, len(requests[i][1])))
+    ]
+    if more_jobs:
+        more = transcribe_batch([job for _, _, job in more_jobs])
+        for (i, k, _), result in zip(more_jobs, more, strict=True):
+            if not isinstance(result, SegmentTranscript):
+                probed.pop(i, None)
+            elif i in probed:
+                probed[i][k] = result
+    for i, results in probed.items():
+        out[i] = _decide(requests[i][0], results)
+    return out

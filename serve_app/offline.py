@@ -32,6 +32,7 @@ passes the recognizer stage untouched, and the job goes on. Silence is not a fai
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -53,6 +54,7 @@ from serve_app.config import (
 )
 from serve_app.coverage import ItemAudio, Redecoder
 from serve_app.errors import AsrError, InternalError, InvalidAudioError, InvalidRequestError
+from serve_app.language import detect_languages_batched
 from serve_app.punctuation.stage import build_punctuator, punctuation_for
 from serve_app.recognizers.base import (
     ItemResult,
@@ -429,6 +431,7 @@ def recognize_rows(
     default_options: RecognitionOptions,
     redecode_rounds: int = 0,
     punctuator: PunctuateBatchFn | None = None,
+    detects_language: bool = False,
 ) -> list[dict]:
     """Decoded rows -> output rows: every segment of every ok file in ONE transcribe_batch.
 
@@ -458,9 +461,17 @@ def recognize_rows(
         layout.append((slice(first, len(jobs)), spans, _channels_of(speech[i])))
 
     try:
-        results: list[ItemResult] = recognizer.transcribe_batch(jobs) if jobs else []
-        if len(results) != len(jobs):
-            raise RuntimeError(f"recognizer returned {len(results)} results for {len(jobs)}")
+        probed: dict[int, ItemResult] = {}
+        if detects_language and jobs:
+            # As online: a file without a language is detected once (serve_app.language).
+            jobs, probed = _detect_languages(recognizer, jobs, layout)
+        todo = [j for j in range(len(jobs)) if j not in probed]
+        decoded = iter(recognizer.transcribe_batch([jobs[j] for j in todo]) if todo else [])
+        results: list[ItemResult] = [
+            probed[j] if j in probed else next(decoded) for j in range(len(jobs))
+        ]
+        if next(decoded, None) is not None:
+            raise RuntimeError(f"recognizer returned more results than {len(todo)} items")
         batch_error: BaseException | None = None
         if redecode_rounds > 0 and jobs:
             results = _redecode(recognizer, jobs, items, results, redecode_rounds)
@@ -562,6 +573,27 @@ def _punctuate_rows(rows: list[dict], punctuator: PunctuateBatchFn) -> None:
         row.update(text=join_texts(result), segments=segments)
 
 
+def _detect_languages(
+    recognizer: TranscribeBatchFn,
+    jobs: list[SegmentJob],
+    layout: Sequence[tuple[Any, ...] | None],
+) -> tuple[list[SegmentJob], dict[int, ItemResult]]:
+    """Every file's jobs with its detected language, and the probe results to keep (by
+    job index): the block's first items in one batch (serve_app.language)."""
+    places = [place[0] for place in layout if place is not None and place[0].stop > place[0].start]
+    requests = [
+        (jobs[w.start].options, [jobs[j].audio for j in range(w.start, w.stop)]) for w in places
+    ]
+    decided = detect_languages_batched(recognizer.transcribe_batch, requests)
+    jobs = list(jobs)
+    probed: dict[int, ItemResult] = {}
+    for where, (options, kept) in zip(places, decided, strict=True):
+        for j in range(where.start, where.stop):
+            jobs[j] = dataclasses.replace(jobs[j], options=options)
+        probed.update({where.start + k: result for k, result in kept.items()})
+    return jobs, probed
+
+
 def _redecode(
     recognizer: TranscribeBatchFn,
     jobs: Sequence[SegmentJob],
@@ -611,6 +643,11 @@ class RecognizeStage:
 
             recognizer = build_recognizer(settings, resolve_models_dir(models_dir))
         self._recognizer = recognizer
+        # As online: a file without a language is detected once (serve_app.language).
+        capabilities = getattr(recognizer, "capabilities", None)
+        self._detects_language = bool(
+            capabilities is not None and capabilities().language_detection
+        )
         self._model_name = settings.name
         # As the online route: packed (timestamped) items are checked and re-decoded.
         self._redecode_rounds = 2 if settings.segment_pack_s > 0 else 0
@@ -626,6 +663,7 @@ class RecognizeStage:
             default_options=self._default_options,
             redecode_rounds=self._redecode_rounds,
             punctuator=self._punctuator,
+            detects_language=self._detects_language,
         )
         stats = getattr(self._recognizer, "last_stats", None)
         if stats is not None and stats.num_items:

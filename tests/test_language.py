@@ -109,3 +109,34 @@ def test_majority_weights_by_probability_and_counts_unscored_as_one() -> None:
     assert majority_language(results) == "de"
     assert majority_language([SegmentTranscript("", language="ko")]) == "ko"
     assert majority_language([SegmentTranscript("")]) is None
+
+
+def test_offline_batched_detection_decides_as_online() -> None:
+    """detect_languages_batched (the offline job): the same languages and kept probes as
+    the online path, the first items of every file in ONE batch."""
+    from serve_app.language import detect_languages_batched
+
+    calls: list[list[tuple[float, str | None]]] = []
+
+    def transcribe_batch(jobs):
+        calls.append([(float(j.audio[0]), j.options.language) for j in jobs])
+        out = []
+        for job in jobs:
+            heard, probability = HEARD[float(job.audio[0])]
+            out.append(SegmentTranscript("", language=heard, language_probability=probability))
+        return out
+
+    def item(marker: float) -> np.ndarray:
+        return np.full(160, marker, np.float32)
+
+    files = [
+        (RecognitionOptions(), [item(1.0), item(2.0)]),  # confident fr
+        (RecognitionOptions(), [item(2.0), item(3.0), item(4.0), item(1.0)]),  # unsure -> de
+        (RecognitionOptions(language="es"), [item(2.0)]),  # given
+    ]
+    decided = detect_languages_batched(transcribe_batch, files)
+    assert [options.language for options, _ in decided] == ["fr", "de", "es"]
+    assert sorted(decided[0][1]) == [0] and sorted(decided[1][1]) == [1, 2]
+    assert calls[0] == [(1.0, None), (2.0, None)]  # first items of both files, one batch
+    assert calls[1] == [(3.0, None), (4.0, None)]  # the unsure file's next two
+    assert len(calls) == 2

@@ -268,6 +268,9 @@ def test_stream_of_several_segments_in_order_and_a_cached_replay(client, http, s
     done = events[-1]
     assert done.type == "transcript.text.done"
     assert "".join(e.delta for e in deltas) == done.text  # no post-stage on this model
+    # The stream's admission ticket was released when its transcription ended.
+    system = http.get("/v1/system").json()["models"][MULTI_SEGMENT_MODEL]
+    assert system["queued_audio_s"] == pytest.approx(0.0, abs=1e-6)
     # The same request again: answered from the cache, replayed as the same events.
     with http.stream(
         "POST",

@@ -17,7 +17,7 @@ reference's with the count not given; DER is reported both without and with
 seeds than you report: ``--seed``).
 
 Usage: python scripts/diarization_eval.py [--speakers 2,4] [--files 10] [--seed 0]
-       [--vad fsmn|oracle] [--threshold T | --sweep 0.2,0.3,...] [--json out.json]
+       [--vad fsmn|service|segments|oracle] [--threshold T | --sweep 0.2,0.3,...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -61,9 +61,23 @@ class FileCase:
     embeddings: np.ndarray
 
 
-def speech_spans_s(conversation: Conversation, vad: Any) -> list[tuple[float, float]]:
+def speech_spans_s(
+    conversation: Conversation,
+    vad: Any,
+    *,
+    service_segments: bool = False,
+    raw_segments: bool = False,
+) -> list[tuple[float, float]]:
     if vad is None:
         return [(t.start_s, t.end_s) for t in conversation.turns]
+    if service_segments:
+        # What the service diarizes: the VAD deployment's segments (spans merged across
+        # short gaps, padded, long ones cut) cut at their pauses, as serve_app.serving
+        # does (raw_segments: without the cut).
+        segments = vad.segments(conversation.samples)
+        if raw_segments:
+            return [(s.start_ms / 1000, s.end_ms / 1000) for s in segments]
+        return dz.speech_spans_s(conversation.samples, [(s.start_ms, s.end_ms) for s in segments])
     return [(a / 1000, b / 1000) for a, b in vad.speech_spans_ms(conversation.samples)]
 
 
@@ -117,12 +131,19 @@ def build_cases(
     embedder: BatchedEmbedder,
     settings: dz.DiarizationSettings,
     timings: dict[str, float],
+    *,
+    service_segments: str = "",
 ) -> list[FileCase]:
     cases = []
     for index in range(files):
         conversation = make_conversation(num_speakers, seed + index, tmp_dir)
         started = time.perf_counter()
-        spans = speech_spans_s(conversation, vad)
+        spans = speech_spans_s(
+            conversation,
+            vad,
+            service_segments=service_segments != "",
+            raw_segments=service_segments == "segments",
+        )
         timings["vad_s"] += time.perf_counter() - started
         windows = dz.embedding_windows(spans, window_s=settings.window_s, hop_s=settings.hop_s)
         jobs = [EmbeddingJob(a) for a in dz.window_audio(conversation.samples, windows)]
@@ -144,7 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speakers", default="2,4", help="comma-separated speaker counts")
     parser.add_argument("--files", type=int, default=10, help="conversations per count")
     parser.add_argument("--seed", type=int, default=0, help="first conversation seed")
-    parser.add_argument("--vad", choices=["fsmn", "oracle"], default="fsmn")
+    parser.add_argument(
+        "--vad",
+        choices=["fsmn", "service", "segments", "oracle"],
+        default="fsmn",
+        help="fsmn: raw FSMN-VAD spans; service: what the service diarizes (its VAD "
+        "segments cut at pauses); segments: those segments uncut; oracle: the reference turns",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="distance threshold")
     parser.add_argument("--sweep", default=None, help="comma-separated thresholds to compare")
     parser.add_argument("--models-dir", type=Path, default=None)
@@ -166,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     embedder.warmup()
     vad = None
-    if args.vad == "fsmn":
+    if args.vad in ("fsmn", "service", "segments"):
         from serve_app.config import VadSettings
         from serve_app.vad import Vad
 
@@ -191,7 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for num_speakers in [int(s) for s in args.speakers.split(",")]:
             cases = build_cases(
-                num_speakers, args.files, args.seed, Path(tmp), vad, embedder, settings, timings
+                num_speakers,
+                args.files,
+                args.seed,
+                Path(tmp),
+                vad,
+                embedder,
+                settings,
+                timings,
+                service_segments={"service": "cut", "segments": "segments"}.get(args.vad, ""),
             )
             for threshold in thresholds:
                 tuned = replace(settings, distance_threshold=threshold)

@@ -26,7 +26,12 @@ from serve_app.language import PROBE_ITEMS, DetectsFn, detect_request_language
 from serve_app.punctuation.request import PunctuateFn, punctuate_stitched
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob, SegmentTranscript
 from serve_app.segmentation import PackedPiece, SpeechSegment, pack_pieces
-from serve_app.speakers.diarize import Diarization, DiarizationOptions, DiarizationSettings
+from serve_app.speakers.diarize import (
+    Diarization,
+    DiarizationOptions,
+    DiarizationSettings,
+    speech_spans_s,
+)
 from serve_app.speakers.request import (
     EmbedFn,
     SpeakerRequest,
@@ -240,7 +245,7 @@ class TranscriptionService:
         started = time.perf_counter()
         result = await diarize_signal(
             samples,
-            [(seg.start_ms / 1000, seg.end_ms / 1000) for seg in vad_segments],
+            speech_spans_s(samples, [(seg.start_ms, seg.end_ms) for seg in vad_segments]),
             self._embed,
             options,
             self._diarization_settings,

@@ -30,6 +30,7 @@ from serve_app.speakers.diarize import (
     DiarizationSettings,
     SpeakerTurn,
     embedding_windows,
+    speech_spans_s,
     turns_from_embeddings,
     window_audio,
 )
@@ -88,7 +89,7 @@ def diarize_file(
     settings: DiarizationSettings,
 ) -> Diarization:
     """One file's speaker turns: every window of the file in ONE ``embed_batch`` call."""
-    spans_s = [(s.start_ms / 1000, s.end_ms / 1000) for s in vad_segments]
+    spans_s = speech_spans_s(samples, [(s.start_ms, s.end_ms) for s in vad_segments])
     windows = embedding_windows(spans_s, window_s=settings.window_s, hop_s=settings.hop_s)
     if not windows:
         return Diarization(turns=())

@@ -47,7 +47,9 @@ class Dialogue:
 
 def _dialogue(voices: tuple[int, int], sentences: list[str], tmp: Path, pause_s=0.8) -> Dialogue:
     """Alternating turns A, B, A, B... one sentence each, ``pause_s`` apart."""
-    pieces, turns, clock = [], [], 0
+    pieces: list[np.ndarray] = []
+    turns: list[tuple[int, float, float, str]] = []
+    clock = 0
     for index, text in enumerate(sentences):
         who = index % 2
         speech = _speak(text, VOICES[voices[who]], tmp)
@@ -174,3 +176,29 @@ def test_diarized_srt_vtt_and_speaker_text(http, tmp_path):
     assert [line.split("]")[0] for line in lines] == ["[speaker_1", "[speaker_2"]
     plain = post(response_format="text")
     assert "[" not in plain and plain.strip()
+    models = http.get("/v1/models").json()["data"]
+    assert all(m["capabilities"]["diarization"] for m in models if "capabilities" in m)
+
+
+def test_diarization_throughput_script_smoke(asr_url, capsys):
+    from tests.conftest import load_script
+
+    script = load_script("diarization_throughput")
+    argv = ["--url", asr_url, "--files", "2", "--concurrency", "2", "--rounds", "1"]
+    assert script.main([*argv, "--turns", "2"]) == 0
+    assert "diarization adds" in capsys.readouterr().out
+
+
+def test_openai_client_extra_body_diarize(asr_url, tmp_path):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{asr_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    dialogue = _dialogue((1, 3), [SENTENCES[5], SENTENCES[9], SENTENCES[13]], tmp_path)
+    result = client.audio.transcriptions.create(
+        model="whisper-tiny.en",
+        file=("d.wav", _wav(dialogue.samples), "audio/wav"),
+        response_format="verbose_json",
+        extra_body={"diarize": True, "max_speakers": 3},
+    )
+    speakers = [seg.speaker for seg in result.segments]  # type: ignore[attr-defined]
+    assert set(speakers) == {"speaker_1", "speaker_2"}, speakers

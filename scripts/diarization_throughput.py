@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="rounds per mode")
     parser.add_argument("--seed", type=int, default=300)
-    parser.add_argument("--turns", type=int, default=None, help="turns per conversation")
+    parser.add_argument("--turns", type=int, default=None, help="turns per conversation (>= 4)")
     parser.add_argument("--models-dir", default=None)
     parser.add_argument("--cpu-threads", type=int, default=2, help="Whisper's threads")
     parser.add_argument("--speaker-threads", type=int, default=1, help="GE2E's threads")

@@ -185,7 +185,7 @@ def test_diarization_throughput_script_smoke(asr_url, capsys):
 
     script = load_script("diarization_throughput")
     argv = ["--url", asr_url, "--files", "2", "--concurrency", "2", "--rounds", "1"]
-    assert script.main([*argv, "--turns", "2"]) == 0
+    assert script.main([*argv, "--turns", "4"]) == 0  # every talker twice
     assert "diarization adds" in capsys.readouterr().out
 
 
@@ -193,7 +193,8 @@ def test_openai_client_extra_body_diarize(asr_url, tmp_path):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{asr_url}/v1", api_key="unused", max_retries=0, timeout=300)
-    dialogue = _dialogue((1, 3), [SENTENCES[5], SENTENCES[9], SENTENCES[13]], tmp_path)
+    sentences = [SENTENCES[5], SENTENCES[9], SENTENCES[13], SENTENCES[16]]
+    dialogue = _dialogue((2, 0), sentences, tmp_path)
     result = client.audio.transcriptions.create(
         model="whisper-tiny.en",
         file=("d.wav", _wav(dialogue.samples), "audio/wav"),

@@ -120,6 +120,8 @@ def make_conversation(
     rng = random.Random(seed * 1009 + num_speakers)
     voices = tuple(rng.sample(VOICES, num_speakers))
     num_turns = num_turns or rng.randint(3 * num_speakers, 3 * num_speakers + 2)
+    if num_turns < 2 * num_speakers:
+        raise ValueError(f"every talker speaks twice: num_turns must be >= {2 * num_speakers}")
     order = _speaker_order(rng, num_speakers, num_turns)
     quick_at = rng.randrange(1, num_turns) if quick_exchange else -1
 

@@ -106,6 +106,10 @@ class VadSettings(_Strict):
     # parameters) and gain nothing from more; FunASR's loader would otherwise set 4, which
     # on a shared node spins OpenMP threads against the recognizer's.
     cpu_threads: int = Field(1, ge=1)
+    # Files one VAD replica analyses at once (more wait their turn inside the replica).
+    # Each call holds a whole file's features: more at once adds memory, not speed, on
+    # a replica of 1-2 cores.
+    concurrent_calls: int = Field(2, ge=1)
     # A pause at least this long ends a span: FSMN-VAD's max_end_silence_time, Silero's
     # min_silence_duration_ms. Set explicitly because FunASR 1.4's FSMN-VAD otherwise
     # applies a "dynamic" schedule that waits 2 s of silence for the first 60 s of a file

@@ -51,6 +51,7 @@ from serve_app.errors import (
     UnsupportedCodecError,
     UploadTooLargeError,
 )
+from serve_app.memory import HeapTrimmer
 from serve_app.punctuation.base import PunctuationRequest
 from serve_app.punctuation.request import PunctuateFn
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob
@@ -236,6 +237,7 @@ class AsrIngress:
                     return await self._transcriptions(request, request_id)
                 finally:
                     self._in_flight -= 1
+                    self._trim_heap()
             if path == "/v1/models" and request.method == "GET":
                 return await self._models()
             if path in ("/healthz", "/health") and request.method == "GET":
@@ -267,6 +269,14 @@ class AsrIngress:
     def drain_state(self) -> dict:
         """This replica's draining flag and transcription requests in flight."""
         return {"draining": self._draining, "in_flight": self._in_flight}
+
+    def _trim_heap(self) -> None:
+        """Uploads and decoded audio are freed after each request: give the pages back
+        to the OS now and then (serve_app.memory), off the event loop."""
+        if getattr(self, "_trimmer", None) is None:
+            self._trimmer = HeapTrimmer()
+        if self._trimmer.due():
+            asyncio.get_running_loop().run_in_executor(None, self._trimmer.after_call)
 
     def _static_ui(self) -> ui.StaticUi:
         if getattr(self, "_ui", None) is None:

@@ -11,6 +11,7 @@ from ray import serve
 
 from serve_app import observability
 from serve_app.config import VadSettings
+from serve_app.memory import HeapTrimmer
 from serve_app.segmentation import SpeechSegment
 from serve_app.vad import Vad
 
@@ -20,15 +21,25 @@ class VadDeployment:
     def __init__(self, settings: VadSettings, models_dir: str) -> None:
         self._vad = Vad(settings, models_dir=Path(models_dir))
         self._vad.warmup()  # load + first run here, before the replica takes traffic
+        self._calls = asyncio.Semaphore(settings.concurrent_calls)
+        # Each call frees a whole file's features: give the pages back (serve_app.memory).
+        self._trimmer = HeapTrimmer()
 
     async def segments(self, samples: np.ndarray) -> list[SpeechSegment]:
         started = time.perf_counter()
-        # The model call is CPU-bound: a thread keeps health checks answering meanwhile.
-        result = await asyncio.to_thread(self._vad.segments, samples)
+        async with self._calls:
+            # The model call is CPU-bound: a thread keeps health checks answering meanwhile.
+            result = await asyncio.to_thread(self._segments_and_trim, samples)
         observability.stage_latency_s().observe(
             time.perf_counter() - started, tags={"stage": "vad_model", "model": self._vad.name}
         )
         return result
+
+    def _segments_and_trim(self, samples: np.ndarray) -> list[SpeechSegment]:
+        try:
+            return self._vad.segments(samples)
+        finally:
+            self._trimmer.after_call()
 
     def ready(self) -> bool:
         return True

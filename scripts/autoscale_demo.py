@@ -144,7 +144,7 @@ class Load:
                 response = await http.post(
                     f"{self.url}/v1/audio/transcriptions",
                     files={"file": ("demo.wav", self.audio, "audio/wav")},
-                    data={"model": self.model},
+                    data={"model": self.model, "cache": "false"},  # the same file
                 )
                 if response.status_code == 200:
                     self.done += 1

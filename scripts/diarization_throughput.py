@@ -43,15 +43,29 @@ APP = "diarization_throughput"
 def app_config(models_dir: str | None, threads: int, speaker_threads: int) -> dict:
     return {
         "models_dir": models_dir,
-        "vad_deployment": {"num_replicas": 1, "max_ongoing_requests": 32},
+        # CPU reservations as ray_configs/serve.yaml (+ 0.25 for the speaker stage), so the
+        # app starts on a 2-core node.
+        "vad_deployment": {
+            "num_replicas": 1,
+            "max_ongoing_requests": 32,
+            "ray_actor_options": {"num_cpus": 0.5},
+        },
         "ingress": {
             "default_model": "whisper-tiny.en",
-            "deployment": {"num_replicas": 1, "max_ongoing_requests": 128},
+            "deployment": {
+                "num_replicas": 1,
+                "max_ongoing_requests": 128,
+                "ray_actor_options": {"num_cpus": 0.25},
+            },
         },
         "speakers": {
             "backend": "ge2e",
             "cpu_threads": speaker_threads,
-            "deployment": {"num_replicas": 1, "max_ongoing_requests": 1024},
+            "deployment": {
+                "num_replicas": 1,
+                "max_ongoing_requests": 1024,
+                "ray_actor_options": {"num_cpus": 0.25},
+            },
         },
         "recognizers": [
             {
@@ -67,7 +81,11 @@ def app_config(models_dir: str | None, threads: int, speaker_threads: int) -> di
                     "batch_wait_timeout_s": 0.05,
                     "max_forward_audio_s": 480,
                 },
-                "deployment": {"num_replicas": 1, "max_ongoing_requests": 64},
+                "deployment": {
+                    "num_replicas": 1,
+                    "max_ongoing_requests": 64,
+                    "ray_actor_options": {"num_cpus": 1},
+                },
             }
         ],
     }
@@ -106,7 +124,11 @@ def wav_bytes(samples: np.ndarray) -> bytes:
 
 async def run_round(url: str, files: list[bytes], concurrency: int, diarize: bool) -> float:
     gate = asyncio.Semaphore(concurrency)
-    data = {"response_format": "verbose_json", **({"diarize": "true"} if diarize else {})}
+    data = {
+        "response_format": "verbose_json",
+        "cache": "false",  # rounds repeat the files: every one must be recognized
+        **({"diarize": "true"} if diarize else {}),
+    }
 
     async def one(client: httpx.AsyncClient, body: bytes) -> None:
         async with gate:

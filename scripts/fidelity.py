@@ -316,7 +316,7 @@ def http_transcribe(url: str, samples: np.ndarray, model: str | None) -> str:
 
     buf = io.BytesIO()
     sf.write(buf, samples, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
-    data = {"response_format": "json"}
+    data = {"response_format": "json", "cache": "false"}
     if model:
         data["model"] = model
     resp = httpx.post(

@@ -119,7 +119,8 @@ def make_long_files(
 async def _send(
     client: httpx.AsyncClient, url: str, data: bytes, audio_s: float, model: str | None
 ) -> Answer:
-    form = {"model": model} if model else {}
+    # cache=false: every request must reach the queue (the files repeat).
+    form = {"cache": "false", **({"model": model} if model else {})}
     started = time.monotonic()
     try:
         resp = await client.post(

@@ -237,7 +237,8 @@ async def _client(
     longs = [f for f in corpus if f.kind == "long"] or shorts
     while time.monotonic() < stop_at:
         item = rng.choice(longs if rng.random() < long_fraction else shorts)
-        data = {"model": model} if model else {}
+        # cache=false: the corpus repeats, and a cache hit would skip the replicas.
+        data = {"cache": "false", **({"model": model} if model else {})}
         started = time.monotonic()
         status, error, audio_s = 0, "", 0.0
         backoff_s = 0.0

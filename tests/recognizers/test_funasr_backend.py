@@ -336,3 +336,34 @@ def test_paraformer_ignores_options_when_grouping(backends: dict[str, FunAsrBack
         for hotwords in ((), ("x",))
     }
     assert keys == {None}
+
+
+def _rejected_param(backend, **options) -> str | None:
+    with pytest.raises(InvalidRequestError) as info:
+        backend.validate_options(RecognitionOptions(**options))
+    assert backend.name in info.value.message
+    return info.value.param
+
+
+def test_capabilities_per_family(backends: dict[str, FunAsrBackend]) -> None:
+    para = backends["paraformer-tiny"].capabilities()
+    seaco = backends["seaco-paraformer-tiny"].capabilities()
+    sense = backends["sensevoice-tiny"].capabilities()
+    assert para.word_timestamps and not para.punctuation and not para.translation
+    assert para.hotwords is None and seaco.hotwords == "hotwords"
+    assert sense.language_detection and set(sense.languages) == {"zh", "en", "yue", "ja", "ko"}
+    assert sense.punctuation and not sense.word_timestamps and not sense.translation
+    assert not any(c.diarization for c in (para, seaco, sense))
+
+
+def test_rejects_what_it_cannot_honour_naming_the_option(
+    backends: dict[str, FunAsrBackend],
+) -> None:
+    for backend in backends.values():
+        assert _rejected_param(backend, task="translate") == "task"
+        assert _rejected_param(backend, prompt="hello") == "prompt"
+    assert _rejected_param(backends["paraformer-tiny"], hotwords=("x",)) == "hotwords"
+    sense = backends["sensevoice-tiny"]
+    assert _rejected_param(sense, word_timestamps=True) == "timestamp_granularities"
+    backends["paraformer-tiny"].validate_options(RecognitionOptions(word_timestamps=True))
+    backends["seaco-paraformer-tiny"].validate_options(RecognitionOptions(hotwords=("x",)))

@@ -354,3 +354,10 @@ def test_packed_item_comes_back_in_timed_sentences(whisper_dir, sentences_16) ->
     alone = texts(timed.forward([SegmentJob(sentences_16[i]) for i in chosen]))
     packed_wer = word_error_rate(references, [span.text for span in result.spans])
     assert packed_wer <= word_error_rate(references, alone) + 0.1, result.spans
+
+
+def test_capabilities_of_an_english_only_model(backend) -> None:
+    caps = backend.capabilities()
+    assert caps.languages == ("en",) and not caps.translation and not caps.language_detection
+    assert caps.word_timestamps and caps.punctuation and caps.hotwords == "prompt"
+    assert caps.to_json()["diarization"] is False

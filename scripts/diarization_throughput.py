@@ -75,6 +75,9 @@ def app_config(models_dir: str | None, threads: int, speaker_threads: int) -> di
                 "precision": "int8",
                 "language": "en",
                 "cpu_threads": threads,
+                # All files are sent at once on purpose: admission control must not refuse
+                # them (a loaded 2-core box drains a few audio seconds per second).
+                "max_queue_wait_s": 3600,
                 "batch": {
                     "max_batch_audio_s": 480,
                     "max_batch_items": 16,

@@ -1,7 +1,8 @@
 """``timestamp_granularities[]=word`` over HTTP (the shared app): verbose_json gets
 OpenAI's top-level ``words``; Whisper tiny.en's word starts lie within 0.3 s of the true
 onsets of espeak-ng words (spoken one by one, so every onset is known to a sample: see
-tests/recognizers/test_whisper_words.py), through VAD, packing and stitching."""
+tests/recognizers/test_whisper_words.py), through VAD, packing and stitching. Also the
+400 for a translation on the English-only model."""
 
 from __future__ import annotations
 
@@ -92,3 +93,15 @@ def test_paraformer_words_come_from_its_predictor(http, spoken) -> None:
     assert starts == sorted(starts)
     first, last = body["segments"][0]["start"], body["segments"][-1]["end"]
     assert first - 0.05 <= starts[0] and starts[-1] <= last + 0.05
+
+
+def test_translation_on_an_english_only_model_is_a_400_naming_it(http, spoken) -> None:
+    data, _ = spoken
+    response = http.post(
+        "/v1/audio/translations",
+        files={"file": ("w.wav", data, "audio/wav")},
+        data={"model": "whisper-tiny.en"},
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert "whisper-tiny.en" in error["message"] and error["param"] == "model"

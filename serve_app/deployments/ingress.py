@@ -627,6 +627,8 @@ class AsrIngress:
         data = []
         for name in names:
             entry = {"id": name, "object": "model", "created": 0, "owned_by": "ray-funasr-serve"}
+            # Which entry a request without a model field gets (an extension field).
+            entry["default"] = name == self._options.default_model
             caps = capabilities.get(self._options.model_names[name])
             if caps is not None:  # a model still loading is listed without them
                 entry["capabilities"] = caps

@@ -30,15 +30,26 @@ async function api(path, init = {}) {
   return JSON.parse(text);
 }
 
+// The options the page offers, as the API's form fields (only those set and offered).
+function appendOptions(form, opts) {
+  if (opts.model) form.append("model", opts.model);
+  if (opts.language) form.append("language", opts.language);
+  if (opts.hotwords) form.append("hotwords", opts.hotwords);
+  if (opts.words) form.append("timestamp_granularities[]", "word");
+  if (opts.split) form.append("channels", "split");
+  else if (opts.diarize) {
+    form.append("diarize", "true");
+    if (opts.numSpeakers) form.append("num_speakers", opts.numSpeakers);
+  }
+}
+
 // POST a file with upload progress (fetch has none): resolves the verbose_json body.
 function transcribe(file, opts, onPhase) {
   return new Promise((resolve, reject) => {
     const form = new FormData();
     form.append("file", file, file.name || "recording.webm");
     form.append("response_format", "verbose_json");
-    if (opts.model) form.append("model", opts.model);
-    if (opts.language) form.append("language", opts.language);
-    if (opts.hotwords) form.append("hotwords", opts.hotwords);
+    appendOptions(form, opts);
     const xhr = new XMLHttpRequest();
     xhr.open("POST", API + "/v1/audio/transcriptions");
     for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
@@ -67,9 +78,7 @@ async function transcribeStream(file, opts, onPhase, onDelta) {
   form.append("file", file, file.name || "recording.webm");
   form.append("response_format", "verbose_json");
   form.append("stream", "true");
-  if (opts.model) form.append("model", opts.model);
-  if (opts.language) form.append("language", opts.language);
-  if (opts.hotwords) form.append("hotwords", opts.hotwords);
+  appendOptions(form, opts);
   onPhase("uploading", null);
   let res;
   try {
@@ -119,15 +128,17 @@ function stamp(seconds, sep) {
   return `${pad(h)}:${pad(m)}:${pad(s)}${sep}${pad(ms % 1000, 3)}`;
 }
 function segmentsOf(result) {
-  return (result.segments || []).map((s) => ({ start: s.start, end: s.end, text: (s.text || "").trim() }));
+  return (result.segments || []).map((s) => ({
+    start: s.start, end: s.end, text: (s.text || "").trim(), speaker: s.speaker || "",
+  }));
 }
 const FORMATS = {
   txt: { ext: "txt", type: "text/plain", render: (r) => (r.text || "") + "\n" },
   json: { ext: "json", type: "application/json", render: (r) => JSON.stringify(r, null, 2) },
   srt: { ext: "srt", type: "text/plain", render: (r) => segmentsOf(r).map((s, i) =>
-    `${i + 1}\n${stamp(s.start, ",")} --> ${stamp(s.end, ",")}\n${s.text}\n`).join("\n") },
+    `${i + 1}\n${stamp(s.start, ",")} --> ${stamp(s.end, ",")}\n${s.speaker ? `[${s.speaker}] ` : ""}${s.text}\n`).join("\n") },
   vtt: { ext: "vtt", type: "text/vtt", render: (r) => "WEBVTT\n\n" + segmentsOf(r).map((s) =>
-    `${stamp(s.start, ".")} --> ${stamp(s.end, ".")}\n${s.text}\n`).join("\n") },
+    `${stamp(s.start, ".")} --> ${stamp(s.end, ".")}\n${s.speaker ? `<v ${s.speaker}>` : ""}${s.text}\n`).join("\n") },
 };
 function renderAs(result, responseFormat) {
   if (responseFormat === "verbose_json") return JSON.stringify(result, null, 2);
@@ -223,16 +234,40 @@ $("apikey-save").addEventListener("click", () => {
 
 // ---------------------------------------------------------------- models
 let modelIds = [];
+let capabilities = {};  // model id -> its /v1/models capabilities ("" = the default model)
 async function loadModels() {
   try {
     const body = await api("/v1/models");
     modelIds = body.data.map((m) => m.id);
+    capabilities = {};
+    for (const m of body.data) {
+      if (m.capabilities) capabilities[m.id] = m.capabilities;
+      if (m.default && m.capabilities) capabilities[""] = m.capabilities;
+    }
     for (const sel of document.querySelectorAll(".model-select")) {
       const keep = sel.value;
       sel.replaceChildren(new Option("(default)", ""), ...modelIds.map((id) => new Option(id, id)));
       if (modelIds.includes(keep)) sel.value = keep;
+      showOffered(sel);
     }
   } catch (e) { showGlobalError("Could not list models: " + e.message); }
+}
+
+// Show an option only when the chosen model supports it (unknown capabilities: show all).
+function supports(caps, cap) {
+  if (!caps) return true;
+  if (cap === "language") return caps.language_detection || (caps.languages || []).length !== 1;
+  if (cap === "hotwords") return Boolean(caps.hotwords);
+  return Boolean(caps[cap]);
+}
+function showOffered(select) {
+  const caps = capabilities[select.value];
+  for (const label of select.closest("fieldset").querySelectorAll("label[data-cap]")) {
+    label.hidden = !supports(caps, label.dataset.cap);
+  }
+}
+for (const sel of document.querySelectorAll(".model-select")) {
+  sel.addEventListener("change", () => showOffered(sel));
 }
 
 function dropZone(zone, onFiles) {
@@ -293,11 +328,22 @@ function setStatus(id, text, kind) {
   el.className = "status" + (kind ? " " + kind : "");
 }
 
+// An option is sent only while the chosen model offers it (its label is shown).
+function offered(id) {
+  const el = $(id);
+  return el && !el.closest("label").hidden ? el : null;
+}
 function options(prefix) {
+  const value = (id) => (offered(id) ? offered(id).value.trim() : "");
+  const checked = (id) => Boolean(offered(id) && offered(id).checked);
   return {
     model: $(prefix + "-model").value,
-    language: $(prefix + "-language").value.trim(),
-    hotwords: $(prefix + "-hotwords").value.trim(),
+    language: value(prefix + "-language"),
+    hotwords: value(prefix + "-hotwords"),
+    words: checked(prefix + "-words"),
+    diarize: checked(prefix + "-diarize"),
+    numSpeakers: value(prefix + "-num-speakers"),
+    split: checked(prefix + "-split"),
   };
 }
 
@@ -318,7 +364,7 @@ $("single-go").addEventListener("click", async () => {
       count += 1;
       partial += event.delta;
       $("single-text").textContent = partial;
-      body.append(row([stamp(event.start, "."), stamp(event.end, "."), event.delta.trim()]));
+      body.append(row([stamp(event.start, "."), stamp(event.end, "."), "", event.delta.trim()]));
       $("single-result").hidden = false;
       setStatus("single-status", `Recognizing... ${count} segment${count === 1 ? "" : "s"} so far.`, "busy");
     });
@@ -334,7 +380,9 @@ function showSingle() {
   const r = singleResult;
   $("single-text").textContent = r.text || "(no speech)";
   const body = $("single-segments").tBodies[0];
-  body.replaceChildren(...segmentsOf(r).map((s) => row([stamp(s.start, "."), stamp(s.end, "."), s.text])));
+  body.replaceChildren(
+    ...segmentsOf(r).map((s) => row([stamp(s.start, "."), stamp(s.end, "."), s.speaker || "", s.text])),
+  );
   const fmt = $("single-format").value;
   $("single-format-name").textContent = fmt;
   $("single-raw").textContent = renderAs(r, fmt);

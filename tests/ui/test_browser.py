@@ -226,3 +226,27 @@ def test_phone_layout_and_keyboard_tabs(page, shots):
     # No horizontal scroll of the page itself on a phone.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(shots / "phone.png"))
+
+
+def test_options_follow_the_models_capabilities(page, http, speech_files, shots):
+    models = {m["id"]: m.get("capabilities") for m in http.get("/v1/models").json()["data"]}
+    whisper, paraformer = models[MODEL], models["paraformer-tiny-random"]
+    # The two models differ (so the page must change what it offers between them).
+    assert bool(whisper["hotwords"]) != bool(paraformer["hotwords"])
+    for model, caps in ((MODEL, whisper), ("paraformer-tiny-random", paraformer)):
+        page.select_option("#single-model", model)
+        assert page.is_visible("#single-hotwords") == bool(caps["hotwords"]), model
+        assert page.is_visible("#single-words") == caps["word_timestamps"], model
+        assert page.is_visible("#single-diarize") == caps["diarization"], model
+    # A diarized request from the page: every segment row names its speaker.
+    assert whisper["diarization"]
+    page.select_option("#single-model", MODEL)
+    page.check("#single-diarize")
+    page.set_input_files("#single-file", str(speech_files[0]))
+    page.click("#single-go")
+    page.wait_for_function(
+        "document.getElementById('single-status').textContent.startsWith('Done')"
+    )
+    speakers = page.locator("#single-segments tbody tr td:nth-child(3)").all_inner_texts()
+    assert speakers and all(s.strip() for s in speakers), speakers
+    page.screenshot(path=str(shots / "single-speakers.png"))

@@ -370,6 +370,10 @@ class ProcessFigures:
     last_mb: float
     max_mb: float
     slope_mb_per_h: float  # over the samples after the warm-up
+    # Over the lowest sample of each window after the warm-up: what the process keeps
+    # between its busiest moments. A leak raises it; a busy replica's transient working
+    # set (a 2-minute file's features) only makes the plain slope noisy.
+    floor_slope_mb_per_h: float = float("nan")
 
 
 @dataclass
@@ -407,8 +411,20 @@ class SoakSummary:
     load_avg_1m_max: float = float("nan")
 
 
+def floor_slope_mb_per_hour(after: list[tuple[float, float]], window_s: float) -> float:
+    """Slope (MB/h) of each ``window_s`` window's minimum, at the window's middle."""
+    if not after or window_s <= 0:
+        return float("nan")
+    start = after[0][0]
+    windows: dict[int, list[float]] = {}
+    for t, v in after:
+        windows.setdefault(int((t - start) // window_s), []).append(v)
+    times = [start + (i + 0.5) * window_s for i in sorted(windows)]
+    return slope_mb_per_hour(times, [min(windows[i]) for i in sorted(windows)])
+
+
 def process_figures(
-    samples: list[tuple[float, int, str, float]], warmup_s: float
+    samples: list[tuple[float, int, str, float]], warmup_s: float, window_s: float = 300.0
 ) -> list[ProcessFigures]:
     by_pid: dict[int, list[tuple[float, str, float]]] = {}
     for t_s, pid, label, value in samples:
@@ -425,6 +441,7 @@ def process_figures(
                 last_mb=rows[-1][2],
                 max_mb=max(v for _, _, v in rows),
                 slope_mb_per_h=slope_mb_per_hour([t for t, _ in after], [v for _, v in after]),
+                floor_slope_mb_per_h=floor_slope_mb_per_hour(after, window_s),
             )
         )
     return figures
@@ -466,11 +483,13 @@ def summarize(
     samples: list[tuple[float, int, str, float]],
     p95_drift_limit: float,
 ) -> SoakSummary:
-    processes = process_figures(samples, warmup_s)
+    processes = process_figures(samples, warmup_s, window_s)
     windows = window_figures(records, window_s, duration_s)
     errors = sum(1 for r in records if r.failed)
     slopes = [p.slope_mb_per_h for p in processes if not math.isnan(p.slope_mb_per_h)]
     max_slope = max(slopes) if slopes else float("nan")
+    floors = [p.floor_slope_mb_per_h for p in processes]
+    floors = [f for f in floors if not math.isnan(f)]
     steady = [w for w in windows if w.start_s >= warmup_s and not math.isnan(w.p95_s)]
     if len(steady) < 2:  # short runs: compare the first and last windows with requests
         steady = [w for w in windows if not math.isnan(w.p95_s)]
@@ -496,6 +515,9 @@ def summarize(
     summary.passed = {
         f"slope < {SLOPE_TARGET_MB_PER_H:g} MB/h (every process)": bool(
             slopes and max_slope < SLOPE_TARGET_MB_PER_H
+        ),
+        f"floor slope < {SLOPE_TARGET_MB_PER_H:g} MB/h (every process, window minima)": bool(
+            floors and max(floors) < SLOPE_TARGET_MB_PER_H
         ),
         "0 errors": errors == 0,
         f"p95 drift < {p95_drift_limit:g}x": bool(
@@ -617,11 +639,14 @@ def render(summary: SoakSummary) -> str:
         f"load avg  1 min mean {summary.load_avg_1m_mean:.1f}, max {summary.load_avg_1m_max:.1f}",
     ]
     lines += [f"  error: {e}" for e in summary.error_samples]
-    lines.append("process                                   pid   first MB  last MB  max MB  MB/h")
+    lines.append(
+        "process                                   pid   first MB  last MB  max MB  MB/h"
+        "  floor MB/h"
+    )
     for p in summary.processes:
         lines.append(
             f"{p.process[:40]:40s} {p.pid:6d} {p.first_mb:9.1f} {p.last_mb:8.1f} "
-            f"{p.max_mb:7.1f} {p.slope_mb_per_h:+7.1f}"
+            f"{p.max_mb:7.1f} {p.slope_mb_per_h:+7.1f} {p.floor_slope_mb_per_h:+9.1f}"
         )
     lines.append("window (s)     requests errors rejected  p50 s   p95 s")
     for w in summary.windows:

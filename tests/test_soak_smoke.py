@@ -26,6 +26,17 @@ def test_slope_is_least_squares_in_mb_per_hour():
     assert math.isnan(soak.slope_mb_per_hour([5.0], [1.0]))
 
 
+def test_floor_slope_follows_the_window_minima_not_the_peaks():
+    # A working set that comes and goes (peaks of +500 MB every other sample) over a
+    # flat floor, and the same over a floor rising 60 MB/h.
+    times = [float(t) for t in range(0, 3601, 30)]
+    flat = [(t, 700.0 + (500.0 if i % 2 else 0.0)) for i, t in enumerate(times)]
+    rising = [(t, v + t / 60.0) for t, v in flat]
+    assert soak.floor_slope_mb_per_hour(flat, 300) == pytest.approx(0.0, abs=1e-6)
+    assert soak.floor_slope_mb_per_hour(rising, 300) == pytest.approx(60.0, rel=0.05)
+    assert math.isnan(soak.floor_slope_mb_per_hour([], 300))
+
+
 def test_figures_per_process_and_window():
     samples = [
         (t, pid, name, base + rate * t)
@@ -61,7 +72,7 @@ def test_figures_per_process_and_window():
     # B grows and one request failed; p95 went 2.9 -> 2.0 s (linear interpolation between
     # 1 and 3 s), which is no drift.
     assert windows[0].p95_s == pytest.approx(2.9)
-    assert list(summary.passed.values()) == [False, False, True]
+    assert list(summary.passed.values()) == [False, False, False, True]
     assert summary.p95_drift == pytest.approx(2.0 / 2.9)
 
 

@@ -22,6 +22,7 @@ from serve_app.batching import item_cost_s
 from serve_app.config import RecognizerSettings
 from serve_app.deployments.batch_queue import BatchQueue, QueuedItem
 from serve_app.errors import InvalidRequestError
+from serve_app.memory import HeapTrimmer
 from serve_app.recognizers.base import ItemResult, SegmentJob, SegmentTranscript
 from serve_app.recognizers.factory import build_recognizer
 
@@ -48,6 +49,7 @@ class RecognizerDeployment:
         self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}
         self._tags = {"model": settings.name}
         self._errors: Counter[str] = Counter()
+        self._trimmer = HeapTrimmer()
         self._stats_pusher = self._start_stats_pusher()
 
     def reconfigure(self, user_config: dict) -> None:
@@ -81,9 +83,17 @@ class RecognizerDeployment:
         jobs = [item.job for item in items]
         # The model call is blocking: a thread keeps the replica's event loop (health
         # checks, new arrivals joining the next batch) responsive meanwhile.
-        results = await asyncio.to_thread(self._recognizer.transcribe_batch, jobs)
+        results = await asyncio.to_thread(self._transcribe_and_trim, jobs)
         self._record(items, self._recognizer.last_stats, time.perf_counter() - started)
         return results
+
+    def _transcribe_and_trim(self, jobs: list[SegmentJob]) -> list[ItemResult]:
+        try:
+            return self._recognizer.transcribe_batch(jobs)
+        finally:
+            # A forward's activations are freed after it: give the pages back now and
+            # then (serve_app.memory), so RSS follows the live data, not the last peak.
+            self._trimmer.after_call()
 
     def _record(self, items: list[QueuedItem[SegmentJob]], stats, elapsed_s: float) -> None:
         self._num_batches += 1

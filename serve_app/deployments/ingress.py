@@ -52,7 +52,6 @@ from serve_app.errors import (
     UploadTooLargeError,
 )
 from serve_app.memory import HeapTrimmer
-from serve_app.punctuation.base import PunctuationRequest
 from serve_app.punctuation.request import PunctuateFn
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob
 from serve_app.request_options import RequestOptions, parse_form
@@ -63,7 +62,6 @@ from serve_app.serving import (
     TranscriptionService,
     unwrap_error,
 )
-from serve_app.speakers.base import EmbeddingJob
 from serve_app.speakers.diarize import DiarizationSettings
 from serve_app.speakers.request import EmbedFn, SpeakerRequest
 from serve_app.transcript import Transcription, render
@@ -316,20 +314,29 @@ class AsrIngress:
 
         return segment
 
-    def _recognize_call(self, handle: DeploymentHandle, model: str):
-        call = _remote_call(handle, "transcribe")
+    def _retried_call(self, handle: DeploymentHandle, method: str, stage: str):
+        """``handle.method(item)``, sent again when its replica died (to another replica,
+        or to the restarted one) within the item's ``deadline_unix_s``. Only for
+        idempotent calls: a segment, an embedding window, a punctuation request."""
+        call = _remote_call(handle, method)
         policy = self._options.retry
 
-        async def recognize(job: SegmentJob):
-            # Segment recognition is idempotent: a segment whose replica died is sent
-            # again (to another replica, or to the restarted one), within the deadline.
-            result = await call_with_retries(
-                lambda: call(job),
+        async def retried(item):
+            return await call_with_retries(
+                lambda: call(item),
                 policy=policy,
-                deadline_unix_s=job.deadline_unix_s,
-                what="recognize",
-                on_retry=_count_retry("recognize"),
+                deadline_unix_s=item.deadline_unix_s,
+                what=stage,
+                on_retry=_count_retry(stage),
             )
+
+        return retried
+
+    def _recognize_call(self, handle: DeploymentHandle, model: str):
+        call = self._retried_call(handle, "transcribe", "recognize")
+
+        async def recognize(job: SegmentJob):
+            result = await call(job)
             scope = request_scope.CURRENT.get()
             if scope is not None and scope.ticket is not None:
                 scope.ticket.completed(job.duration_s)
@@ -339,20 +346,8 @@ class AsrIngress:
         return recognize
 
     def _embed_call(self, handle: DeploymentHandle) -> EmbedFn:
-        call = _remote_call(handle, "embed")
-        policy = self._options.retry
-
-        async def embed(job: EmbeddingJob):
-            # One call per embedding window; idempotent, so retried like a segment.
-            return await call_with_retries(
-                lambda: call(job),
-                policy=policy,
-                deadline_unix_s=job.deadline_unix_s,
-                what="embed",
-                on_retry=_count_retry("embed"),
-            )
-
-        return embed
+        # One call per embedding window, retried like a segment.
+        return self._retried_call(handle, "embed", "embed")
 
     def _speaker_request(self, request_options: RequestOptions) -> SpeakerRequest:
         """The request's speaker options over the server's defaults; 400 when it asks
@@ -682,20 +677,7 @@ class AsrIngress:
         handle = self._punctuators.get(name)
         if handle is None:
             return None
-        call = _remote_call(handle, "punctuate")
-        policy = self._options.retry
-
-        async def punctuate(request: PunctuationRequest):
-            # Idempotent like a segment: a request whose replica died is sent again.
-            return await call_with_retries(
-                lambda: call(request),
-                policy=policy,
-                deadline_unix_s=request.deadline_unix_s,
-                what="punctuate",
-                on_retry=_count_retry("punctuate"),
-            )
-
-        return punctuate
+        return self._retried_call(handle, "punctuate", "punctuate")
 
     def _detects_language_call(self, name: str) -> Callable[[], Awaitable[bool]]:
         async def detects_language() -> bool:

@@ -78,3 +78,44 @@ def asr_url(serve_instance, models_dir, random_models_dir):
 def http(asr_url):
     with httpx.Client(base_url=asr_url, timeout=300) as client:
         yield client
+
+
+# -- one app with API keys, shared by the HTTP and the browser auth tests ---------------
+KEYED_APP_NAME = "asr_auth_test"
+KEYED_ROUTE = "/asr-auth"
+ENV_KEY = "sk-test-env-4f9c"
+FILE_KEY = "sk-test-file-77a1"
+KEYED_MODEL = "paraformer-tiny-random"
+
+
+@pytest.fixture(scope="session")
+def keyed_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
+    """A small app (FSMN-VAD + the random-weight Paraformer) whose ingress gets its keys the
+    way a cluster gives them: one in ``ASR_API_KEYS``, one in the file named by
+    ``ASR_API_KEYS_FILE``, through the replica's environment (a Secret on Kubernetes)."""
+    from ray import serve
+
+    keys_file = tmp_path_factory.mktemp("keys") / "api_keys"
+    keys_file.write_text(f"# test keys\n{FILE_KEY}\n")
+    env = {"ASR_API_KEYS": ENV_KEY, "ASR_API_KEYS_FILE": str(keys_file)}
+    config = {
+        "models_dir": str(models_dir),
+        "vad_deployment": replica_options(),
+        "ingress": {
+            "deployment": replica_options(
+                ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}
+            ),
+        },
+        "recognizers": [
+            {
+                "name": KEYED_MODEL,
+                "backend": "funasr",
+                "model": str(random_models_dir / "paraformer-tiny"),
+                "batch": {"max_batch_items": 4},
+                "deployment": replica_options(max_ongoing_requests=8),
+            }
+        ],
+    }
+    deploy(config, name=KEYED_APP_NAME, route_prefix=KEYED_ROUTE)
+    yield serve_instance + KEYED_ROUTE
+    serve.delete(KEYED_APP_NAME)

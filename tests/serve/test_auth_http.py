@@ -1,8 +1,7 @@
 """API keys through real HTTP: the official openai client with the right and a wrong key.
 
-A separate small app (FSMN-VAD + the random-weight Paraformer) whose ingress gets its keys
-the way a cluster would give them: one in ``ASR_API_KEYS``, one in the file named by
-``ASR_API_KEYS_FILE``, through the replica's environment (a Secret on Kubernetes).
+The keyed app of tests/serve/conftest.py (``keyed_url``: one key in ``ASR_API_KEYS``, one
+in the file named by ``ASR_API_KEYS_FILE``, through the replica's environment).
 """
 
 from __future__ import annotations
@@ -16,45 +15,16 @@ import pytest
 import soundfile as sf
 from openai import OpenAI
 
-from tests.conftest import deploy, replica_options
+from tests.serve.conftest import ENV_KEY, FILE_KEY, KEYED_MODEL
 
 pytestmark = pytest.mark.slow
 
-APP_NAME = "asr_auth_test"
-ROUTE = "/asr-auth"
-ENV_KEY = "sk-test-env-4f9c"
-FILE_KEY = "sk-test-file-77a1"
-MODEL = "paraformer-tiny-random"
+MODEL = KEYED_MODEL
 
 
 @pytest.fixture(scope="module")
-def auth_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
-    from ray import serve
-
-    keys_file = tmp_path_factory.mktemp("keys") / "api_keys"
-    keys_file.write_text(f"# test keys\n{FILE_KEY}\n")
-    env = {"ASR_API_KEYS": ENV_KEY, "ASR_API_KEYS_FILE": str(keys_file)}
-    config = {
-        "models_dir": str(models_dir),
-        "vad_deployment": replica_options(),
-        "ingress": {
-            "deployment": replica_options(
-                ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}
-            ),
-        },
-        "recognizers": [
-            {
-                "name": MODEL,
-                "backend": "funasr",
-                "model": str(random_models_dir / "paraformer-tiny"),
-                "batch": {"max_batch_items": 4},
-                "deployment": replica_options(max_ongoing_requests=8),
-            }
-        ],
-    }
-    deploy(config, name=APP_NAME, route_prefix=ROUTE)
-    yield serve_instance + ROUTE
-    serve.delete(APP_NAME)
+def auth_url(keyed_url):
+    return keyed_url
 
 
 @pytest.fixture(scope="module")

@@ -6,43 +6,13 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import deploy, replica_options
+from tests.serve.conftest import ENV_KEY, KEYED_MODEL
 from tests.ui.test_browser import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.slow
 
-APP_NAME = "asr_ui_auth_test"
-ROUTE = "/asr-ui-auth"
-KEY = "sk-ui-test-31d0"
-MODEL = "paraformer-tiny-random"
-
-
-@pytest.fixture(scope="module")
-def keyed_url(serve_instance, models_dir, random_models_dir):
-    from ray import serve
-
-    env = {"ASR_API_KEYS": KEY}
-    config = {
-        "models_dir": str(models_dir),
-        "vad_deployment": replica_options(),
-        "ingress": {
-            "deployment": replica_options(
-                ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": env}}
-            ),
-        },
-        "recognizers": [
-            {
-                "name": MODEL,
-                "backend": "funasr",
-                "model": str(random_models_dir / "paraformer-tiny"),
-                "batch": {"max_batch_items": 4},
-                "deployment": replica_options(max_ongoing_requests=8),
-            }
-        ],
-    }
-    deploy(config, name=APP_NAME, route_prefix=ROUTE)
-    yield serve_instance + ROUTE
-    serve.delete(APP_NAME)
+KEY = ENV_KEY
+MODEL = KEYED_MODEL
 
 
 def test_page_open_api_protected(keyed_url):

@@ -412,15 +412,20 @@ class SoakSummary:
 
 
 def floor_slope_mb_per_hour(after: list[tuple[float, float]], window_s: float) -> float:
-    """Slope (MB/h) of each ``window_s`` window's minimum, at the window's middle."""
+    """Slope (MB/h) of each ``window_s`` window's minimum, at the window's middle.
+
+    A window with fewer than half the samples of the fullest one (the run's tail) is left
+    out: the minimum of two samples is not the minimum of ten."""
     if not after or window_s <= 0:
         return float("nan")
     start = after[0][0]
     windows: dict[int, list[float]] = {}
     for t, v in after:
         windows.setdefault(int((t - start) // window_s), []).append(v)
-    times = [start + (i + 0.5) * window_s for i in sorted(windows)]
-    return slope_mb_per_hour(times, [min(windows[i]) for i in sorted(windows)])
+    fullest = max(len(values) for values in windows.values())
+    kept = sorted(i for i, values in windows.items() if len(values) * 2 >= fullest)
+    times = [start + (i + 0.5) * window_s for i in kept]
+    return slope_mb_per_hour(times, [min(windows[i]) for i in kept])
 
 
 def process_figures(

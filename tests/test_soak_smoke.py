@@ -35,6 +35,9 @@ def test_floor_slope_follows_the_window_minima_not_the_peaks():
     assert soak.floor_slope_mb_per_hour(flat, 300) == pytest.approx(0.0, abs=1e-6)
     assert soak.floor_slope_mb_per_hour(rising, 300) == pytest.approx(60.0, rel=0.05)
     assert math.isnan(soak.floor_slope_mb_per_hour([], 300))
+    # A tail window of two samples (both high) does not count.
+    tail = [*flat, (3630.0, 1200.0), (3660.0, 1200.0)]
+    assert soak.floor_slope_mb_per_hour(tail, 300) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_figures_per_process_and_window():

@@ -688,10 +688,17 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
 # -- integration: `ray job submit` against a `ray start --head` cluster ----------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: every socket stays bound until all are picked (one
+    at a time, the OS may hand the same port out twice: a flaky `ray start`)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.fixture
@@ -703,7 +710,7 @@ def head_node(tmp_path_factory, ray_cluster):
     separate, so ``ray.init()`` elsewhere never auto-connects to this one.
     """
     temp_dir = Path(f"/tmp/rjs{os.getpid()}")
-    port, dashboard_port = _free_port(), _free_port()
+    port, dashboard_port, agent_port = _free_ports(3)
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,
@@ -728,7 +735,7 @@ def head_node(tmp_path_factory, ray_cluster):
             f"--dashboard-port={dashboard_port}",
             # The agent's HTTP port defaults to a fixed 52365: a second cluster on the
             # host (the session one, a developer's) would leave jobs with no agent.
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-listen-port={agent_port}",
             f"--temp-dir={temp_dir}",
             "--disable-usage-stats",
         ],

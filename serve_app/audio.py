@@ -336,16 +336,7 @@ def _to_mono_16k(
     out: list[np.ndarray] = []
     num_frames = 0
     for block in blocks:
-        peak = float(np.abs(block).max()) if block.size else 0.0
-        if not peak <= MAX_ABS_AMPLITUDE:  # also true for NaN
-            if not np.isfinite(peak):
-                raise InvalidAudioError("invalid samples: the audio contains NaN or Inf values")
-            # Finite but absurd float samples (a damaged float WAV: 3e38) overflow to Inf
-            # in the channel average, the resampler or the model's power spectrum.
-            raise InvalidAudioError(
-                f"invalid samples: peak amplitude {peak:.3g}, over {MAX_ABS_AMPLITUDE:g} "
-                "(full scale is 1.0)"
-            )
+        _check_block(block)
         mono = _average_channels(block)
         num_frames += len(mono)
         if num_frames > max_frames:
@@ -401,6 +392,9 @@ def _to_channels_16k(
 
 
 def _check_block(block: np.ndarray) -> None:
+    """NaN/Inf, or finite but absurd float samples (a damaged float WAV: 3e38, which
+    overflow to Inf in the channel average, the resampler or the model's power spectrum),
+    are a 400."""
     peak = float(np.abs(block).max()) if block.size else 0.0
     if not peak <= MAX_ABS_AMPLITUDE:  # also true for NaN
         if not np.isfinite(peak):

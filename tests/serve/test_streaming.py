@@ -109,9 +109,13 @@ def _stream_of(svc: TranscriptionService, finished: list[bool]) -> TranscriptStr
     )
 
 
-def test_stream_events_concatenate_to_the_text_then_done():
+def _run_open_gates(fail_index: int | None = None) -> tuple[list, list[bool]]:
+    """Stream a request whose items all finish at once (one failing at ``fail_index``)."""
+
     async def scenario():
         recognizer = GatedRecognizer()
+        if fail_index is not None:
+            recognizer.fail_index = fail_index
         for gate in recognizer.gates:
             gate.set()
         finished: list[bool] = []
@@ -119,7 +123,11 @@ def test_stream_events_concatenate_to_the_text_then_done():
         stream.start()
         return [chunk async for chunk in stream.events()], finished
 
-    chunks, finished = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_stream_events_concatenate_to_the_text_then_done():
+    chunks, finished = _run_open_gates()
     events = _events(chunks)
     assert [e["type"] for e in events] == ["transcript.text.delta"] * 3 + ["transcript.text.done"]
     assert "".join(e["delta"] for e in events[:-1]) == events[-1]["text"] == "word0 word1 word2"
@@ -128,17 +136,7 @@ def test_stream_events_concatenate_to_the_text_then_done():
 
 
 def test_an_error_mid_stream_ends_it_with_an_error_event():
-    async def scenario():
-        recognizer = GatedRecognizer()
-        recognizer.fail_index = 1
-        for gate in recognizer.gates:
-            gate.set()
-        finished: list[bool] = []
-        stream = _stream_of(service(recognizer), finished)
-        stream.start()
-        return [chunk async for chunk in stream.events()], finished
-
-    chunks, finished = asyncio.run(scenario())
+    chunks, finished = _run_open_gates(fail_index=1)
     events = _events(chunks)
     assert [e["type"] for e in events] == ["transcript.text.delta", "error"]
     assert events[0]["delta"] == "word0"  # what was done before the failure was sent

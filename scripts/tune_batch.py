@@ -580,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spans = bench_corpus.vad_spans(
             corpus, vad_settings_json=vad.model_dump_json(), models_dir=_models_dir()
         )
-    spans = bench_corpus.pack_spans(spans, settings.segment_pack_s)
+    spans = bench_corpus.pack_spans(spans, settings.segment_pack_s, corpus)
     segments = [s for _, s in bench_corpus.load_segments(corpus, spans)]
     largest_dynamic_s = max(c[2] for c in points_to_run)
     workload_s = args.workload_s or max(180.0, 2 * largest_dynamic_s)

@@ -334,7 +334,7 @@ class DecodeVadStage:
             turns = None
             for channel, samples in enumerate(signals):
                 vad_segments = self._vad.segments(samples)
-                pieces = pack_pieces(vad_segments, max_piece_ms=self._pack_ms)
+                pieces = pack_pieces(vad_segments, max_piece_ms=self._pack_ms, samples=samples)
                 speech += speech_items(samples, pieces, channel)
                 if request.diarize and request.channels != "split":
                     turns = turns_to_row(diarize_file(samples, vad_segments, *self._diarizer()))

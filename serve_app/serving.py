@@ -204,7 +204,7 @@ class TranscriptionService:
         window to the speaker stage, at the same time) -> stitched segments."""
         t0 = time.perf_counter()
         vad_segments = await self._segment(samples)
-        packed = pack_pieces(vad_segments, max_piece_ms=route.pack_segments_ms)
+        packed = pack_pieces(vad_segments, max_piece_ms=route.pack_segments_ms, samples=samples)
         segments = [piece.segment for piece in packed]
         timings["vad"] = time.perf_counter() - t0
         diarization_task = None

@@ -5,6 +5,7 @@ from serve_app.segmentation import (
     SpeechSegment,
     find_pauses_ms,
     merge_close,
+    pack_pieces,
     pack_segments,
     pad_spans,
     postprocess_spans,
@@ -129,6 +130,34 @@ def test_long_span_is_cut_in_a_pause_not_at_the_quietest_instant():
         assert got[0].start_ms == 0 and got[-1].end_ms == 40_000
         assert all(a.end_ms == b.start_ms for a, b in zip(got, got[1:]))
         assert all(p.duration_ms <= 30_000 for p in got)
+
+
+def test_packing_with_samples_fills_a_window_by_cutting_the_next_segment_at_a_pause():
+    # Segments of 20 s and 15 s: whole, they make two windows (20 s and 15 s). The second
+    # has a real pause at 6.0-6.4 s into it: cut there, its first part fills the first
+    # window to 26.2 s and only 8.8 s go to the second.
+    samples = _syllables(40, seed=5)
+    samples[20_000 * 16 : 21_000 * 16] = 0.0  # the gap between the two segments
+    _put(samples, 27_000, 27_400, 0.005)
+    segs = [SpeechSegment(0, 20_000), SpeechSegment(21_000, 36_000)]
+    whole = pack_pieces(segs, max_piece_ms=30_000)
+    assert [p.segment for p in whole] == segs
+    filled = pack_pieces(segs, max_piece_ms=30_000, samples=samples)
+    assert len(filled) == 2
+    first, second = filled
+    cut = first.segment.end_ms
+    assert 27_000 <= cut <= 27_400 and second.segment == SpeechSegment(cut, 36_000)
+    assert first.segment.start_ms == 0 and first.segment.duration_ms <= 30_000
+    # Members: the first window holds segment 1 and the cut's first part; nothing is lost.
+    assert first.members == (segs[0], SpeechSegment(21_000, cut))
+    assert second.members == (SpeechSegment(cut, 36_000),)
+    # No pause within reach: whole segments as before (a cut inside a word costs words).
+    plain = _syllables(40, seed=6)
+    plain[20_000 * 16 : 21_000 * 16] = 0.0
+    assert [p.segment for p in pack_pieces(segs, max_piece_ms=30_000, samples=plain)] == segs
+    # Too little room left (2 s < 3 s): no cut either.
+    tight = [SpeechSegment(0, 28_000), SpeechSegment(28_500, 36_000)]
+    assert [p.segment for p in pack_pieces(tight, max_piece_ms=30_000, samples=samples)] == tight
 
 
 def test_longest_pause_wins_and_levels_are_relative():

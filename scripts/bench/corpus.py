@@ -225,21 +225,27 @@ def vad_spans(
 
 
 def pack_spans(
-    spans: dict[str, list[tuple[int, int]]], pack_segments_s: float
+    spans: dict[str, list[tuple[int, int]]],
+    pack_segments_s: float,
+    corpus: Corpus | None = None,
 ) -> dict[str, list[tuple[int, int]]]:
-    """The spans after the recognizer's segment packing (``pack_segments_s``), as served."""
+    """The spans after the recognizer's segment packing (``pack_segments_s``), as served:
+    with ``corpus``, segments are cut at pauses to fill pieces as the service does
+    (``pack_pieces(samples=...)``); without, whole segments only."""
     from serve_app.segmentation import SpeechSegment, pack_segments
 
     max_piece_ms = round(pack_segments_s * 1000)
-    return {
-        key: [
+    paths = {f.id: f.path for f in corpus.files} if corpus is not None else {}
+    out = {}
+    for key, value in spans.items():
+        samples = sf.read(paths[key], dtype="float32")[0] if key in paths else None
+        out[key] = [
             (s.start_ms, s.end_ms)
             for s in pack_segments(
-                [SpeechSegment(a, b) for a, b in value], max_piece_ms=max_piece_ms
+                [SpeechSegment(a, b) for a, b in value], max_piece_ms=max_piece_ms, samples=samples
             )
         ]
-        for key, value in spans.items()
-    }
+    return out
 
 
 def load_segments(

@@ -30,7 +30,7 @@ def row_floor(spec: dict) -> dict:
             corpus, vad_settings_json=vad.model_dump_json(), models_dir=_models_dir()
         )
     settings = RecognizerSettings.model_validate(recognizer_settings(model, spec))
-    spans = bench_corpus.pack_spans(spans, settings.segment_pack_s)  # as the service does
+    spans = bench_corpus.pack_spans(spans, settings.segment_pack_s, corpus)  # as served
     segments = bench_corpus.load_segments(corpus, spans)
     with _quiet_funasr():
         backend = build_backend(settings, _models_dir())

@@ -43,6 +43,11 @@ function appendOptions(form, opts) {
   }
 }
 
+// Translate to English: the same form to OpenAI's translations route.
+function audioRoute(opts) {
+  return opts.translate ? "/v1/audio/translations" : "/v1/audio/transcriptions";
+}
+
 // POST a file with upload progress (fetch has none): resolves the verbose_json body.
 function transcribe(file, opts, onPhase) {
   return new Promise((resolve, reject) => {
@@ -51,7 +56,7 @@ function transcribe(file, opts, onPhase) {
     form.append("response_format", "verbose_json");
     appendOptions(form, opts);
     const xhr = new XMLHttpRequest();
-    xhr.open("POST", API + "/v1/audio/transcriptions");
+    xhr.open("POST", API + audioRoute(opts));
     for (const [k, v] of Object.entries(authHeaders())) xhr.setRequestHeader(k, v);
     xhr.upload.onprogress = (e) => onPhase("uploading", e.lengthComputable ? e.loaded / e.total : null);
     xhr.upload.onload = () => onPhase("recognizing", 1);
@@ -82,7 +87,7 @@ async function transcribeStream(file, opts, onPhase, onDelta) {
   onPhase("uploading", null);
   let res;
   try {
-    res = await fetch(API + "/v1/audio/transcriptions", { method: "POST", body: form, headers: authHeaders() });
+    res = await fetch(API + audioRoute(opts), { method: "POST", body: form, headers: authHeaders() });
   } catch (_) { throw new Error("network error (is the service up?)"); }
   if (!res.ok) {
     // Validation and admission errors come before the stream starts: plain JSON.
@@ -341,6 +346,7 @@ function options(prefix) {
     language: value(prefix + "-language"),
     hotwords: value(prefix + "-hotwords"),
     words: checked(prefix + "-words"),
+    translate: checked(prefix + "-translate"),
     diarize: checked(prefix + "-diarize"),
     numSpeakers: value(prefix + "-num-speakers"),
     split: checked(prefix + "-split"),

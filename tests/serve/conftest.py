@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.conftest import deploy, replica_options
+from tests.conftest import deploy, load_script, replica_options
 
 APP_NAME = "asr_test"
 ROUTE = "/asr"
@@ -119,3 +121,87 @@ def keyed_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
     deploy(config, name=KEYED_APP_NAME, route_prefix=KEYED_ROUTE)
     yield serve_instance + KEYED_ROUTE
     serve.delete(KEYED_APP_NAME)
+
+
+# -- the capabilities app (issue 10): punctuation stage + the multilingual Whisper base ---
+# Shared by tests/serve/test_capabilities_http.py and the browser's translation test.
+CAPS_APP_NAME = "asr_capabilities"
+CAPS_ROUTE = "/caps"
+CAPS_PARAFORMER = "paraformer-punc"
+CAPS_WHISPER_BASE = "whisper-base"
+CAPS_PUNCTUATION = {
+    # Small windows so a request's text spans several windows and segment boundaries.
+    "core_tokens": 12,
+    "context_tokens": 6,
+    "max_batch_tokens": 512,
+    "max_batch_items": 32,
+    "batch_wait_timeout_s": 0.2,
+    "deployment": replica_options(max_ongoing_requests=64),
+}
+
+
+def _caps_batch() -> dict:
+    return {
+        "max_batch_audio_s": 240,
+        "max_batch_items": 16,
+        "batch_wait_timeout_s": 0.2,
+        "max_forward_audio_s": 240,
+    }
+
+
+@pytest.fixture(scope="session")
+def ct_punc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ct-punc-http")
+    return load_script("make_random_funasr_models").write_models(["ct-punc-tiny"], out)[
+        "ct-punc-tiny"
+    ]
+
+
+@pytest.fixture(scope="session")
+def whisper_base_dir(models_dir: Path) -> Path:
+    return load_script("provision_models").provision_whisper_base(models_dir)
+
+
+@pytest.fixture(scope="session")
+def caps_app_config(models_dir, random_models_dir, ct_punc_dir, whisper_base_dir) -> dict:
+    return {
+        "models_dir": str(models_dir),
+        "vad_deployment": replica_options(max_ongoing_requests=16),
+        "ingress": {
+            "default_model": CAPS_PARAFORMER,
+            "deployment": replica_options(max_ongoing_requests=128),
+        },
+        "recognizers": [
+            {
+                "name": CAPS_PARAFORMER,
+                "backend": "funasr",
+                "model": str(random_models_dir / "paraformer-tiny"),
+                "batch": _caps_batch(),
+                "deployment": replica_options(max_ongoing_requests=64),
+                "punctuation": {"model": str(ct_punc_dir), **CAPS_PUNCTUATION},
+            },
+            {
+                "name": CAPS_WHISPER_BASE,
+                "backend": "whisper",
+                "model": str(whisper_base_dir),
+                "precision": "int8",
+                "batch": _caps_batch(),
+                "deployment": replica_options(max_ongoing_requests=64),
+            },
+        ],
+    }
+
+
+@pytest.fixture(scope="session")
+def caps_url(serve_instance, caps_app_config):
+    from ray import serve
+
+    deploy(caps_app_config, name=CAPS_APP_NAME, route_prefix=CAPS_ROUTE)
+    yield serve_instance + CAPS_ROUTE
+    serve.delete(CAPS_APP_NAME)
+
+
+@pytest.fixture(scope="session")
+def caps_http(caps_url):
+    with httpx.Client(base_url=caps_url, timeout=300) as client:
+        yield client

@@ -1,5 +1,6 @@
-"""Issue 10 over HTTP, on ONE deployed app of this module: a random-weight Paraformer with
-a random-weight CT-Transformer punctuation stage, and the real multilingual Whisper base.
+"""Issue 10 over HTTP, on the session's capabilities app (tests/serve/conftest.py, shared
+with the browser's translation test): a random-weight Paraformer with a random-weight
+CT-Transformer punctuation stage, and the real multilingual Whisper base.
 
 - Punctuation: many concurrent requests give exactly the text the plain
   :class:`~serve_app.punctuation.base.BatchedPunctuator` gives one request at a time over
@@ -23,95 +24,22 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import soundfile as sf
 
 from serve_app.config import AppConfig
-from tests.conftest import deploy, load_script, replica_options
 from tests.recognizers.test_whisper_multilingual import CORPUS
+from tests.serve import conftest as apps
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
 
 pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")
 
-APP_NAME = "asr_capabilities"
-ROUTE = "/caps"
-PARAFORMER = "paraformer-punc"
-WHISPER_BASE = "whisper-base"
-PUNCTUATION = {
-    # Small windows so a request's text spans several windows and segment boundaries.
-    "core_tokens": 12,
-    "context_tokens": 6,
-    "max_batch_tokens": 512,
-    "max_batch_items": 32,
-    "batch_wait_timeout_s": 0.2,
-    "deployment": replica_options(max_ongoing_requests=64),
-}
+PARAFORMER = apps.CAPS_PARAFORMER
+WHISPER_BASE = apps.CAPS_WHISPER_BASE
+PUNCTUATION = apps.CAPS_PUNCTUATION
 NUM_FILES = 8
 ENGLISH = {"the", "to", "is", "we", "a", "in", "every", "please", "my", "train", "today", "at"}
-
-
-def _batch() -> dict:
-    return {
-        "max_batch_audio_s": 240,
-        "max_batch_items": 16,
-        "batch_wait_timeout_s": 0.2,
-        "max_forward_audio_s": 240,
-    }
-
-
-@pytest.fixture(scope="module")
-def ct_punc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ct-punc-http")
-    return load_script("make_random_funasr_models").write_models(["ct-punc-tiny"], out)[
-        "ct-punc-tiny"
-    ]
-
-
-@pytest.fixture(scope="module")
-def base_dir(models_dir: Path) -> Path:
-    return load_script("provision_models").provision_whisper_base(models_dir)
-
-
-@pytest.fixture(scope="module")
-def app_config(models_dir, random_models_dir, ct_punc_dir, base_dir) -> dict:
-    return {
-        "models_dir": str(models_dir),
-        "vad_deployment": replica_options(max_ongoing_requests=16),
-        "ingress": {
-            "default_model": PARAFORMER,
-            "deployment": replica_options(max_ongoing_requests=128),
-        },
-        "recognizers": [
-            {
-                "name": PARAFORMER,
-                "backend": "funasr",
-                "model": str(random_models_dir / "paraformer-tiny"),
-                "batch": _batch(),
-                "deployment": replica_options(max_ongoing_requests=64),
-                "punctuation": {"model": str(ct_punc_dir), **PUNCTUATION},
-            },
-            {
-                "name": WHISPER_BASE,
-                "backend": "whisper",
-                "model": str(base_dir),
-                "precision": "int8",
-                "batch": _batch(),
-                "deployment": replica_options(max_ongoing_requests=64),
-            },
-        ],
-    }
-
-
-@pytest.fixture(scope="module")
-def caps_http(serve_instance, app_config):
-    from ray import serve
-
-    deploy(app_config, name=APP_NAME, route_prefix=ROUTE)
-    with httpx.Client(base_url=serve_instance + ROUTE, timeout=300) as client:
-        yield client
-    serve.delete(APP_NAME)
 
 
 def _wav(samples: np.ndarray) -> bytes:
@@ -187,7 +115,7 @@ def test_punctuated_concurrent_requests_equal_the_plain_stage_one_at_a_time(
     marks = {ch for r in served for ch in r["text"] if ch in "，。？、,.?"}
     assert len(marks) > 1, marks  # the stage really punctuates (meaningless but varied)
     stats = (
-        serve.get_deployment_handle(f"Punctuation-{PARAFORMER}", app_name=APP_NAME)
+        serve.get_deployment_handle(f"Punctuation-{PARAFORMER}", app_name=apps.CAPS_APP_NAME)
         .batch_stats.remote()
         .result()
     )
@@ -196,11 +124,11 @@ def test_punctuated_concurrent_requests_equal_the_plain_stage_one_at_a_time(
 
 
 def test_offline_job_stage_punctuates_like_the_online_route(
-    caps_http, english_files, app_config, models_dir, tmp_path: Path
+    caps_http, english_files, caps_app_config, models_dir, tmp_path: Path
 ) -> None:
     from serve_app.offline import DECODED_SCHEMA, DecodeVadStage, RecognizeStage, table_from_rows
 
-    config = AppConfig.model_validate(app_config)
+    config = AppConfig.model_validate(caps_app_config)
     data = english_files[0]
     path = tmp_path / "file.wav"
     path.write_bytes(data)
@@ -248,11 +176,11 @@ def test_unsupported_option_is_a_400_naming_it(caps_http, english_files) -> None
 
 
 @pytest.fixture(scope="module")
-def reference_languages(base_dir, foreign) -> dict[str, list[str]]:
+def reference_languages(whisper_base_dir, foreign) -> dict[str, list[str]]:
     """faster-whisper's own language detection on each whole file (same model, int8)."""
     from faster_whisper import WhisperModel
 
-    model = WhisperModel(str(base_dir), device="cpu", compute_type="int8")
+    model = WhisperModel(str(whisper_base_dir), device="cpu", compute_type="int8")
     return {
         language: [model.detect_language(audio)[0] for audio in files]
         for language, files in foreign.items()

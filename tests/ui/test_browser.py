@@ -7,8 +7,10 @@ made that way), else to the test's tmp folder.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -53,18 +55,27 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, asr_url):
+@contextlib.contextmanager
+def open_ui(browser, url: str, model: str):
+    """A fresh page on ``url``'s UI, once its model list (with ``model``) has loaded."""
     # bypass_csp: the page's CSP forbids eval, which wait_for_function's string predicates need.
     context = browser.new_context(
         viewport={"width": 1100, "height": 800}, accept_downloads=True, bypass_csp=True
     )
     pg = context.new_page()
     pg.set_default_timeout(240_000)  # a loaded 2-core machine: recognition takes its time
-    pg.goto(asr_url + "/ui")
-    pg.wait_for_selector("#single-model option[value='whisper-tiny.en']", state="attached")
-    yield pg
-    context.close()
+    pg.goto(url + "/ui")
+    pg.wait_for_selector(f"#single-model option[value='{model}']", state="attached")
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, asr_url):
+    with open_ui(browser, asr_url, MODEL) as pg:
+        yield pg
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +261,32 @@ def test_options_follow_the_models_capabilities(page, http, speech_files, shots)
     speakers = page.locator("#single-segments tbody tr td:nth-child(3)").all_inner_texts()
     assert speakers and all(s.strip() for s in speakers), speakers
     page.screenshot(path=str(shots / "single-speakers.png"))
+
+
+def test_translation_from_the_page(browser, caps_url, caps_http, tmp_path):
+    """ "Translate to English" is offered only for a model that can (the multilingual
+    Whisper base, not the Paraformer) and sends the file to /v1/audio/translations."""
+    from tests.serve.conftest import CAPS_PARAFORMER, CAPS_WHISPER_BASE
+
+    models = {m["id"]: m["capabilities"] for m in caps_http.get("/v1/models").json()["data"]}
+    assert models[CAPS_WHISPER_BASE]["translation"] and not models[CAPS_PARAFORMER]["translation"]
+    french = "Le train pour Paris part tous les matins à huit heures."
+    audio = wav_file(tmp_path / "fr.wav", synthesize(french, tmp_path, voice="fr-fr"))
+    with open_ui(browser, caps_url, CAPS_WHISPER_BASE) as pg:
+        pg.select_option("#single-model", CAPS_PARAFORMER)
+        assert not pg.is_visible("#single-translate")
+        pg.select_option("#single-model", CAPS_WHISPER_BASE)
+        pg.check("#single-translate")
+        with pg.expect_request(lambda r: r.url.endswith("/v1/audio/translations")):
+            pg.set_input_files("#single-file", str(audio))
+            pg.click("#single-go")
+        pg.wait_for_function(
+            "document.getElementById('single-status').textContent.startsWith('Done')"
+        )
+        text = pg.inner_text("#single-text")
+    words = set(re.findall(r"[a-z']+", text.lower()))
+    # English words out of French speech (Whisper base's translation of this espeak-ng
+    # sentence; faster-whisper's own task="translate" gives English too, see
+    # tests/serve/test_capabilities_http.py).
+    assert words & {"the", "to", "train", "paris", "every", "morning", "at", "leaves"}, text
+    assert all(ord(ch) < 0x250 for ch in text), text

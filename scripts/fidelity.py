@@ -118,10 +118,7 @@ def espeak_utterances(count: int, voices: Sequence[str], tmp: Path) -> list[Utte
     return out
 
 
-def audioeval_utterances(cache: Path) -> list[Utterance]:
-    """The English samples of the pytest-audioeval wheel (read from the zip, not installed)."""
-    import soundfile as sf
-
+def _audioeval_wheel(cache: Path) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     wheels = sorted(cache.glob("pytest_audioeval-*.whl"))
     if not wheels:
@@ -131,9 +128,29 @@ def audioeval_utterances(cache: Path) -> list[Utterance]:
             check=True,
         )
         wheels = sorted(cache.glob("pytest_audioeval-*.whl"))
+    return wheels[-1]
+
+
+_AUDIOEVAL_PREFIX = "pytest_audioeval/samples/audio/"
+
+
+def audioeval_languages(cache: Path) -> list[str]:
+    """The languages the pytest-audioeval wheel has samples of."""
+    with zipfile.ZipFile(_audioeval_wheel(cache)) as zf:
+        names = [
+            n[len(_AUDIOEVAL_PREFIX) :] for n in zf.namelist() if n.startswith(_AUDIOEVAL_PREFIX)
+        ]
+    return sorted({n.split("/")[0] for n in names if "/" in n and n.endswith(".wav")})
+
+
+def audioeval_utterances(cache: Path, language: str = "en") -> list[Utterance]:
+    """The samples of one language of the pytest-audioeval wheel (read from the zip, not
+    installed)."""
+    import soundfile as sf
+
     out = []
-    prefix = "pytest_audioeval/samples/audio/en/"
-    with zipfile.ZipFile(wheels[-1]) as zf:
+    prefix = f"{_AUDIOEVAL_PREFIX}{language}/"
+    with zipfile.ZipFile(_audioeval_wheel(cache)) as zf:
         for name in sorted(n for n in zf.namelist() if n.startswith(prefix)):
             if not name.endswith(".wav"):
                 continue

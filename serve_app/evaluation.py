@@ -47,3 +47,28 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
         edits += edit_distance(ref_words, normalize_words(hyp))
         words += len(ref_words)
     return edits / max(words, 1)
+
+
+# Languages scored by characters (CER): no spaces between words.
+CHARACTER_LANGUAGES = frozenset({"zh", "ja", "yue"})
+
+
+def error_units(text: str, language: str) -> list[str]:
+    """What an error rate counts in ``language``: lower-case words without punctuation
+    (accents kept), or characters for Chinese and Japanese."""
+    cleaned = re.sub(r"[^\w\s']", " ", text.lower())
+    if language in CHARACTER_LANGUAGES:
+        return [ch for ch in cleaned if not ch.isspace()]
+    return cleaned.split()
+
+
+def unit_error_rate(references: Sequence[str], hypotheses: Sequence[str], language: str) -> float:
+    """Corpus WER (CER for :data:`CHARACTER_LANGUAGES`): total edits / total reference units."""
+    if len(references) != len(hypotheses):
+        raise ValueError("references and hypotheses differ in length")
+    edits = total = 0
+    for ref, hyp in zip(references, hypotheses):
+        ref_units = error_units(ref, language)
+        edits += edit_distance(ref_units, error_units(hyp, language))
+        total += len(ref_units)
+    return edits / max(total, 1)

@@ -16,8 +16,6 @@ is that our per-item detection agrees with faster-whisper's on >= 90 % of files.
 about 10 minutes on a loaded 2-core machine.
 """
 
-# ruff: noqa: RUF001  (full-width CJK punctuation in the Mandarin sentences)
-
 from __future__ import annotations
 
 import os
@@ -28,7 +26,7 @@ import numpy as np
 import pytest
 
 from serve_app.errors import InvalidRequestError
-from serve_app.evaluation import edit_distance
+from serve_app.evaluation import unit_error_rate
 from serve_app.recognizers.base import RecognitionOptions, SegmentJob
 from serve_app.recognizers.whisper_backend import WhisperBackend
 from tests.conftest import load_script
@@ -42,66 +40,8 @@ pytestmark = [
 CPU_THREADS = int(os.environ.get("ASR_CPU_THREADS") or min(4, os.cpu_count() or 1))
 MIN_DETECTION_ACCURACY = 0.9
 ERROR_RATE_MARGIN = 0.02  # 2 points
-# (espeak-ng voice, Whisper language code, sentences)
-CORPUS = {
-    "de": (
-        "de",
-        [
-            "Der Zug nach Berlin fährt jeden Morgen um acht Uhr ab.",
-            "Wir haben gestern Abend ein neues Restaurant in der Stadt besucht.",
-            "Das Wetter ist heute sonnig und ziemlich warm.",
-            "Bitte schließen Sie das Fenster, bevor Sie das Büro verlassen.",
-            "Meine Schwester lernt seit zwei Jahren Klavier spielen.",
-        ],
-    ),
-    "fr": (
-        "fr-fr",
-        [
-            "Le train pour Paris part tous les matins à huit heures.",
-            "Nous avons visité un nouveau restaurant en ville hier soir.",
-            "Il fait beau aujourd'hui et le ciel est tout bleu.",
-            "Merci de fermer la fenêtre avant de quitter le bureau.",
-            "Ma sœur apprend à jouer du piano depuis deux ans.",
-        ],
-    ),
-    "es": (
-        "es",
-        [
-            "El tren a Madrid sale todas las mañanas a las ocho.",
-            "Anoche visitamos un restaurante nuevo en el centro de la ciudad.",
-            "Hoy hace buen tiempo y el cielo está despejado.",
-            "Por favor, cierre la ventana antes de salir de la oficina.",
-            "Mi hermana aprende a tocar el piano desde hace dos años.",
-        ],
-    ),
-    "zh": (
-        "cmn",
-        [
-            "今天天气很好，我们去公园散步吧。",
-            "这趟火车每天早上八点出发。",
-            "请在离开办公室之前关上窗户。",
-            "我妹妹学习弹钢琴已经两年了。",
-            "昨天晚上我们在城里吃了一顿晚饭。",
-        ],
-    ),
-}
-
-
-def _units(text: str, language: str) -> list[str]:
-    """Words (lower-case, no punctuation; accents kept) or, for Chinese, characters."""
-    cleaned = re.sub(r"[^\w\s']", " ", text.lower())
-    if language == "zh":
-        return [ch for ch in cleaned if not ch.isspace()]
-    return cleaned.split()
-
-
-def error_rate(references: list[str], hypotheses: list[str], language: str) -> float:
-    edits = total = 0
-    for ref, hyp in zip(references, hypotheses, strict=True):
-        ref_units = _units(ref, language)
-        edits += edit_distance(ref_units, _units(hyp, language))
-        total += len(ref_units)
-    return edits / max(total, 1)
+# Whisper language code -> (espeak-ng voice, sentences); shared with scripts/language_eval.py.
+CORPUS = load_script("language_eval").CORPUS
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +100,8 @@ def test_error_rates_within_2_points_of_faster_whisper(comparison) -> None:
     lines = []
     for language, (_, sentences) in CORPUS.items():
         ours, theirs, detected = comparison[language]
-        ours_rate = error_rate(sentences, [r.text for r in ours], language)
-        theirs_rate = error_rate(sentences, theirs, language)
+        ours_rate = unit_error_rate(sentences, [r.text for r in ours], language)
+        theirs_rate = unit_error_rate(sentences, theirs, language)
         unit = "CER" if language == "zh" else "WER"
         lines.append(
             f"{language}: detected {sum(r.language == language for r in ours)}/{len(ours)} "

@@ -132,7 +132,7 @@ def audioeval_samples(cache: Path, languages: Sequence[str] | None) -> list[Samp
     out = []
     for language in languages or audioeval_languages(cache):
         for utt in audioeval_utterances(cache, language):
-            out.append(Sample("audioeval", language, utt.text, utt.audio))
+            out.append(Sample("audioeval", language, utt.text, utt.samples))
     return out
 
 

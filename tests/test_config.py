@@ -114,3 +114,36 @@ def test_every_serve_config_caps_malloc_arenas():
             env = (app.get("runtime_env") or {}).get("env_vars") or {}
             assert env.get("MALLOC_ARENA_MAX") == "2", path.name
     assert "ENV MALLOC_ARENA_MAX=2" in (repo / "k8s" / "Dockerfile").read_text()
+
+
+def _replica_shapes(config: AppConfig) -> list[tuple[str, int, float, float]]:
+    """(deployment, replicas at start, CPUs, GPUs) of every deployment the app builds."""
+    deployments = [("vad", config.vad_deployment), ("ingress", config.ingress.deployment)]
+    if config.speakers is not None:
+        deployments.append(("speakers", config.speakers.deployment))
+    for rec in config.recognizers:
+        deployments.append((rec.name, rec.deployment))
+        if rec.punctuation is not None:
+            deployments.append((f"punctuation-{rec.name}", rec.punctuation.deployment))
+    out = []
+    for name, dep in deployments:
+        auto = dep.autoscaling_config or {}
+        count = dep.num_replicas if isinstance(dep.num_replicas, int) else None
+        replicas = auto.get("initial_replicas") or auto.get("min_replicas") or count or 1
+        options = dep.ray_actor_options
+        out.append(
+            (name, int(replicas), float(options.get("num_cpus", 1)), options.get("num_gpus", 0))
+        )
+    return out
+
+
+@pytest.mark.parametrize("path", SERVE_CONFIGS, ids=lambda p: p.name)
+def test_every_cpu_config_starts_on_a_2_cpu_machine(path):
+    """A CPU config whose replicas ask for more than 2 CPUs in all never gets its last
+    replica scheduled on the 2-core machines these configs are for: that model's requests
+    wait until they time out (found with serve_multilingual.yaml, 2 x 1 CPU recognizers)."""
+    shapes = _replica_shapes(load_app_config(path))
+    if any(gpus for *_, gpus in shapes):
+        return  # a GPU config: sized for a GPU node
+    total = sum(replicas * cpus for _, replicas, cpus, _ in shapes)
+    assert total <= 2.0, (path.name, total, shapes)

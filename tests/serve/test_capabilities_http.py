@@ -29,6 +29,7 @@ import pytest
 import soundfile as sf
 
 from serve_app.config import AppConfig
+from tests.conftest import load_script
 from tests.recognizers.test_whisper_multilingual import CORPUS
 from tests.serve import conftest as apps
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
@@ -238,3 +239,39 @@ def test_translation_gives_english_text_in_every_format(
     words = set(re.findall(r"[a-z']+", text.lower()))
     assert words & ENGLISH, text
     assert all(ord(ch) < 0x250 for ch in text), text  # Latin script only
+
+
+# Languages of the issue with recorded samples in the pytest-audioeval wheel (German has
+# none there; its espeak-ng files are in the faster-whisper agreement test above).
+RECORDED_LANGUAGES = ("fr", "es", "zh")
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    """The wheel's human-sounding samples (3 per language), read from the zip; fetched from
+    PyPI once into the user cache (skipped where PyPI cannot be reached)."""
+    fidelity = load_script("fidelity")
+    cache = Path.home() / ".cache" / "ray-funasr-serve" / "test-data"
+    try:
+        return {lang: fidelity.audioeval_utterances(cache, lang) for lang in RECORDED_LANGUAGES}
+    except Exception as exc:
+        pytest.skip(f"pytest-audioeval samples unavailable: {exc}")
+
+
+def test_language_detected_right_on_recorded_speech(caps_http, recorded, whisper_base_dir):
+    """>= 90 % right on recorded (not espeak-ng) French, Spanish and Mandarin, each request
+    detected once by the service, and the same language faster-whisper's own
+    ``detect_language`` gives on every file (espeak-ng speech: 9/20 right, for
+    faster-whisper too; see tests/recognizers/test_whisper_multilingual.py)."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(str(whisper_base_dir), device="cpu", compute_type="int8")
+    right = total = agree = 0
+    for language, utterances in recorded.items():
+        for utt in utterances:
+            body = _verbose(caps_http, _wav(utt.samples), model=WHISPER_BASE)
+            total += 1
+            right += body["language"] == language
+            agree += body["language"] == model.detect_language(utt.samples)[0]
+    print(f"recorded speech: language right {right}/{total}, as faster-whisper {agree}/{total}")
+    assert right / total >= 0.9 and agree == total

@@ -327,13 +327,17 @@ class ServiceLogic:
         return tr.text
 
 
-def http_transcribe(url: str, samples: np.ndarray, model: str | None) -> str:
+def http_transcribe_body(
+    url: str, samples: np.ndarray, model: str | None, response_format: str = "json"
+) -> dict:
+    """POST ``samples`` (16 kHz mono) to a running service's transcriptions route with
+    ``cache=false``; the JSON body."""
     import httpx
     import soundfile as sf
 
     buf = io.BytesIO()
     sf.write(buf, samples, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
-    data = {"response_format": "json", "cache": "false"}
+    data = {"response_format": response_format, "cache": "false"}
     if model:
         data["model"] = model
     resp = httpx.post(
@@ -343,7 +347,11 @@ def http_transcribe(url: str, samples: np.ndarray, model: str | None) -> str:
         timeout=600,
     )
     resp.raise_for_status()
-    return str(resp.json()["text"])
+    return dict(resp.json())
+
+
+def http_transcribe(url: str, samples: np.ndarray, model: str | None) -> str:
+    return str(http_transcribe_body(url, samples, model)["text"])
 
 
 # -- run --------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ faster-whisper), agreement, and the error rate of each. ``--json-out`` keeps the
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tempfile
@@ -137,22 +136,10 @@ def audioeval_samples(cache: Path, languages: Sequence[str] | None) -> list[Samp
 
 
 def service_transcribe(url: str, model: str | None, audio: np.ndarray) -> tuple[str, str]:
-    import httpx
-    import soundfile as sf
+    """(detected language, text) of one request without ``language`` (verbose_json)."""
+    from fidelity import http_transcribe_body
 
-    buf = io.BytesIO()
-    sf.write(buf, audio, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
-    data = {"response_format": "verbose_json", "cache": "false"}
-    if model:
-        data["model"] = model
-    resp = httpx.post(
-        url.rstrip("/") + "/v1/audio/transcriptions",
-        files={"file": ("a.wav", buf.getvalue(), "audio/wav")},
-        data=data,
-        timeout=600,
-    )
-    resp.raise_for_status()
-    body = resp.json()
+    body = http_transcribe_body(url, audio, model, response_format="verbose_json")
     return str(body.get("language") or ""), str(body["text"])
 
 

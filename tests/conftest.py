@@ -120,3 +120,13 @@ def deploy(config_dict: dict, *, name: str, route_prefix: str, timeout_s: float 
 def replica_options(**overrides) -> dict:
     """Deployment options for test replicas: no CPU reservation on a 2-core machine."""
     return {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}
+
+
+@pytest.fixture(scope="session")
+def ct_punc_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight CT-Transformer (scripts/make_random_funasr_models.py, seed 0):
+    meaningless punctuation, for batched == one-at-a-time checks."""
+    out = tmp_path_factory.mktemp("ct-punc-random")
+    return load_script("make_random_funasr_models").write_models(["ct-punc-tiny"], out)[
+        "ct-punc-tiny"
+    ]

@@ -150,20 +150,12 @@ def _caps_batch() -> dict:
 
 
 @pytest.fixture(scope="session")
-def ct_punc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("ct-punc-http")
-    return load_script("make_random_funasr_models").write_models(["ct-punc-tiny"], out)[
-        "ct-punc-tiny"
-    ]
-
-
-@pytest.fixture(scope="session")
 def whisper_base_dir(models_dir: Path) -> Path:
     return load_script("provision_models").provision_whisper_base(models_dir)
 
 
 @pytest.fixture(scope="session")
-def caps_app_config(models_dir, random_models_dir, ct_punc_dir, whisper_base_dir) -> dict:
+def caps_app_config(models_dir, random_models_dir, ct_punc_tiny_dir, whisper_base_dir) -> dict:
     return {
         "models_dir": str(models_dir),
         "vad_deployment": replica_options(max_ongoing_requests=16),
@@ -178,7 +170,7 @@ def caps_app_config(models_dir, random_models_dir, ct_punc_dir, whisper_base_dir
                 "model": str(random_models_dir / "paraformer-tiny"),
                 "batch": _caps_batch(),
                 "deployment": replica_options(max_ongoing_requests=64),
-                "punctuation": {"model": str(ct_punc_dir), **CAPS_PUNCTUATION},
+                "punctuation": {"model": str(ct_punc_tiny_dir), **CAPS_PUNCTUATION},
             },
             {
                 "name": CAPS_WHISPER_BASE,

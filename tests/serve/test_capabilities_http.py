@@ -86,7 +86,7 @@ def _verbose(client, data: bytes, **fields) -> dict:
 
 
 def test_punctuated_concurrent_requests_equal_the_plain_stage_one_at_a_time(
-    caps_http, english_files, ct_punc_dir, models_dir
+    caps_http, english_files, ct_punc_tiny_dir, models_dir
 ) -> None:
     from ray import serve
 
@@ -96,7 +96,9 @@ def test_punctuated_concurrent_requests_equal_the_plain_stage_one_at_a_time(
     raw = [_verbose(caps_http, data, model=PARAFORMER, punctuate="false") for data in english_files]
     with ThreadPoolExecutor(len(english_files)) as pool:
         served = list(pool.map(lambda d: _verbose(caps_http, d, model=PARAFORMER), english_files))
-    plain = build_punctuator(PunctuationSettings(model=str(ct_punc_dir), **PUNCTUATION), models_dir)
+    plain = build_punctuator(
+        PunctuationSettings(model=str(ct_punc_tiny_dir), **PUNCTUATION), models_dir
+    )
     windows_per_file = []
     for before, after in zip(raw, served, strict=True):
         texts = [seg["text"] for seg in before["segments"]]

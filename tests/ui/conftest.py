@@ -5,7 +5,6 @@ from tests.serve.conftest import (  # noqa: F401  (session fixtures)
     caps_app_config,
     caps_http,
     caps_url,
-    ct_punc_dir,
     http,
     keyed_url,
     whisper_base_dir,

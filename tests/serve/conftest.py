@@ -67,13 +67,19 @@ def default_app_config(models_dir, random_models_dir) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
-def asr_url(serve_instance, models_dir, random_models_dir):
+def _served(base_url: str, config: dict, name: str, route: str):
+    """Deploy ``config`` as app ``name`` at ``route``; yield its URL; delete it after."""
     from ray import serve
 
-    deploy(default_app_config(models_dir, random_models_dir), name=APP_NAME, route_prefix=ROUTE)
-    yield serve_instance + ROUTE
-    serve.delete(APP_NAME)
+    deploy(config, name=name, route_prefix=route)
+    yield base_url + route
+    serve.delete(name)
+
+
+@pytest.fixture(scope="session")
+def asr_url(serve_instance, models_dir, random_models_dir):
+    config = default_app_config(models_dir, random_models_dir)
+    yield from _served(serve_instance, config, APP_NAME, ROUTE)
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +101,6 @@ def keyed_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
     """A small app (FSMN-VAD + the random-weight Paraformer) whose ingress gets its keys the
     way a cluster gives them: one in ``ASR_API_KEYS``, one in the file named by
     ``ASR_API_KEYS_FILE``, through the replica's environment (a Secret on Kubernetes)."""
-    from ray import serve
 
     keys_file = tmp_path_factory.mktemp("keys") / "api_keys"
     keys_file.write_text(f"# test keys\n{FILE_KEY}\n")
@@ -118,9 +123,7 @@ def keyed_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
             }
         ],
     }
-    deploy(config, name=KEYED_APP_NAME, route_prefix=KEYED_ROUTE)
-    yield serve_instance + KEYED_ROUTE
-    serve.delete(KEYED_APP_NAME)
+    yield from _served(serve_instance, config, KEYED_APP_NAME, KEYED_ROUTE)
 
 
 # -- the capabilities app (issue 10): punctuation stage + the multilingual Whisper base ---
@@ -186,11 +189,7 @@ def caps_app_config(models_dir, random_models_dir, ct_punc_tiny_dir, whisper_bas
 
 @pytest.fixture(scope="session")
 def caps_url(serve_instance, caps_app_config):
-    from ray import serve
-
-    deploy(caps_app_config, name=CAPS_APP_NAME, route_prefix=CAPS_ROUTE)
-    yield serve_instance + CAPS_ROUTE
-    serve.delete(CAPS_APP_NAME)
+    yield from _served(serve_instance, caps_app_config, CAPS_APP_NAME, CAPS_ROUTE)
 
 
 @pytest.fixture(scope="session")

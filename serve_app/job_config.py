@@ -33,6 +33,10 @@ class ActorPoolSettings(_Strict):
     max_size: int = Field(1, ge=1)
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
+    # Calls queued on one actor at once (null: Ray Data's default, 2 per actor). 1 hands
+    # an actor its next call only when it is free, so at the end of a job no actor sits
+    # idle while another still has a queued call (several actors, few large calls).
+    max_tasks_in_flight_per_actor: int | None = Field(None, ge=1)
     # Fault tolerance: an actor whose process dies (SIGKILL, OOM killer, lost node) is
     # recreated up to ``max_restarts`` times (-1: always) and the batches it held are
     # resubmitted up to ``max_task_retries`` times (-1: always), so no row is lost. These

@@ -235,7 +235,11 @@ def _pool_args(pool) -> dict:
     import ray.data
 
     args: dict = {
-        "compute": ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        "compute": ray.data.ActorPoolStrategy(
+            min_size=pool.min_size,
+            max_size=pool.max_size,
+            max_tasks_in_flight_per_actor=pool.max_tasks_in_flight_per_actor,
+        ),
         "num_cpus": pool.num_cpus,
     }
     if pool.num_gpus > 0:

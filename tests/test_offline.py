@@ -379,6 +379,15 @@ def test_actor_pools_restart_dead_actors_and_retry_their_batches():
     assert _pool_args(ActorPoolSettings(max_restarts=0, max_task_retries=0))["max_restarts"] == 0
 
 
+def test_calls_in_flight_per_actor_reach_ray_data():
+    # Default: Ray Data's own (2 per actor); 1 hands an actor a call only when it is free.
+    assert _pool_args(ActorPoolSettings())["compute"].max_tasks_in_flight_per_actor is None
+    one = _pool_args(ActorPoolSettings(max_tasks_in_flight_per_actor=1))["compute"]
+    assert one.max_tasks_in_flight_per_actor == 1
+    with pytest.raises(ValidationError):
+        ActorPoolSettings(max_tasks_in_flight_per_actor=0)
+
+
 def _rows(*specs: tuple[str, str]) -> pa.Table:
     return table_from_rows(
         [

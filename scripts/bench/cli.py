@@ -66,6 +66,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "else ray_configs/serve.yaml with built-in batch settings)",
     )
     p.add_argument(
+        "--job-config",
+        default=None,
+        help="job config whose actor pools, files per recognizer call and recognizer "
+        "cpu_threads row 5 runs (default: ray_configs/batch_cpu.yaml)",
+    )
+    p.add_argument(
         "--layout",
         choices=("config", "shipped"),
         default="config",
@@ -142,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch": batch,
             "vad_model": vad_model,
             "config_path": str(source),
+            "job_config_path": args.job_config,
         }
         serve_config = serve_app_config(model, opts)
         job = job_config(model, opts)

@@ -202,6 +202,11 @@ def _process_label(p: Any) -> str:
         return "gone"
     if title.startswith("ray::"):
         role = title.split()[0].removeprefix("ray::")
+        # Ray Data's pool actors are titled after their stage class (row 5).
+        if "RecognizeStage" in role:
+            return "recognizer actor"
+        if "DecodeVadStage" in role:
+            return "decode+vad actor"
         for key in ("Recognizer", "Vad", "Ingress", "Proxy", "ServeController"):
             if key.lower() in role.lower():
                 return {"Proxy": "serve proxy", "ServeController": "serve controller"}.get(
@@ -239,3 +244,44 @@ def cpu_breakdown(
         by_role[role] = by_role.get(role, 0.0) + cpu_s - before.get(pid, (role, 0.0))[1]
     ranked = sorted(by_role.items(), key=lambda item: -item[1])
     return {role: round(value, 1) for role, value in ranked if value >= 0.05}
+
+
+class CpuTimeline:
+    """:func:`cpu_by_process` every ``interval_s`` in a thread, for a row whose processes
+    come and go while it runs (row 5's actors exit with the job): CPU core-seconds per
+    role between a time and the end, each process counted up to its last sample."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, dict[int, tuple[str, float]]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> CpuTimeline:
+        self.samples.append((time.time(), cpu_by_process()))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.samples.append((time.time(), cpu_by_process()))
+
+    def breakdown(self, since_unix_s: float | None = None) -> tuple[dict[str, float], float]:
+        """(core-seconds per role, window seconds) from the last sample at or before
+        ``since_unix_s`` (default: the first) to the last sample."""
+        if not self.samples:
+            return {}, 0.0
+        start = 0
+        if since_unix_s is not None:
+            for i, (t, _) in enumerate(self.samples):
+                if t <= since_unix_s:
+                    start = i
+        latest: dict[int, tuple[str, float]] = {}
+        for _, snapshot in self.samples[start:]:
+            latest.update(snapshot)
+        window_s = self.samples[-1][0] - self.samples[start][0]
+        return cpu_breakdown(self.samples[start][1], latest), window_s

@@ -160,6 +160,8 @@ def _run_row_once(model: ModelSpec, row: str, args: argparse.Namespace, base: di
     )
     if out.get("cpu_core_s"):
         print(f"     CPU core-s by role: {out['cpu_core_s']}", flush=True)
+    if out.get("cpu_core_s_steady"):
+        print(f"     CPU core-s by role, steady window: {out['cpu_core_s_steady']}", flush=True)
     return result
 
 

@@ -8,12 +8,13 @@ worker setup hook (``experiments.py``) that logs every ``transcribe_batch``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from .experiments import _hook_env
 from .harness import _corpus, _start_ray
-from .measure import BatchRecord, whisper_padded_s
+from .measure import BatchRecord, CpuTimeline, whisper_padded_s
 from .models import ModelSpec
 
 
@@ -34,10 +35,12 @@ def row_ray_data(spec: dict) -> dict:
     from serve_app.job_config import load_job_config
     from serve_app.transcribe_job import run_job
 
+    timeline = CpuTimeline()
     try:
         config = load_job_config(config_path)
         started = time.time()
-        summary = run_job(config, manifest=str(corpus.manifest), output=str(output))
+        with timeline:
+            summary = run_job(config, manifest=str(corpus.manifest), output=str(output))
     finally:
         ray.shutdown()
     if summary.failed or not summary.complete:
@@ -54,6 +57,14 @@ def row_ray_data(spec: dict) -> dict:
     if model.is_whisper:
         record.padded_s = whisper_padded_s(sum(k * v for k, v in record.sizes.items()))
     steady_s = (started + summary.wall_s - first_call) if first_call else None
+    cores = os.cpu_count() or 1
+    cpu_core_s, window_s = timeline.breakdown()
+    cpu_steady, steady_window_s = timeline.breakdown(first_call)
+    cpu_notes = [
+        f"CPU core-s by role, whole job ({window_s:.1f} s x {cores} cores): {_roles(cpu_core_s)}",
+        f"CPU core-s by role, steady window ({steady_window_s:.1f} s x {cores} cores): "
+        + _roles(cpu_steady),
+    ]
     return {
         "wall_s": summary.wall_s,
         "audio_s": summary.audio_s,
@@ -65,9 +76,16 @@ def row_ray_data(spec: dict) -> dict:
             "python -m serve_app.transcribe_job --manifest "
             f"{corpus.manifest} --output OUT --config {config_path.name}"
         ),
+        "cpu_core_s": cpu_core_s,
+        "cpu_core_s_steady": cpu_steady,
         "notes": [
             "wall = run_job(): actor start + model load + warm-up + all files + Parquet write",
             "steady = first recognizer call -> end (excludes actor start and model load)",
+            *cpu_notes,
         ],
         "timing_scope": "run_job() wall (Ray already started)",
     }
+
+
+def _roles(core_s: dict[str, float]) -> str:
+    return ", ".join(f"{role} {value:g}" for role, value in core_s.items()) or "-"

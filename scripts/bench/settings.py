@@ -136,17 +136,24 @@ def serve_app_config(model: ModelSpec, opts: dict) -> dict:
 
 
 def job_config(model: ModelSpec, opts: dict) -> dict:
-    """The ``JobConfig`` of row 5: ``ray_configs/batch_cpu.yaml`` with this recognizer.
+    """The ``JobConfig`` of row 5: the job config (``--job-config``, default
+    ``ray_configs/batch_cpu.yaml``) with this recognizer and row 4's batch settings.
 
-    The actor pools are batch_cpu.yaml's. ``layout="config"`` runs the job with
-    ``OMP_NUM_THREADS`` = all cores (see ``job_env``), as the tuned Serve config does.
+    The actor pools and files per call are the job config's. ``layout="config"`` runs the
+    job with ``OMP_NUM_THREADS`` = all cores (see ``job_env``), and the recognizer with the
+    job config's own ``cpu_threads`` when it sets one (it sizes its actors itself, as a
+    tuned Serve config sizes its replicas), else all cores.
     """
     import yaml
 
-    template = yaml.safe_load((REPO / "ray_configs/batch_cpu.yaml").read_text())["job"]
+    path = Path(opts.get("job_config_path") or REPO / "ray_configs/batch_cpu.yaml")
+    template = yaml.safe_load(path.read_text())["job"]
     template["models_dir"] = str(_models_dir())
     template["vad"] = {**template.get("vad", {}), "model": opts["vad_model"]}
     rec = recognizer_settings(model, opts)
+    own_threads = template.get("recognizer", {}).get("cpu_threads")
+    if opts["device"] == "cpu" and opts["layout"] == "config" and own_threads:
+        rec["cpu_threads"] = int(own_threads)
     template["recognizer"] = rec
     if opts["device"] == "cuda":
         template["recognizer_pool"] = {**template["recognizer_pool"], "num_gpus": 1}

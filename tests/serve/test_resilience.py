@@ -73,27 +73,40 @@ def test_coalescer_drops_expired_and_cancelled_items_before_the_forward_pass():
 
 
 # -- served app helpers ---------------------------------------------------------------
-def app_config(models_dir, random_models_dir, *, replicas: int, **recognizer) -> dict:
-    batch = {
-        "max_batch_audio_s": 120,
-        "max_batch_items": 16,
-        "batch_wait_timeout_s": recognizer.pop("batch_wait_timeout_s", 0.3),
-        "max_forward_audio_s": 120,
+# Two apps serve every test here (each app costs an ingress, a VAD and a recognizer
+# process): "resilience2" with two replicas per stage, and "resilience1" with one, which
+# also holds a second recognizer, ADMISSION_MODEL, behind a tight admission queue.
+ADMISSION_MODEL = f"{MODEL}-admission"
+ADMISSION = {"max_queue_wait_s": 0.5, "initial_drain_rate_audio_s_per_s": 1.0}
+
+
+def recognizer_config(random_models_dir, name: str, replicas: int, **settings) -> dict:
+    return {
+        "name": name,
+        "backend": "funasr",
+        "model": str(random_models_dir / "paraformer-tiny"),
+        "batch": {
+            "max_batch_audio_s": 120,
+            "max_batch_items": 16,
+            "batch_wait_timeout_s": KILL_BATCH_WAIT_S,
+            "max_forward_audio_s": 120,
+        },
+        "deployment": replica_options(num_replicas=replicas, max_ongoing_requests=32),
+        **settings,
     }
+
+
+def app_config(models_dir, random_models_dir, *, replicas: int) -> dict:
+    recognizers = [recognizer_config(random_models_dir, MODEL, replicas)]
+    if replicas == 1:
+        recognizers.append(
+            recognizer_config(random_models_dir, ADMISSION_MODEL, replicas, **ADMISSION)
+        )
     return {
         "models_dir": str(models_dir),
         "vad_deployment": replica_options(num_replicas=replicas, max_ongoing_requests=16),
         "ingress": {"deployment": replica_options(max_ongoing_requests=64)},
-        "recognizers": [
-            {
-                "name": MODEL,
-                "backend": "funasr",
-                "model": str(random_models_dir / "paraformer-tiny"),
-                "batch": batch,
-                "deployment": replica_options(num_replicas=replicas, max_ongoing_requests=32),
-                **recognizer,
-            }
-        ],
+        "recognizers": recognizers,
     }
 
 
@@ -108,33 +121,33 @@ def speech_wav(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def served(serve_instance, models_dir, random_models_dir):
-    """Deploy an app by name once per module (the kill tests leave it healthy again);
-    delete them all at the end."""
+    """``served(replicas)``: the URL of that app, deployed on first use (the kill tests
+    leave it healthy again); both are deleted at the end."""
     from ray import serve
 
-    urls: dict[str, str] = {}
+    urls: dict[int, str] = {}
 
-    def start(name: str, **kwargs) -> str:
-        if name not in urls:
-            deploy(
-                app_config(models_dir, random_models_dir, **kwargs),
-                name=name,
-                route_prefix=f"/{name}",
-            )
-            urls[name] = f"{serve_instance}/{name}"
-        return urls[name]
+    def start(replicas: int) -> str:
+        if replicas not in urls:
+            name = f"resilience{replicas}"
+            config = app_config(models_dir, random_models_dir, replicas=replicas)
+            deploy(config, name=name, route_prefix=f"/{name}")
+            urls[replicas] = f"{serve_instance}/{name}"
+        return urls[replicas]
 
     yield start
-    for name in urls:
-        serve.delete(name)
+    for replicas in urls:
+        serve.delete(f"resilience{replicas}")
 
 
-def transcribe(client: httpx.Client, url: str, wav: bytes, **kwargs) -> httpx.Response:
+def transcribe(
+    client: httpx.Client, url: str, wav: bytes, model: str = MODEL, **kwargs
+) -> httpx.Response:
     return client.post(
         f"{url}/v1/audio/transcriptions",
         files={"file": ("a.wav", wav, "audio/wav")},
         # cache=false: every request must go through the stages these tests break.
-        data={"model": MODEL, "cache": "false"},
+        data={"model": model, "cache": "false"},
         **kwargs,
     )
 
@@ -226,7 +239,7 @@ def wait_replaced(app: str, deployment: str, dead_pid: int, count: int, timeout_
 def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: int) -> Load:
     load = Load(url, wav, clients=6).start()
     try:
-        load.wait_ok(2 * load.clients, timeout_s=120)
+        load.wait_ok(load.clients, timeout_s=120)  # one round: the clients are in step
         time.sleep(KILL_DELAY_S)
         (pid, *_) = replica_pids(app, deployment)
         ok_before = load.ok()
@@ -234,7 +247,7 @@ def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: i
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_replaced(app, deployment, pid, replicas)  # Serve replaced it
-        load.wait_ok(ok_before + 2 * load.clients, timeout_s=120)
+        load.wait_ok(ok_before + load.clients, timeout_s=120)  # and served again
     finally:
         load.stop()
     # Requests that were running when the replica died ended after it.
@@ -247,9 +260,8 @@ def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: i
 @pytest.mark.slow
 @pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
 def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deployment):
-    app = "resilience2"
-    url = served(app, replicas=2, batch_wait_timeout_s=KILL_BATCH_WAIT_S)
-    load = kill_under_load(url, app, deployment, speech_wav, replicas=2)
+    url = served(2)
+    load = kill_under_load(url, "resilience2", deployment, speech_wav, replicas=2)
     assert load.statuses().keys() == {"200"}, load.statuses()
 
 
@@ -257,9 +269,8 @@ def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deploy
 @pytest.mark.slow
 @pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
 def test_with_one_replica_requests_wait_for_its_restart(served, speech_wav, deployment):
-    app = "resilience1"
-    url = served(app, replicas=1, batch_wait_timeout_s=KILL_BATCH_WAIT_S)
-    load = kill_under_load(url, app, deployment, speech_wav, replicas=1)
+    url = served(1)
+    load = kill_under_load(url, "resilience1", deployment, speech_wav, replicas=1)
     assert load.statuses().keys() == {"200"}, load.statuses()
 
 
@@ -268,14 +279,9 @@ def test_with_one_replica_requests_wait_for_its_restart(served, speech_wav, depl
 @pytest.mark.slow
 def test_a_burst_beyond_the_queue_limit_is_answered_503_with_retry_after(served, speech_wav):
     # Before any rate is measured, 1 audio-s/s x 0.5 s admits one request at a time; the
-    # long batch wait keeps it queued while the rest of the burst arrives.
-    url = served(
-        "admission",
-        replicas=1,
-        max_queue_wait_s=0.5,
-        initial_drain_rate_audio_s_per_s=1.0,
-        batch_wait_timeout_s=2.0,
-    )
+    # long batch wait (KILL_BATCH_WAIT_S) keeps it queued while the rest of the burst
+    # arrives.
+    url = served(1)
     burst = 8
     barrier = threading.Barrier(burst)
     answers: list[tuple[int, float, str | None]] = []
@@ -284,7 +290,7 @@ def test_a_burst_beyond_the_queue_limit_is_answered_503_with_retry_after(served,
         with httpx.Client(timeout=120) as http:
             barrier.wait()
             t0 = time.monotonic()
-            resp = transcribe(http, url, speech_wav)
+            resp = transcribe(http, url, speech_wav, ADMISSION_MODEL)
             answers.append(
                 (resp.status_code, time.monotonic() - t0, resp.headers.get("retry-after"))
             )
@@ -303,13 +309,14 @@ def test_a_burst_beyond_the_queue_limit_is_answered_503_with_retry_after(served,
     assert max(s for s, _ in rejected) < min(accepted_s), answers
     with httpx.Client(timeout=120) as http:
         assert http.get(f"{url}/healthz").status_code == 200
-        assert transcribe(http, url, speech_wav).status_code == 200  # idle again: admitted
+        # idle again: admitted
+        assert transcribe(http, url, speech_wav, ADMISSION_MODEL).status_code == 200
 
 
 @requires_espeak
 @pytest.mark.slow
 def test_expired_and_abandoned_requests_cost_no_forward_pass(served, speech_wav):
-    url = served("deadlines", replicas=1, batch_wait_timeout_s=2.0)
+    url = served(1)  # batch wait KILL_BATCH_WAIT_S
 
     def items_run(http: httpx.Client) -> int:
         return http.get(f"{url}/v1/stats").json()[MODEL]["items"]
@@ -336,18 +343,17 @@ def test_overload_script_smoke(served, speech_wav, tmp_path):
     from tests.conftest import load_script
 
     overload = load_script("overload")
-    url = served(
-        "admission",
-        replicas=1,
-        max_queue_wait_s=0.5,
-        initial_drain_rate_audio_s_per_s=1.0,
-        batch_wait_timeout_s=2.0,
-    )
+    url = served(1)
     path = tmp_path / "short.wav"
     path.write_bytes(speech_wav)
     report = asyncio.run(
         overload.run_overload(
-            url, [path], clients=4, model=MODEL, timeout_s=120, max_queue_wait_s=0.5
+            url,
+            [path],
+            clients=4,
+            model=ADMISSION_MODEL,
+            timeout_s=120,
+            max_queue_wait_s=ADMISSION["max_queue_wait_s"],
         )
     )
     overload.print_report(report)

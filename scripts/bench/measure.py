@@ -282,6 +282,9 @@ class CpuTimeline:
                     start = i
         latest: dict[int, tuple[str, float]] = {}
         for _, snapshot in self.samples[start:]:
-            latest.update(snapshot)
+            for pid, (role, cpu_s) in snapshot.items():
+                # A process caught exiting has no title any more: keep the role it had.
+                known = latest.get(pid, (role, 0.0))[0] if role == "gone" else role
+                latest[pid] = (known, cpu_s)
         window_s = self.samples[-1][0] - self.samples[start][0]
         return cpu_breakdown(self.samples[start][1], latest), window_s

@@ -269,3 +269,22 @@ def test_entry_points_keep_their_old_import_names():
     corpus = _script("bench_corpus")
     for name in ("build_corpus", "vad_spans", "pack_spans", "load_segments", "Corpus"):
         assert getattr(corpus, name) is getattr(_bench("corpus"), name), name
+
+
+def test_cpu_timeline_counts_exited_processes_and_starts_at_the_window():
+    """Row 5's per-role CPU: a process that exits (an actor ending with the job) counts up
+    to its last sample, keeps its role when caught exiting, and a window starts at the
+    last sample before its start time."""
+    timeline = _bench("measure").CpuTimeline()
+    timeline.samples = [
+        (100.0, {1: ("recognizer actor", 10.0), 2: ("decode+vad actor", 5.0)}),
+        (101.0, {1: ("recognizer actor", 11.0), 2: ("decode+vad actor", 7.0)}),
+        (102.0, {1: ("recognizer actor", 12.5), 2: ("gone", 7.5)}),
+        (103.0, {1: ("recognizer actor", 14.0), 3: ("ray other workers", 0.5)}),
+    ]
+    whole, whole_s = timeline.breakdown()
+    assert whole_s == 3.0
+    assert whole == {"recognizer actor": 4.0, "decode+vad actor": 2.5, "ray other workers": 0.5}
+    steady, steady_s = timeline.breakdown(101.5)  # from the sample at 101
+    assert steady_s == 2.0
+    assert steady == {"recognizer actor": 3.0, "decode+vad actor": 0.5, "ray other workers": 0.5}

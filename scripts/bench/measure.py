@@ -246,6 +246,11 @@ def cpu_breakdown(
     return {role: round(value, 1) for role, value in ranked if value >= 0.05}
 
 
+def format_roles(core_s: dict[str, float]) -> str:
+    """``{"recognizer replica": 91.7, ...}`` -> ``"recognizer replica 91.7, ..."``."""
+    return ", ".join(f"{role} {value:g}" for role, value in core_s.items()) or "-"
+
+
 class CpuTimeline:
     """:func:`cpu_by_process` every ``interval_s`` in a thread, for a row whose processes
     come and go while it runs (row 5's actors exit with the job): CPU core-seconds per

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .experiments import _hook_env, _model_actor_deployment, _with_hook
 from .harness import _corpus, _free_port, _http_load, _loadgen, _noise_wav, _start_ray, _wait_http
-from .measure import cpu_breakdown, cpu_by_process, whisper_padded_s
+from .measure import cpu_breakdown, cpu_by_process, format_roles, whisper_padded_s
 from .models import ModelSpec
 
 
@@ -80,8 +80,7 @@ def row_serve(spec: dict) -> dict:
         "cpu_core_s": cpu_core_s,
         "notes": [
             "batch sizes: items per dynamic batch (/v1/stats)",
-            "CPU core-seconds in the timed window: "
-            + ", ".join(f"{name} {value:g}" for name, value in cpu_core_s.items()),
+            "CPU core-seconds in the timed window: " + format_roles(cpu_core_s),
         ],
         "timing_scope": "first request sent -> last response (app up, warmed up)",
     }

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .experiments import _hook_env
 from .harness import _corpus, _start_ray
-from .measure import BatchRecord, CpuTimeline, whisper_padded_s
+from .measure import BatchRecord, CpuTimeline, format_roles, whisper_padded_s
 from .models import ModelSpec
 
 
@@ -61,9 +61,10 @@ def row_ray_data(spec: dict) -> dict:
     cpu_core_s, window_s = timeline.breakdown()
     cpu_steady, steady_window_s = timeline.breakdown(first_call)
     cpu_notes = [
-        f"CPU core-s by role, whole job ({window_s:.1f} s x {cores} cores): {_roles(cpu_core_s)}",
+        f"CPU core-s by role, whole job ({window_s:.1f} s x {cores} cores): "
+        + format_roles(cpu_core_s),
         f"CPU core-s by role, steady window ({steady_window_s:.1f} s x {cores} cores): "
-        + _roles(cpu_steady),
+        + format_roles(cpu_steady),
     ]
     return {
         "wall_s": summary.wall_s,
@@ -85,7 +86,3 @@ def row_ray_data(spec: dict) -> dict:
         ],
         "timing_scope": "run_job() wall (Ray already started)",
     }
-
-
-def _roles(core_s: dict[str, float]) -> str:
-    return ", ".join(f"{role} {value:g}" for role, value in core_s.items()) or "-"

@@ -328,6 +328,32 @@ def retime_spans(
 # -- the check --------------------------------------------------------------------------
 
 
+def stepped_tail(
+    spans: Sequence[TextSpan],
+    speech_ms: Sequence[tuple[int, int]] | None,
+    duration_ms: int,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> Stretch | None:
+    """The VAD segments a decode with whole-second (stepped) timestamps never reached.
+
+    Stepped times cannot say where inside the item speech is missing, so such items are
+    re-timed, not searched for gaps. But when the item has more VAD segments than spans
+    and the segments left over all start after the last timestamp, the decode stopped
+    before them (seen: four sentences, three spans at 0/7/15/22 s, the fourth sentence at
+    22.1-26.0 s lost). Those segments are the item's tail, decoded again.
+    """
+    if not spans or not speech_ms or len(spans) >= len(speech_ms):
+        return None
+    last_end_ms = max(int(s.end_s * 1000) for s in spans)
+    after = [(a, b) for a, b in speech_ms if a >= last_end_ms]
+    if not after or len(spans) > len(speech_ms) - len(after):
+        return None
+    if sum(b - a for a, b in after) < settings.min_uncovered_speech_ms:
+        return None
+    start = max(0, after[0][0] - settings.stretch_pad_ms)
+    return Stretch(start, min(duration_ms, after[-1][1] + settings.stretch_pad_ms), TAIL)
+
+
 def uncovered_stretches(
     mask: np.ndarray,
     spans: Sequence[TextSpan],
@@ -395,7 +421,17 @@ def check_item(
     speech_total_ms = int(mask.sum()) * FRAME_MS
     spans = tuple(s for s in result.spans if s.text.strip())
     retimed = implausible_timing(spans, mask, settings)
-    if retimed is not None:
+    tail = None
+    if retimed == RETIME_STEPS:
+        tail = stepped_tail(spans, speech_ms, duration_ms, settings)
+    if tail is not None:
+        # The spans belong to the VAD segments before the undecoded ones.
+        head_ms = tail.start_ms + settings.stretch_pad_ms
+        head_mask = mask.copy()
+        head_mask[head_ms // FRAME_MS :] = False
+        head = [(a, b) for a, b in speech_ms or () if a < head_ms]
+        spans = retime_spans(spans, head_mask, settings, head)
+    elif retimed is not None:
         spans = retime_spans(spans, mask, settings, speech_ms)
 
     # Times that do not follow the speech cannot say where speech is missing, but the text
@@ -416,6 +452,8 @@ def check_item(
         if whole:  # the same audio again would decode the same: split it instead
             degenerate, stretches = EMPTY, []
     if degenerate is None:
+        if tail is not None:
+            stretches = [tail]
         return ItemCheck(spans=spans, stretches=tuple(stretches), retimed=retimed)
     pieces = split_points(samples, mask, speech_ms, settings)
     if len(pieces) < 2:
@@ -459,6 +497,23 @@ def _overlap_units(previous: str, text: str, max_units: int = 4) -> int:
     return 0
 
 
+# A re-decoded span longer than _overlap_units' reach that says again what the span
+# before it ended with (this share of its words, in order) is a repeat, not new speech.
+REPEAT_MIN_UNITS = 5
+REPEAT_SIMILARITY = 0.8
+
+
+def _repeats(previous: str, text: str) -> bool:
+    """Whether ``text`` only repeats the end of ``previous`` (a stretch decoded again
+    over speech its item had already decoded, e.g. under compressed stepped times)."""
+    from difflib import SequenceMatcher
+
+    prev, cur = _units(previous), _units(text)
+    if len(cur) < REPEAT_MIN_UNITS or len(cur) > len(prev):
+        return False
+    return SequenceMatcher(None, prev[-len(cur) :], cur).ratio() >= REPEAT_SIMILARITY
+
+
 def _drop_leading_units(text: str, count: int) -> str:
     """``text`` without its first ``count`` units (as :func:`_units` counts them)."""
     pos = 0
@@ -487,6 +542,8 @@ def splice(
     # (start_s, is_new, order, span)
     timed: list[tuple[float, bool, int, TextSpan]] = []
     words: list[WordTiming] = [] if check.replace else list(item.words)
+    new_words: list[WordTiming] = []  # the stretches' words
+    repeated: list[TextSpan] = []  # stretch spans dropped as repeats
     language = item.language
     if not check.replace:
         timed.extend((s.start_s, False, i, s) for i, s in enumerate(check.spans))
@@ -500,18 +557,24 @@ def splice(
             start = min(offset_s + max(span.start_s, 0.0), end_s)
             shifted = TextSpan(start, min(max(offset_s + span.end_s, start), end_s), span.text)
             timed.append((start, True, k * 10_000 + i, shifted))
-        words.extend(
+        new_words.extend(
             WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word) for w in part.words
         )
     timed.sort(key=lambda t: (t[0], t[1], t[2]))
     merged: list[TextSpan] = []
     for _, is_new, _, span in timed:
         if is_new and merged:
+            if _repeats(merged[-1].text, span.text):
+                repeated.append(span)
+                continue
             drop = _overlap_units(merged[-1].text, span.text)
             if drop:
                 span = replace(span, text=_drop_leading_units(span.text, drop))
         if span.text.strip():
             merged.append(span)
+    words.extend(
+        w for w in new_words if not any(r.start_s <= w.start_s < r.end_s for r in repeated)
+    )
     words.sort(key=lambda w: w.start_s)
     return SegmentTranscript(
         text=join_texts([s.text for s in merged]),

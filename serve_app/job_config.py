@@ -80,6 +80,12 @@ class JobConfig(_Strict):
     # duration and packed by padded cost across files, so more files -> less padding, at
     # the price of memory: all their speech audio is in the actor at once.
     files_per_recognizer_batch: int = Field(16, ge=1)
+    # A file with more speech than this (seconds) is recognized as several rows of about
+    # this much speech each, on whichever recognizer actors are free, and assembled into
+    # its one output row (serve_app.offline.AssembleStage). Without it a long file is one
+    # recognizer call on one actor while the others may have nothing left to do. Parts
+    # hold whole VAD pieces, so a part is never shorter than one piece. 0: off.
+    part_speech_s: float = Field(0.0, ge=0)
     # Rows gathered before a part file is written (null: one file per finished batch).
     # Bigger means fewer files; a killed job redoes at most this many rows per writer.
     min_rows_per_output_file: int | None = Field(None, ge=1)

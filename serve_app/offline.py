@@ -2,9 +2,11 @@
 
 ``serve_app.transcribe_job`` strings them together with Ray Data::
 
-    manifest rows -> DecodeVadStage (CPU actors) -> RecognizeStage (CPU/GPU actors) -> Parquet
+    manifest rows -> DecodeVadStage (CPU actors) -> RecognizeStage (CPU/GPU actors)
+                  [-> AssembleStage (one actor, when long files are split)] -> Parquet
 
-**One row is one file, from the manifest to the output.** :class:`DecodeVadStage` reads and
+**One row is one file, from the manifest to the output** (a long file: one row per part
+until AssembleStage, see below). :class:`DecodeVadStage` reads and
 decodes a file, runs the same :class:`~serve_app.vad.FsmnVad` as the Serve VAD deployment,
 and puts the file's speech segments *inside its row* (``speech``: a list of ``start_ms``,
 ``end_ms`` and the segment's float32 samples as bytes). :class:`RecognizeStage` receives a
@@ -24,6 +26,17 @@ decoding, and a killed job keeps what it wrote. Padding still stays low because 
 recognizer call sees the segments of ``files_per_recognizer_batch`` files (often hundreds
 of segments), which is plenty to sort and bucket by duration.
 
+Long files in parts (``part_speech_s``): a file's row holds all its speech, so one 10-minute
+file among short ones is one recognizer call on one actor while the others run out of work
+(on the 2-core benchmark one of two actors sat idle for most of that call). A file with
+more speech than ``part_speech_s`` therefore leaves the decode stage as several rows of
+consecutive speech items (cut between VAD pieces, never inside one), which any recognizer
+actor can take; :class:`AssembleStage`, a single actor, holds the recognized parts (text
+only) until the file's last part arrives and writes the file's one row. What a part does
+alone: re-decoding of missed speech works per item anyway; punctuation windows and a
+detected language (a multilingual model and no ``language``) are per part, not per file.
+Files with speakers (split channels, diarization) are not split.
+
 Failures are data: a file that cannot be read, decoded, or is over the limits becomes a row
 with ``status="error"`` and ``error="<code>: <message>"`` (the typed error's code); it
 passes the recognizer stage untouched, and the job goes on. Silence is not a failure: it is
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,6 +132,10 @@ DECODED_SCHEMA = pa.schema(
         # channels=split: the name of each channel (segments' speaker); empty otherwise.
         ("channel_names", pa.list_(pa.string())),
         ("turns", TURNS_TYPE),
+        # A long file is recognized in parts (``part_speech_s``): this row's part index
+        # and the file's number of parts; null: the whole file in one row.
+        ("part", pa.int32()),
+        ("parts", pa.int32()),
     ]
 )
 SEGMENTS_TYPE = pa.list_(
@@ -146,6 +164,10 @@ OUTPUT_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("speakers", SPEAKERS_TYPE),
     ]
+)
+# What RecognizeStage emits when files are split into parts, and AssembleStage consumes.
+PART_OUTPUT_SCHEMA = OUTPUT_SCHEMA.append(pa.field("part", pa.int32())).append(
+    pa.field("parts", pa.int32())
 )
 
 # Transient storage errors (network, throttling) are retried this often before the file
@@ -266,6 +288,105 @@ def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+# -- long files in parts ------------------------------------------------------------------
+
+
+def split_speech(speech: list[dict], part_speech_s: float) -> list[list[dict]]:
+    """A file's speech items (sorted by start) cut into consecutive parts of about
+    ``part_speech_s`` seconds of speech each, never inside an item.
+
+    The file's speech is divided into ``ceil(total / part_speech_s)`` equal shares and
+    each item goes to the share its midpoint falls in, so the parts are balanced (a
+    610 s file gives two of about 305 s, not 600 + 10). ``part_speech_s <= 0``: one part.
+    """
+    total_ms = sum(item["end_ms"] - item["start_ms"] for item in speech)
+    count = math.ceil(total_ms / (part_speech_s * 1000)) if part_speech_s > 0 else 1
+    if count <= 1:
+        return [speech]
+    share_ms = total_ms / count
+    parts: list[list[dict]] = [[] for _ in range(count)]
+    done_ms = 0
+    for item in speech:
+        length_ms = item["end_ms"] - item["start_ms"]
+        index = min(count - 1, int((done_ms + length_ms / 2) // share_ms))
+        parts[index].append(item)
+        done_ms += length_ms
+    return [part for part in parts if part]
+
+
+def split_row(row: dict, part_speech_s: float) -> list[dict]:
+    """A decoded row -> the rows it is recognized as: itself, or one per part.
+
+    Error rows, files with speakers (split channels, diarized turns: their speakers are
+    labelled over the whole file) and files short enough stay whole.
+    """
+    whole = {**row, "part": None, "parts": None}
+    if row["status"] != STATUS_OK or row.get("channel_names") or row.get("turns") is not None:
+        return [whole]
+    parts = split_speech(row["speech"], part_speech_s)
+    if len(parts) <= 1:
+        return [whole]
+    return [{**row, "speech": part, "part": i, "parts": len(parts)} for i, part in enumerate(parts)]
+
+
+def merge_parts(parts: Sequence[dict]) -> dict:
+    """One file's recognized parts (in part order) -> its output row.
+
+    The transcript is the parts' segments in order and their texts joined as one file's
+    segment texts are (:func:`serve_app.transcript.join_texts`), so it equals the whole
+    file's stitching; the first failed part fails the file, as a failed segment does.
+    """
+    first = parts[0]
+    row = {key: first.get(key) for key in OUTPUT_SCHEMA.names}
+    failed = next((p for p in parts if p["status"] != STATUS_OK), None)
+    if failed is not None:
+        return {
+            **row,
+            "text": None,
+            "segments": None,
+            "status": STATUS_ERROR,
+            "error": failed["error"],
+            "speakers": None,
+        }
+    segments = [seg for p in parts for seg in (p["segments"] or [])]
+    return {**row, "text": join_texts([p["text"] or "" for p in parts]), "segments": segments}
+
+
+class AssembleStage:
+    """Recognized rows -> one output row per file: parts wait here until their file is
+    complete. Ray Data runs ONE such actor, so every part of a file meets in it.
+
+    Rows of whole files pass straight through. A part that arrives twice (a recognizer
+    call retried after its actor died) is kept once. What waits is text, not audio, and
+    only for files whose parts are still being recognized. If this actor dies, the files
+    it was holding are missing from the output and the job says so (run it again).
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, dict[int, dict]] = {}
+
+    @property
+    def waiting_files(self) -> int:
+        return len(self._waiting)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return table_from_rows(self.add(batch.to_pylist()), OUTPUT_SCHEMA)
+
+    def add(self, rows: Sequence[dict]) -> list[dict]:
+        done = []
+        for row in rows:
+            count = row.get("parts") or 1
+            if count <= 1:
+                done.append(row)
+                continue
+            got = self._waiting.setdefault(row["id"], {})
+            got.setdefault(int(row["part"]), row)
+            if len(got) == count:
+                del self._waiting[row["id"]]
+                done.append(merge_parts([got[i] for i in range(count)]))
+        return done
+
+
 # -- stage 1: read + decode + VAD ---------------------------------------------------------
 
 
@@ -292,7 +413,11 @@ class DecodeVadStage:
         channels: ChannelSettings | None = None,
         speakers: SpeakerSettings | None = None,
         embedder: BatchedEmbedder | None = None,
+        part_speech_s: float = 0.0,
     ) -> None:
+        # Files with more speech than this are emitted as several rows (split_row), so
+        # that one long file's recognition spreads over the recognizer actors; 0: never.
+        self._part_speech_s = part_speech_s
         # Speakers (serve_app.speakers.offline): the channel layout, and the encoder that
         # diarizes files asking for it (loaded on the first such file).
         self._channels = channels or ChannelSettings()
@@ -313,7 +438,12 @@ class DecodeVadStage:
         self._vad = segmenter
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return table_from_rows([self.process(row) for row in batch.to_pylist()], DECODED_SCHEMA)
+        rows = [
+            part
+            for row in batch.to_pylist()
+            for part in split_row(self.process(row), self._part_speech_s)
+        ]
+        return table_from_rows(rows, DECODED_SCHEMA)
 
     def process(self, row: dict) -> dict:
         row_id = str(row["id"])
@@ -485,6 +615,8 @@ def recognize_rows(
             "id": row["id"],
             "duration_s": row["duration_s"],
             "model": model_name,
+            # A part of a long file (split_row) says which, for AssembleStage.
+            **({"part": row["part"], "parts": row["parts"]} if row.get("parts") else {}),
         }
         if place is None:
             out.append(
@@ -630,7 +762,10 @@ class RecognizeStage:
         *,
         recognizer: TranscribeBatchFn | None = None,
         punctuator: PunctuateBatchFn | None = None,
+        keep_parts: bool = False,
     ) -> None:
+        # With files in parts, rows keep their part index for AssembleStage.
+        self._schema = PART_OUTPUT_SCHEMA if keep_parts else OUTPUT_SCHEMA
         # The recognizer's punctuation stage, the same plain object the online deployment
         # runs (none for models that punctuate themselves; see serve_app.punctuation.stage).
         if punctuator is None and (
@@ -674,4 +809,4 @@ class RecognizeStage:
                 stats.num_forward_passes,
                 stats.padding_efficiency,
             )
-        return table_from_rows(rows, OUTPUT_SCHEMA)
+        return table_from_rows(rows, self._schema)

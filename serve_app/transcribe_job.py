@@ -36,7 +36,7 @@ again.
 The pipeline (streaming, see :mod:`serve_app.offline` for why there is no groupby)::
 
     manifest rows not done (blocks) -> DecodeVadStage actors -> RecognizeStage actors
-                                    -> write_parquet (append)
+        [-> AssembleStage, one actor, with ``part_speech_s``] -> write_parquet (append)
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from serve_app.offline import (
     OPTIONAL_MANIFEST_COLUMNS,
     REQUIRED_MANIFEST_COLUMNS,
     STATUS_OK,
+    AssembleStage,
     DecodeVadStage,
     RecognizeStage,
 )
@@ -77,6 +78,8 @@ PART_PREFIX = "part-"
 # Parquet writing is light I/O; it reserves no CPU so it can never wait behind the actor
 # pools that hold all of a small cluster's CPUs.
 IO_TASK_CPUS = 0
+# The assembler of long files' parts joins text: no CPU of its own, for the same reason.
+ASSEMBLE_CPUS = 0
 MAX_ROWS_PER_MANIFEST_BLOCK = 256
 MAX_FAILURES_SHOWN = 10
 # Ray Data's own (max_restarts, max_task_retries) for actor pools: restart forever, retry
@@ -308,18 +311,30 @@ def build_pipeline(config: JobConfig, manifest: ManifestInfo, done_ids: pa.Array
             "pack_segments_s": config.recognizer.segment_pack_s,
             "channels": config.channels,
             "speakers": config.speakers,
+            "part_speech_s": config.part_speech_s,
         },
         batch_size=config.files_per_decode_batch,
         batch_format="pyarrow",
         **_pool_args(config.decode_vad_pool),
     )
+    in_parts = config.part_speech_s > 0
     ds = ds.map_batches(
         RecognizeStage,
         fn_constructor_args=(config.recognizer, config.models_dir),
+        fn_constructor_kwargs={"keep_parts": in_parts},
         batch_size=config.files_per_recognizer_batch,
         batch_format="pyarrow",
         **_pool_args(config.recognizer_pool),
     )
+    if in_parts:
+        # ONE actor, so that every part of a file meets in it; it only joins text.
+        ds = ds.map_batches(
+            AssembleStage,
+            batch_size=None,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=ASSEMBLE_CPUS,
+        )
     return ds
 
 

@@ -206,6 +206,67 @@ def test_fixed_step_timestamps_are_retimed_from_the_speech():
     assert final.text == _words_of(4) and final.spans == check.spans
 
 
+def _stepped_stop(audio: np.ndarray) -> SegmentTranscript:
+    """What tiny.en (int8, on a Zen 3 CPU) returned for four espeak sentences 3.7 s apart
+    in one item: three spans in whole-second steps (0/7/15/22 s), the fourth sentence
+    missing. Shorter items are heard right."""
+    heard = _hear(audio)
+    if len(heard) < 4:
+        return FakeWhisper("ok")(audio)
+    steps = [(0.0, 7.0), (7.0, 15.0), (15.0, 22.0)]
+    spans = tuple(TextSpan(a, b, _sentence_words(i)) for i, (a, b) in enumerate(steps))
+    return SegmentTranscript(text=" ".join(s.text for s in spans), spans=spans)
+
+
+def test_a_stepped_decode_that_stopped_early_gets_its_tail_decoded_again():
+    samples, spans = _speech([3.2, 3.7, 3.9, 3.9], [3.7, 3.7, 3.7])
+    assert spans[3][0] > 22_000  # the lost sentence starts after the last timestamp
+    check = check_item(samples, _stepped_stop(samples), spans)
+    assert check.retimed == RETIME_STEPS and not check.replace
+    (tail,) = check.stretches
+    assert tail.reason == TAIL
+    assert tail.start_ms <= spans[3][0] and tail.end_ms >= spans[3][1]
+    assert tail.start_ms > spans[2][1]  # nothing already decoded is decoded again
+    # The three spans are re-timed onto the three segments they transcribe.
+    for span, (a, b) in zip(check.spans, spans[:3], strict=True):
+        assert abs(span.start_s * 1000 - a) <= 100 and abs(span.end_s * 1000 - b) <= 100
+    _, final, redecoder, rounds = _run_rounds(_stepped_stop, samples, spans)
+    assert final.text == _words_of(4) and rounds == 1
+    assert redecoder.redecodes[TAIL] == 1
+
+    # As many stepped spans as segments: only re-timed (nothing says what is lost).
+    assert check_item(samples, FakeWhisper("fixed_steps")(samples), spans).stretches == ()
+
+    # Stepped times that run early with the text whole (two sentences in the last span):
+    # the last segment is decoded again, and its text, a repeat, is dropped.
+    def compressed(audio: np.ndarray) -> SegmentTranscript:
+        if len(_hear(audio)) < 4:
+            return FakeWhisper("ok")(audio)
+        last = _sentence_words(2) + " " + _sentence_words(3)
+        steps = (
+            (0.0, 5.0, _sentence_words(0)),
+            (5.0, 10.0, _sentence_words(1)),
+            (10.0, 15.0, last),
+        )
+        return SegmentTranscript(text=_words_of(4), spans=tuple(TextSpan(*t) for t in steps))
+
+    _, final, redecoder, _ = _run_rounds(compressed, samples, spans)
+    assert redecoder.redecodes[TAIL] == 1 and final.text == _words_of(4)
+
+
+def test_splice_drops_a_stretch_that_repeats_what_came_before():
+    said = "the doctor asked him to drink more water"
+    item = SegmentTranscript(text=said, spans=(TextSpan(0.0, 4.0, said),))
+    check = ItemCheck(spans=item.spans, stretches=(Stretch(3000, 7000, TAIL),))
+    for again in (said, "the doctor asked them to drink more water"):
+        part = SegmentTranscript(text=again, spans=(TextSpan(0.0, 3.5, again),))
+        out = splice(item, check, [part])
+        assert out.text == said and len(out.spans) == 1, again
+    new = "fresh vegetables are delivered to the market every day"
+    part = SegmentTranscript(text=new, spans=(TextSpan(0.5, 3.5, new),))
+    assert splice(item, check, [part]).text == f"{said} {new}"
+
+
 def test_proportional_retiming_keeps_order_and_snaps_to_pauses():
     samples, spans = _speech([1.5, 2.6, 1.1, 1.8], [0.8, 1.2, 0.8])
     mask = speech_frames(samples, spans)

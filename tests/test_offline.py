@@ -38,12 +38,16 @@ from serve_app.job_config import ActorPoolSettings, JobConfig, load_job_config
 from serve_app.offline import (
     DECODED_SCHEMA,
     OUTPUT_SCHEMA,
+    PART_OUTPUT_SCHEMA,
+    AssembleStage,
     DecodeVadStage,
     error_text,
     normalize_hotwords,
     normalize_language,
     recognize_rows,
     resolve_audio_ref,
+    split_row,
+    split_speech,
     table_from_rows,
 )
 from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript
@@ -270,6 +274,130 @@ def test_recognizer_crash_fails_its_files_only():
     assert out[1]["error"] == "e: f"
 
 
+# -- unit: long files in parts ---------------------------------------------------------------
+
+
+def _items(lengths_ms):
+    start, items = 0, []
+    for length in lengths_ms:
+        items.append({"start_ms": start, "end_ms": start + length})
+        start += length + 500
+    return items
+
+
+def test_split_speech_makes_balanced_consecutive_parts():
+    lengths = [10_000] * 61  # 610 s of speech
+    parts = split_speech(_items(lengths), part_speech_s=120)
+    assert len(parts) == 6  # ceil(610 / 120), not 5 full parts and a 10 s one
+    assert [i for part in parts for i in part] == _items(lengths)  # in order, each once
+    sizes = [sum(i["end_ms"] - i["start_ms"] for i in part) for part in parts]
+    assert max(sizes) - min(sizes) <= 10_000  # within one item of each other
+    varied = [3000, 29_000, 500, 12_000, 30_000, 8000, 1000, 27_000, 15_000, 4000]
+    parts = split_speech(_items(varied), part_speech_s=40)
+    assert [i for part in parts for i in part] == _items(varied)
+    assert len(parts) == 4
+    assert all(sum(i["end_ms"] - i["start_ms"] for i in p) <= 40_000 + 30_000 for p in parts)
+    assert split_speech(_items(lengths), part_speech_s=0) == [_items(lengths)]
+    assert split_speech(_items([5000, 5000]), part_speech_s=10) == [_items([5000, 5000])]
+    assert split_speech([], part_speech_s=10) == [[]]
+
+
+def test_split_row_keeps_errors_and_files_with_speakers_whole():
+    speech = _speech(*[(v, (v * 1000, v * 1000 + 600)) for v in range(1, 11)])
+    row = _decoded("a", speech)
+    parts = split_row(row, part_speech_s=2.0)  # 6 s of speech -> 3 parts of 2 s
+    assert [(p["part"], p["parts"]) for p in parts] == [(0, 3), (1, 3), (2, 3)]
+    assert sorted(len(p["speech"]) for p in parts) == [3, 3, 4]
+    assert all(p["id"] == "a" and p["duration_s"] == 9.0 for p in parts)
+    for whole in (
+        _decoded("e", status="error", error="invalid_audio: x"),
+        {**row, "turns": [{"start_s": 0.0, "end_s": 9.0, "speaker": "SPEAKER_1"}]},
+        {**row, "channel_names": ["agent", "customer"]},
+    ):
+        (kept,) = split_row(whole, part_speech_s=2.0)
+        assert (kept["part"], kept["parts"]) == (None, None)
+        assert kept["speech"] == whole["speech"]
+    (short,) = split_row(row, part_speech_s=60)
+    assert short["parts"] is None
+
+
+def test_a_file_in_parts_gives_the_transcript_of_the_whole_file():
+    """Parts recognized in separate calls, arriving out of order and one twice (a retried
+    call), assemble into the row the whole file gives in one call."""
+    speech = _speech(*[(v, (v * 1000, v * 1000 + 600)) for v in range(1, 11)])
+    row = _decoded("long", speech, language="fr")
+    other = _decoded("short", _speech((7, (0, 400))))
+    opts = RecognitionOptions(language="en")
+
+    def recognize(rows):
+        table = table_from_rows(rows, DECODED_SCHEMA)
+        return recognize_rows(table, _FakeRecognizer(), model_name="m", default_options=opts)
+
+    (whole,) = recognize([{**row, "part": None, "parts": None}])
+    parts = [recognize([p])[0] for p in split_row(row, part_speech_s=2.0)]
+    (short,) = recognize([{**other, "part": None, "parts": None}])
+    assert len(parts) == 3 and all(p["text"] for p in parts)
+
+    assembler = AssembleStage()
+    assert assembler.add([parts[2], short]) == [short]  # whole files pass straight through
+    assert assembler.waiting_files == 1
+    assert assembler.add([parts[0], parts[2]]) == []
+    (merged,) = assembler.add([parts[1]])
+    assert assembler.waiting_files == 0
+    expected = {k: whole.get(k) for k in OUTPUT_SCHEMA.names}
+    assert merged == expected
+    assert merged["text"] == " ".join(f"v{v} fr" for v in range(1, 11))
+    assert len(merged["segments"]) == 10
+
+    # Through Ray Data's table interface: parts in, output rows out.
+    table = AssembleStage()(table_from_rows([*parts, short], PART_OUTPUT_SCHEMA))
+    assert table.schema == OUTPUT_SCHEMA
+    want = table_from_rows([short, expected], OUTPUT_SCHEMA).to_pylist()
+    assert sorted(table.to_pylist(), key=lambda r: r["id"]) == sorted(want, key=lambda r: r["id"])
+
+    # A failed segment in one part fails the file, as it fails the whole file's row.
+    bad = _decoded("bad", _speech(*[(v, (v * 1000, v * 1000 + 600)) for v in (1, 2, -1, 4)]))
+    (whole_bad,) = recognize([{**bad, "part": None, "parts": None}])
+    bad_parts = [recognize([p])[0] for p in split_row(bad, part_speech_s=1.0)]
+    assert len(bad_parts) > 1
+    (merged_bad,) = AssembleStage().add(bad_parts)
+    assert merged_bad == {k: whole_bad.get(k) for k in OUTPUT_SCHEMA.names}
+    assert merged_bad["status"] == "error" and merged_bad["text"] is None
+
+
+def test_decode_stage_emits_a_long_file_in_parts(tmp_path):
+    tone = 0.3 * np.sin(np.arange(3 * SR) / SR * 2 * np.pi * 220)
+    _write_wav(tmp_path / "long.wav", np.concatenate([tone, np.zeros(2 * SR), tone]))
+    _write_wav(tmp_path / "short.wav", tone[:SR])
+    stage = DecodeVadStage(
+        AudioSettings(),
+        VadSettings(),
+        base_dir=str(tmp_path),
+        segmenter=_FakeVad(),
+        part_speech_s=2.0,
+    )
+    rows = [{"id": "long", "audio": "long.wav"}, {"id": "short", "audio": "short.wav"}]
+    out = stage(pa.Table.from_pylist(rows))
+    assert out.schema == DECODED_SCHEMA
+    got = [(r["id"], r["part"], r["parts"], len(r["speech"])) for r in out.to_pylist()]
+    # Six 1 s pieces of speech -> three parts of two; the 1 s file stays one row.
+    assert got == [
+        ("long", 0, 3, 2),
+        ("long", 1, 3, 2),
+        ("long", 2, 3, 2),
+        ("short", None, None, 1),
+    ]
+    spans = [(s["start_ms"], s["end_ms"]) for r in out.to_pylist()[:3] for s in r["speech"]]
+    assert spans == [
+        (0, 1000),
+        (1000, 2000),
+        (2000, 3000),
+        (5000, 6000),
+        (6000, 7000),
+        (7000, 8000),
+    ]
+
+
 # -- unit: config, manifest, resume state ---------------------------------------------------
 
 
@@ -472,6 +600,7 @@ def _test_config() -> JobConfig:
             "decode_vad_pool": ActorPoolSettings(min_size=1, max_size=1, num_cpus=0.5),
             "recognizer_pool": ActorPoolSettings(min_size=1, max_size=1, num_cpus=0.5),
             "files_per_recognizer_batch": 8,
+            "part_speech_s": 0.0,
         }
     )
 
@@ -692,6 +821,51 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
     assert checked == len(corpus["refs"]) + 1  # the speech files and the silent one
     # Over the whole corpus at most a few words differ.
     assert word_error_rate([a for a, _ in texts if a], [b for a, b in texts if a]) <= 0.05
+
+
+@pytest.mark.slow
+def test_a_long_file_in_parts_gives_the_same_row(ray_cluster, models_dir, tmp_path):
+    """The real pipeline with a file split into parts (and the assembler actor) writes
+    the row the unsplit job writes. Both parts ride in one recognizer call, as the whole
+    file's pieces do, so the model sees the same batch and the rows must be equal."""
+    from serve_app.audio import decode_audio, read_audio_bytes
+    from serve_app.config import resolve_models_dir
+    from serve_app.segmentation import pack_pieces
+    from serve_app.vad import FsmnVad
+
+    if not have_espeak():
+        pytest.skip("espeak-ng and sox are needed")
+    texts = LONG_SENTENCES + GOOD_SENTENCES[:3]
+    audio = [
+        sf.read(synthesize_wav(t, tmp_path / f"p{i}.wav"), dtype="float32")[0]
+        for i, t in enumerate(texts)
+    ]
+    _write_wav(tmp_path / "longer.wav", concat_with_pauses(audio, pause_s=2.5))
+    # One file: with another file in the manifest the two runs' recognizer calls could
+    # hold different sets of items, and int8 results depend on the batch on some CPUs.
+    manifest = _manifest(tmp_path / "m.parquet", [{"id": "longer", "audio": "longer.wav"}])
+    whole_cfg = _test_config()
+    parts_cfg = whole_cfg.model_copy(update={"part_speech_s": 10.0})
+
+    # The file's speech really is more than one part at this setting.
+    vad = FsmnVad(whole_cfg.vad, models_dir=resolve_models_dir(whole_cfg.models_dir))
+    samples = decode_audio(read_audio_bytes(str(tmp_path / "longer.wav"))).samples
+    pieces = pack_pieces(
+        vad.segments(samples), max_piece_ms=whole_cfg.recognizer.segment_pack_ms, samples=samples
+    )
+    spans = [{"start_ms": p.segment.start_ms, "end_ms": p.segment.end_ms} for p in pieces]
+    assert len(split_speech(spans, parts_cfg.part_speech_s)) >= 2
+
+    outputs = {}
+    for name, config in (("whole", whole_cfg), ("parts", parts_cfg)):
+        summary = run_job(config, manifest=str(manifest), output=str(tmp_path / name))
+        assert summary.complete and (summary.files, summary.failed) == (1, 0)
+        table = pq.read_table(tmp_path / name)
+        assert table.schema == OUTPUT_SCHEMA
+        outputs[name] = {r["id"]: r for r in table.to_pylist()}
+    assert outputs["parts"] == outputs["whole"]
+    longer = outputs["parts"]["longer"]
+    assert len(longer["segments"]) >= len(texts) - 2 and longer["text"]
 
 
 # -- integration: `ray job submit` against a `ray start --head` cluster ----------------------

@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_source": batch_source,
             "serve_config": serve_config,
             "job_config": job,
-            "job_env": job_env(opts),
+            "job_env": job_env(opts, job),
         }
         base = {
             **opts,
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve_config": serve_config,
             "job_config": job,
             "vad": serve_config["vad"],
-            "job_env": job_env(opts),
+            "job_env": job_env(opts, job),
             "experiments": args.experiment,
             "request_timeout_s": 3600.0,
             "startup_timeout_s": 600.0,

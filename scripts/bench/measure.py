@@ -207,6 +207,12 @@ def _process_label(p: Any) -> str:
             return "recognizer actor"
         if "DecodeVadStage" in role:
             return "decode+vad actor"
+        if "AssembleStage" in role:
+            return "assembler actor"
+        if "Write" in role:
+            return "ray data write tasks"
+        if role == "IDLE":
+            return "ray idle workers"
         for key in ("Recognizer", "Vad", "Ingress", "Proxy", "ServeController"):
             if key.lower() in role.lower():
                 return {"Proxy": "serve proxy", "ServeController": "serve controller"}.get(

@@ -160,13 +160,17 @@ def job_config(model: ModelSpec, opts: dict) -> dict:
     return template
 
 
-def job_env(opts: dict) -> dict[str, str]:
+def job_env(opts: dict, job: dict | None = None) -> dict[str, str]:
     """Job-level env vars of row 5 (``ray job submit --runtime-env-json``'s ``env_vars``).
 
     Ray sets ``OMP_NUM_THREADS`` from an actor's ``num_cpus`` (1 in batch_cpu.yaml) unless
-    it is set, and FunASR sizes torch's thread pool from it: without this the recognizer
-    actor computes on one core of two.
+    it is set, and FunASR sizes torch's thread pool from it: without this a recognizer
+    that does not set its own ``cpu_threads`` computes on one core of two. A job config
+    whose recognizer sets ``cpu_threads`` (the shipped ones) runs as a user runs it, with
+    Ray's own value: all cores for OpenMP in every actor made the decode + VAD actors
+    slower (FSMN-VAD over the corpus in one process: 17.6 CPU-s with 1, 21.2 with 2).
     """
-    if opts["layout"] == "config" and opts["device"] == "cpu":
+    own_threads = (job or {}).get("recognizer", {}).get("cpu_threads")
+    if opts["layout"] == "config" and opts["device"] == "cpu" and not own_threads:
         return {"OMP_NUM_THREADS": str(opts["threads"])}
     return {}

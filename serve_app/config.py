@@ -102,6 +102,11 @@ class VadSettings(_Strict):
     # FSMN-VAD's network through torch (FunASR's own model) or through ONNX Runtime over
     # the folder's model.onnx; FunASR's frontend and span logic are the same in both.
     fsmn_runtime: Literal["torch", "onnx"] = "torch"
+    # FSMN-VAD's log-mel features: "batched" computes all frames of a 60 s chunk in a few
+    # torch ops (serve_app.kaldi_fbank: ~4x less CPU than FunASR's frame-by-frame
+    # kaldi-native-fbank, values within ~1e-4, spans within a frame or two of FunASR's);
+    # "funasr" keeps FunASR's own fbank (spans identical to AutoModel.generate).
+    fsmn_fbank: Literal["batched", "funasr"] = "batched"
     # torch / ONNX Runtime threads of the VAD process. Both VADs are small (FSMN 0.4 M
     # parameters) and gain nothing from more; FunASR's loader would otherwise set 4, which
     # on a shared node spins OpenMP threads against the recognizer's.

@@ -75,13 +75,15 @@ def reference(models_dir):
 
 
 SETTINGS = {
-    "default": VadSettings(cpu_threads=1),
+    "default": VadSettings(fsmn_fbank="funasr", cpu_threads=1),
     "long-silence-low-thres": VadSettings(
-        cpu_threads=1, end_silence_ms=1200, fsmn_speech_noise_thres=0.2
+        fsmn_fbank="funasr", cpu_threads=1, end_silence_ms=1200, fsmn_speech_noise_thres=0.2
     ),
-    "short-silence-onnx": VadSettings(cpu_threads=1, end_silence_ms=200, fsmn_runtime="onnx"),
+    "short-silence-onnx": VadSettings(
+        fsmn_fbank="funasr", cpu_threads=1, end_silence_ms=200, fsmn_runtime="onnx"
+    ),
     # Espeak's clips end in quiet: only a long end silence joins them into one run.
-    "long-end-silence": VadSettings(cpu_threads=1, end_silence_ms=6000),
+    "long-end-silence": VadSettings(fsmn_fbank="funasr", cpu_threads=1, end_silence_ms=6000),
 }
 
 

@@ -80,3 +80,32 @@ def assert_wer_near_reference(
 def text_distance(a: str, b: str) -> float:
     """Word edit distance between two transcripts of the same audio, per word of ``a``."""
     return word_error_rate([a], [b]) if normalize_words(a) else float(bool(normalize_words(b)))
+
+
+def funasr_vad_spans(models_dir):
+    """FunASR's own FSMN-VAD (``AutoModel.generate``) on the folder, one thread, as a
+    function ``(samples, VadSettings) -> [(start_ms, end_ms)]``; the test process's torch
+    thread count is left as it was."""
+    import torch
+    from funasr import AutoModel
+
+    before = torch.get_num_threads()
+    model = AutoModel(
+        model=str(models_dir / "fsmn-vad"),
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+        ncpu=1,
+    )
+    torch.set_num_threads(before)
+
+    def spans(samples, settings) -> list[tuple[int, int]]:
+        result = model.generate(
+            input=samples,
+            max_end_silence_time=settings.end_silence_ms,
+            speech_noise_thres=settings.fsmn_speech_noise_thres,
+            disable_pbar=True,
+        )
+        return [(int(s), int(e)) for s, e in result[0]["value"]]
+
+    return spans

@@ -16,6 +16,7 @@ import pytest
 
 from serve_app.config import VadSettings
 from serve_app.fsmn_machine import FsmnOptions, spans_ms
+from tests.reference import funasr_vad_spans
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
 pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")
@@ -49,29 +50,7 @@ def clips(tmp_path_factory) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def reference(models_dir):
     """FunASR's own FSMN-VAD on the same folder, one thread as ours."""
-    import torch
-    from funasr import AutoModel
-
-    before = torch.get_num_threads()
-    model = AutoModel(
-        model=str(models_dir / "fsmn-vad"),
-        disable_update=True,
-        disable_pbar=True,
-        disable_log=True,
-        ncpu=1,
-    )
-    torch.set_num_threads(before)
-
-    def spans(samples: np.ndarray, settings: VadSettings) -> list[tuple[int, int]]:
-        result = model.generate(
-            input=samples,
-            max_end_silence_time=settings.end_silence_ms,
-            speech_noise_thres=settings.fsmn_speech_noise_thres,
-            disable_pbar=True,
-        )
-        return [(int(s), int(e)) for s, e in result[0]["value"]]
-
-    return spans
+    return funasr_vad_spans(models_dir)
 
 
 SETTINGS = {

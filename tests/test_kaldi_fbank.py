@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from serve_app import kaldi_fbank
+from tests.reference import funasr_vad_spans
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
 
@@ -64,21 +65,13 @@ def test_log_mel_matches_funasr_fbank(window) -> None:
 
 @pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")
 def test_vad_spans_with_batched_fbank_match_funasr(models_dir, tmp_path) -> None:
-    from funasr import AutoModel
-
     from serve_app.config import VadSettings
     from serve_app.vad import FsmnSpans
 
     before = torch.get_num_threads()
     settings = VadSettings(cpu_threads=1)
     ours = FsmnSpans(settings, models_dir=models_dir)
-    reference = AutoModel(
-        model=str(models_dir / "fsmn-vad"),
-        disable_update=True,
-        disable_pbar=True,
-        disable_log=True,
-        ncpu=1,
-    )
+    reference = funasr_vad_spans(models_dir)
     torch.set_num_threads(before)
     rng = np.random.default_rng(5)
     parts = []
@@ -92,13 +85,7 @@ def test_vad_spans_with_batched_fbank_match_funasr(models_dir, tmp_path) -> None
     }
     for name, samples in clips.items():
         got = ours.speech_spans_ms(samples)
-        result = reference.generate(
-            input=samples,
-            max_end_silence_time=settings.end_silence_ms,
-            speech_noise_thres=settings.fsmn_speech_noise_thres,
-            disable_pbar=True,
-        )
-        want = [(int(s), int(e)) for s, e in result[0]["value"]]
+        want = reference(samples, settings)
         assert len(got) == len(want) > 0, name
         for (s1, e1), (s2, e2) in zip(got, want, strict=True):
             assert abs(s1 - s2) <= 30 and abs(e1 - e2) <= 30, (name, got, want)

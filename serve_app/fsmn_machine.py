@@ -307,6 +307,7 @@ class FrameCollector:
         self._sil: list[float] = []
         self._decibels: list[float] = []
         self._final = False
+        self._frame_opts: FsmnOptions | None = None
         model.forward = self.forward  # instance attribute: inference() calls self.forward
 
     def reset(self) -> None:
@@ -326,9 +327,12 @@ class FrameCollector:
             self._sil += rows[:, ids[0]].tolist()
         else:  # FunASR sums the .item() floats in this order
             self._sil += [sum(row) for row in rows[:, ids].tolist()]
+        if self._frame_opts is None:  # only the frame geometry is read: build it once
+            self._frame_opts = FsmnOptions.from_vad_opts(
+                opts, end_silence_ms=0, speech_noise_thres=0.0
+            )
         wave = waveform[0].detach().cpu().numpy()
-        fsmn = FsmnOptions.from_vad_opts(opts, end_silence_ms=0, speech_noise_thres=0.0)
-        self._decibels += frame_decibels(wave, num_frames, fsmn)
+        self._decibels += frame_decibels(wave, num_frames, self._frame_opts)
         self._final = bool(is_final)
         return []
 

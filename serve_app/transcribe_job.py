@@ -318,6 +318,10 @@ def build_pipeline(config: JobConfig, manifest: ManifestInfo, done_ids: pa.Array
         **_pool_args(config.decode_vad_pool),
     )
     in_parts = config.part_speech_s > 0
+    if in_parts:
+        ds = blocks_of_one_call(
+            ds, config.files_per_recognizer_batch, max_tasks=config.decode_vad_pool.max_size
+        )
     ds = ds.map_batches(
         RecognizeStage,
         fn_constructor_args=(config.recognizer, config.models_dir),
@@ -335,6 +339,34 @@ def build_pipeline(config: JobConfig, manifest: ManifestInfo, done_ids: pa.Array
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=ASSEMBLE_CPUS,
         )
+    return ds
+
+
+def blocks_of_one_call(ds, rows_per_call: int, *, max_tasks: int = 1):
+    """``ds`` cut into blocks of at most ``rows_per_call`` rows, streaming (no shuffle).
+
+    The decode stage returns a long file's parts as rows of ONE block, and Ray Data hands
+    an actor whole blocks (a block is never split between tasks): without this cut every
+    part of a 10-minute file ran on one recognizer actor while the others had nothing
+    left, which undid the point of the parts (measured: one of two actors idle for the
+    last 15 s of a 47 s steady state, docs/BENCHMARKS.md).
+
+    Ray Data gives the repartition's tasks 1 CPU and offers no argument to change it; on
+    a cluster whose CPUs the actor pools hold they would never run (the job hangs, tested).
+    It only re-slices blocks, so like the writer it reserves none. With no CPU to bound
+    them Ray Data then ran 20 such tasks at once, each in a freshly started worker
+    process (a 400-block toy pipeline: 19 s; with one task at a time 6 s): so at most
+    ``max_tasks`` (one per decode actor, which each produce one block at a time).
+    """
+    import ray.data
+    from ray.data._internal.logical.operators import StreamingRepartition
+
+    ds = ds.repartition(target_num_rows_per_block=rows_per_call)
+    op = ds._logical_plan.dag
+    if not isinstance(op, StreamingRepartition):  # a Ray upgrade changed the plan
+        raise RuntimeError(f"expected a StreamingRepartition, Ray Data planned {op!r}")
+    op.ray_remote_args["num_cpus"] = IO_TASK_CPUS
+    object.__setattr__(op, "compute", ray.data.TaskPoolStrategy(size=max_tasks))
     return ds
 
 

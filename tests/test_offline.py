@@ -57,6 +57,7 @@ from serve_app.transcribe_job import (
     OutputDirError,
     _pool_args,
     _run_filenames,
+    build_pipeline,
     commit_retry,
     error_rows_by_file,
     inspect_manifest,
@@ -866,6 +867,84 @@ def test_a_long_file_in_parts_gives_the_same_row(ray_cluster, models_dir, tmp_pa
     assert outputs["parts"] == outputs["whole"]
     longer = outputs["parts"]["longer"]
     assert len(longer["segments"]) >= len(texts) - 2 and longer["text"]
+
+
+_ONE_CALL_BLOCKS = """
+import json, os, sys, threading
+import pyarrow as pa, ray, ray.data
+from serve_app.transcribe_job import blocks_of_one_call
+
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+threading.Timer(90, lambda: (print("HUNG", flush=True), os._exit(3))).start()
+
+class Parts:  # one input row -> one block of 20 rows, like a long file's parts
+    def __call__(self, b):
+        return pa.table({"part": list(range(20 * b.num_rows))})
+
+class Rows:  # batch_size=None: each call sees exactly one input block
+    def __call__(self, b):
+        return pa.table({"n": [b.num_rows]})
+
+pool = lambda: ray.data.ActorPoolStrategy(size=1)
+ds = ray.data.from_arrow([pa.table({"i": [k]}) for k in range(3)])
+ds = ds.map_batches(Parts, batch_size=1, batch_format="pyarrow", compute=pool(), num_cpus=0.5)
+if sys.argv[1] == "cut":
+    ds = blocks_of_one_call(ds, 4)
+ds = ds.map_batches(Rows, batch_size=None, batch_format="pyarrow", compute=pool(), num_cpus=0.5)
+print(json.dumps(sorted(ds.to_pandas()["n"].tolist())), flush=True)
+os._exit(0)
+"""
+
+
+def _block_sizes_seen(mode: str) -> list[int]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONE_CALL_BLOCKS, mode],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_long_files_parts_reach_the_recognizers_as_blocks_of_one_call():
+    """Ray Data never splits a block between tasks, so a long file's parts (one decode
+    block) all ran on one recognizer actor. ``blocks_of_one_call`` cuts them into blocks
+    of one call each, and its tasks reserve no CPU: here the two actor pools hold the
+    cluster's only CPU, where Ray Data's default 1-CPU repartition task never runs."""
+    assert _block_sizes_seen("whole") == [20, 20, 20]  # what the recognizers got before
+    cut = _block_sizes_seen("cut")
+    assert sum(cut) == 60 and max(cut) <= 4 and len(cut) >= 15
+
+
+def test_the_job_cuts_parts_into_recognizer_calls(ray_cluster, tmp_path):
+    """With ``part_speech_s`` the pipeline re-blocks between decode and recognize, to
+    ``files_per_recognizer_batch`` rows, no CPU and one task per decode actor; without
+    parts it does not."""
+    from ray.data._internal.logical.operators import StreamingRepartition
+
+    manifest = inspect_manifest(
+        str(_manifest(tmp_path / "m.parquet", [{"id": "a", "audio": "a.wav"}]))
+    )
+    for part_speech_s, expected in ((30.0, [(8, 0, 1)]), (0.0, [])):
+        config = _test_config().model_copy(update={"part_speech_s": part_speech_s})
+        ds = build_pipeline(config, manifest, pa.array([], pa.string()))
+        found, op = [], ds._logical_plan.dag
+        while op.input_dependencies:
+            if isinstance(op, StreamingRepartition):
+                found.append(
+                    (
+                        op.target_num_rows_per_block,
+                        op.ray_remote_args["num_cpus"],
+                        op.compute.size,
+                    )
+                )
+            op = op.input_dependencies[0]
+        assert found == expected
 
 
 # -- integration: `ray job submit` against a `ray start --head` cluster ----------------------

@@ -81,6 +81,7 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
     def hook() -> None:
         import json as _json
         import time as _time
+        from os import getpid as _os_pid
 
         if stats_path is None:
             return
@@ -93,6 +94,7 @@ def _setup_hook(stats_path: str | None, experiments: Sequence[str]) -> Callable[
             out = inner(self, jobs)
             s = self.last_stats
             line = {
+                "pid": _os_pid(),
                 "t0": t0,
                 "t1": _time.time(),
                 "sizes": s.batch_sizes,

@@ -35,9 +35,9 @@ actor can take (the job cuts the decode stage's blocks into blocks of one recogn
 ``transcribe_job.blocks_of_one_call``: Ray Data never splits a block between tasks, so a
 file's parts would otherwise all meet in one actor again); :class:`AssembleStage`, a single
 actor, holds the recognized parts (text only) until the file's last part arrives and writes
-the file's one row. What a part does
-alone: re-decoding of missed speech works per item anyway; punctuation windows and a
-detected language (a multilingual model and no ``language``) are per part, not per file.
+the file's one row. What a part does alone: re-decoding of missed speech works per item
+anyway; punctuation windows and a detected language (a multilingual model and no
+``language``) are per part, not per file.
 Files with speakers (split channels, diarization) are not split.
 
 Failures are data: a file that cannot be read, decoded, or is over the limits becomes a row

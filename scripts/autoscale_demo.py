@@ -1,7 +1,7 @@
 """Autoscaling shown, not claimed: ramp load on the Serve app and record the recognizer's
 replica count going up and back down within its bounds.
 
-Starts a local Ray (no dashboard, token auth off), deploys ``serve_app.app:build_app``
+Starts a local Ray (no dashboard, token auth off), deploys ``serve_app.online.app:build_app``
 with ``ray_configs/serve.yaml``'s real CPU models (FSMN-VAD + Whisper tiny.en) and an
 autoscaling recognizer (1-3 replicas, ``num_cpus: 0`` so three fit on two cores), then
 
@@ -189,8 +189,8 @@ async def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
     from serve_app.config import AppConfig, resolve_models_dir
+    from serve_app.online.app import build_app
 
     models_dir = str(resolve_models_dir(None))
     config = AppConfig.model_validate(demo_app_config(models_dir))

@@ -3,11 +3,11 @@
 For each speaker count (``--speakers``), ``--files`` conversations are made at run time
 (``tests/speakers/conversations.py``: 2-5 espeak-ng talkers, 2-10 s turns, pauses, one
 quick exchange, no overlap) and diarized the way the service will: speech spans from the
-project's VAD (FSMN-VAD, ``serve_app.vad``; ``--vad oracle`` takes the reference turns
+project's VAD (FSMN-VAD, ``serve_app.vad.detectors``; ``--vad oracle`` takes the reference turns
 instead, which isolates the embedding and clustering), ``embedding_windows`` inside the
 spans, the real GE2E encoder (``resemblyzer==0.1.4``'s weights) through
 ``BatchedEmbedder`` (the shared batch runner), then clustering and turns
-(``serve_app.speakers.diarize``). DER comes from ``pyannote.metrics`` (collar 0, and
+(``serve_app.core.diarization``). DER comes from ``pyannote.metrics`` (collar 0, and
 pyannote's collar 0.5 = 0.25 s either side of each reference boundary, as NIST's md-eval),
 overlap scored. Speaker count is "right" when the number of hypothesis speakers equals the
 reference's with the count not given; DER is reported both without and with
@@ -40,8 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from serve_app.speakers import diarize as dz  # noqa: E402
-from serve_app.speakers.base import BatchedEmbedder, EmbeddingJob  # noqa: E402
+from serve_app.core.types import EmbeddingJob  # noqa: E402
+from serve_app.core import diarization as dz  # noqa: E402
+from serve_app.speakers.base import BatchedEmbedder  # noqa: E402
 from tests.speakers.conversations import (  # noqa: E402
     Conversation,
     make_conversation,
@@ -72,7 +73,7 @@ def speech_spans_s(
         return [(t.start_s, t.end_s) for t in conversation.turns]
     if service_segments:
         # What the service diarizes: the VAD deployment's segments (spans merged across
-        # short gaps, padded, long ones cut) cut at their pauses, as serve_app.serving
+        # short gaps, padded, long ones cut) cut at their pauses, as serve_app.core.pipeline
         # does (raw_segments: without the cut).
         segments = vad.segments(conversation.samples)
         if raw_segments:
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     vad = None
     if args.vad in ("fsmn", "service", "segments"):
         from serve_app.config import VadSettings
-        from serve_app.vad import Vad
+        from serve_app.vad.detectors import Vad
 
         vad = Vad(VadSettings(), models_dir=models_dir)
         vad.warmup()

@@ -98,8 +98,8 @@ def start_local(args: argparse.Namespace) -> str:
     import ray
     from ray import serve
 
-    from serve_app.app import build_app
     from serve_app.config import AppConfig
+    from serve_app.online.app import build_app
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from serve_app.evaluation import normalize_words, word_error_rate  # noqa: E402
+from serve_app.core.evaluation import normalize_words, word_error_rate  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
 DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
@@ -266,10 +266,10 @@ class ServiceLogic:
     """``TranscriptionService`` over the plain FsmnVad and recognizer classes."""
 
     def __init__(self, config_path: Path, cpu_threads: int) -> None:
-        from serve_app.audio import AudioLimits
         from serve_app.config import load_app_config, resolve_models_dir
+        from serve_app.core.audio import AudioLimits
         from serve_app.recognizers.factory import build_recognizer
-        from serve_app.vad import FsmnVad
+        from serve_app.vad.detectors import FsmnVad
 
         config = load_app_config(config_path)
         self.settings = config.recognizers[0]
@@ -295,8 +295,8 @@ class ServiceLogic:
         return result
 
     def service(self, redecode_rounds: int):
-        from serve_app.recognizers.base import RecognitionOptions
-        from serve_app.serving import ModelRoute, TranscriptionService
+        from serve_app.core.pipeline import ModelRoute, TranscriptionService
+        from serve_app.core.types import RecognitionOptions
 
         async def segment(samples):
             return self._vad.segments(samples)
@@ -317,7 +317,7 @@ class ServiceLogic:
         )
 
     def transcribe(self, samples: np.ndarray, redecode_rounds: int) -> str:
-        from serve_app.audio import DecodedAudio
+        from serve_app.core.audio import DecodedAudio
 
         audio = DecodedAudio(samples.astype(np.float32), SAMPLE_RATE_HZ, "wav")
         before = self.items

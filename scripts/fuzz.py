@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from serve_app.audio import SAMPLE_RATE_HZ, AudioLimits, DecodedAudio, decode_audio
-from serve_app.errors import (
+from serve_app.core.audio import SAMPLE_RATE_HZ, AudioLimits, DecodedAudio, decode_audio
+from serve_app.core.errors import (
     AudioTooLongError,
     InvalidAudioError,
     InvalidRequestError,

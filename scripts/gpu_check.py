@@ -397,7 +397,8 @@ def frontend_features(frontend: Any, audio: Sequence[np.ndarray]) -> tuple[Any, 
 
 
 def _recognition_classes() -> tuple[Any, Any, Any]:
-    from serve_app.recognizers.base import BatchedRecognizer, SegmentJob, SegmentTranscript
+    from serve_app.core.types import SegmentJob, SegmentTranscript
+    from serve_app.recognizers.base import BatchedRecognizer
 
     return BatchedRecognizer, SegmentJob, SegmentTranscript
 
@@ -435,7 +436,7 @@ def fbank_lengths(backend: Any, lengths: Any) -> Any:
 def texts_of_raw(backend: Any, raws: Sequence[tuple[Any, list[int]]], count: int) -> list[str]:
     """Texts, in job order, from ``module.inference`` outputs keyed ``i<job index>``, through
     the backend's own post-processing (as ``forward`` returns them)."""
-    from serve_app.recognizers.base import RecognitionOptions
+    from serve_app.core.types import RecognitionOptions
 
     texts = [""] * count
     for raw, idx in raws:
@@ -1143,7 +1144,7 @@ def oom_split(ctx: Context, backend: Any, max_items: int) -> dict:
 
 
 def prepare(args: argparse.Namespace, budget: Budget) -> Context:
-    from serve_app.audio import decode_audio
+    from serve_app.core.audio import decode_audio
 
     if args.tiny:
         corpus = make_corpus(args.corpus_s or 12.0, min_s=2.0, max_s=5.0, seed=args.seed)
@@ -1161,7 +1162,7 @@ def prepare(args: argparse.Namespace, budget: Budget) -> Context:
         try:
             with quiet():
                 segments, vad_s = vad_segments(audio, vad_dir, args.cpu_threads)
-            source = f"FSMN-VAD segments (serve_app.vad, {vad_dir})"
+            source = f"FSMN-VAD segments (serve_app.vad.detectors, {vad_dir})"
         except Exception as exc:  # no pydantic, say: fall back to the corpus items
             logger.warning("VAD failed (%s); using the corpus items", exc)
             source = f"corpus items (VAD failed: {type(exc).__name__}: {exc})"
@@ -1188,8 +1189,8 @@ def prepare(args: argparse.Namespace, budget: Budget) -> Context:
 def vad_segments(
     audio: Sequence[np.ndarray], vad_dir: Path, threads: int
 ) -> tuple[list[np.ndarray], float]:
-    """The service's VAD step (serve_app.vad with the GPU job config's settings)."""
-    import serve_app.vad as vad_module
+    """The service's VAD step (serve_app.vad.detectors with the GPU job config's settings)."""
+    import serve_app.vad.detectors as vad_module
     from serve_app.config import VadSettings
 
     try:

@@ -16,7 +16,7 @@ reference is ``WhisperModel(model_dir).transcribe(audio, beam_size=1)`` (its own
 detection). Printed: per (corpus, language) the files, language detected right (service /
 faster-whisper), agreement, and the error rate of each. ``--json-out`` keeps the rows.
 
-    python -m serve_app.run ray_configs/serve_multilingual.yaml &   # serves whisper-base
+    python -m serve_app.online.run ray_configs/serve_multilingual.yaml &   # serves whisper-base
     python scripts/language_eval.py --url http://127.0.0.1:8000 --model whisper-base
 """
 
@@ -39,7 +39,7 @@ for path in (REPO, REPO / "scripts"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from serve_app.evaluation import unit_error_rate  # noqa: E402
+from serve_app.core.evaluation import unit_error_rate  # noqa: E402
 
 SAMPLE_RATE_HZ = 16_000
 PAUSE_S = 0.6

@@ -30,7 +30,7 @@ import httpx
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from serve_app.evaluation import word_error_rate
+from serve_app.core.evaluation import word_error_rate
 from tests.speech import SENTENCES, synthesize_wav
 
 

@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     from loadgen import make_corpus
     from ray import serve
 
-    from serve_app.app import build_app
     from serve_app.config import AppConfig, resolve_models_dir
+    from serve_app.online.app import build_app
 
     work = Path(tempfile.mkdtemp(prefix="punc-cost-"))
     folders = make_random_funasr_models.write_models(

@@ -231,7 +231,7 @@ def dynamic_batches(jobs: Sequence[Any], *, items: int, capacity_s: float) -> li
     queued items until the next would exceed ``capacity_s``: what ``@serve.batch`` and the
     deployment's coalescer do when the queue is never empty.
     """
-    from serve_app.batching import item_cost_s
+    from serve_app.core.batching import item_cost_s
 
     out: list[list[Any]] = []
     current: list[Any] = []
@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmark import _models_dir, _precision, machine, resolve_model
 
     from serve_app.config import RecognizerSettings, VadSettings, load_app_config
-    from serve_app.recognizers.base import SegmentJob
+    from serve_app.core.types import SegmentJob
     from serve_app.recognizers.factory import build_backend
 
     overrides = {args.model: args.model_path} if args.model_path else {}

@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from serve_app.config import VadSettings, resolve_models_dir  # noqa: E402
-from serve_app.segmentation import frame_energy_db  # noqa: E402
+from serve_app.core.segmentation import frame_energy_db  # noqa: E402
 
 SR = 16_000
 FRAME_MS = 10
@@ -107,7 +107,7 @@ def espeak_utterances(voice: str, count: int, tmp: Path) -> list[np.ndarray]:
 
 def human_utterances(wheel: Path, depth_db: float, min_pause_ms: int = 400) -> list[np.ndarray]:
     """Real read speech cut at its own pauses (>= ``min_pause_ms`` of quiet frames)."""
-    from serve_app.segmentation import PauseSettings, find_pauses_ms
+    from serve_app.core.segmentation import PauseSettings, find_pauses_ms
 
     parts: list[np.ndarray] = []
     with zipfile.ZipFile(wheel) as zf:
@@ -205,7 +205,7 @@ CONFIGS: dict[str, list] = {
 
 
 def build_vad(overrides: dict, mode: str | None, models_dir: Path):
-    from serve_app.vad import Vad
+    from serve_app.vad.detectors import Vad
 
     vad = Vad(VadSettings(**overrides), models_dir=models_dir)
     if mode == "dynamic":
@@ -223,7 +223,7 @@ def cap_cuts(recordings: list[Recording], depth_db: float) -> list[dict]:
     """The cap alone: each recording as ONE span (what the old VAD returned for files under
     60 s), cut to ``max_s`` by split_long at real pauses vs at the quietest 50 ms window.
     Counts cuts that land in sounding audio inside an utterance."""
-    from serve_app.segmentation import PauseSettings, SpeechSegment, split_long
+    from serve_app.core.segmentation import PauseSettings, SpeechSegment, split_long
 
     rows = []
     print("\n== the cap alone: one span per recording cut by split_long (cuts in sound / cuts)")

@@ -1,6 +1,6 @@
 """One typed configuration for the whole application, validated once.
 
-The Serve config files in ``ray_configs/`` point at ``serve_app.app:build_app`` and put an
+The Serve config files in ``ray_configs/`` point at ``serve_app.online.app:build_app`` and put an
 ``AppConfig`` under ``args``; Serve hands those args to the builder, which validates them
 here (unknown keys are errors, not silently ignored) and gives each deployment only its own
 part. The offline job loads the same model sections from a YAML file with
@@ -103,7 +103,7 @@ class VadSettings(_Strict):
     # the folder's model.onnx; FunASR's frontend and span logic are the same in both.
     fsmn_runtime: Literal["torch", "onnx"] = "torch"
     # FSMN-VAD's log-mel features: "batched" computes all frames of a 60 s chunk in a few
-    # torch ops (serve_app.kaldi_fbank: 3.5 -> 0.6 CPU-s per 30 min vs FunASR's
+    # torch ops (serve_app.vad.kaldi_fbank: 3.5 -> 0.6 CPU-s per 30 min vs FunASR's
     # frame-by-frame kaldi-native-fbank; values within 2e-3, spans within 30 ms, tested);
     # "funasr" keeps FunASR's own fbank (spans identical to AutoModel.generate).
     fsmn_fbank: Literal["batched", "funasr"] = "batched"
@@ -211,7 +211,7 @@ class RecognizerSettings(_Strict):
     # null = the backend's default: whisper 30, funasr 0 (off).
     pack_segments_s: float | None = Field(None, ge=0)
     batch: BatchSettings = BatchSettings()
-    # Admission control (serve_app.admission): a request whose expected wait in this
+    # Admission control (serve_app.online.admission): a request whose expected wait in this
     # model's queue, (queued audio + its own) / measured drain rate, exceeds this many
     # seconds is answered 503 with Retry-After at once instead of queueing.
     max_queue_wait_s: float = Field(60.0, gt=0)
@@ -297,7 +297,7 @@ class SpeakerSettings(_Strict):
     warmup: bool = True
     # A request that does not send ``diarize`` gets this.
     diarize_by_default: bool = False
-    # Diarization knobs (serve_app.speakers.diarize.DiarizationSettings); null = its
+    # Diarization knobs (serve_app.core.diarization.DiarizationSettings); null = its
     # default, tuned on GE2E (re-tune distance_threshold for CAM++).
     window_s: float | None = Field(None, gt=0)
     hop_s: float | None = Field(None, gt=0)
@@ -321,10 +321,10 @@ class SpeakerSettings(_Strict):
         return self
 
     def diarization_settings(self) -> Any:
-        """The :class:`~serve_app.speakers.diarize.DiarizationSettings` this section asks for."""
+        """The :class:`~serve_app.core.diarization.DiarizationSettings` this section asks for."""
         from dataclasses import replace
 
-        from serve_app.speakers.diarize import DiarizationSettings
+        from serve_app.core.diarization import DiarizationSettings
 
         given: dict[str, Any] = {
             k: v
@@ -343,7 +343,7 @@ class SpeakerSettings(_Strict):
 
 
 class RetrySettings(_Strict):
-    """Retries of a VAD or segment call whose replica died (serve_app.retry): exponential
+    """Retries of a VAD or segment call whose replica died (serve_app.online.retry): exponential
     backoff with jitter, never past the request's deadline."""
 
     max_attempts: int = Field(10, ge=1)
@@ -362,7 +362,7 @@ class IngressSettings(_Strict):
 
 
 class CacheSettings(_Strict):
-    """The result cache (serve_app/cache.py): a repeated upload with the same model and
+    """The result cache (serve_app/online/cache.py): a repeated upload with the same model and
     output options is answered without VAD or recognizer (header ``x-cache: hit``)."""
 
     enabled: bool = True

@@ -101,8 +101,8 @@ def deploy(config_dict: dict, *, name: str, route_prefix: str, timeout_s: float 
     """Build and run an app from an AppConfig dict; wait until /healthz says ready."""
     from ray import serve
 
-    from serve_app.app import build_app
     from serve_app.config import AppConfig
+    from serve_app.online.app import build_app
 
     app = build_app(AppConfig.model_validate(config_dict))
     serve.run(app, name=name, route_prefix=route_prefix, blocking=False)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.evaluation import normalize_words, word_error_rate
+from serve_app.core.evaluation import normalize_words, word_error_rate
 
 WER_MARGIN = 0.05
 MIN_SLACK_WORDS = 2

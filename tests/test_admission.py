@@ -1,11 +1,11 @@
-"""Admission control in audio seconds (serve_app.admission) with a fake clock."""
+"""Admission control in audio seconds (serve_app.online.admission) with a fake clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from serve_app.admission import AdmissionController, AdmissionPolicy
-from serve_app.errors import OverloadedError
+from serve_app.core.errors import OverloadedError
+from serve_app.online.admission import AdmissionController, AdmissionPolicy
 
 
 class Clock:
@@ -114,7 +114,7 @@ def test_a_stuck_recognizer_rejects_until_its_queue_empties_then_admits():
 
 
 def test_requests_still_uploading_count_at_the_average_length():
-    from serve_app.admission import PendingRequests
+    from serve_app.online.admission import PendingRequests
 
     pending = PendingRequests(prior_audio_s=30.0)
     assert pending.audio_s() == 0.0
@@ -130,7 +130,7 @@ def test_requests_still_uploading_count_at_the_average_length():
 def test_a_burst_is_refused_before_its_bodies_are_read():
     """64 simultaneous arrivals of ~150 s files at 12 audio-s/s with a 60 s limit: the
     early check (pending requests at the average length) lets through only what fits."""
-    from serve_app.admission import PendingRequests
+    from serve_app.online.admission import PendingRequests
 
     ctl, clock = controller(max_queue_wait_s=60.0, min_busy_s=1.0)
     drain(ctl, clock, rate=12.0, seconds=10.0).close()

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from serve_app.audio import (
+from serve_app.core.audio import (
     SAMPLE_RATE_HZ,
     AudioLimits,
     DecodedAudio,
@@ -25,7 +25,7 @@ from serve_app.audio import (
     read_audio_bytes,
     sniff_container,
 )
-from serve_app.errors import (
+from serve_app.core.errors import (
     AsrError,
     AudioTooLongError,
     InvalidAudioError,

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from starlette.requests import Request
 
-from serve_app.audio import AudioLimits
-from serve_app.auth import KEYS_ENV, KEYS_FILE_ENV, ApiKeys
-from serve_app.deployments.ingress import AsrIngress, IngressOptions
-from serve_app.errors import UnauthorizedError
+from serve_app.core.audio import AudioLimits
+from serve_app.core.errors import UnauthorizedError
+from serve_app.online.auth import KEYS_ENV, KEYS_FILE_ENV, ApiKeys
+from serve_app.online.ingress import AsrIngress, IngressOptions
 
 
 def test_no_keys_means_open() -> None:

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from serve_app.batching import group_indices, item_cost_s, plan_batches, scatter
+from serve_app.core.batching import group_indices, item_cost_s, plan_batches, scatter
 
 
 def test_plan_respects_padded_budget_and_item_cap():

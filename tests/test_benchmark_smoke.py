@@ -133,7 +133,7 @@ def test_knee_respects_the_memory_limit_and_failed_points():
 
 def test_dynamic_batches_follow_the_item_cost():
     tune = _script("tune_batch")
-    from serve_app.recognizers.base import SegmentJob
+    from serve_app.core.types import SegmentJob
 
     jobs = [SegmentJob(audio=np.zeros(int(s * 16000), np.float32)) for s in (2, 2, 2, 25, 2)]
     # Capacity 60 s / 4 items: every item costs at least 15 s -> 4 short ones fill a batch,
@@ -225,9 +225,9 @@ def test_serve_row_processes_are_labelled_by_role():
     """Row 4's CPU breakdown names each Serve role: process titles as ``ps`` shows them on
     Ray 2.60 during a row 4 run (``ray::ServeReplica:<app>:<deployment>.<method>``, app
     "bench"), with this project's deployment names as they are now."""
-    from serve_app.deployments.ingress import AsrIngress
-    from serve_app.deployments.recognizer import RecognizerDeployment
-    from serve_app.deployments.vad import VadDeployment
+    from serve_app.online.deployments.recognizer import RecognizerDeployment
+    from serve_app.online.deployments.vad import VadDeployment
+    from serve_app.online.ingress import AsrIngress
 
     measure = _bench("measure")
     site = "/venv/lib/python3.11/site-packages/ray"

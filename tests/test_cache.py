@@ -1,4 +1,4 @@
-"""The result cache (serve_app/cache.py): bounds and eviction by bytes, the key's parts,
+"""The result cache (serve_app/online/cache.py): bounds and eviction by bytes, the key's parts,
 the Transcription codec, and the Redis backend against a real ``redis-server``."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 import pytest
 from starlette.datastructures import FormData
 
-from serve_app.cache import (
+from serve_app.core.transcript import Transcription, TranscriptSegment
+from serve_app.core.types import WordTiming
+from serve_app.online.cache import (
     MemoryCache,
     RedisCache,
     TranscriptionCache,
@@ -23,9 +25,7 @@ from serve_app.cache import (
     model_version,
     sha256_hex,
 )
-from serve_app.recognizers.base import WordTiming
-from serve_app.request_options import _NOT_OUTPUT, RequestOptions, parse_form
-from serve_app.transcript import Transcription, TranscriptSegment
+from serve_app.online.forms import _NOT_OUTPUT, RequestOptions, parse_form
 
 REDIS_SERVER = shutil.which("redis-server")
 

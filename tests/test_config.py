@@ -21,15 +21,15 @@ def test_there_are_configs():
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: p.name)
 def test_every_config_file_loads(path):
     raw = yaml.safe_load(path.read_text())
-    if "job" in raw:  # a Ray Data job config (serve_app.job_config)
-        from serve_app.job_config import load_job_config
+    if "job" in raw:  # a Ray Data job config (serve_app.batch.config)
+        from serve_app.batch.config import load_job_config
 
         assert load_job_config(path).recognizer
         return
     if "applications" in raw:
         ServeDeploySchema.model_validate(raw)  # Ray's own schema
         for app in raw["applications"]:
-            assert app["import_path"] == "serve_app.app:build_app"
+            assert app["import_path"] == "serve_app.online.app:build_app"
     config = load_app_config(path)
     assert config.recognizers
 

@@ -14,8 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from serve_app.audio import AudioLimits, DecodedAudio
-from serve_app.coverage import (
+from serve_app.batch.stages import DECODED_SCHEMA, recognize_rows, table_from_rows
+from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.core.coverage import (
     GAP,
     REPETITION,
     RETIME_STEPS,
@@ -33,10 +34,9 @@ from serve_app.coverage import (
     speech_islands,
     splice,
 )
-from serve_app.offline import DECODED_SCHEMA, recognize_rows, table_from_rows
-from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript, TextSpan
-from serve_app.segmentation import SpeechSegment, pack_pieces
-from serve_app.serving import ModelRoute, TranscriptionService
+from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.core.segmentation import SpeechSegment, pack_pieces
+from serve_app.core.types import RecognitionOptions, SegmentTranscript, TextSpan
 from tests.speech import requires_espeak
 
 SR = 16_000
@@ -520,7 +520,7 @@ def test_long_recording_keeps_every_sentence_the_library_keeps(tmp_path, models_
     ours = logic.transcribe(samples, redecode_rounds=2)
     lost = set(fidelity.dropped_sentences(texts, ours))
     assert lost <= set(fidelity.dropped_sentences(texts, reference)), (ours, reference)
-    from serve_app.evaluation import word_error_rate
+    from serve_app.core.evaluation import word_error_rate
 
     joined = " ".join(texts)
     assert word_error_rate([joined], [ours]) <= word_error_rate([joined], [reference]) + 0.05, (

@@ -1,4 +1,4 @@
-"""serve_app.fsmn_machine: our port of FSMN-VAD's span state machine against FunASR's own.
+"""serve_app.vad.fsmn_machine: our port of FSMN-VAD's span state machine against FunASR's own.
 
 The port runs on FunASR's own features and scores (FunASR's ``inference`` still drives the
 frontend and encoder), so on the same machine and audio the spans must be *identical* to
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from serve_app.vad.fsmn_machine import FsmnOptions, spans_ms
 
 from serve_app.config import VadSettings
-from serve_app.fsmn_machine import FsmnOptions, spans_ms
 from tests.reference import funasr_vad_spans
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
@@ -70,7 +70,7 @@ SETTINGS = {
 def test_spans_equal_funasr_on_the_same_audio(models_dir, clips, reference, name) -> None:
     import torch
 
-    from serve_app.vad import FsmnSpans
+    from serve_app.vad.detectors import FsmnSpans
 
     settings = SETTINGS[name]
     before = torch.get_num_threads()

@@ -1,4 +1,4 @@
-"""``python -m serve_app.run``: SIGTERM under load answers every request it accepted.
+"""``python -m serve_app.online.run``: SIGTERM under load answers every request it accepted.
 
 Runs the runner as its own process (its own local Ray cluster, as on a fresh machine) with
 the default models on a free port, starts concurrent requests, sends SIGTERM while they
@@ -60,7 +60,7 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir,
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.run", str(_config(tmp_path, port, models_dir))],
+        [sys.executable, "-m", "serve_app.online.run", str(_config(tmp_path, port, models_dir))],
         cwd=REPO,
         env=env,
         start_new_session=True,
@@ -76,7 +76,7 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir,
                     break
             except httpx.HTTPError:
                 pass
-            assert proc.poll() is None, "serve_app.run exited before it was healthy"
+            assert proc.poll() is None, "serve_app.online.run exited before it was healthy"
             time.sleep(1)
         else:
             pytest.fail("not healthy in time")

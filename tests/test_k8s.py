@@ -527,7 +527,7 @@ def test_serve_config_validates(overlay):
     assert schema.proxy_location.value == "EveryNode"
     problems = []
     for app in raw["applications"]:
-        assert app["import_path"] == "serve_app.app:build_app"
+        assert app["import_path"] == "serve_app.online.app:build_app"
         config = AppConfig.model_validate(app["args"])
         for name, settings in deployment_settings(config).items():
             if settings.autoscaling_config is not None:
@@ -754,7 +754,7 @@ def test_readiness_is_the_apps_healthz(overlay):
         assert ports.get(probe["port"], probe["port"]) == SERVE_PORT
         assert container["readinessProbe"]["timeoutSeconds"] > 5  # the ingress waits 5 s per check
     # ... and /healthz is what the ingress serves.
-    assert '"/healthz"' in (REPO / "serve_app/deployments/ingress.py").read_text()
+    assert '"/healthz"' in (REPO / "serve_app/online/ingress.py").read_text()
 
 
 # -- the bulk job --------------------------------------------------------------------------
@@ -762,7 +762,7 @@ def test_readiness_is_the_apps_healthz(overlay):
 
 def entrypoint_args(job: dict) -> dict[str, str]:
     words = shlex.split(job["spec"]["entrypoint"])
-    assert words[:3] == ["python", "-m", "serve_app.transcribe_job"], words
+    assert words[:3] == ["python", "-m", "serve_app.batch.job"], words
     flags = words[3:]
     assert len(flags) % 2 == 0, flags
     return dict(zip(flags[::2], flags[1::2], strict=True))
@@ -777,7 +777,7 @@ def mounts(template: dict) -> list[str]:
 def test_rayjob(overlay):
     from ray.runtime_env import RuntimeEnv
 
-    from serve_app.job_config import load_job_config
+    from serve_app.batch.config import load_job_config
 
     job = only(overlay, "RayJob")
     spec = job["spec"]
@@ -839,8 +839,8 @@ def _seeded_folders() -> dict[str, str]:
 
 
 def test_seed_job_fills_every_model_the_gpu_configs_name():
+    from serve_app.batch.config import load_job_config
     from serve_app.config import load_app_config
-    from serve_app.job_config import load_job_config
 
     folders = set(_seeded_folders().values())
     wanted = set()

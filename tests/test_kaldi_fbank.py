@@ -1,4 +1,4 @@
-"""serve_app.kaldi_fbank against FunASR's own fbank, and FSMN-VAD's spans with it.
+"""serve_app.vad.kaldi_fbank against FunASR's own fbank, and FSMN-VAD's spans with it.
 
 The batched fbank is Kaldi's recipe with a different FFT and summation order, so it is
 compared within a tolerance, on this machine and audio, with the fbank FunASR itself runs
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app import kaldi_fbank
+from serve_app.vad import kaldi_fbank
 from tests.reference import funasr_vad_spans
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
@@ -66,7 +66,7 @@ def test_log_mel_matches_funasr_fbank(window) -> None:
 @pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")
 def test_vad_spans_with_batched_fbank_match_funasr(models_dir, tmp_path) -> None:
     from serve_app.config import VadSettings
-    from serve_app.vad import FsmnSpans
+    from serve_app.vad.detectors import FsmnSpans
 
     before = torch.get_num_threads()
     settings = VadSettings(cpu_threads=1)

@@ -1,4 +1,4 @@
-"""Language detection once per request (serve_app.language) through TranscriptionService,
+"""Language detection once per request (serve_app.core.language) through TranscriptionService,
 with a fake multilingual recognizer (no Ray, no model).
 
 Each segment's samples carry a marker naming the language the fake "hears" in it and
@@ -11,11 +11,11 @@ import asyncio
 
 import numpy as np
 
-from serve_app.audio import AudioLimits, DecodedAudio
-from serve_app.language import majority_language
-from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript
-from serve_app.segmentation import SpeechSegment
-from serve_app.serving import ModelRoute, TranscriptionService
+from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.core.language import majority_language
+from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.core.segmentation import SpeechSegment
+from serve_app.core.types import RecognitionOptions, SegmentTranscript
 
 # marker -> (language heard, probability)
 HEARD = {1.0: ("fr", 0.95), 2.0: ("nl", 0.40), 3.0: ("de", 0.60), 4.0: ("de", 0.55)}
@@ -114,7 +114,7 @@ def test_majority_weights_by_probability_and_counts_unscored_as_one() -> None:
 def test_offline_batched_detection_decides_as_online() -> None:
     """detect_languages_batched (the offline job): the same languages and kept probes as
     the online path, the first items of every file in ONE batch."""
-    from serve_app.language import detect_languages_batched
+    from serve_app.core.language import detect_languages_batched
 
     calls: list[list[tuple[float, str | None]]] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serve_app.evaluation import error_units, unit_error_rate
+from serve_app.core.evaluation import error_units, unit_error_rate
 from tests.conftest import load_script
 from tests.speech import requires_espeak
 

@@ -7,7 +7,7 @@ import ctypes.util
 import numpy as np
 import pytest
 
-from serve_app.memory import HeapTrimmer, trim_heap
+from serve_app.core.memory import HeapTrimmer, trim_heap
 
 
 def test_trimmer_trims_at_most_once_per_interval():

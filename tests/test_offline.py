@@ -31,11 +31,21 @@ import soundfile as sf
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import AudioSettings, VadSettings, load_app_config
-from serve_app.errors import RecognitionError
-from serve_app.evaluation import word_error_rate
-from serve_app.job_config import ActorPoolSettings, JobConfig, load_job_config
-from serve_app.offline import (
+from serve_app.batch.config import ActorPoolSettings, JobConfig, load_job_config
+from serve_app.batch.job import (
+    ManifestError,
+    OutputDirError,
+    _pool_args,
+    _run_filenames,
+    build_pipeline,
+    commit_retry,
+    error_rows_by_file,
+    inspect_manifest,
+    pending_manifest_blocks,
+    run_job,
+    scan_output,
+)
+from serve_app.batch.stages import (
     DECODED_SCHEMA,
     OUTPUT_SCHEMA,
     PART_OUTPUT_SCHEMA,
@@ -50,21 +60,11 @@ from serve_app.offline import (
     split_speech,
     table_from_rows,
 )
-from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript
-from serve_app.segmentation import SpeechSegment
-from serve_app.transcribe_job import (
-    ManifestError,
-    OutputDirError,
-    _pool_args,
-    _run_filenames,
-    build_pipeline,
-    commit_retry,
-    error_rows_by_file,
-    inspect_manifest,
-    pending_manifest_blocks,
-    run_job,
-    scan_output,
-)
+from serve_app.config import AudioSettings, VadSettings, load_app_config
+from serve_app.core.errors import RecognitionError
+from serve_app.core.evaluation import word_error_rate
+from serve_app.core.segmentation import SpeechSegment
+from serve_app.core.types import RecognitionOptions, SegmentTranscript
 from tests.reference import text_distance
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize_wav
 
@@ -752,11 +752,11 @@ SPAN_TIME_TOLERANCE_S = 0.5
 def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir):
     """TranscriptionService (the Serve ingress logic) over the same plain VAD and
     recognizer classes gives the same text and segments as the job."""
-    from serve_app.audio import AudioLimits, decode_audio, read_audio_bytes
     from serve_app.config import resolve_models_dir
+    from serve_app.core.audio import AudioLimits, decode_audio, read_audio_bytes
+    from serve_app.core.pipeline import ModelRoute, TranscriptionService
     from serve_app.recognizers.factory import build_recognizer
-    from serve_app.serving import ModelRoute, TranscriptionService
-    from serve_app.vad import FsmnVad
+    from serve_app.vad.detectors import FsmnVad
 
     config = _test_config()
     models = resolve_models_dir(config.models_dir)
@@ -829,10 +829,10 @@ def test_a_long_file_in_parts_gives_the_same_row(ray_cluster, models_dir, tmp_pa
     """The real pipeline with a file split into parts (and the assembler actor) writes
     the row the unsplit job writes. Both parts ride in one recognizer call, as the whole
     file's pieces do, so the model sees the same batch and the rows must be equal."""
-    from serve_app.audio import decode_audio, read_audio_bytes
     from serve_app.config import resolve_models_dir
-    from serve_app.segmentation import pack_pieces
-    from serve_app.vad import FsmnVad
+    from serve_app.core.audio import decode_audio, read_audio_bytes
+    from serve_app.core.segmentation import pack_pieces
+    from serve_app.vad.detectors import FsmnVad
 
     if not have_espeak():
         pytest.skip("espeak-ng and sox are needed")
@@ -872,7 +872,7 @@ def test_a_long_file_in_parts_gives_the_same_row(ray_cluster, models_dir, tmp_pa
 _ONE_CALL_BLOCKS = """
 import json, os, sys, threading
 import pyarrow as pa, ray, ray.data
-from serve_app.transcribe_job import blocks_of_one_call
+from serve_app.batch.job import blocks_of_one_call
 
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 threading.Timer(90, lambda: (print("HUNG", flush=True), os._exit(3))).start()
@@ -1053,7 +1053,7 @@ def test_ray_job_submit_against_a_running_cluster(corpus, head_node, tmp_path):
         "--",
         "python",
         "-m",
-        "serve_app.transcribe_job",
+        "serve_app.batch.job",
         "--manifest",
         str(manifest),
         "--output",

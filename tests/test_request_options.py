@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from starlette.datastructures import FormData
 
-from serve_app.errors import InvalidRequestError
-from serve_app.request_options import RequestOptions, optional_bool, optional_int, parse_form
+from serve_app.core.errors import InvalidRequestError
+from serve_app.online.forms import RequestOptions, optional_bool, optional_int, parse_form
 
 
 def test_form_fields_become_typed_options():

@@ -1,4 +1,4 @@
-"""Retry policy of remote calls (serve_app.retry) with a fake clock, sleep and calls."""
+"""Retry policy of remote calls (serve_app.online.retry) with a fake clock, sleep and calls."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 
-from serve_app.errors import DeadlineExceededError, InvalidAudioError, OverloadedError
-from serve_app.retry import RetryPolicy, call_with_retries, is_replica_failure
+from serve_app.core.errors import DeadlineExceededError, InvalidAudioError, OverloadedError
+from serve_app.online.retry import RetryPolicy, call_with_retries, is_replica_failure
 
 
 class FakeTime:

@@ -1,6 +1,6 @@
 import numpy as np
 
-from serve_app.segmentation import (
+from serve_app.core.segmentation import (
     PauseSettings,
     SpeechSegment,
     find_pauses_ms,

@@ -5,11 +5,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.audio import AudioLimits, DecodedAudio
-from serve_app.errors import RecognitionError, UnknownModelError
-from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript, WordTiming
-from serve_app.segmentation import SpeechSegment
-from serve_app.serving import ModelRoute, TranscriptionService
+from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.core.errors import RecognitionError, UnknownModelError
+from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.core.segmentation import SpeechSegment
+from serve_app.core.types import RecognitionOptions, SegmentTranscript, WordTiming
 
 
 def _audio(seconds: float, marker: float) -> DecodedAudio:

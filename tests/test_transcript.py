@@ -2,9 +2,8 @@ import json
 
 import pytest
 
-from serve_app.errors import RecognitionError
-from serve_app.recognizers.base import SegmentTranscript, TextSpan, WordTiming
-from serve_app.transcript import (
+from serve_app.core.errors import RecognitionError
+from serve_app.core.transcript import (
     Transcription,
     TranscriptSegment,
     join_texts,
@@ -13,6 +12,7 @@ from serve_app.transcript import (
     to_srt,
     to_vtt,
 )
+from serve_app.core.types import SegmentTranscript, TextSpan, WordTiming
 
 TR = Transcription(
     text="hello world. second part",

@@ -1,4 +1,4 @@
-"""The real VADs through serve_app.vad.Vad: FSMN-VAD (torch and ONNX Runtime) and Silero.
+"""The real VADs through serve_app.vad.detectors.Vad: FSMN-VAD (torch and ONNX Runtime) and Silero.
 
 Speech bounds, silence, thread count, and the behaviour issue 8 is about: sentences
 joined with 1.2 s pauses (a pause every listener hears) come back split at every pause.
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from serve_app.config import VadSettings
-from serve_app.segmentation import frame_energy_db
+from serve_app.core.segmentation import frame_energy_db
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 
 BACKENDS = {
@@ -24,7 +24,7 @@ BACKENDS = {
 def vads(models_dir):
     import torch
 
-    from serve_app.vad import Vad
+    from serve_app.vad.detectors import Vad
 
     before = torch.get_num_threads()
     loaded = {}

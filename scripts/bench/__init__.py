@@ -10,8 +10,8 @@ with pauses, 30 min by default, cached on disk) and the same model files for eve
                                       faster-whisper ``BatchedInferencePipeline``
     3  funasr-server                  FunASR's OpenAI-compatible server, C HTTP clients
                                       (FunASR models only: it cannot serve CTranslate2)
-    4  this project, Ray Serve        ``serve_app.app:build_app``, the same C HTTP clients
-    5  this project, Ray Data         ``serve_app.transcribe_job.run_job`` over a manifest
+    4  this project, Ray Serve        ``serve_app.online.app:build_app``, the same C HTTP clients
+    5  this project, Ray Data         ``serve_app.batch.job.run_job`` over a manifest
     6  floor                          the backend's forward pass alone on pre-decoded VAD
                                       segments, sorted and packed (``BatchedRecognizer``)
 

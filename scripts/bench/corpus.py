@@ -210,7 +210,7 @@ def vad_spans(
     import torch
 
     from serve_app.config import VadSettings
-    from serve_app.vad import FsmnVad
+    from serve_app.vad.detectors import FsmnVad
 
     threads = torch.get_num_threads()
     vad = FsmnVad(VadSettings.model_validate_json(vad_settings_json), models_dir=models_dir)
@@ -232,7 +232,7 @@ def pack_spans(
     """The spans after the recognizer's segment packing (``pack_segments_s``), as served:
     with ``corpus``, segments are cut at pauses to fill pieces as the service does
     (``pack_pieces(samples=...)``); without, whole segments only."""
-    from serve_app.segmentation import SpeechSegment, pack_segments
+    from serve_app.core.segmentation import SpeechSegment, pack_segments
 
     max_piece_ms = round(pack_segments_s * 1000)
     paths = {f.id: f.path for f in corpus.files} if corpus is not None else {}

@@ -115,7 +115,7 @@ def _model_actor_deployment() -> Any:
     """Experiment "model-actor": a ``RecognizerDeployment`` whose recognizer runs in a plain
     Ray actor of its own (tasks on that actor's main thread, no Serve machinery in its
     process), called once per dynamic batch; the replica keeps the batching, coalescing and
-    metrics. This is the proposed change to serve_app/deployments/recognizer.py, built here
+    metrics. This is the proposed change to serve_app/online/deployments/recognizer.py, built here
     (classes defined in a function travel by value to the replica) so it can be measured
     without editing that file."""
     import os as _os
@@ -123,7 +123,7 @@ def _model_actor_deployment() -> Any:
     import ray as _ray
     from ray import serve as _serve
 
-    from serve_app.deployments import recognizer as _rec
+    from serve_app.online.deployments import recognizer as _rec
 
     class _Worker:
         def __init__(self, settings: Any, models_dir: Any) -> None:

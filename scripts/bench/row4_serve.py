@@ -1,4 +1,4 @@
-"""Row 4: this project's Ray Serve app (``serve_app.app:build_app``) under the same C
+"""Row 4: this project's Ray Serve app (``serve_app.online.app:build_app``) under the same C
 concurrent HTTP clients as row 3, on a Ray cluster of its own.
 Timed: first request sent -> last response, the app up and warmed up; batch sizes from
 ``/v1/stats``; CPU core-seconds per role (recognizer replicas, VAD, ingress, proxy, Serve
@@ -25,12 +25,12 @@ def row_serve(spec: dict) -> dict:
     ray = _start_ray(spec)
     from ray import serve
 
-    from serve_app.app import build_app
     from serve_app.config import AppConfig
+    from serve_app.online.app import build_app
 
     serve_config = spec["serve_config"]
     if "model-actor" in spec["experiments"]:
-        import serve_app.app as app_module
+        import serve_app.online.app as app_module
 
         app_module.RecognizerDeployment = _model_actor_deployment()  # type: ignore[attr-defined]
     if set(spec["experiments"]) - {"model-actor"}:

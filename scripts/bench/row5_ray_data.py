@@ -1,4 +1,4 @@
-"""Row 5: this project's Ray Data job (``serve_app.transcribe_job.run_job``) over the
+"""Row 5: this project's Ray Data job (``serve_app.batch.job.run_job``) over the
 corpus manifest, on a Ray cluster of its own.
 Timed: ``run_job()`` wall (actor start, model load, all files, Parquet write), and the
 steady state from the first recognizer call to the end; batch sizes and padding from a
@@ -32,8 +32,8 @@ def row_ray_data(spec: dict) -> dict:
     hook = _hook_env(spec["experiments"], str(stats_path))
     hook["env_vars"].update(spec["job_env"])
     ray = _start_ray(spec, **hook)
-    from serve_app.job_config import load_job_config
-    from serve_app.transcribe_job import run_job
+    from serve_app.batch.config import load_job_config
+    from serve_app.batch.job import run_job
 
     timeline = CpuTimeline()
     try:
@@ -74,7 +74,7 @@ def row_ray_data(spec: dict) -> dict:
         "steady_wall_s": steady_s,
         "speech_s": record.real_s,
         "config_cli": (
-            "python -m serve_app.transcribe_job --manifest "
+            "python -m serve_app.batch.job --manifest "
             f"{corpus.manifest} --output OUT --config {config_path.name}"
         ),
         "cpu_core_s": cpu_core_s,

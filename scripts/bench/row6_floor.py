@@ -19,7 +19,8 @@ from .settings import recognizer_settings
 def row_floor(spec: dict) -> dict:
     """Row 6: the backend's forward alone on pre-decoded VAD segments, sorted and packed."""
     from serve_app.config import RecognizerSettings, VadSettings
-    from serve_app.recognizers.base import BatchedRecognizer, SegmentJob
+    from serve_app.core.types import SegmentJob
+    from serve_app.recognizers.base import BatchedRecognizer
     from serve_app.recognizers.factory import build_backend
 
     model = ModelSpec(**spec["model"])

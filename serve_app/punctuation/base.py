@@ -4,7 +4,7 @@ A *punctuator* knows one model family: it splits text into its word units, encod
 and runs one padded forward pass over a list of token windows (``forward``), returning the
 mark after each token. :class:`BatchedPunctuator` plans each request's windows
 (:mod:`serve_app.punctuation.windows`), runs every window of every request through the
-project's one :class:`~serve_app.batching.BatchedRunner` (cost = tokens), and maps the
+project's one :class:`~serve_app.core.batching.BatchedRunner` (cost = tokens), and maps the
 marks back onto each request's segments. No Ray here: the same object serves a Serve
 replica and a Ray Data actor.
 """
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from serve_app.batching import BatchedRunner
-from serve_app.errors import AsrError, RecognitionError
+from serve_app.core.batching import BatchedRunner
+from serve_app.core.errors import AsrError, RecognitionError
 from serve_app.punctuation.windows import (
     DEFAULT_CONTEXT_TOKENS,
     DEFAULT_CORE_TOKENS,
@@ -40,21 +40,12 @@ class PunctuationWindow:
     token_ids: tuple[int, ...]
     request_id: str | None = None
     # When the request that spawned the window stops waiting (wall clock): a queue drops
-    # the window unrun past it (serve_app.deployments.batch_queue).
+    # the window unrun past it (serve_app.online.batch_queue).
     deadline_unix_s: float | None = None
 
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
-
-
-@dataclass(frozen=True)
-class PunctuationRequest:
-    """One request's stitched segment texts (time order), sent to the punctuation stage."""
-
-    segment_texts: tuple[str, ...]
-    request_id: str | None = None
-    deadline_unix_s: float | None = None
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from serve_app.punctuation.base import PunctuationWindow
-from serve_app.recognizers.funasr_backend import LoadedFunAsrModel, load_funasr_model
+from serve_app.recognizers.funasr_loader import LoadedFunAsrModel, load_funasr_model
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ SELF_PUNCTUATING_CLASSES = frozenset({"SenseVoiceSmall"})
 
 def _funasr_model_class(model_ref: str, models_dir: Path | None) -> str | None:
     """The ``model:`` class of a local FunASR folder's config.yaml, without loading it."""
-    from serve_app.recognizers.funasr_backend import resolve_model_dir
+    from serve_app.recognizers.funasr_loader import resolve_model_dir
 
     try:
         folder = resolve_model_dir(model_ref, models_dir)

@@ -11,35 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import logging
-import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from serve_app.errors import InvalidRequestError
-from serve_app.recognizers.base import (
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.types import (
     ModelCapabilities,
     RecognitionOptions,
     SegmentJob,
     SegmentTranscript,
     WordTiming,
 )
+from serve_app.recognizers.funasr_loader import load_funasr_model
 
 logger = logging.getLogger(__name__)
 
-OFFLINE_ENV_VARS = ("ASR_OFFLINE", "FUNASR_OFFLINE")
-HUB_PROBE_TIMEOUT_S = 3.0
 PARAFORMER_CLASSES = frozenset({"Paraformer", "BiCifParaformer"})
 SEACO_CLASSES = frozenset({"SeacoParaformer"})
 SENSEVOICE_CLASSES = frozenset({"SenseVoiceSmall"})
@@ -51,207 +45,7 @@ _LEADING_TAGS = re.compile(r"^\s*(?:<\|[^|]*\|>)+")
 _PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class FunAsrModelNotFoundError(FileNotFoundError):
-    """A model reference is neither a local FunASR model folder nor a reachable hub id."""
-
-
-@dataclass(frozen=True)
-class LoadedFunAsrModel:
-    """What FunASR's loader builds: the module and the resolved kwargs it infers with.
-
-    ``kwargs`` holds the built ``tokenizer`` and ``frontend`` and the merged config; treat
-    it as read-only and copy it per call.
-    """
-
-    module: torch.nn.Module
-    kwargs: dict[str, Any]
-    source: str
-
-    @property
-    def model_class(self) -> str:
-        return str(self.kwargs["model"])
-
-
 # ---------------------------------------------------------------- loading
-
-
-@contextlib.contextmanager
-def _contained_funasr_side_effects() -> Iterator[None]:
-    """Keep FunASR from reconfiguring logging and printing to stdout.
-
-    Importing funasr calls ``logging.basicConfig(level=INFO)`` (``funasr/bin/realtime_ws.py``)
-    and its loader logs through the root logger (which configures it on first use), turning
-    on INFO logs of every library; it also ``print``s notices (ffmpeg missing, checkpoint
-    keys missing). The root logger is restored afterwards and the prints are re-logged.
-    """
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    if not handlers:
-        root.addHandler(logging.NullHandler())  # makes basicConfig a no-op meanwhile
-    printed = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(printed):
-            yield
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-        for line in printed.getvalue().splitlines():
-            if line.strip():
-                # e.g. "Warning, miss key in ckpt": a checkpoint that does not fit the config
-                important = "warning" in line.lower() or "error" in line.lower()
-                logger.log(logging.WARNING if important else logging.INFO, "funasr: %s", line)
-
-
-def _is_model_dir(path: Path) -> bool:
-    return path.is_dir() and (
-        (path / "config.yaml").is_file() or (path / "configuration.json").is_file()
-    )
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _hub_model_id(model_ref: str, hub: str) -> str:
-    """FunASR's short aliases ("paraformer-zh", "fsmn-vad") -> full hub ids."""
-    with _contained_funasr_side_effects():
-        from funasr.download.name_maps_from_hub import name_maps_hf, name_maps_ms
-
-    names = name_maps_hf if hub in ("hf", "huggingface") else name_maps_ms
-    return str(names.get(model_ref, model_ref))
-
-
-def _cached_hub_dir(model_id: str, hub: str) -> Path | None:
-    """A complete copy of ``model_id`` already in the hub's local cache, if any."""
-    if hub in ("hf", "huggingface"):
-        try:
-            from huggingface_hub import snapshot_download
-
-            path = Path(snapshot_download(model_id, local_files_only=True))
-        except Exception:  # any failure just means "not cached"
-            return None
-        return path if _is_model_dir(path) else None
-    roots = [Path.home() / ".cache" / "modelscope" / "hub"]
-    if os.environ.get("MODELSCOPE_CACHE"):
-        roots.insert(0, Path(os.environ["MODELSCOPE_CACHE"]))
-    for root in roots:
-        for candidate in (root / "models" / model_id, root / "hub" / "models" / model_id):
-            if _is_model_dir(candidate) and (candidate / "model.pt").is_file():
-                return candidate
-    return None
-
-
-def _hub_host(hub: str) -> str:
-    if hub in ("hf", "huggingface"):
-        return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
-    return os.environ.get("MODELSCOPE_DOMAIN", "modelscope.cn")
-
-
-def _reachable(host: str, timeout_s: float) -> bool:
-    """TCP-connect to ``host:443`` within ``timeout_s`` (DNS included: run in a thread)."""
-    outcome: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, 443), timeout=timeout_s):
-                outcome.append(True)
-        except OSError:
-            outcome.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return bool(outcome and outcome[0])
-
-
-def resolve_model_dir(model_ref: str, models_dir: Path | None) -> Path | None:
-    """The local folder ``model_ref`` names: itself, or ``models_dir / model_ref``."""
-    candidates = [Path(model_ref).expanduser()]
-    if models_dir is not None:
-        candidates.append(Path(models_dir) / model_ref)
-    for candidate in candidates:
-        if candidate.is_dir():
-            if not _is_model_dir(candidate):
-                raise FunAsrModelNotFoundError(
-                    f"{candidate} is a folder but not a FunASR model (no config.yaml)"
-                )
-            return candidate
-    return None
-
-
-def load_funasr_model(
-    model_ref: str,
-    *,
-    models_dir: Path | None,
-    device: str = "cpu",
-    hub: str = "ms",
-    num_threads: int | None = None,
-) -> LoadedFunAsrModel:
-    """Load a FunASR model from a local folder or a hub id, through FunASR's own loader.
-
-    ``model_ref`` is tried as a folder, then as ``models_dir / model_ref``, then as a hub
-    id (FunASR aliases such as ``paraformer-zh`` allowed), first in the hub's local cache.
-    Only then is the hub contacted, and only if ``ASR_OFFLINE``/``FUNASR_OFFLINE`` are unset
-    and the hub answers within a few seconds: offline, a missing model fails fast with
-    :class:`FunAsrModelNotFoundError` instead of FunASR's ~25 s of retries and its
-    misleading "model ... is not registered".
-
-    No VAD or punctuation model is attached. ``num_threads`` defaults to torch's current
-    setting (FunASR would otherwise set 4 process-wide). The frontend's dither is set to 0
-    so features, and transcripts, are deterministic.
-    """
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    folder = resolve_model_dir(model_ref, models_dir)
-    if folder is None:
-        model_id = _hub_model_id(model_ref, hub)
-        folder = _cached_hub_dir(model_id, hub)
-        if folder is None:
-            where = f"not a folder{f' under {models_dir}' if models_dir else ''}"
-            if any(_env_flag(name) for name in OFFLINE_ENV_VARS):
-                raise FunAsrModelNotFoundError(
-                    f"FunASR model {model_ref!r}: {where}, not in the {hub} cache, "
-                    f"and downloads are off ({'/'.join(OFFLINE_ENV_VARS)} is set)"
-                )
-            host = _hub_host(hub)
-            if not _reachable(host, HUB_PROBE_TIMEOUT_S):
-                raise FunAsrModelNotFoundError(
-                    f"FunASR model {model_ref!r}: {where}, not in the {hub} cache, "
-                    f"and the hub ({host}) is unreachable"
-                )
-    source = str(folder) if folder is not None else model_id
-    started = time.perf_counter()
-    try:
-        with _contained_funasr_side_effects():
-            from funasr import AutoModel
-
-            module, kwargs = AutoModel.build_model(
-                model=source,
-                device=device,
-                hub=hub,
-                disable_update=True,
-                ncpu=num_threads or torch.get_num_threads(),
-            )
-    except RuntimeError as exc:
-        if folder is None and "is not registered" in str(exc):
-            # FunASR's way of saying the download failed: it went on with the bare id.
-            raise FunAsrModelNotFoundError(
-                f"FunASR model {model_ref!r} could not be downloaded from the {hub} hub"
-            ) from exc
-        raise
-    frontend = kwargs.get("frontend")
-    if frontend is not None and hasattr(frontend, "dither"):
-        frontend.dither = 0.0  # WavFrontend defaults to 1.0: random noise in every feature
-    module.eval()
-    logger.info(
-        "loaded FunASR %s from %s in %.1f s",
-        kwargs.get("model"),
-        source,
-        time.perf_counter() - started,
-    )
-    return LoadedFunAsrModel(module=module, kwargs=kwargs, source=source)
 
 
 # ---------------------------------------------------------------- backend

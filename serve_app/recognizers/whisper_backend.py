@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.audio import SAMPLE_RATE_HZ
-from serve_app.errors import InvalidRequestError
-from serve_app.modelref import resolve_model_ref
-from serve_app.recognizers.base import (
+from serve_app.core.audio import SAMPLE_RATE_HZ
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.modelref import resolve_model_ref
+from serve_app.core.types import (
     ModelCapabilities,
     RecognitionOptions,
     SegmentJob,

@@ -2,7 +2,7 @@
 
 A *backend* (:class:`SpeakerEmbedder`) knows one speaker-encoder family and embeds a list
 of short windows in one padded forward pass. :class:`BatchedEmbedder` puts it behind the
-same :class:`~serve_app.batching.BatchedRunner` as the recognizer: every embedding window
+same :class:`~serve_app.core.batching.BatchedRunner` as the recognizer: every embedding window
 of every request is one :class:`EmbeddingJob` whose cost is its duration in audio
 seconds; jobs are packed by padded cost, a failing forward is split or retried item by
 item, and each position of the result is an embedding or that item's own typed error.
@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from serve_app.audio import SAMPLE_RATE_HZ
-from serve_app.batching import BatchedRunner
-from serve_app.errors import AsrError, InternalError
+from serve_app.core.batching import BatchedRunner
+from serve_app.core.errors import AsrError, InternalError
+from serve_app.core.types import EmbeddingJob
 
 logger = logging.getLogger(__name__)
 
@@ -49,23 +48,6 @@ class SpeakerEmbedder(Protocol):
     def warmup(self) -> object:
         """Run a small batch so the first real request does not pay for lazy init."""
         ...
-
-
-@dataclass(frozen=True)
-class EmbeddingJob:
-    """One batch item: one embedding window (16 kHz mono float32) of one request.
-
-    ``deadline_unix_s`` and ``request_id`` mean what they mean on
-    :class:`~serve_app.recognizers.base.SegmentJob`.
-    """
-
-    audio: np.ndarray
-    deadline_unix_s: float | None = None
-    request_id: str | None = None
-
-    @property
-    def duration_s(self) -> float:
-        return len(self.audio) / SAMPLE_RATE_HZ
 
 
 def l2_normalize(rows: np.ndarray) -> np.ndarray:

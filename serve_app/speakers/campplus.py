@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve_app.audio import SAMPLE_RATE_HZ
-from serve_app.batching import group_indices
-from serve_app.recognizers.funasr_backend import load_funasr_model
+from serve_app.core.audio import SAMPLE_RATE_HZ
+from serve_app.core.batching import group_indices
+from serve_app.recognizers.funasr_loader import load_funasr_model
 from serve_app.speakers.base import l2_normalize
 
 logger = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serve_app.audio import SAMPLE_RATE_HZ
+from serve_app.core.audio import SAMPLE_RATE_HZ
 from serve_app.speakers.base import l2_normalize
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from serve_app.errors import AsrError
+from serve_app.core.errors import AsrError
 from serve_app.punctuation.base import BatchedPunctuator, PunctuationWindow
 from serve_app.punctuation.windows import (
     plan_windows,

@@ -15,13 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.errors import InvalidRequestError, RecognitionError
-from serve_app.recognizers.base import (
-    BatchedRecognizer,
-    RecognitionOptions,
-    SegmentJob,
-    SegmentTranscript,
-)
+from serve_app.core.errors import InvalidRequestError, RecognitionError
+from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscript
+from serve_app.recognizers.base import BatchedRecognizer
 from serve_app.recognizers.funasr_backend import FunAsrBackend
 
 

@@ -16,20 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serve_app.errors import InvalidRequestError
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscript
 from serve_app.recognizers import funasr_backend
-from serve_app.recognizers.base import (
-    AsrBackend,
-    BatchedRecognizer,
-    RecognitionOptions,
-    SegmentJob,
-    SegmentTranscript,
-)
-from serve_app.recognizers.funasr_backend import (
-    FunAsrBackend,
-    FunAsrModelNotFoundError,
-    load_funasr_model,
-)
+from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
+from serve_app.recognizers.funasr_backend import FunAsrBackend
+from serve_app.recognizers.funasr_loader import FunAsrModelNotFoundError, load_funasr_model
 from tests.speech import requires_espeak
 
 EXPECTED_CLASSES = {

@@ -16,15 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.errors import RecognitionError
-from serve_app.evaluation import word_error_rate
-from serve_app.recognizers.base import (
-    AsrBackend,
-    BatchedRecognizer,
-    RecognitionOptions,
-    SegmentJob,
-    SegmentTranscript,
-)
+from serve_app.core.errors import RecognitionError
+from serve_app.core.evaluation import word_error_rate
+from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscript
+from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
 from serve_app.recognizers.whisper_backend import (
     WhisperBackend,
     resolve_compute_type,

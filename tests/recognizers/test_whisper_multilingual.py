@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.errors import InvalidRequestError
-from serve_app.evaluation import unit_error_rate
-from serve_app.recognizers.base import RecognitionOptions, SegmentJob
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.evaluation import unit_error_rate
+from serve_app.core.types import RecognitionOptions, SegmentJob
 from serve_app.recognizers.whisper_backend import WhisperBackend
 from tests.conftest import load_script
 from tests.speech import have_espeak, synthesize

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve_app.recognizers.base import RecognitionOptions, SegmentJob, WordTiming
+from serve_app.core.types import RecognitionOptions, SegmentJob, WordTiming
 from serve_app.recognizers.whisper_backend import WhisperBackend
 from tests.speech import have_espeak, silence, synthesize
 

@@ -129,7 +129,12 @@ def test_punctuated_concurrent_requests_equal_the_plain_stage_one_at_a_time(
 def test_offline_job_stage_punctuates_like_the_online_route(
     caps_http, english_files, caps_app_config, models_dir, tmp_path: Path
 ) -> None:
-    from serve_app.offline import DECODED_SCHEMA, DecodeVadStage, RecognizeStage, table_from_rows
+    from serve_app.batch.stages import (
+        DECODED_SCHEMA,
+        DecodeVadStage,
+        RecognizeStage,
+        table_from_rows,
+    )
 
     config = AppConfig.model_validate(caps_app_config)
     data = english_files[0]

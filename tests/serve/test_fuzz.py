@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from serve_app.audio import AudioLimits
+from serve_app.core.audio import AudioLimits
 from tests.conftest import load_script
 from tests.serve.conftest import APP_NAME, MAX_DURATION_S, MAX_UPLOAD_BYTES
 from tests.speech import SENTENCES, requires_espeak, synthesize
@@ -77,7 +77,7 @@ def test_generator_covers_what_it_claims(seeds) -> None:
 
 
 def test_decode_errors_are_all_4xx_at_the_ingress() -> None:
-    from serve_app.deployments.ingress import STATUS_BY_ERROR
+    from serve_app.online.ingress import STATUS_BY_ERROR
 
     for cls in fuzz.DECODE_ERRORS:
         status = next(s for c, s in STATUS_BY_ERROR.items() if issubclass(cls, c))

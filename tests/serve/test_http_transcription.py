@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.evaluation import word_error_rate
+from serve_app.core.evaluation import word_error_rate
 from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 

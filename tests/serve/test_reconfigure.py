@@ -34,7 +34,7 @@ def _app_config(models_dir, random_models_dir, user_config: dict | None) -> dict
     app: dict = {
         "name": APP_NAME,
         "route_prefix": ROUTE,
-        "import_path": "serve_app.app:build_app",
+        "import_path": "serve_app.online.app:build_app",
         "args": {
             "models_dir": str(models_dir),
             "vad_deployment": replica_options(),

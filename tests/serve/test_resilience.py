@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.deployments.batch_queue import Coalescer as _Coalescer
-from serve_app.deployments.batch_queue import QueuedItem as _QueuedItem
-from serve_app.errors import DeadlineExceededError
-from serve_app.recognizers.base import SegmentJob
+from serve_app.core.errors import DeadlineExceededError
+from serve_app.core.types import SegmentJob
+from serve_app.online.batch_queue import Coalescer as _Coalescer
+from serve_app.online.batch_queue import QueuedItem as _QueuedItem
 from tests.conftest import deploy, replica_options
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 

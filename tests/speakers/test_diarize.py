@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from serve_app.errors import InvalidRequestError
-from serve_app.recognizers.base import WordTiming
-from serve_app.speakers import diarize as dz
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.types import WordTiming
+from serve_app.core import diarization as dz
 
 
 def synthetic_embeddings(

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.errors import AsrError
-from serve_app.speakers.base import BatchedEmbedder, EmbeddingError, EmbeddingJob, SpeakerEmbedder
+from serve_app.core.errors import AsrError
+from serve_app.core.types import EmbeddingJob
+from serve_app.speakers.base import BatchedEmbedder, EmbeddingError, SpeakerEmbedder
 from tests.speech import SENTENCES, have_espeak, synthesize
 
 # Different batch shapes change the order of float32 sums in the matmuls (BLAS picks

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow as pa
 import soundfile as sf
 
+from serve_app.batch.stages import OUTPUT_SCHEMA, DecodeVadStage, recognize_rows, table_from_rows
 from serve_app.config import AudioSettings, ChannelSettings, SpeakerSettings, VadSettings
-from serve_app.offline import OUTPUT_SCHEMA, DecodeVadStage, recognize_rows, table_from_rows
-from serve_app.recognizers.base import RecognitionOptions, SegmentTranscript
-from serve_app.segmentation import SpeechSegment
+from serve_app.core.segmentation import SpeechSegment
+from serve_app.core.types import RecognitionOptions, SegmentTranscript
 from serve_app.speakers.base import BatchedEmbedder
 
 SR = 16000

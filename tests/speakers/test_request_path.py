@@ -12,14 +12,14 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.audio import AudioLimits, DecodedAudio
 from serve_app.config import ChannelSettings
-from serve_app.errors import InvalidRequestError
-from serve_app.recognizers.base import SegmentTranscript, WordTiming
-from serve_app.segmentation import SpeechSegment
-from serve_app.serving import ModelRoute, TranscriptionService
-from serve_app.speakers.diarize import DiarizationOptions, DiarizationSettings
-from serve_app.speakers.request import SpeakerRequest
+from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.core.diarization import DiarizationOptions, DiarizationSettings
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.core.segmentation import SpeechSegment
+from serve_app.core.speaker_request import SpeakerRequest
+from serve_app.core.types import SegmentTranscript, WordTiming
 
 RATE = 16000
 

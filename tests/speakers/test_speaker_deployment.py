@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from serve_app.config import SpeakerSettings
-from serve_app.deployments.speakers import SpeakerDeployment
-from serve_app.errors import InvalidRequestError
-from serve_app.speakers.base import EmbeddingJob
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.types import EmbeddingJob
+from serve_app.online.deployments.speakers import SpeakerDeployment
 from tests.conftest import replica_options
 from tests.speakers.test_embedders import ACROSS_BATCH_SHAPES_ATOL
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from starlette.datastructures import FormData
 
-from serve_app.errors import InvalidRequestError
-from serve_app.request_options import parse_form
-from serve_app.transcript import Transcription, TranscriptSegment, render
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.transcript import Transcription, TranscriptSegment, render
+from serve_app.online.forms import parse_form
 
 TR = Transcription(
     text="Hello there. Hi. How can I help?",

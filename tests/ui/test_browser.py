@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.evaluation import word_error_rate
+from serve_app.core.evaluation import word_error_rate
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.errors import InvalidRequestError, UnknownModelError
-from serve_app.system import StatsBoard, parse_tune_body
-from serve_app.ui import STATIC_DIR, StaticUi
+from serve_app.core.errors import InvalidRequestError, UnknownModelError
+from serve_app.online.system import StatsBoard, parse_tune_body
+from serve_app.online.ui import STATIC_DIR, StaticUi
 
 
 def test_assets_have_media_types_and_index_gets_the_prefix_as_base():
@@ -141,7 +141,7 @@ def test_tune_body_validation():
 def test_gpu_memory_reads_torch_cuda_only_when_in_use(monkeypatch):
     import types
 
-    from serve_app.system import gpu_memory
+    from serve_app.online.system import gpu_memory
 
     cuda = types.SimpleNamespace(
         is_available=lambda: True,

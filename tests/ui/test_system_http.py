@@ -37,7 +37,7 @@ def test_ui_page_is_served_without_key_and_assets_resolve(http):
     assert '<base href="/asr/ui/">' in page.text
     assert http.get("/ui/app.js").headers["content-type"].startswith("text/javascript")
     assert http.get("/").status_code == 200
-    assert http.get("/ui/../serve_app/ui.py").status_code == 404
+    assert http.get("/ui/../serve_app/online/ui.py").status_code == 404
 
 
 def test_system_counts_the_batches_of_every_replica(http, tmp_path):

@@ -1,0 +1,1 @@
+"""The offline driver: the Ray Data job over Parquet manifests."""

@@ -1,0 +1,732 @@
+"""Did an item's decode account for all of its speech? (pure: numpy only, no Ray or torch)
+
+A packed Whisper item (several VAD segments joined into <= 30 s, decoded with timestamp
+tokens) can come back incomplete: the decode stops early and the item's last sentence is
+lost, or it skips a sentence in the middle, or it loops on one phrase. faster-whisper's
+sequential ``transcribe`` does not lose that speech because it *seeks on* from the last
+timestamp and decodes the rest. This module does the same for batched items, in rounds:
+
+1. :func:`check_item` looks at one item's audio, the :class:`SegmentTranscript` its decode
+   returned and (where known) the VAD segments inside it, and finds the *stretches* of
+   speech no returned span covers: the tail after the last span and gaps between spans,
+   where the audio still has speech (inside a VAD segment and loud relative to the item's
+   own speech level). It also flags degenerate output (a repetition loop, zlib compression
+   ratio over 2.4 as faster-whisper uses, text far too long or short for the speech) and
+   then plans the whole item again, split at its VAD segments or quiet points. Span times
+   that cannot be right (a span over no speech, spans advancing in whole-second steps) are
+   re-timed from the speech, order kept.
+2. :class:`Redecoder` drives the rounds for every item of a request (online) or a block of
+   files (offline): :meth:`Redecoder.pending` gives the audio of *all* stretches of *all*
+   items at once, so they ride in the same forward passes as ordinary items; the caller
+   recognises them through its usual path and hands the results to
+   :meth:`Redecoder.accept`; re-decoded stretches are checked again in the next round, at
+   most ``max_rounds`` rounds in all, and :meth:`Redecoder.results` splices everything
+   back into one transcript per item, times in the item's time.
+
+A stretch whose re-decode comes back empty is accepted as silence: the loop always ends.
+Times here are integer milliseconds relative to the item (spans: seconds, as returned).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+import zlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from serve_app.core.audio import SAMPLE_RATE_HZ
+from serve_app.core.types import SegmentTranscript, TextSpan, WordTiming
+
+logger = logging.getLogger(__name__)
+
+FRAME_MS = 20
+_FRAME_SAMPLES = SAMPLE_RATE_HZ * FRAME_MS // 1000
+_SAMPLES_PER_MS = SAMPLE_RATE_HZ // 1000
+
+# Reasons (metric label values).
+TAIL = "tail"
+GAP = "gap"
+REPETITION = "repetition"
+COMPRESSION = "compression_ratio"
+TOO_LONG = "too_long"
+TOO_SHORT = "too_short"
+EMPTY = "empty"  # nothing decoded (or only a sliver) from an item that has speech
+RETIME_OUTSIDE = "outside_speech"
+RETIME_STEPS = "fixed_steps"
+
+
+@dataclass(frozen=True)
+class CoverageSettings:
+    """Thresholds of the checks (defaults tuned on read speech, English and Mandarin)."""
+
+    # Uncovered speech shorter than this (speech frames, not wall time) is ignored:
+    # breaths, a word's tail past a slightly early timestamp.
+    min_uncovered_speech_ms: int = 700
+    # Whisper's timestamps are ~0.1-0.3 s off at sentence edges: a span covers this much
+    # more on each side before speech next to it counts as uncovered.
+    span_slack_ms: int = 300
+    # Audio kept around the speech of a stretch (the model needs onset context).
+    stretch_pad_ms: int = 200
+    # A frame is speech when it lies in a VAD segment and its RMS is within this many dB
+    # of the item's speech level (95th percentile of its frames) and above the floor.
+    relative_floor_db: float = 25.0
+    absolute_floor_rms: float = 1e-3
+    # Pauses shorter than this do not split speech islands (used for re-timing/splitting).
+    island_gap_ms: int = 200
+    # faster-whisper's compression_ratio_threshold.
+    compression_ratio_threshold: float = 2.4
+    # A word (or CJK character) n-gram repeated back to back this many times is a loop.
+    min_loop_repeats: int = 4
+    max_loop_ngram: int = 6
+    # Text weight (Latin letters 1, CJK characters 3) per second of speech. Read speech is
+    # ~12-16 (English) or ~12-15 (4-5 Mandarin characters); outside these it is broken.
+    max_weight_per_speech_s: float = 35.0
+    min_weight_per_speech_s: float = 2.0
+    # The "too short" check needs this much speech to mean anything.
+    min_speech_for_short_check_ms: int = 4000
+    # A stretch that is nearly the whole item would decode to the same thing again: the
+    # item is split instead (VAD segments / quiet points).
+    whole_item_fraction: float = 0.9
+    # Pieces shorter than this are not split further.
+    min_split_ms: int = 2000
+
+
+DEFAULT_SETTINGS = CoverageSettings()
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """Part of an item to decode again (item-relative ms)."""
+
+    start_ms: int
+    end_ms: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ItemCheck:
+    """What :func:`check_item` found for one item.
+
+    ``spans``: the item's spans, re-timed when their times were implausible.
+    ``replace``: the item's own text is dropped (degenerate) and ``stretches`` cover it.
+    """
+
+    spans: tuple[TextSpan, ...]
+    stretches: tuple[Stretch, ...] = ()
+    replace: bool = False
+    retimed: str | None = None
+    degenerate: str | None = None
+
+
+# -- frames and speech ------------------------------------------------------------------
+
+
+def frame_rms(samples: np.ndarray) -> np.ndarray:
+    """RMS of consecutive 20 ms frames (a last partial frame counts as a frame)."""
+    n = len(samples)
+    count = -(-n // _FRAME_SAMPLES)
+    padded = np.zeros(count * _FRAME_SAMPLES, dtype=np.float64)
+    padded[:n] = samples
+    return np.sqrt(np.mean(np.square(padded.reshape(count, _FRAME_SAMPLES)), axis=1))
+
+
+def speech_frames(
+    samples: np.ndarray,
+    speech_ms: Sequence[tuple[int, int]] | None = None,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> np.ndarray:
+    """Boolean per 20 ms frame: speech by the VAD segments (if given) AND by energy.
+
+    Energy is judged against the item's own speech level, so a quiet recording is not
+    silence and a loud one's pauses are not speech. With a single VAD span over the whole
+    item (FSMN-VAD does this on fluent read speech) the energy finds the pauses.
+    """
+    rms = frame_rms(samples)
+    if len(rms) == 0:
+        return np.zeros(0, dtype=bool)
+    in_vad = np.ones(len(rms), dtype=bool)
+    if speech_ms is not None:
+        in_vad[:] = False
+        for start_ms, end_ms in speech_ms:
+            in_vad[max(0, start_ms // FRAME_MS) : max(0, -(-end_ms // FRAME_MS))] = True
+    audible = in_vad & (rms > settings.absolute_floor_rms)
+    if not audible.any():
+        return audible
+    level_db = float(np.percentile(20 * np.log10(rms[audible]), 95))
+    floor = 10 ** ((level_db - settings.relative_floor_db) / 20)
+    return audible & (rms > floor)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) frame index runs of True."""
+    if len(mask) == 0:
+        return []
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def speech_islands(
+    mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
+) -> list[tuple[int, int]]:
+    """Speech frames joined across pauses shorter than ``island_gap_ms`` (ms intervals)."""
+    islands: list[list[int]] = []
+    max_gap = settings.island_gap_ms // FRAME_MS
+    for start, end in _runs(mask):
+        if islands and start - islands[-1][1] <= max_gap:
+            islands[-1][1] = end
+        else:
+            islands.append([start, end])
+    return [(s * FRAME_MS, e * FRAME_MS) for s, e in islands]
+
+
+# -- text checks ------------------------------------------------------------------------
+
+
+def _is_cjk(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def text_weight(text: str) -> float:
+    """Letters and digits count 1, CJK characters 3 (one CJK char ~ one short word)."""
+    return float(sum(3 if _is_cjk(ch) else 1 for ch in text if ch.isalnum()))
+
+
+def compression_ratio(text: str) -> float:
+    """faster-whisper's measure: len(utf-8) / len(zlib(utf-8))."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def _units(text: str) -> list[str]:
+    """Words; CJK characters one unit each."""
+    units: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if any(_is_cjk(ch) for ch in word):
+            units.extend(word)
+        else:
+            units.append(word)
+    return units
+
+
+def has_repetition_loop(text: str, settings: CoverageSettings = DEFAULT_SETTINGS) -> bool:
+    """An n-gram (n <= ``max_loop_ngram``) repeated back to back ``min_loop_repeats`` times."""
+    units = _units(text)
+    repeats = settings.min_loop_repeats
+    for n in range(1, settings.max_loop_ngram + 1):
+        for i in range(len(units) - n * repeats + 1):
+            gram = units[i : i + n]
+            if all(units[i + k * n : i + (k + 1) * n] == gram for k in range(1, repeats)):
+                return True
+    return False
+
+
+def degenerate_reason(
+    result: SegmentTranscript, speech_ms: int, settings: CoverageSettings = DEFAULT_SETTINGS
+) -> str | None:
+    """Why ``result`` cannot be the transcript of ``speech_ms`` of speech (None: it can)."""
+    text = result.text.strip()
+    ratio = result.compression_ratio
+    if ratio is None:
+        ratio = compression_ratio(text)
+    if text and ratio > settings.compression_ratio_threshold:
+        return COMPRESSION
+    if text and has_repetition_loop(text, settings):
+        return REPETITION
+    weight = text_weight(text)
+    speech_s = speech_ms / 1000
+    if weight > settings.max_weight_per_speech_s * max(speech_s, 1.0) + 20:
+        return TOO_LONG
+    if (
+        speech_ms >= settings.min_speech_for_short_check_ms
+        and weight < settings.min_weight_per_speech_s * speech_s
+    ):
+        return TOO_SHORT
+    return None
+
+
+# -- span timing ------------------------------------------------------------------------
+
+
+def implausible_timing(
+    spans: Sequence[TextSpan], mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
+) -> str | None:
+    """Why the spans' times cannot follow the speech (None: they may)."""
+    if not spans or not mask.any():
+        return None
+    inner = [t for s in spans for t in (s.start_s, s.end_s) if t > 0.01]
+    if len(spans) >= 3 and len(inner) >= 4:
+        whole = all(abs(t - round(t)) < 0.011 for t in inner[:-1])
+        steps = [round(s.end_s - s.start_s, 2) for s in spans]
+        if whole or len(set(steps)) == 1:
+            return RETIME_STEPS
+    for span in spans:
+        lo, hi = int(span.start_s * 1000) // FRAME_MS, -(-int(span.end_s * 1000) // FRAME_MS)
+        if hi - lo >= 300 // FRAME_MS and mask[lo:hi].mean() < 0.05:
+            return RETIME_OUTSIDE
+    return None
+
+
+def retime_spans(
+    spans: Sequence[TextSpan],
+    mask: np.ndarray,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+    speech_ms: Sequence[tuple[int, int]] | None = None,
+) -> tuple[TextSpan, ...]:
+    """New times for ``spans`` (order and text kept) from the VAD segments or speech islands.
+
+    With as many VAD segments (or else speech islands) as spans, one span per segment
+    (island). Otherwise each span gets a share of the speech time in proportion to its
+    text, and each boundary moves to the nearest pause between islands within 1 s.
+    """
+    islands = speech_islands(mask, settings)
+    if not spans or not islands:
+        return tuple(spans)
+    for runs in (list(speech_ms or ()), islands):
+        if len(runs) == len(spans):
+            return tuple(
+                TextSpan(a / 1000, b / 1000, s.text) for s, (a, b) in zip(spans, runs, strict=True)
+            )
+    weights = np.array([max(text_weight(s.text), 1.0) for s in spans])
+    shares = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
+    lengths = np.array([b - a for a, b in islands], dtype=np.float64)
+    speech_at = np.concatenate([[0.0], np.cumsum(lengths)])
+
+    def at(fraction: float) -> float:  # speech-time fraction -> item time (ms)
+        target = fraction * speech_at[-1]
+        k = int(np.clip(np.searchsorted(speech_at, target, side="right") - 1, 0, len(islands) - 1))
+        return islands[k][0] + (target - speech_at[k])
+
+    pauses = [(islands[k][1], islands[k + 1][0]) for k in range(len(islands) - 1)]
+    bounds: list[tuple[float, float]] = []  # (end of span i-1, start of span i)
+    for fraction in shares[1:-1]:
+        t = at(float(fraction))
+        nearest = min(pauses, key=lambda p: abs((p[0] + p[1]) / 2 - t), default=None)
+        if nearest is not None and abs((nearest[0] + nearest[1]) / 2 - t) <= 1000:
+            bounds.append((float(nearest[0]), float(nearest[1])))
+        else:
+            bounds.append((t, t))
+    starts = [float(islands[0][0])] + [b[1] for b in bounds]
+    ends = [b[0] for b in bounds] + [float(islands[-1][1])]
+    out: list[TextSpan] = []
+    last_ms = 0.0
+    for span, a, b in zip(spans, starts, ends, strict=True):
+        a = max(a, last_ms)
+        b = max(b, a)
+        out.append(TextSpan(a / 1000, b / 1000, span.text))
+        last_ms = b
+    return tuple(out)
+
+
+# -- the check --------------------------------------------------------------------------
+
+
+def stepped_tail(
+    spans: Sequence[TextSpan],
+    speech_ms: Sequence[tuple[int, int]] | None,
+    duration_ms: int,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> Stretch | None:
+    """The VAD segments a decode with whole-second (stepped) timestamps never reached.
+
+    Stepped times cannot say where inside the item speech is missing, so such items are
+    re-timed, not searched for gaps. But when the item has more VAD segments than spans
+    and the segments left over all start after the last timestamp, the decode stopped
+    before them (seen: four sentences, three spans at 0/7/15/22 s, the fourth sentence at
+    22.1-26.0 s lost). Those segments are the item's tail, decoded again.
+    """
+    if not spans or not speech_ms or len(spans) >= len(speech_ms):
+        return None
+    last_end_ms = max(int(s.end_s * 1000) for s in spans)
+    after = [(a, b) for a, b in speech_ms if a >= last_end_ms]
+    if not after or len(spans) > len(speech_ms) - len(after):
+        return None
+    if sum(b - a for a, b in after) < settings.min_uncovered_speech_ms:
+        return None
+    start = max(0, after[0][0] - settings.stretch_pad_ms)
+    return Stretch(start, min(duration_ms, after[-1][1] + settings.stretch_pad_ms), TAIL)
+
+
+def uncovered_stretches(
+    mask: np.ndarray,
+    spans: Sequence[TextSpan],
+    duration_ms: int,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> list[Stretch]:
+    """Stretches of speech outside every span (tail and gaps; before the first span too)."""
+    covered = np.zeros(len(mask), dtype=bool)
+    slack = settings.span_slack_ms
+    for span in spans:
+        lo = max(0, (int(span.start_s * 1000) - slack) // FRAME_MS)
+        hi = max(0, -(-(int(span.end_s * 1000) + slack) // FRAME_MS))
+        covered[lo:hi] = True
+    last_end_frame = max((-(-int(s.end_s * 1000) // FRAME_MS) for s in spans), default=0)
+    out = []
+    for lo, hi in _runs(~covered):
+        speech = np.flatnonzero(mask[lo:hi])
+        if len(speech) * FRAME_MS < settings.min_uncovered_speech_ms:
+            continue
+        first, last = lo + int(speech[0]), lo + int(speech[-1]) + 1
+        start = max(0, first * FRAME_MS - settings.stretch_pad_ms)
+        end = min(duration_ms, last * FRAME_MS + settings.stretch_pad_ms)
+        out.append(Stretch(start, end, TAIL if lo >= last_end_frame else GAP))
+    return out
+
+
+def split_points(
+    samples: np.ndarray,
+    mask: np.ndarray,
+    speech_ms: Sequence[tuple[int, int]] | None,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> list[tuple[int, int]]:
+    """Pieces to re-decode a whole item in: its VAD segments if several, else two halves
+    cut at the pause (or the quietest frame) nearest its middle; [] if too short to split."""
+    duration_ms = len(samples) // _SAMPLES_PER_MS
+    if speech_ms is not None and len(speech_ms) >= 2:
+        return [(max(0, a), min(duration_ms, b)) for a, b in speech_ms if b > a]
+    if duration_ms < settings.min_split_ms:
+        return []
+    middle = duration_ms / 2
+    lo, hi = duration_ms // 4, 3 * duration_ms // 4
+    islands = speech_islands(mask, settings)
+    pauses = [
+        (islands[k][1] + islands[k + 1][0]) // 2
+        for k in range(len(islands) - 1)
+        if lo <= (islands[k][1] + islands[k + 1][0]) // 2 <= hi
+    ]
+    if pauses:
+        cut = min(pauses, key=lambda t: abs(t - middle))
+    else:  # no pause: the quietest frame of the middle half (a word boundary, likely)
+        rms = frame_rms(samples)[lo // FRAME_MS : hi // FRAME_MS]
+        cut = lo + int(np.argmin(rms)) * FRAME_MS + FRAME_MS // 2 if len(rms) else duration_ms // 2
+    return [(0, cut), (cut, duration_ms)]
+
+
+def check_item(
+    samples: np.ndarray,
+    result: SegmentTranscript,
+    speech_ms: Sequence[tuple[int, int]] | None = None,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> ItemCheck:
+    """Check one decoded item (see the module docstring). Pure; never raises on odd input."""
+    duration_ms = len(samples) // _SAMPLES_PER_MS
+    mask = speech_frames(samples, speech_ms, settings)
+    speech_total_ms = int(mask.sum()) * FRAME_MS
+    spans = tuple(s for s in result.spans if s.text.strip())
+    retimed = implausible_timing(spans, mask, settings)
+    tail = None
+    if retimed == RETIME_STEPS:
+        tail = stepped_tail(spans, speech_ms, duration_ms, settings)
+    if tail is not None:
+        # The spans belong to the VAD segments before the undecoded ones.
+        head_ms = tail.start_ms + settings.stretch_pad_ms
+        head_mask = mask.copy()
+        head_mask[head_ms // FRAME_MS :] = False
+        head = [(a, b) for a, b in speech_ms or () if a < head_ms]
+        spans = retime_spans(spans, head_mask, settings, head)
+    elif retimed is not None:
+        spans = retime_spans(spans, mask, settings, speech_ms)
+
+    # Times that do not follow the speech cannot say where speech is missing, but the text
+    # is usually whole (measured: decoding such an item again in pieces cost more words
+    # than it found, scripts/fidelity.py): re-time it, and re-decode only if the text is
+    # also degenerate.
+    degenerate = degenerate_reason(result, speech_total_ms, settings)
+    stretches: list[Stretch] = []
+    if degenerate is None and retimed is None and (spans or not result.text.strip()):
+        # Only trustworthy times say where speech is missing; results without spans
+        # (backends without timestamps) carry their text for the whole item.
+        stretches = uncovered_stretches(mask, spans, duration_ms, settings)
+        whole = [
+            s
+            for s in stretches
+            if s.end_ms - s.start_ms >= settings.whole_item_fraction * duration_ms
+        ]
+        if whole:  # the same audio again would decode the same: split it instead
+            degenerate, stretches = EMPTY, []
+    if degenerate is None:
+        if tail is not None:
+            stretches = [tail]
+        return ItemCheck(spans=spans, stretches=tuple(stretches), retimed=retimed)
+    pieces = split_points(samples, mask, speech_ms, settings)
+    if len(pieces) < 2:
+        return ItemCheck(spans=spans, retimed=retimed, degenerate=degenerate)
+    return ItemCheck(
+        spans=spans,
+        stretches=tuple(Stretch(a, b, degenerate) for a, b in pieces),
+        replace=True,
+        retimed=retimed,
+        degenerate=degenerate,
+    )
+
+
+def retime_only(
+    samples: np.ndarray,
+    result: SegmentTranscript,
+    speech_ms: Sequence[tuple[int, int]] | None = None,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> tuple[SegmentTranscript, str | None]:
+    """``result`` with its spans re-timed when implausible (for items not checked again)."""
+    spans = tuple(s for s in result.spans if s.text.strip())
+    if not spans:
+        return result, None
+    mask = speech_frames(samples, speech_ms, settings)
+    why = implausible_timing(spans, mask, settings)
+    if why is None:
+        return result, None
+    return replace(result, spans=retime_spans(spans, mask, settings, speech_ms)), why
+
+
+# -- splicing ---------------------------------------------------------------------------
+
+
+def _overlap_units(previous: str, text: str, max_units: int = 4) -> int:
+    """How many leading words of ``text`` repeat the trailing words of ``previous``
+    (a stretch that starts a little early re-decodes the last word before it)."""
+    prev, cur = _units(previous), _units(text)
+    for k in range(min(max_units, len(prev), len(cur)), 0, -1):
+        if prev[-k:] == cur[:k]:
+            return k
+    return 0
+
+
+# A re-decoded span longer than _overlap_units' reach that says again what the span
+# before it ended with (this share of its words, in order) is a repeat, not new speech.
+REPEAT_MIN_UNITS = 5
+REPEAT_SIMILARITY = 0.8
+
+
+def _repeats(previous: str, text: str) -> bool:
+    """Whether ``text`` only repeats the end of ``previous`` (a stretch decoded again
+    over speech its item had already decoded, e.g. under compressed stepped times)."""
+    from difflib import SequenceMatcher
+
+    prev, cur = _units(previous), _units(text)
+    if len(cur) < REPEAT_MIN_UNITS or len(cur) > len(prev):
+        return False
+    return SequenceMatcher(None, prev[-len(cur) :], cur).ratio() >= REPEAT_SIMILARITY
+
+
+def _drop_leading_units(text: str, count: int) -> str:
+    """``text`` without its first ``count`` units (as :func:`_units` counts them)."""
+    pos = 0
+    for _ in range(count):
+        match = _WORD.search(text, pos)
+        if match is None:
+            return ""
+        word = match.group(0)
+        if any(_is_cjk(ch) for ch in word):  # one unit per CJK character
+            pos = match.start() + 1
+        else:
+            pos = match.end()
+    # Punctuation the dropped words left behind (Latin and CJK full-width).
+    return text[pos:].lstrip(" ,.;:!?" + "\uff0c\u3002\u3001\uff1b\uff1a\uff01\uff1f")
+
+
+def splice(
+    item: SegmentTranscript, check: ItemCheck, parts: Sequence[SegmentTranscript]
+) -> SegmentTranscript:
+    """The item's spans (or none, when degenerate) plus each stretch's spans, moved to the
+    item's time, in time order; one text made of them."""
+    from serve_app.core.transcript import join_texts  # transcript imports the recognizer base only
+
+    if len(parts) != len(check.stretches):
+        raise ValueError(f"{len(parts)} results for {len(check.stretches)} stretches")
+    # (start_s, is_new, order, span)
+    timed: list[tuple[float, bool, int, TextSpan]] = []
+    words: list[WordTiming] = [] if check.replace else list(item.words)
+    new_words: list[WordTiming] = []  # the stretches' words
+    repeated: list[TextSpan] = []  # stretch spans dropped as repeats
+    language = item.language
+    if not check.replace:
+        timed.extend((s.start_s, False, i, s) for i, s in enumerate(check.spans))
+    for k, (stretch, part) in enumerate(zip(check.stretches, parts, strict=True)):
+        offset_s, end_s = stretch.start_ms / 1000, stretch.end_ms / 1000
+        language = language or part.language
+        spans = [s for s in part.spans if s.text.strip()]
+        if not spans and part.text.strip():
+            spans = [TextSpan(0.0, end_s - offset_s, part.text.strip())]
+        for i, span in enumerate(spans):
+            start = min(offset_s + max(span.start_s, 0.0), end_s)
+            shifted = TextSpan(start, min(max(offset_s + span.end_s, start), end_s), span.text)
+            timed.append((start, True, k * 10_000 + i, shifted))
+        new_words.extend(
+            WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word) for w in part.words
+        )
+    timed.sort(key=lambda t: (t[0], t[1], t[2]))
+    merged: list[TextSpan] = []
+    for _, is_new, _, span in timed:
+        if is_new and merged:
+            if _repeats(merged[-1].text, span.text):
+                repeated.append(span)
+                continue
+            drop = _overlap_units(merged[-1].text, span.text)
+            if drop:
+                span = replace(span, text=_drop_leading_units(span.text, drop))
+        if span.text.strip():
+            merged.append(span)
+    words.extend(
+        w for w in new_words if not any(r.start_s <= w.start_s < r.end_s for r in repeated)
+    )
+    words.sort(key=lambda w: w.start_s)
+    return SegmentTranscript(
+        text=join_texts([s.text for s in merged]),
+        words=tuple(words),
+        language=language,
+        spans=tuple(merged),
+    )
+
+
+# -- rounds -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ItemAudio:
+    """One decoded item: its samples and, where known, its VAD segments (item-relative ms)."""
+
+    samples: np.ndarray
+    speech_ms: tuple[tuple[int, int], ...] | None = None
+
+
+@dataclass(frozen=True)
+class RedecodeJob:
+    """Audio to recognise in the next round, for original item ``item``."""
+
+    item: int
+    audio: np.ndarray
+    reason: str
+
+
+@dataclass
+class _Node:
+    item: int
+    samples: np.ndarray
+    speech_ms: tuple[tuple[int, int], ...] | None
+    result: object
+    check: ItemCheck | None = None
+    children: list[_Node] = field(default_factory=list)
+
+
+def _clip_speech(
+    speech_ms: tuple[tuple[int, int], ...] | None, start_ms: int, end_ms: int
+) -> tuple[tuple[int, int], ...] | None:
+    if speech_ms is None:
+        return None
+    return tuple(
+        (max(a, start_ms) - start_ms, min(b, end_ms) - start_ms)
+        for a, b in speech_ms
+        if min(b, end_ms) > max(a, start_ms)
+    )
+
+
+class Redecoder:
+    """Plan -> recognise -> splice rounds over many items (see the module docstring).
+
+    Usage (both the online service and the offline job)::
+
+        redecoder = Redecoder(items, results)
+        while jobs := redecoder.pending():
+            redecoder.accept(recognise_all(jobs))   # one list in, one list out
+        results = redecoder.results()
+
+    A failed result (an exception) is kept as it is: the caller fails the file, as for a
+    failed first decode. Not thread-safe (one per request or block).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[ItemAudio],
+        results: Sequence[object],
+        *,
+        max_rounds: int = 2,
+        settings: CoverageSettings = DEFAULT_SETTINGS,
+    ) -> None:
+        if len(items) != len(results):
+            raise ValueError(f"{len(results)} results for {len(items)} items")
+        self.max_rounds = max_rounds
+        self.settings = settings
+        self._roots = [
+            _Node(i, item.samples, item.speech_ms, result)
+            for i, (item, result) in enumerate(zip(items, results, strict=True))
+        ]
+        self._frontier: list[_Node] = list(self._roots)
+        self._waiting: list[_Node] = []
+        self.rounds_done = 0
+        # Re-decode jobs by reason, and items whose span times were re-timed, by reason.
+        self.redecodes: Counter[str] = Counter()
+        self.retimed: Counter[str] = Counter()
+
+    def pending(self) -> list[RedecodeJob]:
+        """Check the items decoded last round; the jobs of the next round ([]: done)."""
+        if self._waiting:
+            raise RuntimeError("accept() the results of the pending jobs first")
+        if self.rounds_done >= self.max_rounds:
+            return []
+        jobs: list[RedecodeJob] = []
+        for node in self._frontier:
+            if not isinstance(node.result, SegmentTranscript):
+                continue
+            check = check_item(node.samples, node.result, node.speech_ms, self.settings)
+            node.check = check
+            if check.retimed:
+                self.retimed[check.retimed] += 1
+            for stretch in check.stretches:
+                lo, hi = stretch.start_ms * _SAMPLES_PER_MS, stretch.end_ms * _SAMPLES_PER_MS
+                child = _Node(
+                    node.item,
+                    node.samples[lo:hi],
+                    _clip_speech(node.speech_ms, stretch.start_ms, stretch.end_ms),
+                    None,
+                )
+                node.children.append(child)
+                self._waiting.append(child)
+                jobs.append(RedecodeJob(node.item, child.samples, stretch.reason))
+                logger.debug(
+                    "item %d: re-decode %d-%d ms (%s)",
+                    node.item,
+                    stretch.start_ms,
+                    stretch.end_ms,
+                    stretch.reason,
+                )
+                self.redecodes[stretch.reason] += 1
+        self._frontier = []
+        if jobs:
+            logger.debug("re-decode round %d: %d stretches", self.rounds_done + 1, len(jobs))
+        return jobs
+
+    def accept(self, results: Sequence[object]) -> None:
+        """The results of the last :meth:`pending` jobs, in the same order."""
+        if len(results) != len(self._waiting):
+            raise ValueError(f"{len(results)} results for {len(self._waiting)} jobs")
+        for node, result in zip(self._waiting, results, strict=True):
+            node.result = result
+        self._frontier, self._waiting = self._waiting, []
+        self.rounds_done += 1
+
+    def results(self) -> list[object]:
+        """One result per original item: spliced transcripts, or the first failure."""
+        return [self._resolve(node) for node in self._roots]
+
+    def _resolve(self, node: _Node) -> object:
+        result = node.result
+        if not isinstance(result, SegmentTranscript):
+            return result
+        if node.check is None:  # decoded in the last round: not checked again
+            retimed, why = retime_only(node.samples, result, node.speech_ms, self.settings)
+            if why:
+                self.retimed[why] += 1
+            return retimed
+        parts = [self._resolve(child) for child in node.children]
+        for part in parts:
+            if not isinstance(part, SegmentTranscript):
+                return part
+        if not node.children and node.check.retimed is None:
+            return result
+        return splice(result, node.check, parts)  # type: ignore[arg-type]

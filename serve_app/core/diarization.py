@@ -1,0 +1,606 @@
+"""Per-request diarization: windows -> embeddings -> clusters -> speaker turns -> segments.
+
+Pure functions (numpy and scipy, no model, no Ray), in the order a request runs them:
+
+1. :func:`embedding_windows`: short windows (``window_s``, ``hop_s`` apart) inside each
+   speech span; a span shorter than a window is one window of its own length.
+2. the caller embeds the windows (any ``SpeakerEmbedder``, usually through the batched
+   embedder, so every window of every request is one batch item).
+3. :func:`cluster_embeddings`: average-linkage agglomerative clustering on cosine distance,
+   cut at a distance threshold, or at ``num_speakers`` / within ``min_speakers`` ..
+   ``max_speakers`` when the client gives them; then a few nearest-centroid passes, and
+   clusters with too little talk time folded into their nearest neighbour.
+4. :func:`speaker_turns`: every instant of a span belongs to the window whose centre is
+   nearest; a majority filter over neighbouring windows and a minimum turn length remove
+   one-window flickers.
+5. :func:`assign_speakers`: transcript segments get the speaker they overlap most; a
+   segment that spans a change is split at word timestamps when it has them, else at the
+   turn boundary with its text divided in proportion to time.
+
+:func:`diarize` runs 1-4 with an ``embed`` callable, for the offline job and tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from serve_app.core.audio import SAMPLE_RATE_HZ
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.transcript import join_texts
+from serve_app.core.types import WordTiming
+
+# Label of the k-th speaker to talk (k from 1), in order of first appearance.
+SPEAKER_LABEL = "speaker_{}"
+
+
+@dataclass(frozen=True)
+class DiarizationOptions:
+    """Per-request speaker-count hints (all optional); checked on construction."""
+
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_speakers", "min_speakers", "max_speakers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidRequestError(f"{name} must be >= 1, got {value}", param=name)
+        low, high = self.min_speakers, self.max_speakers
+        if low is not None and high is not None and low > high:
+            raise InvalidRequestError(
+                f"min_speakers ({low}) is above max_speakers ({high})", param="min_speakers"
+            )
+        n = self.num_speakers
+        if n is not None and ((low is not None and n < low) or (high is not None and n > high)):
+            raise InvalidRequestError(
+                f"num_speakers ({n}) is outside min_speakers..max_speakers", param="num_speakers"
+            )
+
+
+@dataclass(frozen=True)
+class DiarizationSettings:
+    """Service-side knobs (the config section will mirror these fields).
+
+    ``distance_threshold`` is a cosine distance between average-linkage clusters; the
+    default was chosen on GE2E embeddings of espeak-ng voices (``scripts/diarization_eval.py
+    --sweep``) and is encoder-specific: re-tune it for CAM++.
+    """
+
+    window_s: float = 1.5
+    hop_s: float = 0.75
+    # Windows shorter than this embed poorly: they do not shape the clusters and are
+    # given the nearest cluster afterwards (unless every window is that short).
+    min_cluster_window_s: float = 0.6
+    distance_threshold: float = 0.30
+    # After the cut, clusters whose centroids are closer than this (cosine distance) are
+    # one voice split by window noise and are merged. GE2E centroids of one espeak-ng
+    # voice on different sentences are 0.02-0.1 apart, of different voices 0.18-0.46.
+    merge_centroid_distance: float = 0.12
+    # Without num_speakers, a cluster with less talk time than this is folded into its
+    # nearest cluster (a spurious "speaker" made of a few odd windows).
+    min_speaker_s: float = 2.0
+    # ... and so is one with less than this share of the mean talk time per cluster. On
+    # the dev conversations (scripts/diarization_eval.py, seeds 200-205) the smallest
+    # cluster of a right count had >= 0.39 of the mean, a voice split off by window noise
+    # <= 0.33. The cost: a participant who talks far less than the others is merged away.
+    min_speaker_share: float = 0.35
+    refine_passes: int = 3
+    # Majority filter over this many neighbouring windows of a span (odd; 1 = off).
+    smoothing_windows: int = 3
+    # A turn shorter than this between two turns of the same span is given to a neighbour.
+    min_turn_s: float = 0.5
+    max_speakers: int = 20
+
+    def __post_init__(self) -> None:
+        if not 0 < self.hop_s <= self.window_s:
+            raise ValueError("need 0 < hop_s <= window_s")
+        if self.smoothing_windows < 1 or self.smoothing_windows % 2 == 0:
+            raise ValueError("smoothing_windows must be odd and >= 1")
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    """A stretch of the request's audio, in seconds from its start."""
+
+    start_s: float
+    end_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def center_s(self) -> float:
+        return 0.5 * (self.start_s + self.end_s)
+
+
+@dataclass(frozen=True)
+class SpeakerTurn:
+    start_s: float
+    end_s: float
+    speaker: str
+
+
+@dataclass(frozen=True)
+class Diarization:
+    """One request's result: turns in time order and each speaker's talk time."""
+
+    turns: tuple[SpeakerTurn, ...]
+    windows: tuple[TimeWindow, ...] = ()
+    window_labels: tuple[int, ...] = ()
+    talk_time_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def speakers(self) -> list[str]:
+        return sorted(self.talk_time_s, key=_label_order)
+
+
+@dataclass(frozen=True)
+class SpeakerSegment:
+    """A transcript segment with its speaker (times in the audio's time)."""
+
+    start_s: float
+    end_s: float
+    text: str
+    words: tuple[WordTiming, ...]
+    speaker: str | None
+
+
+def _label_order(label: str) -> tuple[int, str]:
+    tail = label.rsplit("_", 1)[-1]
+    return (int(tail), label) if tail.isdigit() else (1 << 30, label)
+
+
+# ---------------------------------------------------------------- 1. windows
+
+
+def speech_spans_s(
+    samples: np.ndarray,
+    segments_ms: Sequence[tuple[int, int]],
+    *,
+    min_pause_ms: int = 200,
+    depth_db: float = 20.0,
+    min_span_ms: int = 100,
+) -> list[tuple[float, float]]:
+    """The speech inside the service's VAD segments, cut at the pauses inside them.
+
+    The segments the recognizer gets are padded and merged across short gaps (padding
+    first: two spans 0.5 s apart become one), so a segment often holds two talkers with a
+    pause between them, and a window across that pause embeds both. Cutting at pauses
+    (runs of >= ``min_pause_ms`` of 10 ms frames ``depth_db`` under the segment's speech
+    level, as :func:`serve_app.core.segmentation.find_pauses_ms` finds them for long cuts)
+    keeps windows inside one stretch of speech. Measured with ``scripts/diarization_eval.py
+    --vad service``: the speaker count was right on 70 % / 60 % of the 2 / 4 talker files
+    without the cut (docs/BENCHMARKS.md, "Diarization").
+    """
+    from serve_app.core.segmentation import PauseSettings, find_pauses_ms
+
+    settings = PauseSettings(min_pause_ms=min_pause_ms, depth_db=depth_db)
+    out: list[tuple[float, float]] = []
+    for start_ms, end_ms in segments_ms:
+        cursor = start_ms
+        for pause_start, pause_end in find_pauses_ms(samples, start_ms, end_ms, settings):
+            if pause_start - cursor >= min_span_ms:
+                out.append((cursor / 1000, pause_start / 1000))
+            cursor = max(cursor, pause_end)
+        if end_ms - cursor >= min_span_ms:
+            out.append((cursor / 1000, end_ms / 1000))
+    return out
+
+
+def embedding_windows(
+    spans_s: Sequence[tuple[float, float]], *, window_s: float, hop_s: float
+) -> list[TimeWindow]:
+    """Windows of ``window_s`` every ``hop_s`` inside each span, the last one ending at the
+    span's end; a span up to ``window_s`` long is one window. Spans never share a window."""
+    windows: list[TimeWindow] = []
+    for start_s, end_s in spans_s:
+        duration_s = end_s - start_s
+        if duration_s <= 0:
+            continue
+        if duration_s <= window_s:
+            windows.append(TimeWindow(start_s, end_s))
+            continue
+        count = 1 + math.ceil((duration_s - window_s) / hop_s - 1e-9)
+        # Spread the starts evenly so the last window ends exactly at the span's end.
+        step_s = (duration_s - window_s) / (count - 1)
+        windows.extend(
+            TimeWindow(start_s + i * step_s, start_s + i * step_s + window_s) for i in range(count)
+        )
+    return windows
+
+
+def window_audio(samples: np.ndarray, windows: Sequence[TimeWindow]) -> list[np.ndarray]:
+    """The samples of each window (views into ``samples``)."""
+    out = []
+    for window in windows:
+        a = max(0, round(window.start_s * SAMPLE_RATE_HZ))
+        b = min(len(samples), max(a + 1, round(window.end_s * SAMPLE_RATE_HZ)))
+        out.append(samples[a:b])
+    return out
+
+
+# ---------------------------------------------------------------- 2. clusters
+
+
+def _normalized(embeddings: np.ndarray) -> np.ndarray:
+    x = np.asarray(embeddings, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def _centroids(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    return _normalized(np.stack([x[labels == c].mean(axis=0) for c in range(k)]))
+
+
+def _compact(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 0..k-1 in order of first appearance (windows are in time order)."""
+    mapping: dict[int, int] = {}
+    for label in labels.tolist():
+        mapping.setdefault(label, len(mapping))
+    return np.array([mapping[label] for label in labels.tolist()], dtype=np.int64)
+
+
+def _refine(x: np.ndarray, labels: np.ndarray, passes: int) -> np.ndarray:
+    """Nearest-centroid passes: average linkage commits early merges for good; a window
+    that joined the wrong cluster moves to the centroid it is closest to."""
+    for _ in range(passes):
+        k = int(labels.max()) + 1
+        if k < 2:
+            break
+        moved = np.argmax(x @ _centroids(x, labels, k).T, axis=1)
+        if np.array_equal(moved, labels) or len(np.unique(moved)) < k:
+            break
+        labels = moved
+    return labels
+
+
+def _merge_close_centroids(
+    x: np.ndarray, labels: np.ndarray, max_distance: float
+) -> np.ndarray | None:
+    """Merge the two clusters whose centroids are closest, if closer than ``max_distance``
+    (cosine distance); ``None`` when no pair is. Centroids average out window noise, so
+    this catches one voice split in two by the window-level cut."""
+    k = int(labels.max()) + 1
+    if k < 2:
+        return None
+    centroids = _centroids(x, labels, k)
+    distance = 1.0 - centroids @ centroids.T
+    np.fill_diagonal(distance, np.inf)
+    a, b = np.unravel_index(int(np.argmin(distance)), distance.shape)
+    if distance[a, b] >= max_distance:
+        return None
+    labels = labels.copy()
+    labels[labels == max(a, b)] = min(a, b)
+    return _compact(labels)
+
+
+def _smallest_is_spurious(
+    labels: np.ndarray, durations_s: np.ndarray, settings: DiarizationSettings
+) -> bool:
+    k = int(labels.max()) + 1
+    talk_s = np.array([durations_s[labels == c].sum() for c in range(k)])
+    smallest_s = float(talk_s.min())
+    return smallest_s < settings.min_speaker_s or (
+        smallest_s < settings.min_speaker_share * float(talk_s.mean())
+    )
+
+
+def _fold_smallest(x: np.ndarray, labels: np.ndarray, durations_s: np.ndarray) -> np.ndarray:
+    """Merge the cluster with least talk time into the cluster nearest to it."""
+    k = int(labels.max()) + 1
+    talk_s = np.array([durations_s[labels == c].sum() for c in range(k)])
+    smallest = int(np.argmin(talk_s))
+    centroids = _centroids(x, labels, k)
+    similarity = centroids @ centroids[smallest]
+    similarity[smallest] = -np.inf
+    labels = labels.copy()
+    labels[labels == smallest] = int(np.argmax(similarity))
+    return _compact(labels)
+
+
+def cluster_embeddings(
+    embeddings: np.ndarray,
+    options: DiarizationOptions = DiarizationOptions(),
+    settings: DiarizationSettings = DiarizationSettings(),
+    *,
+    durations_s: Sequence[float] | None = None,
+) -> np.ndarray:
+    """One speaker index per embedding row (0..k-1, in order of first appearance).
+
+    The tree is cut at ``settings.distance_threshold``; clusters whose centroids are closer
+    than ``settings.merge_centroid_distance`` are merged; clusters with less talk time than
+    ``settings.min_speaker_s``, or than ``settings.min_speaker_share`` of the mean per
+    cluster, are folded into their nearest (not below the lower bound);
+    then the count is brought to ``num_speakers`` (or into ``min_speakers`` ..
+    ``max_speakers``) by folding the smallest cluster into its nearest, or by cutting the
+    tree into more clusters when there are too few. ``durations_s`` (per row) weighs talk
+    time, and rows shorter than ``settings.min_cluster_window_s`` are placed after
+    clustering, at their nearest centroid.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    x = _normalized(embeddings)
+    n = len(x)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    durations = np.ones(n) if durations_s is None else np.asarray(durations_s, dtype=np.float64)
+    reliable = durations >= settings.min_cluster_window_s
+    if reliable.sum() < 2:
+        reliable = np.ones(n, dtype=bool)
+    core, core_s = x[reliable], durations[reliable]
+    if options.num_speakers is not None:
+        low = high = min(options.num_speakers, len(core))
+    else:
+        low = min(options.min_speakers or 1, len(core))
+        high = min(options.max_speakers or settings.max_speakers, settings.max_speakers)
+    if len(core) == 1:
+        labels = np.zeros(1, dtype=np.int64)
+    else:
+        tree = linkage(core, method="average", metric="cosine")
+        cut = fcluster(tree, t=settings.distance_threshold, criterion="distance") - 1
+        labels = _refine(core, _compact(cut), settings.refine_passes)
+        while int(labels.max()) + 1 > low:
+            merged = _merge_close_centroids(core, labels, settings.merge_centroid_distance)
+            if merged is None:
+                break
+            labels = _refine(core, merged, settings.refine_passes)
+        while int(labels.max()) + 1 > low and _smallest_is_spurious(labels, core_s, settings):
+            labels = _fold_smallest(core, labels, core_s)
+        while int(labels.max()) + 1 > high:
+            labels = _fold_smallest(core, labels, core_s)
+        if int(labels.max()) + 1 < low:
+            # Too few: cut the tree into more clusters than needed (cutting it into exactly
+            # ``low`` splits off outlier windows first), then fold the least-talking ones.
+            more = fcluster(tree, t=min(len(core), 2 * low + 2), criterion="maxclust") - 1
+            labels = _refine(core, _compact(more), settings.refine_passes)
+            while int(labels.max()) + 1 > low:
+                labels = _fold_smallest(core, labels, core_s)
+    k = int(labels.max()) + 1
+    full = np.argmax(x @ _centroids(core, labels, k).T, axis=1)
+    full[reliable] = labels
+    return _compact(full)
+
+
+# ---------------------------------------------------------------- 3. turns
+
+
+def smooth_labels(labels: Sequence[int], groups: Sequence[int], width: int) -> list[int]:
+    """Majority filter of ``width`` windows, never across ``groups`` (spans); ties keep the
+    window's own label."""
+    labels = list(labels)
+    if width <= 1:
+        return labels
+    half = width // 2
+    out = list(labels)
+    for i, label in enumerate(labels):
+        lo, hi = i, i
+        while lo > 0 and i - lo < half and groups[lo - 1] == groups[i]:
+            lo -= 1
+        while hi < len(labels) - 1 and hi - i < half and groups[hi + 1] == groups[i]:
+            hi += 1
+        votes = Counter(labels[lo : hi + 1])
+        winner, count = votes.most_common(1)[0]
+        if count > votes[label]:
+            out[i] = winner
+    return out
+
+
+def _span_of(window: TimeWindow, spans_s: Sequence[tuple[float, float]]) -> int:
+    for index, (start_s, end_s) in enumerate(spans_s):
+        if start_s - 1e-6 <= window.center_s <= end_s + 1e-6:
+            return index
+    return -1
+
+
+def speaker_turns(
+    windows: Sequence[TimeWindow],
+    labels: Sequence[int],
+    spans_s: Sequence[tuple[float, float]],
+    settings: DiarizationSettings = DiarizationSettings(),
+) -> list[SpeakerTurn]:
+    """Speaker turns covering the speech spans, from one label per window.
+
+    Inside a span each instant goes to the window whose centre is nearest, so a change
+    between two windows falls halfway between their centres.
+    """
+    if len(windows) != len(labels):
+        raise ValueError(f"{len(labels)} labels for {len(windows)} windows")
+    groups = [_span_of(w, spans_s) for w in windows]
+    smoothed = smooth_labels(labels, groups, settings.smoothing_windows)
+    pieces: list[tuple[float, float, int, int]] = []  # start, end, label, span
+    for span_index, (span_start_s, span_end_s) in enumerate(spans_s):
+        members = [i for i, g in enumerate(groups) if g == span_index]
+        if not members:
+            continue
+        centers = [windows[i].center_s for i in members]
+        cuts = [span_start_s, *((a + b) / 2 for a, b in zip(centers, centers[1:])), span_end_s]
+        for j, i in enumerate(members):
+            start_s, end_s = cuts[j], cuts[j + 1]
+            if pieces and pieces[-1][3] == span_index and pieces[-1][2] == smoothed[i]:
+                pieces[-1] = (pieces[-1][0], end_s, smoothed[i], span_index)
+            else:
+                pieces.append((start_s, end_s, smoothed[i], span_index))
+    pieces = _absorb_short_turns(pieces, settings.min_turn_s)
+    return [SpeakerTurn(a, b, SPEAKER_LABEL.format(label + 1)) for a, b, label, _ in pieces]
+
+
+def _absorb_short_turns(
+    pieces: list[tuple[float, float, int, int]], min_turn_s: float
+) -> list[tuple[float, float, int, int]]:
+    """Give a turn shorter than ``min_turn_s`` to the longer same-span neighbour."""
+    changed = True
+    while changed:
+        changed = False
+        for i, (start_s, end_s, _, span) in enumerate(pieces):
+            if end_s - start_s >= min_turn_s:
+                continue
+            neighbours = [
+                j for j in (i - 1, i + 1) if 0 <= j < len(pieces) and pieces[j][3] == span
+            ]
+            if not neighbours:
+                continue
+            j = max(neighbours, key=lambda j: pieces[j][1] - pieces[j][0])
+            label = pieces[j][2]
+            pieces[i] = (start_s, end_s, label, span)
+            merged: list[tuple[float, float, int, int]] = []
+            for piece in pieces:
+                if merged and merged[-1][3] == piece[3] and merged[-1][2] == piece[2]:
+                    merged[-1] = (merged[-1][0], piece[1], piece[2], piece[3])
+                else:
+                    merged.append(piece)
+            pieces = merged
+            changed = True
+            break
+    return pieces
+
+
+def talk_time_s(turns: Sequence[SpeakerTurn]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for turn in turns:
+        totals[turn.speaker] = totals.get(turn.speaker, 0.0) + turn.end_s - turn.start_s
+    return {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: _label_order(kv[0]))}
+
+
+def turns_from_embeddings(
+    windows: Sequence[TimeWindow],
+    embeddings: np.ndarray,
+    spans_s: Sequence[tuple[float, float]],
+    options: DiarizationOptions = DiarizationOptions(),
+    settings: DiarizationSettings = DiarizationSettings(),
+) -> Diarization:
+    """Steps 3-4 for windows the caller has embedded (row i is window i)."""
+    if len(windows) != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings for {len(windows)} windows")
+    labels = cluster_embeddings(
+        embeddings, options, settings, durations_s=[w.duration_s for w in windows]
+    )
+    turns = speaker_turns(windows, labels.tolist(), spans_s, settings)
+    return Diarization(
+        turns=tuple(turns),
+        windows=tuple(windows),
+        window_labels=tuple(int(v) for v in labels),
+        talk_time_s=talk_time_s(turns),
+    )
+
+
+def diarize(
+    samples: np.ndarray,
+    spans_s: Sequence[tuple[float, float]],
+    embed: Callable[[list[np.ndarray]], np.ndarray],
+    options: DiarizationOptions = DiarizationOptions(),
+    settings: DiarizationSettings = DiarizationSettings(),
+) -> Diarization:
+    """Diarize one recording given its speech spans (seconds) and an embedding function."""
+    windows = embedding_windows(spans_s, window_s=settings.window_s, hop_s=settings.hop_s)
+    if not windows:
+        return Diarization(turns=())
+    embeddings = np.asarray(embed(window_audio(samples, windows)))
+    return turns_from_embeddings(windows, embeddings, spans_s, options, settings)
+
+
+# ---------------------------------------------------------------- 4. segments
+
+
+def speaker_at(start_s: float, end_s: float, turns: Sequence[SpeakerTurn]) -> str | None:
+    """The speaker with most overlap with ``[start_s, end_s]``; without any overlap, the
+    speaker of the nearest turn; ``None`` without turns."""
+    if not turns:
+        return None
+    overlap: dict[str, float] = {}
+    for turn in turns:
+        shared_s = min(end_s, turn.end_s) - max(start_s, turn.start_s)
+        if shared_s > 0:
+            overlap[turn.speaker] = overlap.get(turn.speaker, 0.0) + shared_s
+    if overlap:
+        return max(overlap.items(), key=lambda kv: kv[1])[0]
+
+    def distance_s(turn: SpeakerTurn) -> float:
+        return max(turn.start_s - end_s, start_s - turn.end_s, 0.0)
+
+    return min(turns, key=distance_s).speaker
+
+
+def _split_by_words(
+    start_s: float, end_s: float, words: Sequence[WordTiming], turns: Sequence[SpeakerTurn]
+) -> list[SpeakerSegment]:
+    runs: list[tuple[str | None, list[WordTiming]]] = []
+    for word in words:
+        speaker = speaker_at(word.start_s, max(word.end_s, word.start_s + 1e-3), turns)
+        if runs and runs[-1][0] == speaker:
+            runs[-1][1].append(word)
+        else:
+            runs.append((speaker, [word]))
+    out = []
+    for index, (speaker, run) in enumerate(runs):
+        piece_start = start_s if index == 0 else run[0].start_s
+        piece_end = end_s if index == len(runs) - 1 else runs[index + 1][1][0].start_s
+        text = join_texts([w.word for w in run])
+        out.append(SpeakerSegment(piece_start, piece_end, text, tuple(run), speaker))
+    return out
+
+
+def _split_text(text: str, fractions: Sequence[float]) -> list[str]:
+    """Cut ``text`` into len(fractions) parts of about those shares of its tokens (words,
+    or characters for text without spaces, such as Chinese)."""
+    tokens = text.split() if " " in text.strip() else list(text.strip())
+    joiner = " " if " " in text.strip() else ""
+    bounds = np.round(np.cumsum([0.0, *fractions]) * len(tokens)).astype(int)
+    bounds[-1] = len(tokens)
+    return [joiner.join(tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _split_by_turns(
+    start_s: float, end_s: float, text: str, turns: Sequence[SpeakerTurn], min_piece_s: float
+) -> list[SpeakerSegment]:
+    cuts: list[tuple[float, float, str]] = []
+    for turn in turns:
+        a, b = max(start_s, turn.start_s), min(end_s, turn.end_s)
+        if b - a <= 0:
+            continue
+        if cuts and cuts[-1][2] == turn.speaker:
+            cuts[-1] = (cuts[-1][0], b, turn.speaker)
+        else:
+            cuts.append((a, b, turn.speaker))
+    cuts = [c for c in cuts if c[1] - c[0] >= min_piece_s]
+    if len(cuts) <= 1:
+        speaker = speaker_at(start_s, end_s, turns)
+        return [SpeakerSegment(start_s, end_s, text, (), speaker)]
+    # Stretch the pieces over the segment (gaps between turns go to the earlier piece).
+    edges = [start_s, *(c[0] for c in cuts[1:]), end_s]
+    durations = [b - a for a, b in zip(edges[:-1], edges[1:])]
+    texts = _split_text(text, [d / sum(durations) for d in durations])
+    return [
+        SpeakerSegment(a, b, piece_text, (), speaker)
+        for (a, b, piece_text, speaker) in zip(edges[:-1], edges[1:], texts, [c[2] for c in cuts])
+        if piece_text or len(cuts) == 1
+    ]
+
+
+def assign_speakers(
+    segments: Sequence[tuple[float, float, str, Sequence[WordTiming]]],
+    turns: Sequence[SpeakerTurn],
+    *,
+    min_piece_s: float = 0.5,
+) -> list[SpeakerSegment]:
+    """Segments ``(start_s, end_s, text, words)`` -> segments with ``speaker``.
+
+    A segment inside one speaker's turn keeps its text and times. One that spans a change
+    is split: at the first word of each new speaker when it has word timings, else at the
+    turn boundaries (pieces under ``min_piece_s`` are not split off) with its text divided
+    in proportion to each piece's duration.
+    """
+    out: list[SpeakerSegment] = []
+    for start_s, end_s, text, words in segments:
+        if not turns:
+            out.append(SpeakerSegment(start_s, end_s, text, tuple(words), None))
+        elif words:
+            out.extend(_split_by_words(start_s, end_s, words, turns))
+        else:
+            out.extend(_split_by_turns(start_s, end_s, text, turns, min_piece_s))
+    return out

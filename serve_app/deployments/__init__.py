@@ -1,1 +1,0 @@
-"""Thin Ray Serve wrappers around the plain classes (ingress, VAD, recognizer)."""

@@ -1,0 +1,1 @@
+"""The online service: app builder, thin Serve deployments, ingress, admission, cache, UI."""

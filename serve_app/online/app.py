@@ -1,0 +1,146 @@
+"""The Serve application builder that ``ray_configs/*.yaml`` point at.
+
+``serve run ray_configs/serve.yaml`` imports ``serve_app.online.app:build_app`` and calls it with
+the config file's ``args``, which Serve validates against :class:`AppConfig` (the type
+annotation) once. Each deployment receives only its own settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+from ray.serve import Application, Deployment
+
+from serve_app.config import AppConfig, resolve_models_dir
+from serve_app.core.audio import AudioLimits
+from serve_app.core.diarization import DiarizationSettings
+from serve_app.core.types import RecognitionOptions
+from serve_app.online.admission import AdmissionPolicy
+from serve_app.online.cache import CacheOptions, model_version
+from serve_app.online.deployments.punctuation import PunctuationDeployment
+from serve_app.online.deployments.recognizer import RecognizerDeployment
+from serve_app.online.deployments.speakers import SpeakerDeployment
+from serve_app.online.deployments.vad import VadDeployment
+from serve_app.online.ingress import AsrIngress, IngressOptions
+from serve_app.online.retry import RetryPolicy
+from serve_app.punctuation.stage import punctuation_for
+
+
+def build_app(args: AppConfig) -> Application:
+    """Bind ingress -> VAD and ingress -> one recognizer deployment per served model."""
+    config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
+    models_dir = str(resolve_models_dir(config.models_dir))
+    vad = _deployment(VadDeployment).options(
+        name="VadDeployment", **config.vad_deployment.serve_options()
+    )
+    recognizer = _deployment(RecognizerDeployment)
+    recognizers = {
+        rec.name: recognizer.options(
+            name=f"Recognizer-{rec.name}", **rec.deployment.serve_options()
+        ).bind(rec, models_dir)
+        for rec in config.recognizers
+    }
+    options = IngressOptions(
+        limits=AudioLimits(
+            max_upload_bytes=config.audio.max_upload_bytes,
+            max_duration_s=config.audio.max_duration_s,
+        ),
+        model_names=config.model_names(),
+        default_model=config.default_model,
+        default_options={
+            rec.name: RecognitionOptions(language=rec.language, hotwords=rec.hotwords)
+            for rec in config.recognizers
+        },
+        pack_segments_ms={rec.name: rec.segment_pack_ms for rec in config.recognizers},
+        request_timeout_s=config.ingress.request_timeout_s,
+        retry=RetryPolicy(**config.ingress.retry.model_dump()),
+        admission={
+            rec.name: AdmissionPolicy(
+                max_queue_wait_s=rec.max_queue_wait_s,
+                initial_rate_audio_s_per_s=rec.initial_drain_rate_audio_s_per_s,
+            )
+            for rec in config.recognizers
+        },
+        cache=_cache_options(config, models_dir),
+        channels=config.channels,
+        diarize_by_default=bool(config.speakers and config.speakers.diarize_by_default),
+        diarization_settings=(
+            config.speakers.diarization_settings() if config.speakers else DiarizationSettings()
+        ),
+    )
+    ingress = _deployment(AsrIngress).options(
+        name="AsrIngress", **config.ingress.deployment.serve_options()
+    )
+    # The speaker-embedding stage exists only with a ``speakers`` section (diarization).
+    speakers = None
+    if config.speakers is not None:
+        speakers = (
+            _deployment(SpeakerDeployment)
+            .options(name="SpeakerDeployment", **config.speakers.deployment.serve_options())
+            .bind(config.speakers, models_dir)
+        )
+    return ingress.bind(
+        vad.bind(config.vad, models_dir),
+        recognizers,
+        options,
+        speakers,
+        punctuators=_punctuators(config, models_dir),
+    )
+
+
+def _punctuators(config: AppConfig, models_dir: str) -> dict:
+    """One punctuation deployment per recognizer with a ``punctuation`` section (skipped,
+    with a warning, for a model that punctuates itself: serve_app.punctuation.stage)."""
+    out = {}
+    for rec in config.recognizers:
+        settings = punctuation_for(rec, Path(models_dir))
+        if settings is not None:
+            out[rec.name] = (
+                _deployment(PunctuationDeployment)
+                .options(name=f"Punctuation-{rec.name}", **settings.deployment.serve_options())
+                .bind(settings, models_dir, rec.name)
+            )
+    return out
+
+
+# Settings that change how a model is served, not what it answers (the cache's version).
+_NOT_OUTPUT_SETTINGS = {
+    "aliases",
+    "deployment",
+    "batch",
+    "max_queue_wait_s",
+    "initial_drain_rate_audio_s_per_s",
+    "warmup",
+    "cpu_threads",
+}
+
+
+def _cache_options(config: AppConfig, models_dir: str) -> CacheOptions | None:
+    """The result cache's options; each model's version is the config's, else its
+    weights' identity with every setting that may change the output: the recognizer's
+    own and the rest of the app's (VAD, speakers, punctuation: all but the ingress,
+    the deployments' resources and the cache itself)."""
+    if not config.cache.enabled:
+        return None
+    shared = config.model_dump(
+        mode="json",
+        exclude={"recognizers", "ingress", "vad_deployment", "cache", "audio", "models_dir"},
+    )
+    versions = {}
+    for rec in config.recognizers:
+        own = rec.model_dump(mode="json", exclude=_NOT_OUTPUT_SETTINGS)
+        versions[rec.name] = config.cache.model_versions.get(rec.name) or model_version(
+            rec.model, models_dir, {"recognizer": own, "app": shared}
+        )
+    return CacheOptions(
+        max_bytes=config.cache.max_bytes,
+        redis_url=config.cache.redis_url,
+        ttl_s=config.cache.ttl_s,
+        model_versions=versions,
+    )
+
+
+def _deployment(cls: object) -> Deployment:
+    """``@serve.deployment`` made ``cls`` a Deployment; mypy still sees the class."""
+    return cast(Deployment, cls)

@@ -1,0 +1,1 @@
+"""Thin Ray Serve deployments around the plain stage classes."""

@@ -1,0 +1,186 @@
+"""``serve run`` with a stop that loses nothing: ``python -m serve_app.online.run CONFIG``.
+
+Ray 2.60's ``serve run`` handles Ctrl-C with ``serve.shutdown()``, which kills the HTTP
+proxy at once: requests in flight are finished by the ingress but their answers never
+reach the clients. It does not handle SIGTERM (the stop signal of Kubernetes, systemd and
+``docker stop``) at all: Ray's handler aborts the driver. This runner deploys the same
+config file the same way ``serve run`` does (the controller's ``apply_config``), and on
+SIGINT or SIGTERM stops in an order that answers every request it accepted:
+
+1. **drain**: every ingress replica gets ``user_config: {draining: true}`` (Serve applies a
+   user_config change in place, on every replica, without a restart); from then on a new
+   transcription is answered 503 with ``Retry-After`` and ``/healthz`` is 503, so a load
+   balancer stops sending and clients retry elsewhere;
+2. **wait** until no ingress replica has a request in flight (``--drain-timeout-s``);
+3. **delete** the applications while the proxy still answers (replicas finish anything
+   left within their ``graceful_shutdown_timeout_s``);
+4. ``serve.shutdown()`` and ``ray.shutdown()``.
+
+A second signal skips to step 4. ``--address`` (or ``RAY_ADDRESS``) deploys onto a running
+cluster, as ``serve run --address`` does; then step 4 leaves that cluster up. Without
+either it starts its own local cluster (never attaching to a stale one left on the host).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger("serve_app.online.run")
+
+INGRESS_DEPLOYMENT = "AsrIngress"
+_POLL_S = 0.5
+
+
+# glibc malloc arenas per process (see main): 2 keeps RSS flat under sustained load.
+MALLOC_ARENA_MAX = "2"
+
+
+def draining_config(config: dict[str, Any], ingress: str = INGRESS_DEPLOYMENT) -> dict[str, Any]:
+    """The same Serve config with ``user_config.draining = true`` on every app's ingress.
+
+    Only the ingress's user_config changes, so Serve reconfigures it in place and leaves
+    every other replica (and the models they hold) alone.
+    """
+    out = copy.deepcopy(config)
+    for app in out.get("applications", []):
+        entries = app.setdefault("deployments", [])
+        entry = next((d for d in entries if d.get("name") == ingress), None)
+        if entry is None:
+            entry = {"name": ingress}
+            entries.append(entry)
+        entry["user_config"] = {**(entry.get("user_config") or {}), "draining": True}
+    return out
+
+
+def _ingress_replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications.get(app)
+    if status is None or INGRESS_DEPLOYMENT not in status.deployments:
+        return 0
+    states: dict = dict(status.deployments[INGRESS_DEPLOYMENT].replica_states)
+    return int(states.get("RUNNING", 0))
+
+
+async def _drain_state(app: str) -> tuple[bool, int]:
+    """(every answering ingress replica is draining, most requests in flight at one).
+
+    A handle call reaches one replica, so ask twice as many times as there are replicas."""
+    from ray import serve
+
+    replicas = _ingress_replicas(app)
+    if replicas == 0:
+        return True, 0
+    handle = serve.get_deployment_handle(INGRESS_DEPLOYMENT, app_name=app)
+    answers = await asyncio.gather(
+        *(handle.drain_state.remote() for _ in range(2 * replicas)), return_exceptions=True
+    )
+    states = [a for a in answers if isinstance(a, dict)]
+    if not states:
+        return False, 0
+    return all(s["draining"] for s in states), max(int(s["in_flight"]) for s in states)
+
+
+def wait_drained(apps: list[str], timeout_s: float, stop_now: threading.Event) -> bool:
+    """True once two polls in a row found every ingress draining with nothing in flight."""
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while time.monotonic() < deadline and not stop_now.is_set():
+        states = [asyncio.run(_drain_state(app)) for app in apps]
+        busy = sum(n for _, n in states)
+        done = all(draining for draining, _ in states) and busy == 0
+        quiet = quiet + 1 if done else 0
+        if quiet >= 2:
+            return True
+        if busy:
+            logger.info("draining: %d request(s) still in flight", busy)
+        time.sleep(_POLL_S)
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", type=Path, help="a Serve config file (ray_configs/*.yaml)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS") or "local",
+        help="'auto' or HOST:PORT of a running cluster; default RAY_ADDRESS, else a new local "
+        "one (never a stale cluster left on the host)",
+    )
+    parser.add_argument("--drain-timeout-s", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    import ray
+    from ray import serve
+    from ray.serve._private import api as serve_api
+    from ray.serve._private.constants import SERVE_NAMESPACE
+    from ray.serve.config import gRPCOptions
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(args.config.read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    apps = [app.name for app in config.applications]
+    started_ray = not ray.is_initialized() and args.address == "local"
+    if started_ray:
+        # Every process of the cluster this command starts (raylet, proxy, controller,
+        # replicas) inherits it: glibc's per-thread malloc arenas otherwise grow a
+        # long-running replica's RSS without bound (docs/BENCHMARKS.md, "Soak").
+        os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
+    if not ray.is_initialized():
+        ray.init(address=args.address, namespace=SERVE_NAMESPACE)
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        grpc_options=gRPCOptions(**config.grpc_options.model_dump()),
+        controller_options=config.controller_options,
+    )
+    client.deploy_apps(config, _blocking=False)
+    logger.info("deployed %s from %s; SIGINT/SIGTERM stops it gracefully", apps, args.config)
+
+    stop = threading.Event()
+    stop_now = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            logger.warning("second %s: stopping now", signal.Signals(signum).name)
+            stop_now.set()
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(1.0):
+        pass
+
+    started = time.monotonic()
+    try:
+        if not stop_now.is_set():
+            logger.info("draining: new requests get 503 + Retry-After")
+            client.deploy_apps(ServeDeploySchema.model_validate(draining_config(raw)))
+            drained = wait_drained(apps, args.drain_timeout_s, stop_now)
+            logger.info("in-flight requests %s", "done" if drained else "not done in time")
+            for app in apps:
+                if not stop_now.is_set():
+                    serve.delete(app, _blocking=True)
+    finally:
+        serve.shutdown()
+        if started_ray:
+            ray.shutdown()
+    logger.info("stopped in %.1f s", time.monotonic() - started)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line tools a user runs (``python -m serve_app.tools.<name>``)."""

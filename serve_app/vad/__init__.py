@@ -1,0 +1,1 @@
+"""Voice activity detection: FSMN-VAD and Silero span detectors (plain classes)."""

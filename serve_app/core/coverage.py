@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from serve_app.core.audio import SAMPLE_RATE_HZ
+from serve_app.core.text import is_unspaced, is_wide, join_texts
 from serve_app.core.types import SegmentTranscript, TextSpan, WordTiming
 
 logger = logging.getLogger(__name__)
@@ -187,13 +187,10 @@ def speech_islands(
 # -- text checks ------------------------------------------------------------------------
 
 
-def _is_cjk(ch: str) -> bool:
-    return unicodedata.east_asian_width(ch) in ("W", "F")
-
-
 def text_weight(text: str) -> float:
-    """Letters and digits count 1, CJK characters 3 (one CJK char ~ one short word)."""
-    return float(sum(3 if _is_cjk(ch) else 1 for ch in text if ch.isalnum()))
+    """Letters and digits count 1, wide characters (Han, kana, Hangul) 3: one ~ a short
+    word of speech."""
+    return float(sum(3 if is_wide(ch) else 1 for ch in text if ch.isalnum()))
 
 
 def compression_ratio(text: str) -> float:
@@ -206,10 +203,10 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def _units(text: str) -> list[str]:
-    """Words; CJK characters one unit each."""
+    """Words; characters of unspaced scripts (Chinese, Japanese) one unit each."""
     units: list[str] = []
     for word in _WORD.findall(text.lower()):
-        if any(_is_cjk(ch) for ch in word):
+        if any(is_unspaced(ch) for ch in word):
             units.extend(word)
         else:
             units.append(word)
@@ -522,7 +519,7 @@ def _drop_leading_units(text: str, count: int) -> str:
         if match is None:
             return ""
         word = match.group(0)
-        if any(_is_cjk(ch) for ch in word):  # one unit per CJK character
+        if any(is_unspaced(ch) for ch in word):  # one unit per unspaced character
             pos = match.start() + 1
         else:
             pos = match.end()
@@ -535,8 +532,6 @@ def splice(
 ) -> SegmentTranscript:
     """The item's spans (or none, when degenerate) plus each stretch's spans, moved to the
     item's time, in time order; one text made of them."""
-    from serve_app.core.transcript import join_texts  # transcript imports the recognizer base only
-
     if len(parts) != len(check.stretches):
         raise ValueError(f"{len(parts)} results for {len(check.stretches)} stretches")
     # (start_s, is_new, order, span)

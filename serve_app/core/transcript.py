@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from serve_app.core.text import join_texts
 from serve_app.core.types import WordTiming
 
 
@@ -35,23 +35,6 @@ class Transcription:
     speakers: dict[str, float] = field(default_factory=dict)
     # "transcribe", or "translate" (/v1/audio/translations: English text).
     task: str = "transcribe"
-
-
-def _is_cjk(ch: str) -> bool:
-    return unicodedata.east_asian_width(ch) in ("W", "F")
-
-
-def join_texts(texts: Sequence[str]) -> str:
-    """Join segment texts: a space between words, none between CJK characters."""
-    out = ""
-    for text in texts:
-        text = text.strip()
-        if not text:
-            continue
-        if out and not (_is_cjk(out[-1]) and _is_cjk(text[0])):
-            out += " "
-        out += text
-    return out
 
 
 def stitch_segments(

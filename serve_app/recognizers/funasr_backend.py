@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from serve_app.core.errors import InvalidRequestError
+from serve_app.core.text import join_tokens
 from serve_app.core.types import (
     ModelCapabilities,
     RecognitionOptions,
@@ -95,20 +96,6 @@ def _timestamps_per_item(calc: Callable[..., Any]) -> Callable[..., Any]:
         )
 
     return wrapped
-
-
-def _is_cjk(word: str) -> bool:
-    return bool(word) and all("\u3400" <= ch <= "\u9fff" for ch in word)
-
-
-def _join_words(words: Sequence[str]) -> str:
-    """Paraformer's text without timestamps: spaces only between two non-CJK words."""
-    out = ""
-    for word in words:
-        if out and not _is_cjk(word) and not _is_cjk(out[-1]):
-            out += " "
-        out += word
-    return out
 
 
 def _normalize_language(language: str | None) -> str:
@@ -366,7 +353,7 @@ class FunAsrBackend:
             return SegmentTranscript(text=text.strip())
         # With timestamps FunASR joins every unit with a space ("皮 酒 病"): one per stamp.
         words = text.split()
-        return SegmentTranscript(text=_join_words(words), words=self._timings(words, timestamps_ms))
+        return SegmentTranscript(text=join_tokens(words), words=self._timings(words, timestamps_ms))
 
     @staticmethod
     def _timings(words: Sequence[str], timestamps_ms: Sequence[Any]) -> tuple[WordTiming, ...]:

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from serve_app.core.errors import InvalidRequestError
+from serve_app.core.text import join_tokens
 from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscript
-from serve_app.recognizers import funasr_backend
+from serve_app.recognizers import funasr_backend, funasr_loader
 from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
 from serve_app.recognizers.funasr_backend import FunAsrBackend
 from serve_app.recognizers.funasr_loader import FunAsrModelNotFoundError, load_funasr_model
@@ -101,7 +102,7 @@ def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def funasr_imported() -> None:
     """Import funasr (seconds) outside the timed sections."""
-    funasr_backend._hub_model_id("paraformer-zh", "ms")
+    funasr_loader._hub_model_id("paraformer-zh", "ms")
 
 
 @pytest.mark.usefixtures("funasr_imported")
@@ -124,7 +125,7 @@ def test_hub_id_fails_fast_when_the_hub_is_unreachable(monkeypatch: pytest.Monke
     started = time.perf_counter()
     with pytest.raises(FunAsrModelNotFoundError, match="unreachable"):
         load_funasr_model("iic/no-such-model-for-tests", models_dir=None)
-    assert time.perf_counter() - started < funasr_backend.HUB_PROBE_TIMEOUT_S + 3.0
+    assert time.perf_counter() - started < funasr_loader.HUB_PROBE_TIMEOUT_S + 3.0
 
 
 def test_hub_id_found_in_the_local_cache_loads_offline(
@@ -209,9 +210,9 @@ def test_paraformer_word_timestamps_lie_within_the_segment(
     assert starts == sorted(starts)
 
 
-def test_join_words_spaces_only_between_non_cjk_words() -> None:
-    assert funasr_backend._join_words(["你", "好", "new", "york", "市"]) == "你好new york市"
-    assert funasr_backend._join_words([]) == ""
+def test_join_tokens_spaces_only_between_spaced_words() -> None:
+    assert join_tokens(["你", "好", "new", "york", "市"]) == "你好new york市"
+    assert join_tokens([]) == ""
 
 
 def test_warmup_runs(backends: dict[str, FunAsrBackend]) -> None:

@@ -34,7 +34,7 @@ from serve_app.core.coverage import (
     speech_islands,
     splice,
 )
-from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.core.segmentation import SpeechSegment, pack_pieces
 from serve_app.core.types import RecognitionOptions, SegmentTranscript, TextSpan
 from tests.speech import requires_espeak

@@ -13,9 +13,10 @@ import numpy as np
 
 from serve_app.core.audio import AudioLimits, DecodedAudio
 from serve_app.core.language import majority_language
-from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.core.pipeline import BlockExecutor, Route, SpeechItem, recognize_signal, run_lockstep
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import RecognitionOptions, SegmentTranscript
+from serve_app.online.service import ModelRoute, TranscriptionService
 
 # marker -> (language heard, probability)
 HEARD = {1.0: ("fr", 0.95), 2.0: ("nl", 0.40), 3.0: ("de", 0.60), 4.0: ("de", 0.55)}
@@ -111,11 +112,10 @@ def test_majority_weights_by_probability_and_counts_unscored_as_one() -> None:
     assert majority_language([SegmentTranscript("")]) is None
 
 
-def test_offline_batched_detection_decides_as_online() -> None:
-    """detect_languages_batched (the offline job): the same languages and kept probes as
-    the online path, the first items of every file in ONE batch."""
-    from serve_app.core.language import detect_languages_batched
-
+def test_offline_block_detection_decides_as_online() -> None:
+    """The offline driver (run_lockstep + BlockExecutor over recognize_signal): the same
+    languages and kept probes as the online path; every file's probe items ride in the
+    block's batches beside other files' first passes, one call per round."""
     calls: list[list[tuple[float, str | None]]] = []
 
     def transcribe_batch(jobs):
@@ -123,20 +123,29 @@ def test_offline_batched_detection_decides_as_online() -> None:
         out = []
         for job in jobs:
             heard, probability = HEARD[float(job.audio[0])]
-            out.append(SegmentTranscript("", language=heard, language_probability=probability))
+            out.append(
+                SegmentTranscript(
+                    f"{job.audio[0]:.0f}", language=heard, language_probability=probability
+                )
+            )
         return out
 
-    def item(marker: float) -> np.ndarray:
-        return np.full(160, marker, np.float32)
+    def items(markers: list[float]) -> list[SpeechItem]:
+        return [
+            SpeechItem(i * 1000, i * 1000 + 10, np.full(160, m, np.float32))
+            for i, m in enumerate(markers)
+        ]
 
+    route = Route("m", detects_language=True)
     files = [
-        (RecognitionOptions(), [item(1.0), item(2.0)]),  # confident fr
-        (RecognitionOptions(), [item(2.0), item(3.0), item(4.0), item(1.0)]),  # unsure -> de
-        (RecognitionOptions(language="es"), [item(2.0)]),  # given
+        (RecognitionOptions(), items([1.0, 2.0])),  # confident fr
+        (RecognitionOptions(), items([2.0, 3.0, 4.0, 1.0])),  # unsure -> de
+        (RecognitionOptions(language="es"), items([2.0])),  # given
     ]
-    decided = detect_languages_batched(transcribe_batch, files)
-    assert [options.language for options, _ in decided] == ["fr", "de", "es"]
-    assert sorted(decided[0][1]) == [0] and sorted(decided[1][1]) == [1, 2]
-    assert calls[0] == [(1.0, None), (2.0, None)]  # first items of both files, one batch
-    assert calls[1] == [(3.0, None), (4.0, None)]  # the unsure file's next two
-    assert len(calls) == 2
+    steps = [recognize_signal(mine, route, opts) for opts, mine in files]
+    out = run_lockstep(steps, BlockExecutor(transcribe_batch))
+    assert [o.text for o in out] == ["1 2", "2 3 4 1", "2"]
+    assert calls[0] == [(1.0, None), (2.0, None), (2.0, "es")]  # probes beside a first pass
+    assert calls[1] == [(2.0, "fr"), (3.0, None), (4.0, None)]  # fr's rest, de's probes
+    assert calls[2] == [(2.0, "de"), (1.0, "de")]  # the probes heard as de are kept
+    assert len(calls) == 3

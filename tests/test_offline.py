@@ -754,7 +754,7 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
     recognizer classes gives the same text and segments as the job."""
     from serve_app.config import resolve_models_dir
     from serve_app.core.audio import AudioLimits, decode_audio, read_audio_bytes
-    from serve_app.core.pipeline import ModelRoute, TranscriptionService
+    from serve_app.online.service import ModelRoute, TranscriptionService
     from serve_app.recognizers.factory import build_recognizer
     from serve_app.vad.detectors import FsmnVad
 

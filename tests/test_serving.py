@@ -7,7 +7,7 @@ import pytest
 
 from serve_app.core.audio import AudioLimits, DecodedAudio
 from serve_app.core.errors import RecognitionError, UnknownModelError
-from serve_app.core.pipeline import ModelRoute, TranscriptionService
+from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import RecognitionOptions, SegmentTranscript, WordTiming
 

@@ -59,18 +59,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from serve_app.batch.config import JobConfig, load_job_config
-from serve_app.batch.stages import (
-    OPTIONAL_MANIFEST_COLUMNS,
-    REQUIRED_MANIFEST_COLUMNS,
-    STATUS_OK,
-    AssembleStage,
-    DecodeVadStage,
-    RecognizeStage,
-)
+from serve_app.batch.parts import AssembleStage
+from serve_app.batch.rows import OPTIONAL_MANIFEST_COLUMNS, REQUIRED_MANIFEST_COLUMNS, STATUS_OK
+from serve_app.batch.stages import DecodeVadStage, RecognizeStage
 
 logger = logging.getLogger("serve_app.batch.job")
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "ray_configs" / "batch_cpu.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "ray_configs" / "batch_cpu.yaml"
 QUARANTINE_DIR = "_quarantine"
 SUPERSEDED_DIR = "_superseded"
 RETRY_STAGING_PREFIX = "_retry-"

@@ -1,11 +1,11 @@
 """Speakers of one request: channel split labels and diarization over a speaker stage.
 
-What :class:`serve_app.core.pipeline.TranscriptionService` does with a :class:`SpeakerRequest`:
+What :class:`serve_app.online.service.TranscriptionService` does with a :class:`SpeakerRequest`:
 
 - ``channels="split"``: every channel is its own signal (VAD'd and recognized on its own,
   its segments ordinary recognizer items); :func:`merge_channels` labels each channel's
   segments with the channel's name and merges them by start time.
-- ``diarize=True`` (one signal): :func:`diarize_signal` cuts embedding windows inside the
+- ``diarize=True`` (one signal): :func:`serve_app.core.pipeline.diarize_signal` cuts windows in the
   VAD segments, sends each window as one call to the speaker stage (so windows of many
   requests share its batches), clusters this request's embeddings alone and returns the
   speaker turns; :func:`label_segments` gives every transcript segment its speaker,
@@ -14,7 +14,6 @@ What :class:`serve_app.core.pipeline.TranscriptionService` does with a :class:`S
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -24,11 +23,7 @@ import numpy as np
 from serve_app.core.diarization import (
     Diarization,
     DiarizationOptions,
-    DiarizationSettings,
     assign_speakers,
-    embedding_windows,
-    turns_from_embeddings,
-    window_audio,
 )
 from serve_app.core.transcript import TranscriptSegment
 from serve_app.core.types import EmbeddingJob
@@ -43,33 +38,6 @@ class SpeakerRequest:
     channels: Literal["mix", "split"] = "mix"
     diarize: bool = False
     diarization: DiarizationOptions = field(default_factory=DiarizationOptions)
-
-
-async def diarize_signal(
-    samples: np.ndarray,
-    spans_s: Sequence[tuple[float, float]],
-    embed: EmbedFn,
-    options: DiarizationOptions,
-    settings: DiarizationSettings,
-    *,
-    deadline_unix_s: float | None = None,
-    request_id: str | None = None,
-) -> Diarization:
-    """Windows inside ``spans_s`` -> one ``embed`` call each (all at once) -> this
-    request's clusters and turns."""
-    windows = embedding_windows(spans_s, window_s=settings.window_s, hop_s=settings.hop_s)
-    if not windows:
-        return Diarization(turns=())
-    jobs = [
-        EmbeddingJob(np.ascontiguousarray(a, dtype=np.float32), deadline_unix_s, request_id)
-        for a in window_audio(samples, windows)
-    ]
-    embeddings = await asyncio.gather(*(embed(job) for job in jobs))
-    matrix = np.stack([np.asarray(e, dtype=np.float32) for e in embeddings])
-    # Clustering is CPU work (scipy linkage over the request's windows): off the loop.
-    return await asyncio.to_thread(
-        turns_from_embeddings, windows, matrix, list(spans_s), options, settings
-    )
 
 
 def label_segments(

@@ -45,7 +45,7 @@ from serve_app.core.errors import (
     UploadTooLargeError,
 )
 from serve_app.core.memory import HeapTrimmer
-from serve_app.core.pipeline import (
+from serve_app.online.service import (
     ModelRoute,
     SegmentCallback,
     TranscriptionService,

@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from serve_app.core.pipeline import SegmentCallback, SegmentDone
+from serve_app.online.service import SegmentCallback, SegmentDone
 from serve_app.core.transcript import Transcription, join_texts
 
 logger = logging.getLogger(__name__)

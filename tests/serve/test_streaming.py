@@ -14,7 +14,7 @@ import soundfile as sf
 
 from serve_app.core.audio import AudioLimits, DecodedAudio
 from serve_app.core.errors import RecognitionError
-from serve_app.core.pipeline import ModelRoute, SegmentDone, TranscriptionService
+from serve_app.online.service import ModelRoute, SegmentDone, TranscriptionService
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import SegmentTranscript
 from serve_app.online.streaming import TranscriptStream

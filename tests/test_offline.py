@@ -32,19 +32,16 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.batch.config import ActorPoolSettings, JobConfig, load_job_config
-from serve_app.batch.job import (
+from serve_app.batch.io import (
     ManifestError,
     OutputDirError,
-    _pool_args,
     _run_filenames,
-    build_pipeline,
     commit_retry,
     error_rows_by_file,
     inspect_manifest,
-    pending_manifest_blocks,
-    run_job,
     scan_output,
 )
+from serve_app.batch.job import _pool_args, build_pipeline, pending_manifest_blocks, run_job
 from serve_app.batch.stages import (
     DECODED_SCHEMA,
     OUTPUT_SCHEMA,

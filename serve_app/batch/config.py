@@ -11,22 +11,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from serve_app.config import (
     AudioSettings,
     ChannelSettings,
     RecognizerSettings,
     SpeakerSettings,
+    Strict,
     VadSettings,
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ActorPoolSettings(_Strict):
+class ActorPoolSettings(Strict):
     """One Ray Data actor pool (``ActorPoolStrategy``) and each actor's resources."""
 
     min_size: int = Field(1, ge=1)
@@ -55,7 +52,7 @@ class ActorPoolSettings(_Strict):
         return self
 
 
-class JobConfig(_Strict):
+class JobConfig(Strict):
     """The whole offline job: model sections shared with Serve, plus Ray Data settings."""
 
     models_dir: str | None = None

@@ -34,7 +34,7 @@ class FasterWhisperReference:
     def __init__(self, model_dir: Path, compute_type: str = "int8") -> None:
         from faster_whisper import WhisperModel
 
-        from serve_app.recognizers.factory import model_cpu_threads
+        from serve_app.core.modelref import model_cpu_threads
 
         # The same thread count as the models under test ($ASR_CPU_THREADS, else default).
         self._model = WhisperModel(

@@ -90,7 +90,7 @@ def test_duplicate_model_names_rejected():
 
 
 def test_model_threads_knob(monkeypatch):
-    from serve_app.recognizers.factory import CPU_THREADS_ENV, model_cpu_threads
+    from serve_app.core.modelref import CPU_THREADS_ENV, model_cpu_threads
 
     monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
     assert model_cpu_threads(0) == 0  # the library's default

@@ -21,9 +21,7 @@ from serve_app.core.coverage import (
     REPETITION,
     RETIME_STEPS,
     TAIL,
-    ItemAudio,
     ItemCheck,
-    Redecoder,
     Stretch,
     check_item,
     compression_ratio,
@@ -32,11 +30,11 @@ from serve_app.core.coverage import (
     retime_spans,
     speech_frames,
     speech_islands,
-    splice,
 )
-from serve_app.online.service import ModelRoute, TranscriptionService
+from serve_app.core.redecode import ItemAudio, Redecoder, splice
 from serve_app.core.segmentation import SpeechSegment, pack_pieces
 from serve_app.core.types import RecognitionOptions, SegmentTranscript, TextSpan
+from serve_app.online.service import ModelRoute, TranscriptionService
 from tests.speech import requires_espeak
 
 SR = 16_000

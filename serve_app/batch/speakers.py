@@ -22,9 +22,9 @@ from serve_app.config import ChannelSettings, SpeakerSettings
 from serve_app.core.audio import DecodedAudio
 from serve_app.core.errors import InvalidRequestError
 from serve_app.core.speaker_request import (
+    CHANNEL_MODES,
     SpeakerRequest,
 )
-from serve_app.online.forms import CHANNEL_MODES
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")

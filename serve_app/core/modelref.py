@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -18,3 +19,21 @@ def resolve_model_ref(model_ref: str, models_dir: Path | None) -> str:
 
 def is_local(model_ref: str, models_dir: Path | None) -> bool:
     return Path(resolve_model_ref(model_ref, models_dir)).is_dir()
+
+
+# Intra-op threads of every model whose config leaves ``cpu_threads`` at 0 (the library
+# default): one knob for a whole node or test run (the suite runs at 1 and 2 threads).
+CPU_THREADS_ENV = "ASR_CPU_THREADS"
+
+
+def model_cpu_threads(configured: int) -> int:
+    """``configured``, else ``$ASR_CPU_THREADS``, else 0 (the library's own default)."""
+    if configured:
+        return configured
+    value = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if not value:
+        return 0
+    threads = int(value)
+    if threads < 0:
+        raise ValueError(f"{CPU_THREADS_ENV} must be >= 0, got {value!r}")
+    return threads

@@ -30,7 +30,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from serve_app.core import observability
-from serve_app.core.coverage import ItemAudio, Redecoder
 from serve_app.core.diarization import (
     Diarization,
     DiarizationOptions,
@@ -43,6 +42,7 @@ from serve_app.core.diarization import (
 from serve_app.core.errors import AsrError
 from serve_app.core.language import PROBE_ITEMS, decide_language, probe_unsure
 from serve_app.core.punctuate import apply_texts
+from serve_app.core.redecode import ItemAudio, Redecoder
 from serve_app.core.segmentation import PackedPiece, SpeechSegment
 from serve_app.core.speaker_request import label_segments, merge_channels, talk_time_s
 from serve_app.core.text import join_texts

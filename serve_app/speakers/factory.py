@@ -10,7 +10,7 @@ from serve_app.speakers.base import BatchedEmbedder, SpeakerEmbedder
 
 def build_speaker_embedder(settings: SpeakerSettings, models_dir: Path | None) -> SpeakerEmbedder:
     """The encoder named by ``settings.backend``, loaded but not warmed."""
-    from serve_app.recognizers.factory import model_cpu_threads
+    from serve_app.core.modelref import model_cpu_threads
 
     threads = model_cpu_threads(settings.cpu_threads)
     if settings.backend == "ge2e":

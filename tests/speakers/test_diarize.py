@@ -7,9 +7,10 @@ import itertools
 import numpy as np
 import pytest
 
-from serve_app.core.errors import InvalidRequestError
-from serve_app.core.types import WordTiming
 from serve_app.core import diarization as dz
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.speaker_request import assign_speakers
+from serve_app.core.types import WordTiming
 
 
 def synthetic_embeddings(
@@ -180,13 +181,13 @@ TURNS = [
 
 
 def test_a_segment_inside_one_turn_keeps_its_text() -> None:
-    out = dz.assign_speakers([(0.5, 3.5, "hello there", ())], TURNS)
+    out = assign_speakers([(0.5, 3.5, "hello there", ())], TURNS)
     assert [(s.start_s, s.end_s, s.text, s.speaker) for s in out] == [
         (0.5, 3.5, "hello there", "speaker_1")
     ]
     # In a gap between turns: the nearest turn's speaker.
-    assert dz.assign_speakers([(8.2, 8.4, "hm", ())], TURNS)[0].speaker == "speaker_2"
-    assert dz.assign_speakers([(0.0, 1.0, "x", ())], [])[0].speaker is None
+    assert assign_speakers([(8.2, 8.4, "hm", ())], TURNS)[0].speaker == "speaker_2"
+    assert assign_speakers([(0.0, 1.0, "x", ())], [])[0].speaker is None
 
 
 def test_a_segment_over_a_change_splits_at_the_first_word_of_the_new_speaker() -> None:
@@ -197,7 +198,7 @@ def test_a_segment_over_a_change_splits_at_the_first_word_of_the_new_speaker() -
         WordTiming(4.2, 4.6, " fine,"),
         WordTiming(4.7, 5.5, " thanks."),
     )
-    out = dz.assign_speakers([(1.9, 5.6, "how are you? fine, thanks.", words)], TURNS)
+    out = assign_speakers([(1.9, 5.6, "how are you? fine, thanks.", words)], TURNS)
     assert [(s.start_s, s.end_s, s.text, s.speaker) for s in out] == [
         (1.9, 4.2, "how are you?", "speaker_1"),
         (4.2, 5.6, "fine, thanks.", "speaker_2"),
@@ -207,14 +208,14 @@ def test_a_segment_over_a_change_splits_at_the_first_word_of_the_new_speaker() -
 
 def test_without_words_the_text_is_split_at_the_turn_boundary_by_time() -> None:
     text = "one two three four five six seven eight"
-    out = dz.assign_speakers([(2.0, 6.0, text, ())], TURNS)
+    out = assign_speakers([(2.0, 6.0, text, ())], TURNS)
     assert [(s.start_s, s.end_s, s.speaker) for s in out] == [
         (2.0, 4.0, "speaker_1"),
         (4.0, 6.0, "speaker_2"),
     ]
     assert [s.text for s in out] == ["one two three four", "five six seven eight"]
     # Chinese (no spaces) is split by characters; a sliver under min_piece_s is not split off.
-    cjk = dz.assign_speakers([(3.0, 7.0, "今天天气很好", ())], TURNS)
+    cjk = assign_speakers([(3.0, 7.0, "今天天气很好", ())], TURNS)
     assert [s.text for s in cjk] == ["今天", "天气很好"]
-    sliver = dz.assign_speakers([(3.8, 7.0, "a b c", ())], TURNS, min_piece_s=0.5)
+    sliver = assign_speakers([(3.8, 7.0, "a b c", ())], TURNS, min_piece_s=0.5)
     assert [(s.text, s.speaker) for s in sliver] == [("a b c", "speaker_2")]

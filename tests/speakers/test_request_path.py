@@ -16,10 +16,10 @@ from serve_app.config import ChannelSettings
 from serve_app.core.audio import AudioLimits, DecodedAudio
 from serve_app.core.diarization import DiarizationOptions, DiarizationSettings
 from serve_app.core.errors import InvalidRequestError
-from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.speaker_request import SpeakerRequest
 from serve_app.core.types import SegmentTranscript, WordTiming
+from serve_app.online.service import ModelRoute, TranscriptionService
 
 RATE = 16000
 

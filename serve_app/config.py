@@ -344,19 +344,34 @@ class SpeakerSettings(_Strict):
 
 class RetrySettings(_Strict):
     """Retries of a VAD or segment call whose replica died (serve_app.online.retry): exponential
-    backoff with jitter, never past the request's deadline."""
+    backoff with jitter, never past the request's deadline. Attempt ``n`` (from 1) waits
+    ``min(max_backoff_s, initial_backoff_s * multiplier**(n-1))`` before the next one, scaled
+    by a random factor in ``[1 - jitter, 1]`` so the retries of many requests do not arrive
+    together."""
 
     max_attempts: int = Field(10, ge=1)
     initial_backoff_s: float = Field(0.2, gt=0)
     max_backoff_s: float = Field(5.0, gt=0)
+    multiplier: float = Field(2.0, ge=1.0)
+    jitter: float = Field(0.5, ge=0.0, le=1.0)
+
+    def backoff_s(self, attempt: int, rand: float) -> float:
+        """The wait after attempt ``attempt`` (from 1); ``rand`` is uniform in [0, 1)."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        return base * (1.0 - self.jitter * rand)
 
 
 class IngressSettings(_Strict):
+    """The HTTP ingress (serve_app.online.ingress), which gets this section as it is."""
+
     default_model: str | None = None
     # Each request's deadline: this long after it arrives (a client may ask for less with
     # the X-Request-Timeout-S header, never more). Work of a request past its deadline is
     # dropped before it costs a forward pass; the request answers 504.
     request_timeout_s: float = Field(600.0, gt=0)
+    # How long /healthz waits for the Serve controller's status, and /v1/models for a
+    # model's capabilities (Kubernetes probes need a timeout above this).
+    health_timeout_s: float = Field(5.0, gt=0)
     retry: RetrySettings = RetrySettings()
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
@@ -375,6 +390,8 @@ class CacheSettings(_Strict):
     ttl_s: float | None = Field(None, gt=0)
     # Model name -> version string, instead of the computed one (weights' files + the
     # settings that change the output): set it where the weights are not on this machine.
+    # The app builder hands the ingress this section with every served model's version
+    # filled in (serve_app.online.app).
     model_versions: dict[str, str] = Field(default_factory=dict)
 
 

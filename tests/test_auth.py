@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
-from starlette.requests import Request
+from starlette.testclient import TestClient
 
-from serve_app.core.audio import AudioLimits
 from serve_app.core.errors import UnauthorizedError
 from serve_app.online.auth import KEYS_ENV, KEYS_FILE_ENV, ApiKeys
-from serve_app.online.ingress import AsrIngress, IngressOptions
+from tests.serve.fake_ingress import fake_ingress
 
 
 def test_no_keys_means_open() -> None:
@@ -86,59 +82,25 @@ def test_non_ascii_key_compares() -> None:
     assert keys.matches("clé-ü") and not keys.matches("cle-u")
 
 
-# -- the ingress hook, called in-process --------------------------------------------------
+# -- the ingress's key check, served in-process (no Ray) ---------------------------------
 
 
-class _FakeMethod:
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def remote(self, *args: object) -> object:
-        raise AssertionError(f"a request reached the {self._name} handle")
-
-
-class _FakeHandle:
-    def __getattr__(self, name: str) -> _FakeMethod:
-        return _FakeMethod(name)
-
-
-def _ingress(monkeypatch: pytest.MonkeyPatch, keys: str | None) -> Any:
+def _client(monkeypatch: pytest.MonkeyPatch, keys: str | None) -> TestClient:
     if keys is None:
         monkeypatch.delenv(KEYS_ENV, raising=False)
     else:
         monkeypatch.setenv(KEYS_ENV, keys)
     monkeypatch.delenv(KEYS_FILE_ENV, raising=False)
-    options = IngressOptions(
-        limits=AudioLimits(),
-        model_names={"m": "m"},
-        default_model="m",
-        default_options={},
-    )
-    cls = AsrIngress.func_or_class  # the plain class under @serve.deployment
-    return cls(_FakeHandle(), {"m": _FakeHandle()}, options)
-
-
-def _request(path: str, method: str = "GET", headers: dict[str, str] | None = None) -> Request:
-    raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "root_path": "",
-        "query_string": b"",
-        "headers": raw,
-    }
-    return Request(scope)
+    return TestClient(fake_ingress().http_app())
 
 
 def test_ingress_answers_401_in_openai_shape(monkeypatch: pytest.MonkeyPatch) -> None:
-    ingress = _ingress(monkeypatch, "sk-a,sk-b")
+    client = _client(monkeypatch, "sk-a,sk-b")
     for headers in ({}, {"Authorization": "Bearer sk-c"}):
-        request = _request("/v1/audio/transcriptions", "POST", headers)
-        response = asyncio.run(ingress(request))
+        response = client.post("/v1/audio/transcriptions", headers=headers)
         assert response.status_code == 401
         assert response.headers["www-authenticate"] == "Bearer"
-        error = json.loads(response.body)["error"]
+        error = response.json()["error"]
         assert error["type"] == "invalid_request_error"
         assert error["code"] == "invalid_api_key"
         assert error["param"] is None
@@ -146,17 +108,22 @@ def test_ingress_answers_401_in_openai_shape(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_ingress_lets_a_good_key_and_probes_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    ingress = _ingress(monkeypatch, "sk-a,sk-b")
+    client = _client(monkeypatch, "sk-a,sk-b")
     good = {"Authorization": "Bearer sk-b"}
-    response = asyncio.run(ingress(_request("/v1/models", headers=good)))
+    response = client.get("/v1/models", headers=good)
     assert response.status_code == 200
-    assert json.loads(response.body)["data"][0]["id"] == "m"
-    # Unknown routes are protected too: a 401, not a 404 that maps the API.
-    response = asyncio.run(ingress(_request("/nope")))
-    assert response.status_code == 401
+    assert response.json()["data"][0]["id"] == "m"
+    # Unknown routes and wrong methods are protected too: a 401, not a 404 or 405 that
+    # maps the API.
+    assert client.get("/nope").status_code == 401
+    assert client.post("/v1/models").status_code == 401
+    assert client.post("/v1/models", headers=good).status_code == 405
+    # The pages a browser loads without a key: the UI's files and the API's documentation.
+    for path in ("/", "/ui", "/ui/", "/docs", "/openapi.json"):
+        assert client.get(path).status_code == 200, path
+    assert client.post("/").status_code == 401
 
 
 def test_ingress_without_keys_is_open(monkeypatch: pytest.MonkeyPatch) -> None:
-    ingress = _ingress(monkeypatch, None)
-    response = asyncio.run(ingress(_request("/v1/models")))
-    assert response.status_code == 200
+    client = _client(monkeypatch, None)
+    assert client.get("/v1/models").status_code == 200

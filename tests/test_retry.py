@@ -8,8 +8,9 @@ import pytest
 from ray import exceptions as ray_exceptions
 from ray.serve import exceptions as serve_exceptions
 
+from serve_app.config import RetrySettings
 from serve_app.core.errors import DeadlineExceededError, InvalidAudioError, OverloadedError
-from serve_app.online.retry import RetryPolicy, call_with_retries, is_replica_failure
+from serve_app.online.retry import call_with_retries, is_replica_failure
 
 
 class FakeTime:
@@ -49,7 +50,7 @@ def run(coro):
 def test_replica_failures_are_retried_until_success_with_growing_backoff():
     t = FakeTime()
     call, calls = flaky([died(), died(), ray_exceptions.ActorUnavailableError("x", None)])
-    policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.1, max_backoff_s=10, jitter=0.0)
+    policy = RetrySettings(max_attempts=5, initial_backoff_s=0.1, max_backoff_s=10, jitter=0.0)
     result = run(
         call_with_retries(call, policy=policy, deadline_unix_s=None, clock=t.clock, sleep=t.sleep)
     )
@@ -59,7 +60,7 @@ def test_replica_failures_are_retried_until_success_with_growing_backoff():
 
 
 def test_backoff_is_capped_and_jittered_downwards():
-    policy = RetryPolicy(initial_backoff_s=1.0, max_backoff_s=3.0, multiplier=2.0, jitter=0.5)
+    policy = RetrySettings(initial_backoff_s=1.0, max_backoff_s=3.0, multiplier=2.0, jitter=0.5)
     assert policy.backoff_s(1, 0.0) == 1.0
     assert policy.backoff_s(5, 0.0) == 3.0  # capped
     assert policy.backoff_s(5, 1.0) == 1.5  # full jitter halves it
@@ -81,7 +82,7 @@ def test_client_errors_backpressure_and_bugs_are_not_retried(error):
     with pytest.raises(type(error)):
         run(
             call_with_retries(
-                call, policy=RetryPolicy(), deadline_unix_s=None, clock=t.clock, sleep=t.sleep
+                call, policy=RetrySettings(), deadline_unix_s=None, clock=t.clock, sleep=t.sleep
             )
         )
     assert calls["n"] == 1 and t.sleeps == []
@@ -94,7 +95,7 @@ def test_last_error_propagates_after_max_attempts():
         run(
             call_with_retries(
                 call,
-                policy=RetryPolicy(max_attempts=3),
+                policy=RetrySettings(max_attempts=3),
                 deadline_unix_s=None,
                 clock=t.clock,
                 sleep=t.sleep,
@@ -106,7 +107,7 @@ def test_last_error_propagates_after_max_attempts():
 def test_no_retry_sleeps_past_the_deadline():
     t = FakeTime()
     call, calls = flaky([died() for _ in range(50)])
-    policy = RetryPolicy(max_attempts=50, initial_backoff_s=1.0, max_backoff_s=4.0, jitter=0.0)
+    policy = RetrySettings(max_attempts=50, initial_backoff_s=1.0, max_backoff_s=4.0, jitter=0.0)
     with pytest.raises(DeadlineExceededError):
         run(
             call_with_retries(
@@ -121,7 +122,11 @@ def test_a_passed_deadline_makes_no_call():
     t = FakeTime()
     call, calls = flaky([])
     with pytest.raises(DeadlineExceededError):
-        run(call_with_retries(call, policy=RetryPolicy(), deadline_unix_s=t.now - 1, clock=t.clock))
+        run(
+            call_with_retries(
+                call, policy=RetrySettings(), deadline_unix_s=t.now - 1, clock=t.clock
+            )
+        )
     assert calls["n"] == 0
 
 
@@ -141,7 +146,7 @@ def test_an_attempt_is_cancelled_when_the_deadline_passes():
 
     async def main():
         with pytest.raises(DeadlineExceededError):
-            await call_with_retries(hang, policy=RetryPolicy(), deadline_unix_s=time.time() + 0.2)
+            await call_with_retries(hang, policy=RetrySettings(), deadline_unix_s=time.time() + 0.2)
         return cancelled.is_set()
 
     assert run(main())
@@ -152,7 +157,7 @@ def test_the_calls_own_timeout_is_not_taken_for_the_deadline():
 
     call, _ = flaky([TimeoutError("its own")])
     with pytest.raises(TimeoutError, match="its own"):
-        run(call_with_retries(call, policy=RetryPolicy(), deadline_unix_s=time.time() + 30))
+        run(call_with_retries(call, policy=RetrySettings(), deadline_unix_s=time.time() + 30))
 
 
 def test_classifier_follows_ray_causes():

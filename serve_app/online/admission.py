@@ -201,3 +201,28 @@ class PendingToken:
         if self._pending is not None:
             self._pending._end(audio_s)
             self._pending = None
+
+
+# Retry-After of a request refused while this instance drains before a stop.
+DRAIN_RETRY_AFTER_S = 2.0
+
+
+class InFlight:
+    """Transcription requests in flight on one ingress replica, and whether it drains.
+
+    Graceful stop (serve_app.online.run) sets ``draining`` through the ingress's
+    ``user_config``: the replica then refuses new transcriptions (503 + Retry-After) and
+    fails readiness, and the runner waits until ``count`` is 0 on every replica.
+    """
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.count = 0
+
+    def check_open(self) -> None:
+        """Raise :class:`OverloadedError` while draining."""
+        if self.draining:
+            raise OverloadedError(
+                "the service is shutting down; retry on another instance",
+                retry_after_s=DRAIN_RETRY_AFTER_S,
+            )

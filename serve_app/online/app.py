@@ -12,18 +12,17 @@ from typing import cast
 
 from ray.serve import Application, Deployment
 
-from serve_app.config import AppConfig, resolve_models_dir
+from serve_app.config import AppConfig, CacheSettings, resolve_models_dir
 from serve_app.core.audio import AudioLimits
 from serve_app.core.diarization import DiarizationSettings
 from serve_app.core.types import RecognitionOptions
 from serve_app.online.admission import AdmissionPolicy
-from serve_app.online.cache import CacheOptions, model_version
+from serve_app.online.cache import model_version
 from serve_app.online.deployments.punctuation import PunctuationDeployment
 from serve_app.online.deployments.recognizer import RecognizerDeployment
 from serve_app.online.deployments.speakers import SpeakerDeployment
 from serve_app.online.deployments.vad import VadDeployment
 from serve_app.online.ingress import AsrIngress, IngressOptions
-from serve_app.online.retry import RetryPolicy
 from serve_app.punctuation.stage import punctuation_for
 
 
@@ -52,9 +51,8 @@ def build_app(args: AppConfig) -> Application:
             rec.name: RecognitionOptions(language=rec.language, hotwords=rec.hotwords)
             for rec in config.recognizers
         },
+        settings=config.ingress,
         pack_segments_ms={rec.name: rec.segment_pack_ms for rec in config.recognizers},
-        request_timeout_s=config.ingress.request_timeout_s,
-        retry=RetryPolicy(**config.ingress.retry.model_dump()),
         admission={
             rec.name: AdmissionPolicy(
                 max_queue_wait_s=rec.max_queue_wait_s,
@@ -62,7 +60,7 @@ def build_app(args: AppConfig) -> Application:
             )
             for rec in config.recognizers
         },
-        cache=_cache_options(config, models_dir),
+        cache=_cache_settings(config, models_dir),
         channels=config.channels,
         diarize_by_default=bool(config.speakers and config.speakers.diarize_by_default),
         diarization_settings=(
@@ -116,13 +114,13 @@ _NOT_OUTPUT_SETTINGS = {
 }
 
 
-def _cache_options(config: AppConfig, models_dir: str) -> CacheOptions | None:
-    """The result cache's options; each model's version is the config's, else its
-    weights' identity with every setting that may change the output: the recognizer's
-    own and the rest of the app's (VAD, speakers, punctuation: all but the ingress,
-    the deployments' resources and the cache itself)."""
+def _cache_settings(config: AppConfig, models_dir: str) -> CacheSettings:
+    """The ``cache`` section with every model's version: the config's, else its weights'
+    identity with every setting that may change the output: the recognizer's own and the
+    rest of the app's (VAD, speakers, punctuation: all but the ingress, the deployments'
+    resources and the cache itself)."""
     if not config.cache.enabled:
-        return None
+        return config.cache
     shared = config.model_dump(
         mode="json",
         exclude={"recognizers", "ingress", "vad_deployment", "cache", "audio", "models_dir"},
@@ -133,12 +131,7 @@ def _cache_options(config: AppConfig, models_dir: str) -> CacheOptions | None:
         versions[rec.name] = config.cache.model_versions.get(rec.name) or model_version(
             rec.model, models_dir, {"recognizer": own, "app": shared}
         )
-    return CacheOptions(
-        max_bytes=config.cache.max_bytes,
-        redis_url=config.cache.redis_url,
-        ttl_s=config.cache.ttl_s,
-        model_versions=versions,
-    )
+    return config.cache.model_copy(update={"model_versions": versions})
 
 
 def _deployment(cls: object) -> Deployment:

@@ -27,10 +27,10 @@ import types
 import typing
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from serve_app.config import CacheSettings
 from serve_app.core import observability
 from serve_app.core.transcript import Transcription
 
@@ -187,21 +187,19 @@ class TranscriptionCache:
         await self._backend.put(key, encode_transcription(transcription))
 
 
-@dataclass(frozen=True)
-class CacheOptions:
-    """What the ingress needs to build its cache (from ``AppConfig.cache``)."""
+def build_cache(settings: CacheSettings) -> TranscriptionCache | None:
+    """The ingress's cache from the config's ``cache`` section (None when disabled).
 
-    max_bytes: int
-    redis_url: str | None = None
-    ttl_s: float | None = None
-    # Canonical model name -> version (see model_version).
-    model_versions: dict[str, str] = field(default_factory=dict)
-
-    def build(self) -> TranscriptionCache:
-        backend = build_backend(
-            max_bytes=self.max_bytes, redis_url=self.redis_url, ttl_s=self.ttl_s
-        )
-        return TranscriptionCache(backend, self.model_versions)
+    ``settings.model_versions`` must name every served model: the app builder fills in
+    the computed version of each model the config file does not pin
+    (serve_app.online.app); a model missing there is keyed with an empty version.
+    """
+    if not settings.enabled:
+        return None
+    backend = build_backend(
+        max_bytes=settings.max_bytes, redis_url=settings.redis_url, ttl_s=settings.ttl_s
+    )
+    return TranscriptionCache(backend, settings.model_versions)
 
 
 def build_backend(*, max_bytes: int, redis_url: str | None, ttl_s: float | None) -> CacheBackend:

@@ -1,7 +1,8 @@
 """Retries of idempotent remote calls whose replica died, within a request's deadline.
 
 Pure asyncio: the call, the clock, the sleep and the random source are injected, so the
-policy is unit-tested with fakes. :func:`is_replica_failure` is the one place that knows
+policy (``RetrySettings`` of serve_app.config: the ``ingress.retry`` section as the config
+file gives it) is unit-tested with fakes. :func:`is_replica_failure` is the one place that knows
 which of Ray's errors mean "the replica went away, another (or its restart) may answer".
 
 Measured on Ray 2.60 (SIGKILL of a Serve replica process mid-call): every call in flight
@@ -17,31 +18,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
+from serve_app.config import RetrySettings
 from serve_app.core.errors import AsrError, DeadlineExceededError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter: attempt ``n`` (from 1) waits before the next one
-    ``min(max_backoff_s, initial_backoff_s * multiplier**(n-1))``, scaled by a random
-    factor in ``[1 - jitter, 1]`` so retries of many requests do not arrive together."""
-
-    max_attempts: int = 10
-    initial_backoff_s: float = 0.2
-    max_backoff_s: float = 5.0
-    multiplier: float = 2.0
-    jitter: float = 0.5
-
-    def backoff_s(self, attempt: int, rand: float) -> float:
-        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
-        return base * (1.0 - self.jitter * rand)
 
 
 def is_replica_failure(exc: BaseException) -> bool:
@@ -79,7 +63,7 @@ def is_replica_failure(exc: BaseException) -> bool:
 async def call_with_retries(
     call: Callable[[], Awaitable[T]],
     *,
-    policy: RetryPolicy,
+    policy: RetrySettings,
     deadline_unix_s: float | None,
     retryable: Callable[[BaseException], bool] = is_replica_failure,
     what: str = "call",

@@ -1,0 +1,96 @@
+"""An ingress replica with fake deployment handles, for in-process HTTP tests (no Ray).
+
+``fake_ingress()`` is a replica whose stages fail the test if a request reaches them;
+``working_ingress()`` one whose VAD finds one 1 s segment and whose recognizer answers
+``hello``, so a request goes all the way through the FastAPI app, the pipeline's driver
+and the renderer. Serve the result's ``http_app()`` with Starlette's TestClient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from serve_app.core.audio import AudioLimits
+from serve_app.core.segmentation import SpeechSegment
+from serve_app.core.types import SegmentTranscript
+from serve_app.online.ingress import IngressOptions, IngressServer
+
+MODEL = "m"
+
+
+class _Call:
+    """What ``handle.method.remote(arg)`` returns: awaitable, cancellable."""
+
+    def __init__(self, coro: Awaitable[Any]) -> None:
+        self._task = asyncio.ensure_future(coro)
+
+    def __await__(self):
+        return self._task.__await__()
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+class _Method:
+    def __init__(self, name: str, fn: Callable[..., Awaitable[Any]] | None) -> None:
+        self._name = name
+        self._fn = fn
+
+    def remote(self, *args: object) -> _Call:
+        if self._fn is None:
+            raise AssertionError(f"a request reached the {self._name} handle")
+        return _Call(self._fn(*args))
+
+
+class FakeHandle:
+    """A deployment handle whose methods are the given async functions (others fail)."""
+
+    def __init__(self, **methods: Callable[..., Awaitable[Any]]) -> None:
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> _Method:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _Method(name, self._methods.get(name))
+
+
+def options(**overrides: Any) -> IngressOptions:
+    fields: dict[str, Any] = {
+        "limits": AudioLimits(),
+        "model_names": {MODEL: MODEL},
+        "default_model": MODEL,
+        "default_options": {},
+        **overrides,
+    }
+    return IngressOptions(**fields)
+
+
+def fake_ingress(**overrides: Any) -> IngressServer:
+    return IngressServer(FakeHandle(), {MODEL: FakeHandle()}, options(**overrides))
+
+
+def working_ingress(**overrides: Any) -> IngressServer:
+    async def segments(samples: np.ndarray) -> list[SpeechSegment]:
+        return [SpeechSegment(0, 1000)]
+
+    async def transcribe(job: object) -> SegmentTranscript:
+        return SegmentTranscript(text="hello")
+
+    async def capabilities() -> dict:
+        return {"language_detection": False, "word_timestamps": False, "translation": False}
+
+    recognizer = FakeHandle(transcribe=transcribe, capabilities=capabilities)
+    return IngressServer(FakeHandle(segments=segments), {MODEL: recognizer}, options(**overrides))
+
+
+def wav(seconds: float = 1.0) -> bytes:
+    t = np.arange(int(16000 * seconds)) / 16000
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV")
+    return buf.getvalue()

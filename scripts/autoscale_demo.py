@@ -17,7 +17,7 @@ RUNNING (and STARTING/STOPPING) replicas from ``serve.status()``. Everything is
 bounded in time (about 4-6 minutes on 2 cores) and stops by itself. Exit status 0 only if
 the recognizer scaled up, came back down to its minimum, and never left its bounds.
 
-    python scripts/autoscale_demo.py [--max-clients 12] [--step-s 25]
+    python -m scripts.autoscale_demo [--max-clients 12] [--step-s 25]
 
 The recognizer's autoscaling here follows the production rule at a small scale:
 ``target_ongoing_requests`` = ``max_batch_items`` (4): a replica is asked to hold one full
@@ -31,13 +31,10 @@ import asyncio
 import datetime
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 # Before Ray is imported: every Ray process started from here inherits these.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -50,8 +47,10 @@ os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "1"
 # Export metrics every second, so the timeline can show what Serve's autoscaler sees.
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from scripts.common.audio import require_espeak, sentence_file
+from scripts.common.http import LoopedLoad
+from scripts.common.service import REPO, deploy_local, shutdown_local
+from serve_app.tools.speech import SENTENCES
 
 APP_NAME = "asr-autoscale-demo"
 MIN_REPLICAS = 1
@@ -92,70 +91,6 @@ def demo_app_config(models_dir: str | None) -> dict:
     return args
 
 
-def make_audio(out_dir: Path) -> tuple[bytes, float]:
-    """A WAV of three spoken sentences with pauses (three VAD segments)."""
-    import numpy as np
-    import soundfile as sf
-
-    from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
-
-    if not have_espeak():
-        raise SystemExit(
-            "espeak-ng and sox are needed to make speech (bash scripts/setup.sh --test)"
-        )
-    parts = [synthesize(text, out_dir) for text in SENTENCES[:3]]
-    samples = concat_with_pauses(parts, pause_s=0.8)
-    path = out_dir / "demo.wav"
-    sf.write(path, np.asarray(samples), 16000, subtype="PCM_16")
-    return path.read_bytes(), len(samples) / 16000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Load:
-    """``clients`` concurrent loops posting the same file; counts in flight and done."""
-
-    def __init__(self, url: str, audio: bytes, model: str) -> None:
-        self.url, self.audio, self.model = url, audio, model
-        self.clients = 0
-        self.in_flight = 0
-        self.done = 0
-        self.errors = 0
-        self._tasks: list[asyncio.Task] = []
-
-    async def set_clients(self, clients: int, http) -> None:
-        self.clients = clients
-        while len(self._tasks) < clients:
-            self._tasks.append(asyncio.create_task(self._client(len(self._tasks), http)))
-
-    async def stop(self) -> None:
-        self.clients = 0
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-
-    async def _client(self, index: int, http) -> None:
-        while index < self.clients:
-            self.in_flight += 1
-            try:
-                response = await http.post(
-                    f"{self.url}/v1/audio/transcriptions",
-                    files={"file": ("demo.wav", self.audio, "audio/wav")},
-                    data={"model": self.model, "cache": "false"},  # the same file
-                )
-                if response.status_code == 200:
-                    self.done += 1
-                else:
-                    self.errors += 1
-            except httpx.HTTPError:  # counted; the demo goes on
-                self.errors += 1
-            finally:
-                self.in_flight -= 1
-
-
 def autoscaler_view(metrics_url: str, deployment: str) -> tuple[str, str]:
     """(total requests, desired replicas) of ``deployment`` as Serve's autoscaler exported
     them last; "-" before the first export."""
@@ -190,15 +125,16 @@ async def run(args: argparse.Namespace) -> int:
     from ray import serve
 
     from serve_app.config import AppConfig, resolve_models_dir
-    from serve_app.online.app import build_app
 
     models_dir = str(resolve_models_dir(None))
     config = AppConfig.model_validate(demo_app_config(models_dir))
     recognizer = f"Recognizer-{config.recognizers[0].name}"
     schedule = [c for c in (1, 2, 4, 8, args.max_clients) if c <= args.max_clients]
 
+    require_espeak()
     with tempfile.TemporaryDirectory() as tmp:
-        audio, duration_s = make_audio(Path(tmp))
+        # Three spoken sentences with pauses: three VAD segments per request.
+        audio = sentence_file(Path(tmp), "demo.wav", SENTENCES[:3], pause_s=0.8)
     print(f"# autoscale demo  {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
     print(
         f"# machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, "
@@ -209,25 +145,20 @@ async def run(args: argparse.Namespace) -> int:
         f"#   batch max_batch_items {MAX_BATCH_ITEMS}, max_ongoing_requests "
         f"{config.recognizers[0].deployment.max_ongoing_requests}"
     )
-    print(f"# load: {duration_s:.1f} s WAV (3 sentences), clients {schedule}, {args.step_s} s each")
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    print(
+        f"# load: {audio.duration_s:.1f} s WAV (3 sentences), clients {schedule}, "
+        f"{args.step_s} s each"
+    )
     started = time.monotonic()
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
-    while True:
-        status = serve.status().applications.get(APP_NAME)
-        if status is not None and status.status == "RUNNING":
-            break
-        if status is not None and status.status == "DEPLOY_FAILED":
-            print(f"deploy failed: {status.message}")
-            return 2
-        if time.monotonic() - started > args.deploy_timeout_s:
-            print("deploy timed out")
-            return 2
-        await asyncio.sleep(1)
-    print(f"# deployed in {time.monotonic() - started:.0f} s; 127.0.0.1:{port}")
+    try:
+        url = deploy_local(
+            demo_app_config(models_dir), name=APP_NAME, num_cpus=2,
+            timeout_s=args.deploy_timeout_s,
+        )  # fmt: skip
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"deploy failed: {exc}")
+        return 2
+    print(f"# deployed in {time.monotonic() - started:.0f} s; {url}")
     metrics_url = f"http://127.0.0.1:{ray.nodes()[0]['MetricsExportPort']}/metrics"
     print(
         f"{'t_s':>5} {'phase':>8} {'clients':>7} {'http':>4} {'done':>5} {'err':>3} "
@@ -238,7 +169,7 @@ async def run(args: argparse.Namespace) -> int:
         "desired replicas, as Serve's autoscaler last reported them"
     )
 
-    load = Load(f"http://127.0.0.1:{port}", audio, config.recognizers[0].name)
+    load = LoopedLoad(url, [audio], form={"model": config.recognizers[0].name}, timeout_s=120)
     t0 = time.monotonic()
     max_running = 0
     out_of_bounds = False
@@ -253,34 +184,34 @@ async def run(args: argparse.Namespace) -> int:
         others = " ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k != "RUNNING")
         t = time.monotonic() - t0
         print(
-            f"{t:5.0f} {phase:>8} {load.clients:7d} {load.in_flight:4d} {load.done:5d} "
-            f"{load.errors:3d} {seen:>5} {want:>4}  RUNNING={running} {'#' * running}"
+            f"{t:5.0f} {phase:>8} {load.clients:7d} {len(load.in_flight()):4d} "
+            f"{load.count('ok'):5d} {load.count('failed'):3d} {seen:>5} {want:>4}  "
+            f"RUNNING={running} {'#' * running}"
             f"{'  ' + others if others else ''}",
             flush=True,
         )
         return counts
 
-    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
-        for clients in schedule:
-            await load.set_clients(clients, http)
-            step_end = time.monotonic() + args.step_s
-            while time.monotonic() < step_end:
-                await sample("ramp")
-                await asyncio.sleep(1)
-        await load.stop()
-        scaled_down_at = None
-        deadline = time.monotonic() + args.cooldown_timeout_s
-        while time.monotonic() < deadline:
-            counts = await sample("cooldown")
-            if counts == {"RUNNING": MIN_REPLICAS}:
-                scaled_down_at = time.monotonic() - t0
-                break
+    for clients in schedule:
+        await load.set_clients(clients)
+        step_end = time.monotonic() + args.step_s
+        while time.monotonic() < step_end:
+            await sample("ramp")
             await asyncio.sleep(1)
+    await load.stop()
+    scaled_down_at = None
+    deadline = time.monotonic() + args.cooldown_timeout_s
+    while time.monotonic() < deadline:
+        counts = await sample("cooldown")
+        if counts == {"RUNNING": MIN_REPLICAS}:
+            scaled_down_at = time.monotonic() - t0
+            break
+        await asyncio.sleep(1)
 
     scaled_up = max_running > MIN_REPLICAS
     print(
         f"# summary: peak RUNNING={max_running} (bounds {MIN_REPLICAS}-{MAX_REPLICAS}), "
-        f"requests done={load.done} errors={load.errors}, "
+        f"requests done={load.count('ok')} errors={load.count('failed')}, "
         f"back to {MIN_REPLICAS} at t={scaled_down_at:.0f} s"
         if scaled_down_at is not None
         else f"# summary: peak RUNNING={max_running}, never scaled back down to {MIN_REPLICAS}"
@@ -331,10 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run(args))
     finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()  # also on errors: the local cluster must not outlive the demo
+        shutdown_local()  # also on errors: the local cluster must not outlive the demo
 
 
 if __name__ == "__main__":

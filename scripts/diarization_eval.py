@@ -1,7 +1,7 @@
 """Diarization error rate of the speaker pipeline on espeak-ng conversations, with real weights.
 
 For each speaker count (``--speakers``), ``--files`` conversations are made at run time
-(``tests/speakers/conversations.py``: 2-5 espeak-ng talkers, 2-10 s turns, pauses, one
+(:mod:`scripts.common.conversations`: 2-5 espeak-ng talkers, 2-10 s turns, pauses, one
 quick exchange, no overlap) and diarized the way the service will: speech spans from the
 project's VAD (FSMN-VAD, ``serve_app.vad.detectors``; ``--vad oracle`` takes the reference turns
 instead, which isolates the embedding and clustering), ``embedding_windows`` inside the
@@ -16,7 +16,7 @@ reference's with the count not given; DER is reported both without and with
 ``--sweep`` prints DER and count accuracy for several distance thresholds (tune on other
 seeds than you report: ``--seed``).
 
-Usage: python scripts/diarization_eval.py [--speakers 2,4] [--files 10] [--seed 0]
+Usage: python -m scripts.diarization_eval [--speakers 2,4] [--files 10] [--seed 0]
        [--vad fsmn|service|segments|oracle] [--threshold T | --sweep 0.2,0.3,...] [--json out.json]
 """
 
@@ -36,18 +36,10 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from serve_app.core.types import EmbeddingJob  # noqa: E402
-from serve_app.core import diarization as dz  # noqa: E402
-from serve_app.speakers.base import BatchedEmbedder  # noqa: E402
-from tests.speakers.conversations import (  # noqa: E402
-    Conversation,
-    make_conversation,
-    reference_annotation,
-)
+from scripts.common.conversations import Conversation, make_conversation, reference_annotation
+from serve_app.core import diarization as dz
+from serve_app.core.types import EmbeddingJob
+from serve_app.speakers.base import BatchedEmbedder
 
 print = functools.partial(print, flush=True)  # progress as it comes
 
@@ -203,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     timings = {"vad_s": 0.0, "embed_s": 0.0, "audio_s": 0.0, "windows": 0.0}
     report: dict[str, Any] = {
-        "command": " ".join(["scripts/diarization_eval.py", *(argv or sys.argv[1:])]),
+        "command": " ".join(["python -m scripts.diarization_eval", *(argv or sys.argv[1:])]),
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "encoder": "ge2e (resemblyzer 0.1.4 weights)",

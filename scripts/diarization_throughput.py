@@ -3,38 +3,31 @@
 Deploys the default serving stack (FSMN-VAD + Whisper tiny.en int8 on CPU, as
 ``ray_configs/serve.yaml``) plus the speaker stage (the real GE2E encoder), or uses a
 running one (``--url``), makes ``--files`` two-talker espeak-ng conversations
-(``tests/speakers/conversations.py``) and sends them all from ``--concurrency`` clients,
+(:mod:`scripts.common.conversations`) and sends them all from ``--concurrency`` clients,
 alternating rounds without and with ``diarize=true`` (so drift of a shared machine hits
 both alike). Prints per round the wall time and RTFx (audio seconds per wall second), and
 the median cost of diarization: (wall with - wall without) / wall without.
 
-    python scripts/diarization_throughput.py [--concurrency 16] [--files 16] [--rounds 2]
+    python -m scripts.diarization_throughput [--concurrency 16] [--files 16] [--rounds 2]
         [--turns N] [--url http://127.0.0.1:8000] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import functools
-import io
 import json
-import socket
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
-import numpy as np
-import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.speakers.conversations import make_conversation  # noqa: E402
+from scripts.common.audio import spoken
+from scripts.common.conversations import make_conversation
+from scripts.common.http import ab_rounds
+from scripts.common.service import deploy_local, shutdown_local
 
 print = functools.partial(print, flush=True)
 APP = "diarization_throughput"
@@ -94,62 +87,6 @@ def app_config(models_dir: str | None, threads: int, speaker_threads: int) -> di
     }
 
 
-def start_local(args: argparse.Namespace) -> str:
-    import ray
-    from ray import serve
-
-    from serve_app.config import AppConfig
-    from serve_app.online.app import build_app
-
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = AppConfig.model_validate(
-        app_config(args.models_dir, args.cpu_threads, args.speaker_threads)
-    )
-    serve.run(build_app(config), name=APP, route_prefix="/", blocking=False)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = serve.status().applications.get(APP)
-        if status is not None and status.status == "RUNNING":
-            return f"http://127.0.0.1:{port}"
-        time.sleep(1)
-    raise TimeoutError("the app did not start in 600 s")
-
-
-def wav_bytes(samples: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, samples, 16000, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-async def run_round(url: str, files: list[bytes], concurrency: int, diarize: bool) -> float:
-    gate = asyncio.Semaphore(concurrency)
-    data = {
-        "response_format": "verbose_json",
-        "cache": "false",  # rounds repeat the files: every one must be recognized
-        **({"diarize": "true"} if diarize else {}),
-    }
-
-    async def one(client: httpx.AsyncClient, body: bytes) -> None:
-        async with gate:
-            resp = await client.post(
-                "/v1/audio/transcriptions",
-                files={"file": ("c.wav", body, "audio/wav")},
-                data=data,
-            )
-            resp.raise_for_status()
-            if diarize and not resp.json().get("speakers"):
-                raise RuntimeError("a diarized answer without speakers")
-
-    async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
-        started = time.perf_counter()
-        await asyncio.gather(*(one(client, body) for body in files))
-        return time.perf_counter() - started
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=None, help="a running service (with speakers:)")
@@ -169,20 +106,39 @@ def main(argv: list[str] | None = None) -> int:
             make_conversation(2, args.seed + i, Path(tmp), num_turns=args.turns)
             for i in range(args.files)
         ]
-    files = [wav_bytes(c.samples) for c in conversations]
+    files = [spoken(f"c{i}.wav", c.samples) for i, c in enumerate(conversations)]
     audio_s = sum(c.duration_s for c in conversations)
     print(f"# {args.files} conversations, {audio_s:.0f} s of audio, C = {args.concurrency}")
-    url = args.url or start_local(args)
-    asyncio.run(run_round(url, files[:2], 2, True))  # warm both paths
+    # Every file recognized in every round (cache=false); verbose_json carries the speakers.
+    forms = {
+        "plain": {"response_format": "verbose_json"},
+        "diarized": {"response_format": "verbose_json", "diarize": "true"},
+    }
+    try:
+        url = args.url or deploy_local(
+            app_config(args.models_dir, args.cpu_threads, args.speaker_threads), name=APP
+        )
+        warm = httpx.post(
+            url + "/v1/audio/transcriptions",
+            files={"file": ("c.wav", files[0].wav, "audio/wav")},
+            data={**forms["diarized"], "cache": "false"},
+            timeout=1800,
+        )  # warms both paths' models
+        warm.raise_for_status()
+        if not warm.json().get("speakers"):
+            raise RuntimeError("a diarized answer without speakers")
+        runs = ab_rounds(url, files, forms, rounds=args.rounds, concurrency=args.concurrency)
+    finally:
+        if not args.url:
+            shutdown_local()
     rows = []
-    for round_index in range(args.rounds):
-        for diarize in (False, True) if round_index % 2 == 0 else (True, False):
-            wall_s = asyncio.run(run_round(url, files, args.concurrency, diarize))
-            rows.append({"round": round_index, "diarize": diarize, "wall_s": wall_s})
-            print(
-                f"round {round_index} diarize={diarize!s:5} wall {wall_s:7.1f} s  "
-                f"RTFx {audio_s / wall_s:6.2f}"
-            )
+    for round_index, label, run in runs:
+        diarize = label == "diarized"
+        rows.append({"round": round_index, "diarize": diarize, "wall_s": run.wall_s})
+        print(
+            f"round {round_index} diarize={diarize!s:5} wall {run.wall_s:7.1f} s  "
+            f"RTFx {audio_s / run.wall_s:6.2f}"
+        )
     plain = statistics.median(r["wall_s"] for r in rows if not r["diarize"])
     diarized = statistics.median(r["wall_s"] for r in rows if r["diarize"])
     cost = (diarized - plain) / plain
@@ -194,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "command": " ".join(["scripts/diarization_throughput.py", *sys.argv[1:]]),
+                    "command": " ".join(
+                        ["python -m scripts.diarization_throughput", *sys.argv[1:]]
+                    ),
                     "audio_s": audio_s,
                     "concurrency": args.concurrency,
                     "rounds": rows,

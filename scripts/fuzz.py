@@ -9,8 +9,8 @@ plus empty bodies and random bytes. Every case must decode to sane audio or rais
 our typed errors that the ingress answers with a 4xx, within a time bound: never another
 exception (a 500), never a hang.
 
-    python scripts/fuzz.py --cases 20000                    # in-process decode_audio
-    python scripts/fuzz.py --cases 2000 --url http://127.0.0.1:8000 --http-sample 300
+    python -m scripts.fuzz --cases 20000                    # in-process decode_audio
+    python -m scripts.fuzz --cases 2000 --url http://127.0.0.1:8000 --http-sample 300
 
 With ``--url`` a sample is also sent over HTTP (each must be 200 or a 4xx JSON error), and
 a good file is transcribed before and after (same text). Failing cases are written to
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from serve_app.core.audio import SAMPLE_RATE_HZ, AudioLimits, DecodedAudio, decode_audio
 from serve_app.core.errors import (
     AudioTooLongError,
@@ -42,6 +41,7 @@ from serve_app.core.errors import (
     UnsupportedCodecError,
     UploadTooLargeError,
 )
+from serve_app.tools.speech import SENTENCES, synthesize
 
 # What decode_audio may raise: the client's fault, every one of them.
 DECODE_ERRORS = (
@@ -115,14 +115,6 @@ def _mp3_bytes(x: np.ndarray, rate: int) -> bytes:
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             out.mux(packet)
     return buf.getvalue()
-
-
-def espeak_speech(text: str = "The quick brown fox jumps over the lazy dog.") -> np.ndarray:
-    """A short sentence from espeak-ng, 16 kHz mono float32."""
-    from tests.speech import synthesize
-
-    with tempfile.TemporaryDirectory() as tmp:
-        return synthesize(text, Path(tmp))
 
 
 # -- mutations ----------------------------------------------------------------------------
@@ -553,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     limits = AudioLimits(max_upload_bytes=args.max_upload_bytes, max_duration_s=args.max_duration_s)
-    speech = espeak_speech()
+    with tempfile.TemporaryDirectory() as tmp:  # a short sentence, 16 kHz mono float32
+        speech = synthesize(SENTENCES[0], Path(tmp))
     seeds = seed_files(speech)
     cases = generate(seeds, args.cases, seed=args.seed)
     started = time.perf_counter()
@@ -567,10 +560,12 @@ def main(argv: list[str] | None = None) -> int:
 
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         with httpx.Client(base_url=args.url, timeout=120, headers=headers) as client:
-            good = Case("good", seeds["wav16k"])
-            before = client.post(
-                "/v1/audio/transcriptions", files={"file": ("a.wav", good.data)}
-            ).json()["text"]
+
+            def good_text() -> str:
+                files = {"file": ("a.wav", seeds["wav16k"])}
+                return str(client.post("/v1/audio/transcriptions", files=files).json()["text"])
+
+            before = good_text()
             sample = http_sample(outcomes, args.http_sample, args.http_sample, args.seed)
             statuses: Counter[int] = Counter()
             for case in sample:
@@ -580,9 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                     http_failures += 1
                     print(f"HTTP FAIL {case.name}: {problem}")
                     _save(args.out, case)
-            after = client.post(
-                "/v1/audio/transcriptions", files={"file": ("a.wav", good.data)}
-            ).json()["text"]
+            after = good_text()
         print(f"HTTP: {len(sample)} sent, statuses {dict(sorted(statuses.items()))}")
         verdict = "same" if before == after else "DIFFERENT"
         print(f"good file before {before!r}, after {after!r}: {verdict}")

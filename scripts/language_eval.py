@@ -17,7 +17,7 @@ detection). Printed: per (corpus, language) the files, language detected right (
 faster-whisper), agreement, and the error rate of each. ``--json-out`` keeps the rows.
 
     python -m serve_app.online.run ray_configs/serve_multilingual.yaml &   # serves whisper-base
-    python scripts/language_eval.py --url http://127.0.0.1:8000 --model whisper-base
+    python -m scripts.language_eval --url http://127.0.0.1:8000 --model whisper-base
 """
 
 # ruff: noqa: RUF001  (full-width CJK punctuation in the Mandarin sentences)
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -34,12 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-for path in (REPO, REPO / "scripts"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from serve_app.core.evaluation import unit_error_rate  # noqa: E402
+from scripts.fidelity import (
+    LibraryReference,
+    audioeval_languages,
+    audioeval_utterances,
+    http_transcribe_body,
+)
+from serve_app.core.evaluation import unit_error_rate
 
 SAMPLE_RATE_HZ = 16_000
 PAUSE_S = 0.6
@@ -111,7 +111,7 @@ class Row:
 
 
 def espeak_samples(languages: Sequence[str], sentences_per_file: int, tmp: Path) -> list[Sample]:
-    from tests.speech import concat_with_pauses, synthesize
+    from serve_app.tools.speech import concat_with_pauses, synthesize
 
     out = []
     for language in languages:
@@ -126,8 +126,6 @@ def espeak_samples(languages: Sequence[str], sentences_per_file: int, tmp: Path)
 
 
 def audioeval_samples(cache: Path, languages: Sequence[str] | None) -> list[Sample]:
-    from fidelity import audioeval_languages, audioeval_utterances
-
     out = []
     for language in languages or audioeval_languages(cache):
         for utt in audioeval_utterances(cache, language):
@@ -137,23 +135,8 @@ def audioeval_samples(cache: Path, languages: Sequence[str] | None) -> list[Samp
 
 def service_transcribe(url: str, model: str | None, audio: np.ndarray) -> tuple[str, str]:
     """(detected language, text) of one request without ``language`` (verbose_json)."""
-    from fidelity import http_transcribe_body
-
     body = http_transcribe_body(url, audio, model, response_format="verbose_json")
     return str(body.get("language") or ""), str(body["text"])
-
-
-class LibraryReference:
-    """faster-whisper's sequential transcribe with its own language detection."""
-
-    def __init__(self, model_dir: Path, compute_type: str) -> None:
-        from faster_whisper import WhisperModel
-
-        self._model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type)
-
-    def transcribe(self, audio: np.ndarray) -> tuple[str, str]:
-        segments, info = self._model.transcribe(audio, beam_size=1)
-        return info.language, " ".join(s.text.strip() for s in segments)
 
 
 def evaluate(
@@ -227,9 +210,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from provision_models import default_models_dir
+    from serve_app.config import resolve_models_dir
 
-    model_dir = args.model_dir or default_models_dir() / "whisper-base"
+    model_dir = args.model_dir or resolve_models_dir(None) / "whisper-base"
     tmp = args.cache / "espeak"
     tmp.mkdir(parents=True, exist_ok=True)
     languages = [x for x in args.languages.split(",") if x]
@@ -237,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.audioeval:
         chosen = [x for x in args.audioeval_languages.split(",") if x] or None
         samples += audioeval_samples(args.cache / "wheels", chosen)
-    library = LibraryReference(model_dir, args.compute_type)
+    library = LibraryReference(model_dir, args.compute_type)  # detects the language itself
     rows = evaluate(
         samples,
         lambda audio: service_transcribe(args.url, args.model, audio),

@@ -11,7 +11,7 @@ clients (bounded: every file once per repeat, then it stops), and prints
 
 With no ``--audio-dir`` it speaks a corpus with espeak-ng (known text, so WER is real).
 
-    python scripts/loadgen.py --url http://127.0.0.1:8000 --concurrency 16 --model whisper-tiny.en
+    python -m scripts.loadgen --url http://127.0.0.1:8000 --concurrency 16 --model whisper-tiny.en
 """
 
 from __future__ import annotations
@@ -20,136 +20,22 @@ import argparse
 import asyncio
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
-import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.common.audio import read_files, sentence_files
+from scripts.common.http import percentile, run_closed, stats_delta
 from serve_app.core.evaluation import word_error_rate
-from tests.speech import SENTENCES, synthesize_wav
 
 
-def make_corpus(out_dir: Path, num_files: int, sentences_per_file: int) -> list[tuple[Path, str]]:
-    """Files of several sentences with pauses between them (so VAD cuts several segments)."""
-    corpus = []
-    for i in range(num_files):
-        texts = [
-            SENTENCES[(i * sentences_per_file + j) % len(SENTENCES)]
-            for j in range(sentences_per_file)
-        ]
-        parts = []
-        for j, text in enumerate(texts):
-            part = synthesize_wav(text, out_dir / f"f{i}_{j}.wav", speed_wpm=140 + 10 * (i % 4))
-            parts.append(str(part))
-            parts.append(str(_silence(out_dir, 0.6 + 0.2 * (j % 3))))
-        path = out_dir / f"file{i:03d}.wav"
-        subprocess.run(["sox", *parts, str(path)], check=True)
-        corpus.append((path, " ".join(texts)))
-    return corpus
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
 
 
-def _silence(out_dir: Path, seconds: float) -> Path:
-    path = out_dir / f"sil_{seconds:.1f}.wav"
-    if not path.exists():
-        subprocess.run(
-            [
-                "sox",
-                "-n",
-                "-r",
-                "16000",
-                "-c",
-                "1",
-                "-b",
-                "16",
-                str(path),
-                "trim",
-                "0",
-                str(seconds),
-            ],
-            check=True,
-        )
-    return path
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
-
-
-async def run_load(url, corpus, *, concurrency, model, repeats, timeout_s):
-    queue: asyncio.Queue = asyncio.Queue()
-    for _ in range(repeats):
-        for item in corpus:
-            queue.put_nowait(item)
-    latencies, refs, hyps, errors = [], [], [], []
-    audio_s = 0.0
-
-    async def client(http: httpx.AsyncClient):
-        nonlocal audio_s
-        while True:
-            try:
-                path, ref = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            started = time.perf_counter()
-            files = {"file": (path.name, path.read_bytes(), "audio/wav")}
-            resp = await http.post(
-                f"{url}/v1/audio/transcriptions",
-                files=files,
-                data={"model": model, "cache": "false"},  # measure the pipeline, not the cache
-            )
-            latencies.append(time.perf_counter() - started)
-            if resp.status_code != 200:
-                errors.append(f"{resp.status_code} {resp.text[:200]}")
-                continue
-            audio_s += float(resp.headers.get("x-audio-duration-s", 0))
-            refs.append(ref)
-            hyps.append(resp.json()["text"])
-
-    async with httpx.AsyncClient(timeout=timeout_s) as http:
-        before = (await http.get(f"{url}/v1/stats")).json()
-        started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(concurrency)))
-        wall_s = time.perf_counter() - started
-        after = (await http.get(f"{url}/v1/stats")).json()
-    return {
-        "wall_s": wall_s,
-        "audio_s": audio_s,
-        "latencies": latencies,
-        "refs": refs,
-        "hyps": hyps,
-        "errors": errors,
-        "before": before,
-        "after": after,
-    }
-
-
-def stats_delta(before: dict, after: dict, model: str) -> dict:
-    b, a = before.get(model, {}), after.get(model, {})
-    counts = {}
-    for size, n in a.get("batch_size_counts", {}).items():
-        diff = n - b.get("batch_size_counts", {}).get(size, 0)
-        if diff:
-            counts[int(size)] = diff
-    real = a.get("audio_s", 0) - b.get("audio_s", 0)
-    padded = a.get("padded_s", 0) - b.get("padded_s", 0)
-    return {
-        "batch_size_counts": dict(sorted(counts.items())),
-        "padding_efficiency": (real / padded) if padded else float("nan"),
-        "recognizer_busy_s": a.get("busy_s", 0) - b.get("busy_s", 0),
-    }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Load generator for /v1/audio/transcriptions")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--model", default=None, help="served model name (default: server's)")
     parser.add_argument("--concurrency", type=int, default=16)
@@ -159,49 +45,51 @@ def main() -> None:
     parser.add_argument("--audio-dir", type=Path, help="use these audio files instead (no WER)")
     parser.add_argument("--timeout-s", type=float, default=600)
     parser.add_argument("--json", action="store_true", help="print one JSON line too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.audio_dir:
-            corpus = [(p, "") for p in sorted(args.audio_dir.iterdir()) if p.is_file()]
-        else:
-            corpus = make_corpus(Path(tmp), args.files, args.sentences_per_file)
-        corpus_s = sum(sf.info(str(p)).duration for p, _ in corpus)
-        model = args.model
-        if model is None:
-            model = httpx.get(f"{args.url}/v1/models").json()["data"][0]["id"]
-        result = asyncio.run(
-            run_load(
-                args.url,
-                corpus,
-                concurrency=args.concurrency,
-                model=model,
-                repeats=args.repeats,
-                timeout_s=args.timeout_s,
-            )
+    if args.audio_dir:
+        corpus = read_files(sorted(p for p in args.audio_dir.iterdir() if p.is_file()))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = sentence_files(Path(tmp), args.files, args.sentences_per_file)
+    model = args.model or httpx.get(f"{args.url}/v1/models").json()["data"][0]["id"]
+    run = asyncio.run(
+        run_closed(
+            args.url,
+            corpus,
+            concurrency=args.concurrency,
+            form={"model": model},
+            repeats=args.repeats,
+            timeout_s=args.timeout_s,
         )
-    lat = result["latencies"]
-    canonical = model if model in result["after"] else next(iter(result["after"]), model)
-    delta = stats_delta(result["before"], result["after"], canonical)
+    )
+    lat = run.latencies
+    canonical = model if model in run.after else next(iter(run.after), model)
+    delta = stats_delta(run.before, run.after, canonical)
+    text_of = {f.name: f.text for f in corpus}
+    done = [a for a in run.answers if a.ok]
+    known = any(text_of.values())
     summary = {
         "model": model,
         "concurrency": args.concurrency,
         "requests": len(lat),
-        "errors": len(result["errors"]),
-        "audio_s": round(result["audio_s"], 2),
-        "wall_s": round(result["wall_s"], 2),
-        "rtfx": round(result["audio_s"] / result["wall_s"], 2) if result["wall_s"] else None,
-        "latency_p50_s": round(percentile(lat, 50), 3),
-        "latency_p95_s": round(percentile(lat, 95), 3),
-        "latency_p99_s": round(percentile(lat, 99), 3),
+        "errors": len(run.errors),
+        "audio_s": round(run.audio_s, 2),
+        "wall_s": round(run.wall_s, 2),
+        "rtfx": round(run.audio_s / run.wall_s, 2) if run.wall_s else None,
+        "latency_p50_s": _r(percentile(lat, 50)),
+        "latency_p95_s": _r(percentile(lat, 95)),
+        "latency_p99_s": _r(percentile(lat, 99)),
         "latency_mean_s": round(statistics.fmean(lat), 3) if lat else None,
         "batch_size_counts": delta["batch_size_counts"],
         "padding_efficiency": round(delta["padding_efficiency"], 3),
-        "wer": round(word_error_rate(result["refs"], result["hyps"]), 4)
-        if any(result["refs"])
-        else None,
+        "wer": (
+            round(word_error_rate([text_of[a.file] for a in done], [a.text for a in done]), 4)
+            if known
+            else None
+        ),
         "corpus_files": len(corpus),
-        "corpus_audio_s": round(corpus_s, 1),
+        "corpus_audio_s": round(sum(f.duration_s for f in corpus), 1),
     }
     print(
         f"model={summary['model']} concurrency={summary['concurrency']} "
@@ -218,11 +106,12 @@ def main() -> None:
     )
     if summary["wer"] is not None:
         print(f"WER={summary['wer']:.2%}")
-    for err in result["errors"][:5]:
+    for err in run.errors[:5]:
         print("error:", err)
     if args.json:
         print(json.dumps(summary))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

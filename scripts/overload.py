@@ -1,11 +1,11 @@
 """Overload check: N clients at once, each sending a long file; is every answer a 200 or a
 fast 503, and is the service healthy afterwards?
 
-    python scripts/overload.py --url http://127.0.0.1:8000            # 64 x 2-3 min files
-    python scripts/overload.py --url ... --clients 16 --files a.wav b.wav
+    python -m scripts.overload --url http://127.0.0.1:8000            # 64 x 2-3 min files
+    python -m scripts.overload --url ... --clients 16 --files a.wav b.wav
 
-Without ``--files`` it speaks 2-3 minute files with espeak-ng (sentences of
-``tests/speech.py`` joined with pauses; cached under ``--work-dir``). First one file is sent
+Without ``--files`` it speaks 2-3 minute files with espeak-ng (sentences joined with
+pauses, :mod:`scripts.common.audio`; cached under ``--work-dir``). First one file is sent
 alone (the baseline: its latency is one request's processing time on an idle service),
 then all clients start together. It prints
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import random
 import sys
@@ -32,20 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
-import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-SAMPLE_RATE_HZ = 16000
-
-
-@dataclass
-class Answer:
-    status: str  # "200", "503", ..., or "timeout" / an exception name
-    latency_s: float
-    audio_s: float
-    retry_after: str | None = None
+from scripts.common.audio import SpokenFile, long_files, read_files
+from scripts.common.http import Answer, percentile, send
 
 
 @dataclass
@@ -79,65 +67,19 @@ class Report:
         return only_200_503 and fast and within and self.healthz_after == 200
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
 def make_long_files(
     out_dir: Path, count: int, *, min_s: float, max_s: float, seed: int = 0
 ) -> list[Path]:
-    """``count`` WAVs of ``min_s``-``max_s`` seconds of espeak sentences with pauses."""
-    from tests.speech import SENTENCES, synthesize
-
+    """``count`` WAVs of ``min_s``-``max_s`` seconds of espeak sentences with pauses,
+    cached in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    parts: list[np.ndarray] | None = None
-    files = []
-    for i in range(count):
-        path = out_dir / f"long_{int(min_s)}_{int(max_s)}_{seed}_{i:02d}.wav"
-        files.append(path)
-        if path.exists():
-            continue
-        if parts is None:
-            parts = [synthesize(text, out_dir) for text in SENTENCES]
-        target_s = rng.uniform(min_s, max_s)
-        pieces, total = [], 0
-        while total < target_s * SAMPLE_RATE_HZ:
-            part = parts[rng.randrange(len(parts))]
-            pause = np.zeros(int(rng.uniform(0.4, 1.5) * SAMPLE_RATE_HZ), np.float32)
-            pieces += [part, pause]
-            total += len(part) + len(pause)
-        audio = np.concatenate(pieces)[: int(target_s * SAMPLE_RATE_HZ)]
-        sf.write(path, audio, SAMPLE_RATE_HZ, subtype="PCM_16")
-    return files
-
-
-async def _send(
-    client: httpx.AsyncClient, url: str, data: bytes, audio_s: float, model: str | None
-) -> Answer:
-    # cache=false: every request must reach the queue (the files repeat).
-    form = {"cache": "false", **({"model": model} if model else {})}
-    started = time.monotonic()
-    try:
-        resp = await client.post(
-            f"{url}/v1/audio/transcriptions",
-            files={"file": ("audio.wav", data, "audio/wav")},
-            data=form,
-        )
-    except httpx.TimeoutException:
-        return Answer("timeout", time.monotonic() - started, audio_s)
-    except httpx.HTTPError as exc:
-        return Answer(type(exc).__name__, time.monotonic() - started, audio_s)
-    return Answer(
-        str(resp.status_code),
-        time.monotonic() - started,
-        audio_s,
-        resp.headers.get("retry-after"),
-    )
+    paths = [out_dir / f"long_{int(min_s)}_{int(max_s)}_{seed}_{i:02d}.wav" for i in range(count)]
+    if not all(p.exists() for p in paths):
+        rng = random.Random(seed)
+        durations = [rng.uniform(min_s, max_s) for _ in paths]
+        for path, file in zip(paths, long_files(out_dir, durations, seed=seed)):
+            path.write_bytes(file.wav)
+    return paths
 
 
 async def run_overload(
@@ -151,29 +93,32 @@ async def run_overload(
     baseline: bool = True,
 ) -> Report:
     url = url.rstrip("/")
-    blobs = [(f.read_bytes(), sf.info(str(f)).duration) for f in files]
+    spoken: list[SpokenFile] = read_files(files)
+    form = {"cache": "false", **({"model": model} if model else {})}  # every one queued
     limits = httpx.Limits(max_connections=clients + 2, max_keepalive_connections=clients + 2)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         baseline_s = baseline_audio_s = None
         if baseline:
-            data, audio_s = max(blobs, key=lambda b: b[1])
-            first = await _send(client, url, data, audio_s, model)
-            if first.status == "200":
-                baseline_s, baseline_audio_s = first.latency_s, audio_s
-        started = time.monotonic()
+            longest = max(spoken, key=lambda f: f.duration_s)
+            t0 = time.monotonic()
+            first = await send(client, url, longest, Answer(0.0), form, t0)
+            if first.status == 200:
+                baseline_s, baseline_audio_s = first.latency_s, longest.duration_s
+        t0 = time.monotonic()
         answers = await asyncio.gather(
-            *(_send(client, url, *blobs[i % len(blobs)], model) for i in range(clients))
-        )
-        wall_s = time.monotonic() - started
+            *(send(client, url, spoken[i % len(spoken)], Answer(0.0), form, t0)
+              for i in range(clients))
+        )  # fmt: skip
+        wall_s = time.monotonic() - t0
         try:
             healthz: int | None = (await client.get(f"{url}/healthz", timeout=10)).status_code
         except httpx.HTTPError:
             healthz = None
     counts: dict[str, int] = {}
     for answer in answers:
-        counts[answer.status] = counts.get(answer.status, 0) + 1
-    rejected = [a.latency_s for a in answers if a.status == "503"]
-    accepted = [a for a in answers if a.status == "200"]
+        counts[answer.outcome] = counts.get(answer.outcome, 0) + 1
+    rejected = [a.latency_s for a in answers if a.status == 503]
+    accepted = [a for a in answers if a.status == 200]
     bounds = (
         [max_queue_wait_s + baseline_s * a.audio_s / baseline_audio_s for a in accepted]
         if baseline_s is not None and baseline_audio_s
@@ -184,9 +129,7 @@ async def run_overload(
         counts=dict(sorted(counts.items())),
         rejected_max_s=max(rejected) if rejected else None,
         rejected_p95_s=percentile(rejected, 95),
-        rejected_without_retry_after=sum(
-            1 for a in answers if a.status == "503" and not a.retry_after
-        ),
+        rejected_without_retry_after=sum(1 for a in answers if a.status == 503 and not a.rejected),
         accepted_p50_s=percentile([a.latency_s for a in accepted], 50),
         accepted_p95_s=percentile([a.latency_s for a in accepted], 95),
         accepted_max_s=max((a.latency_s for a in accepted), default=None),
@@ -221,7 +164,7 @@ def print_report(report: Report) -> None:
     print(f"bar met: {report.ok}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--clients", type=int, default=64)
@@ -239,7 +182,7 @@ def main() -> None:
         "--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "asr-overload"
     )
     parser.add_argument("--json", type=Path, help="write the report (with every answer) here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     files = args.files or make_long_files(
         args.work_dir, args.num_files, min_s=args.min_s, max_s=args.max_s
     )
@@ -257,8 +200,8 @@ def main() -> None:
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(asdict(report), indent=1))
-    sys.exit(0 if report.ok else 1)
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

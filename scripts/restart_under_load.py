@@ -27,134 +27,51 @@ free ports and points ``serve run --address`` at it (so the updates' ``serve dep
 the dashboard address); ``--cluster local`` lets ``serve run`` start its own Ray
 (``--address local``), the README's quick start. ``RAY_AUTH_MODE=disabled`` throughout.
 
-    python scripts/restart_under_load.py --clients 3 --phase-s 20
-    python scripts/restart_under_load.py --cluster local --signal INT
+    python -m scripts.restart_under_load --clients 3 --phase-s 20
+    python -m scripts.restart_under_load --cluster local --signal INT
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-from tests.speech import SENTENCES, concat_with_pauses, synthesize  # noqa: E402
+from scripts.common.audio import SpokenFile, sentence_file
+from scripts.common.http import Answer, LoopedLoad
+from scripts.common.service import (
+    BIN,
+    RAY_ENV,
+    REPO,
+    free_port,
+    group_pids,
+    healthy,
+    stop_group,
+    wait_until,
+)
+from serve_app.tools.speech import SENTENCES
 
-BIN = Path(sys.executable).parent
 PHASES = ("steady", "reconfigure", "restart", "stop")
 
 
-@dataclass
-class Request:
-    phase: str
-    started_s: float
-    finished_s: float = 0.0
-    status: int = 0  # 0: no HTTP answer (connection error, timeout)
-    error: str = ""
-    retry_after: bool = False  # a 503 with Retry-After: load shed, the client retries
-
-    @property
-    def outcome(self) -> str:
-        if self.status == 200:
-            return "ok"
-        return "shed" if self.status == 503 and self.retry_after else "failed"
+def outcome(answer: Answer) -> str:
+    """ok, shed (503 with Retry-After: load shed, the client retries) or failed."""
+    return "ok" if answer.ok else "shed" if answer.rejected else "failed"
 
 
-@dataclass
-class Load:
-    """C clients posting one file in a loop; each request is tagged with the phase it
-    started in."""
-
-    url: str
-    audio: bytes
-    clients: int
-    timeout_s: float = 300.0
-    phase: str = "steady"
-    requests: list[Request] = field(default_factory=list)
-    events: dict[str, list[Request]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def start(self) -> None:
-        for _ in range(self.clients):
-            thread = threading.Thread(target=self._client, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-    def stop_sending(self) -> None:
-        self._stop.set()
-
-    def in_flight(self) -> list[Request]:
-        with self._lock:
-            return [r for r in self.requests if not r.finished_s]
-
-    def mark(self, event: str, phase: str | None = None) -> None:
-        """Remember which requests are in flight at ``event`` (they must all succeed);
-        with ``phase``, count them in that phase from now on."""
-        self.events[event] = self.in_flight()
-        for request in self.events[event] if phase else ():
-            request.phase = phase
-
-    def join(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-
-    def _client(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=self.timeout_s) as http:
-            while not self._stop.is_set():
-                request = Request(self.phase, time.monotonic())
-                with self._lock:
-                    self.requests.append(request)
-                try:
-                    r = http.post(
-                        "/v1/audio/transcriptions",
-                        files={"file": ("speech.wav", self.audio, "audio/wav")},
-                        data={"cache": "false"},  # the same file every time
-                    )
-                    request.status = r.status_code
-                    request.retry_after = "retry-after" in r.headers
-                    if r.status_code != 200:
-                        request.error = r.text[:200]
-                    elif not r.json().get("text", "").strip():
-                        request.status, request.error = -1, "200 with empty text"
-                except Exception as exc:  # counted as failed, reported
-                    request.error = f"{type(exc).__name__}: {exc}"[:200]
-                request.finished_s = time.monotonic()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def speech_wav() -> bytes:
-    import io
-
-    import soundfile as sf
-
+def speech_file() -> SpokenFile:
     with tempfile.TemporaryDirectory() as tmp:
-        parts = [synthesize(text, Path(tmp)) for text in SENTENCES[1:3]]
-    buf = io.BytesIO()
-    sf.write(buf, concat_with_pauses(parts, pause_s=0.8), 16000, format="WAV")
-    return buf.getvalue()
+        return sentence_file(Path(tmp), "speech.wav", SENTENCES[1:3], pause_s=0.8)
 
 
 def configs(path: Path, port: int, wait_s: float | None) -> dict[str, dict]:
@@ -186,7 +103,7 @@ class Cluster:
     def __init__(self, kind: str, workdir: Path) -> None:
         self.kind = kind
         self.workdir = workdir
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env = {**os.environ, **RAY_ENV}
         self.head: subprocess.Popen | None = None
         self.gcs_address = "local"
         self.dashboard_url: str | None = None
@@ -215,7 +132,7 @@ class Cluster:
         )
         self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{dash_port}"
-        wait_for(lambda: _get(f"{self.dashboard_url}/api/version") is not None, 180, "dashboard")
+        wait_until(lambda: _get(f"{self.dashboard_url}/api/version") is not None, 180, "dashboard")
 
     def serve_run(self, config: Path) -> subprocess.Popen:
         log = open(self.workdir / "serve_run.log", "wb")
@@ -239,7 +156,7 @@ class Cluster:
                 self.dashboard_url = "http://" + found.group(1)
             return bool(found)
 
-        wait_for(parse, timeout_s, "the dashboard address in serve run's log")
+        wait_until(parse, timeout_s, "the dashboard address in serve run's log")
 
     def deploy(self, config: Path) -> None:
         subprocess.run(
@@ -273,7 +190,7 @@ class Cluster:
         if self.head is None:
             return None
         started = time.monotonic()
-        _stop_group(self.head, signal.SIGTERM, 60)
+        stop_group(self.head, signal.SIGTERM, 60)
         return time.monotonic() - started
 
 
@@ -281,67 +198,27 @@ def _get(url: str) -> dict | None:
     try:
         r = httpx.get(url, timeout=10)
         return r.json() if r.status_code == 200 else None
-    except (httpx.HTTPError, json.JSONDecodeError):
+    except (httpx.HTTPError, ValueError):
         return None
 
 
-def _stop_group(proc: subprocess.Popen, sig: int, timeout_s: float) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout_s)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        pass
-    _kill_leftovers(proc.pid)
-
-
-def _group_pids(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True)
-    return [int(p) for p, g in (line.split() for line in out.stdout.splitlines()) if int(g) == pgid]
-
-
-def _kill_leftovers(pgid: int) -> int:
-    pids = _group_pids(pgid)
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(pids)
-
-
-def wait_for(check, timeout_s: float, what: str, period_s: float = 1.0) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        if check():
-            return time.monotonic() - started
-        time.sleep(period_s)
-    raise TimeoutError(f"{what}: not ready after {timeout_s:.0f} s")
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def report(load: Load, phases: list[str]) -> list[str]:
+def report(load: LoopedLoad, events: dict[str, list[Answer]]) -> list[str]:
     """Per phase (requests by the phase they started in) and per event (requests in flight
     at that moment): sent, ok, shed (503 + Retry-After), failed."""
     lines = [f"{'':<26} {'sent':>5} {'ok':>5} {'shed':>5} {'failed':>6}  failures"]
 
-    def row(label: str, reqs: list[Request]) -> str:
-        n = {k: sum(r.outcome == k for r in reqs) for k in ("ok", "shed", "failed")}
-        kinds = sorted({f"{r.status}: {r.error[:70]}" for r in reqs if r.outcome == "failed"})
+    def row(label: str, answers: list[Answer]) -> str:
+        n = {k: sum(outcome(a) == k for a in answers) for k in ("ok", "shed", "failed")}
+        kinds = sorted({f"{a.outcome}: {a.error[:70]}" for a in answers if outcome(a) == "failed"})
         return (
-            f"{label:<26} {len(reqs):>5} {n['ok']:>5} {n['shed']:>5} {n['failed']:>6}  "
+            f"{label:<26} {len(answers):>5} {n['ok']:>5} {n['shed']:>5} {n['failed']:>6}  "
             f"{kinds[:3] if kinds else ''}"
         )
 
-    for phase in phases:
-        lines.append(row(f"phase {phase}", [r for r in load.requests if r.phase == phase]))
-    for event, reqs in load.events.items():
-        lines.append(row(f"in flight at {event}", reqs))
+    for phase in PHASES:
+        lines.append(row(f"phase {phase}", [a for a in load.answers if a.kind == phase]))
+    for event, answers in events.items():
+        lines.append(row(f"in flight at {event}", answers))
     return lines
 
 
@@ -375,26 +252,36 @@ def main(argv: list[str] | None = None) -> int:
 
     cluster = Cluster(args.cluster, workdir)
     serve_run: subprocess.Popen | None = None
-    load: Load | None = None
+    load: LoopedLoad | None = None
+    events: dict[str, list[Answer]] = {}
+
+    def mark(event: str, phase: str | None = None) -> None:
+        """The requests in flight at ``event`` (they must all succeed); with ``phase``,
+        counted in that phase from now on."""
+        events[event] = load.in_flight() if load is not None else []
+        for answer in events[event] if phase else ():
+            answer.kind = phase
+
     code = 1
     try:
         cluster.start_head(args.num_cpus)
         started = time.monotonic()
         serve_run = cluster.serve_run(paths["base"])
-        wait_for(lambda: healthy(url), args.startup_timeout_s, "the service", period_s=2)
+        wait_until(lambda: healthy(url), args.startup_timeout_s, "the service", period_s=2)
         print(f"serve run: healthy after {time.monotonic() - started:.1f} s")
         cluster.find_dashboard(60)
-        load = Load(url, speech_wav(), args.clients)
-        load.start()
+        load = LoopedLoad(url, [speech_file()], timeout_s=300, require_text=True)
+        load.phase = "steady"
+        load.start_background(args.clients)
         time.sleep(args.phase_s)
 
         before = cluster.replicas()
         load.phase = "reconfigure"
         t0 = time.monotonic()
-        load.mark("reconfigure")
+        mark("reconfigure")
         cluster.deploy(paths["reconfigure"])
         time.sleep(2)
-        wait_for(lambda: cluster.app_status() == "RUNNING", 300, "reconfigure")
+        wait_until(lambda: cluster.app_status() == "RUNNING", 300, "reconfigure")
         print(f"reconfigure: RUNNING after {time.monotonic() - t0:.1f} s")
         time.sleep(args.phase_s)
         after = cluster.replicas()
@@ -403,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
         load.phase = "restart"
         t0 = time.monotonic()
-        load.mark("restart")
+        mark("restart")
         cluster.deploy(paths["restart"])
 
         def all_replaced() -> bool:
@@ -412,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                 now.get(d) and not (now[d] & after[d]) for d in after
             )
 
-        wait_for(all_replaced, args.startup_timeout_s, "the restart update", period_s=2)
+        wait_until(all_replaced, args.startup_timeout_s, "the restart update", period_s=2)
         print(f"restart: every replica replaced, RUNNING after {time.monotonic() - t0:.1f} s")
         time.sleep(args.phase_s)
 
@@ -420,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         load.stop_sending()
         time.sleep(0.5)  # let each client's next request start or not; none start after
         if args.drain_first:
-            load.mark("drain", phase="stop")
+            mark("drain", phase="stop")
             t0 = time.monotonic()
             cluster.deploy(paths["drain"])
-            wait_for(lambda: cluster.app_status() is None, 700, "the app's deletion")
+            wait_until(lambda: cluster.app_status() is None, 700, "the app's deletion")
             print(f"drain: app deleted, in-flight requests done, {time.monotonic() - t0:.1f} s")
-        load.mark("signal", phase="stop")
-        in_flight = len(load.events["signal"])
+        mark("signal", phase="stop")
+        in_flight = len(events["signal"])
         t0 = time.monotonic()
         if args.signal == "TERM":
             serve_run.send_signal(signal.SIGTERM)
@@ -439,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stop: {what} -> exit of serve run {exit_s:.1f} s (rc {serve_run.returncode})")
         except subprocess.TimeoutExpired:
             print(f"stop: serve run still running {args.exit_timeout_s:.0f} s after the signal")
-        load.join(120)
-        left = _group_pids(serve_run.pid)
+        load.stop_background(120)
+        left = group_pids(serve_run.pid)
         if left:
             names = subprocess.run(
                 ["ps", "-o", "pid=,args=", "-p", ",".join(map(str, left))],
@@ -454,17 +341,15 @@ def main(argv: list[str] | None = None) -> int:
             f"group left: {len(left)} ({all_gone_s:.1f} s after the signal)"
         )
         print(f"stop: service answers after stop: {healthy(url)}")
-        print("\n".join(report(load, list(PHASES))))
-        in_flight_failed = [r for reqs in load.events.values() for r in reqs if r.outcome != "ok"]
-        failed = [r for r in load.requests if r.outcome == "failed"]
+        print("\n".join(report(load, events)))
+        in_flight_failed = [a for answers in events.values() for a in answers if not a.ok]
+        failed = [a for a in load.answers if outcome(a) == "failed"]
         code = 0 if not failed and not in_flight_failed else 1
     finally:
         if load is not None:
-            load.stop_sending()
-        if serve_run is not None and serve_run.poll() is None:
-            _stop_group(serve_run, signal.SIGINT, 60)
-        elif serve_run is not None:
-            _kill_leftovers(serve_run.pid)
+            load.stop_background(120)
+        if serve_run is not None:
+            stop_group(serve_run, signal.SIGINT, 60)
         head_s = cluster.stop_head()
         if head_s is not None:
             print(f"ray head stopped in {head_s:.1f} s")

@@ -47,5 +47,5 @@ if [ "$want_test" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
-.venv/bin/python scripts/provision_models.py
+.venv/bin/python -m serve_app.tools.provision_models
 echo "[setup] done"

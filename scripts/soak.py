@@ -22,14 +22,13 @@ A 503 with ``Retry-After`` (admission control: the queue is full) is counted as 
 not as an error; the client waits that long (capped at 30 s, jittered) and goes on, as an
 OpenAI SDK client does. Anything else that is not a 200 is an error.
 
-    python scripts/soak.py --start                       # serve ray_configs/serve.yaml itself
-    python scripts/soak.py --url http://127.0.0.1:8000   # an already running service
-    python scripts/soak.py --start --duration-s 120 --clients 4 --sample-s 10 --warmup-s 30
+    python -m scripts.soak --start                       # serve ray_configs/serve.yaml itself
+    python -m scripts.soak --url http://127.0.0.1:8000   # an already running service
+    python -m scripts.soak --start --duration-s 120 --clients 4 --sample-s 10 --warmup-s 30
 
-``--start`` runs ``serve run`` on a fresh local Ray cluster (``--address local``), on a
-free port (the config is copied with its ``http_options.port`` changed), with
-``RAY_AUTH_MODE=disabled``; ``--env KEY=VALUE`` adds variables to the replicas'
-runtime env and to the cluster's environment (e.g. ``MALLOC_ARENA_MAX=2``), to compare
+``--start`` serves ``--config`` on a fresh local cluster on a free port
+(:func:`scripts.common.service.serve_run`); ``--env KEY=VALUE`` adds variables to the
+replicas' and the cluster's environment (e.g. ``MALLOC_ARENA_MAX=2``), to compare
 allocator settings.
 """
 
@@ -41,11 +40,7 @@ import csv
 import json
 import math
 import os
-import platform
-import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,70 +49,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import numpy as np
 import psutil
-import soundfile as sf
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from scripts.common.audio import SpokenFile, long_files, sentence_file
+from scripts.common.http import Answer, LoopedLoad, percentile
+from scripts.common.service import REPO, free_port, serve_run, stop_group
+from serve_app.tools.speech import SENTENCES
+from serve_app.tools.tune_sweep import machine
 
-from tests.speech import SENTENCES, concat_with_pauses, synthesize  # noqa: E402
-
-SAMPLE_RATE = 16000
 MB = 1024 * 1024
 SLOPE_TARGET_MB_PER_H = 20.0
 DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
 
 
-# -- corpus --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SoakFile:
-    name: str
-    kind: str  # "short" | "long"
-    wav_bytes: bytes
-    duration_s: float
-
-
-def _wav_bytes(samples: np.ndarray, path: Path) -> bytes:
-    sf.write(path, samples, SAMPLE_RATE, subtype="PCM_16")
-    return path.read_bytes()
-
-
 def make_corpus(
     out_dir: Path, *, num_short: int, num_long: int, long_max_s: float, seed: int = 0
-) -> list[SoakFile]:
+) -> list[SpokenFile]:
     """Short files of 1-3 sentences and long files of sentences joined with pauses.
 
     The long files' target lengths spread evenly up to ``long_max_s`` (e.g. 30, 60, 90,
     120 s for four files), so segmenting, packing and the 30 s cap are all exercised.
     """
-    rng = random.Random(seed)
-    spoken = [synthesize(text, out_dir, speed_wpm=150) for text in SENTENCES]
-    corpus: list[SoakFile] = []
+    n = len(SENTENCES)
+    shorts = []
     for i in range(num_short):
-        count = 1 + i % 3
-        parts = [spoken[(i * 3 + j) % len(spoken)] for j in range(count)]
-        audio = concat_with_pauses(parts, 0.6 + 0.2 * (i % 3))
-        path = out_dir / f"short{i:02d}.wav"
-        corpus.append(SoakFile(path.name, "short", _wav_bytes(audio, path), len(audio) / 16000))
-    for i in range(num_long):
-        target_s = long_max_s * (i + 1) / num_long
-        chunks: list[np.ndarray] = []
-        total = 0.0
-        while total < target_s - 4.0 or not chunks:
-            pause_s = rng.choice((0.4, 0.8, 1.2, 2.0))
-            sentence = spoken[rng.randrange(len(spoken))]
-            chunks += [np.zeros(int(pause_s * SAMPLE_RATE), np.float32), sentence]
-            total += pause_s + len(sentence) / SAMPLE_RATE
-        audio = np.concatenate(chunks).astype(np.float32)
-        path = out_dir / f"long{i:02d}.wav"
-        corpus.append(SoakFile(path.name, "long", _wav_bytes(audio, path), len(audio) / 16000))
-    return corpus
+        texts = [SENTENCES[(i * 3 + j) % n] for j in range(1 + i % 3)]
+        file = sentence_file(out_dir, f"short{i:02d}.wav", texts, pause_s=0.6 + 0.2 * (i % 3))
+        shorts.append(SpokenFile(file.name, file.wav, file.duration_s, file.text, "short"))
+    durations = [long_max_s * (i + 1) / num_long for i in range(num_long)]
+    return shorts + long_files(out_dir, durations, seed=seed)
 
 
 # -- which processes ---------------------------------------------------------------------
@@ -195,119 +156,7 @@ def rss_mb(pid: int) -> float | None:
         return None
 
 
-# -- load --------------------------------------------------------------------------------
-
-
-@dataclass
-class RequestRecord:
-    t_start_s: float
-    t_end_s: float
-    latency_s: float
-    status: int  # HTTP status, 0 for a client-side failure
-    audio_s: float
-    kind: str
-    error: str = ""
-
-    @property
-    def rejected(self) -> bool:
-        """Admission control said "later" (503 + Retry-After): an answer, not a failure."""
-        return self.status == 503 and self.error.startswith(REJECTED_PREFIX)
-
-    @property
-    def failed(self) -> bool:
-        return self.status != 200 and not self.rejected
-
-
-REJECTED_PREFIX = "retry-after "
-MAX_BACKOFF_S = 30.0
-
-
-async def _client(
-    http: httpx.AsyncClient,
-    url: str,
-    model: str | None,
-    corpus: list[SoakFile],
-    long_fraction: float,
-    stop_at: float,
-    t0: float,
-    records: list[RequestRecord],
-    rng: random.Random,
-) -> None:
-    shorts = [f for f in corpus if f.kind == "short"]
-    longs = [f for f in corpus if f.kind == "long"] or shorts
-    while time.monotonic() < stop_at:
-        item = rng.choice(longs if rng.random() < long_fraction else shorts)
-        # cache=false: the corpus repeats, and a cache hit would skip the replicas.
-        data = {"cache": "false", **({"model": model} if model else {})}
-        started = time.monotonic()
-        status, error, audio_s = 0, "", 0.0
-        backoff_s = 0.0
-        try:
-            resp = await http.post(
-                f"{url}/v1/audio/transcriptions",
-                files={"file": (item.name, item.wav_bytes, "audio/wav")},
-                data=data,
-            )
-            status = resp.status_code
-            if status == 200:
-                audio_s = float(resp.headers.get("x-audio-duration-s", item.duration_s))
-            elif status == 503 and resp.headers.get("retry-after"):
-                # A client that honours Retry-After, as an OpenAI SDK does.
-                backoff_s = min(MAX_BACKOFF_S, float(resp.headers["retry-after"]))
-                error = f"{REJECTED_PREFIX}{resp.headers['retry-after']}"
-            else:
-                error = resp.text[:200]
-        except httpx.HTTPError as exc:
-            error = f"{type(exc).__name__}: {exc}"[:200]
-        ended = time.monotonic()
-        records.append(
-            RequestRecord(
-                t_start_s=started - t0,
-                t_end_s=ended - t0,
-                latency_s=ended - started,
-                status=status,
-                audio_s=audio_s,
-                kind=item.kind,
-                error=error,
-            )
-        )
-        if backoff_s:
-            await asyncio.sleep(backoff_s * rng.uniform(0.5, 1.5))
-
-
-async def run_load(
-    url: str,
-    corpus: list[SoakFile],
-    *,
-    clients: int,
-    duration_s: float,
-    model: str | None,
-    long_fraction: float,
-    t0: float,
-    timeout_s: float,
-    seed: int,
-) -> list[RequestRecord]:
-    records: list[RequestRecord] = []
-    stop_at = t0 + duration_s
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
-        await asyncio.gather(
-            *(
-                _client(
-                    http,
-                    url,
-                    model,
-                    corpus,
-                    long_fraction,
-                    stop_at,
-                    t0,
-                    records,
-                    random.Random(seed * 1000 + i),
-                )
-                for i in range(clients)
-            )
-        )
-    return records
+# -- figures -----------------------------------------------------------------------------
 
 
 class RssSampler(threading.Thread):
@@ -344,13 +193,8 @@ class RssSampler(threading.Thread):
         self.samples = [(t, pid, self.labels[pid], v) for t, pid, _, v in self.samples]
 
 
-# -- figures -----------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+def _nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def slope_mb_per_hour(times_s: list[float], values_mb: list[float]) -> float:
@@ -453,7 +297,7 @@ def process_figures(
 
 
 def window_figures(
-    records: list[RequestRecord], window_s: float, duration_s: float
+    records: list[Answer], window_s: float, duration_s: float
 ) -> list[WindowFigures]:
     """Requests grouped by the window their start falls in."""
     count = max(1, math.ceil(duration_s / window_s))
@@ -461,7 +305,7 @@ def window_figures(
     for i in range(count):
         lo, hi = i * window_s, min((i + 1) * window_s, duration_s)
         inside = [r for r in records if lo <= r.t_start_s < hi]
-        ok = [r.latency_s for r in inside if r.status == 200]
+        ok = [r.latency_s for r in inside if r.ok]
         windows.append(
             WindowFigures(
                 start_s=lo,
@@ -469,8 +313,8 @@ def window_figures(
                 requests=len(inside),
                 errors=sum(1 for r in inside if r.failed),
                 rejected=sum(1 for r in inside if r.rejected),
-                p50_s=percentile(ok, 50),
-                p95_s=percentile(ok, 95),
+                p50_s=_nan_if_none(percentile(ok, 50)),
+                p95_s=_nan_if_none(percentile(ok, 95)),
             )
         )
     return windows
@@ -484,7 +328,7 @@ def summarize(
     sample_s: float,
     warmup_s: float,
     window_s: float,
-    records: list[RequestRecord],
+    records: list[Answer],
     samples: list[tuple[float, int, str, float]],
     p95_drift_limit: float,
 ) -> SoakSummary:
@@ -508,14 +352,13 @@ def summarize(
         requests=len(records),
         errors=errors,
         rejected=sum(1 for r in records if r.rejected),
-        ok=sum(1 for r in records if r.status == 200),
+        ok=sum(1 for r in records if r.ok),
         audio_s=sum(r.audio_s for r in records),
         processes=processes,
         windows=windows,
         max_slope_mb_per_h=max_slope,
         p95_drift=drift,
-        machine=_machine(),
-        error_samples=[f"{r.status} {r.error}" for r in records if r.failed][:5],
+        error_samples=[f"{r.outcome} {r.error}" for r in records if r.failed][:5],
     )
     summary.passed = {
         f"slope < {SLOPE_TARGET_MB_PER_H:g} MB/h (every process)": bool(
@@ -532,70 +375,41 @@ def summarize(
     return summary
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 1024**3:.0f} GiB"
-
-
 # -- output ------------------------------------------------------------------------------
 
 
 def write_outputs(
     out_dir: Path,
     summary: SoakSummary,
-    records: list[RequestRecord],
+    records: list[Answer],
     samples: list[tuple[float, int, str, float]],
 ) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "rss": out_dir / "rss.csv",
-        "requests": out_dir / "requests.csv",
-        "windows": out_dir / "windows.csv",
-        "summary": out_dir / "summary.json",
-        "plot": out_dir / "soak.png",
+    names = ("rss.csv", "requests.csv", "windows.csv", "summary.json", "soak.png")
+    paths = {name.split(".")[0].replace("soak", "plot"): out_dir / name for name in names}
+    request_rows = [
+        {"t_start_s": f"{r.t_start_s:.3f}", "t_end_s": f"{r.t_end_s:.3f}",
+         "latency_s": f"{r.latency_s:.3f}", "status": r.status, "audio_s": f"{r.audio_s:.2f}",
+         "kind": r.kind, "error": r.error or (f"retry-after {r.retry_after}" if r.rejected else "")}
+        for r in sorted(records, key=lambda r: r.t_start_s)
+    ]  # fmt: skip
+    tables = {
+        "rss": [
+            {"t_s": f"{t:.1f}", "pid": pid, "process": label, "rss_mb": f"{v:.2f}"}
+            for t, pid, label, v in samples
+        ],
+        "requests": request_rows,
+        "windows": [
+            {**asdict(w), "p50_s": f"{w.p50_s:.3f}", "p95_s": f"{w.p95_s:.3f}"}
+            for w in summary.windows
+        ],
     }
-    with paths["rss"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["t_s", "pid", "process", "rss_mb"])
-        for t_s, pid, label, value in samples:
-            writer.writerow([f"{t_s:.1f}", pid, label, f"{value:.2f}"])
-    with paths["requests"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(list(asdict(records[0]).keys()) if records else ["t_start_s"])
-        for r in sorted(records, key=lambda r: r.t_start_s):
-            writer.writerow(
-                [
-                    f"{r.t_start_s:.3f}",
-                    f"{r.t_end_s:.3f}",
-                    f"{r.latency_s:.3f}",
-                    r.status,
-                    f"{r.audio_s:.2f}",
-                    r.kind,
-                    r.error,
-                ]
-            )
-    with paths["windows"].open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["start_s", "end_s", "requests", "errors", "rejected", "p50_s", "p95_s"])
-        for w in summary.windows:
-            writer.writerow(
-                [
-                    w.start_s,
-                    w.end_s,
-                    w.requests,
-                    w.errors,
-                    w.rejected,
-                    f"{w.p50_s:.3f}",
-                    f"{w.p95_s:.3f}",
-                ]
-            )
+    for name, rows in tables.items():
+        with paths[name].open("w", newline="") as f:
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
     paths["summary"].write_text(json.dumps(asdict(summary), indent=2))
     plot(paths["plot"], summary, samples)
     return paths
@@ -666,85 +480,13 @@ def render(summary: SoakSummary) -> str:
     return "\n".join(lines)
 
 
-# -- starting a service ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(
-    config: Path,
-    port: int,
-    env_vars: dict[str, str],
-    work_dir: Path,
-    timeout_s: float,
-    log_path: Path | None = None,
-) -> subprocess.Popen:
-    """``serve run`` the config on a fresh local cluster on ``port``; wait for /healthz."""
-    raw = yaml.safe_load(config.read_text())
-    raw.setdefault("http_options", {})["port"] = port
-    if env_vars:
-        for app in raw["applications"]:
-            app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
-    copy = work_dir / "soak_serve.yaml"
-    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {
-        **os.environ,
-        "RAY_AUTH_MODE": "disabled",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # Its own temp root: this cluster never becomes the host's "current" one, which
-        # a plain ray.init() elsewhere (a test session, a script) would connect to.
-        "RAY_TMPDIR": str(work_dir),
-        # Also in the cluster's own environment, so the proxy and the controller (not
-        # covered by the app's runtime_env) get allocator settings such as MALLOC_ARENA_MAX.
-        **env_vars,
-    }
-    serve_bin = Path(sys.executable).with_name("serve")
-    log = (log_path or work_dir / "serve_run.log").open("w")
-    proc = subprocess.Popen(
-        [str(serve_bin), "run", "--address", "local", str(copy)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + timeout_s
-    url = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve run exited with {proc.returncode}; see {log.name}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    stop_service(proc)
-    raise TimeoutError(f"service not healthy after {timeout_s} s; see {log.name}")
-
-
-def stop_service(proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    """Ctrl-C ``serve run`` (it shuts Serve and its cluster down), then kill its group."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 # -- main --------------------------------------------------------------------------------
 
 
 def soak(
     *,
     url: str,
-    corpus: list[SoakFile],
+    corpus: list[SpokenFile],
     clients: int,
     duration_s: float,
     sample_s: float,
@@ -755,27 +497,29 @@ def soak(
     timeout_s: float = 600,
     p95_drift_limit: float = 1.5,
     seed: int = 0,
-) -> tuple[SoakSummary, list[RequestRecord], list[tuple[float, int, str, float]]]:
+) -> tuple[SoakSummary, list[Answer], list[tuple[float, int, str, float]]]:
     """Run the load and the RSS sampler together; return the figures and the raw data."""
     port = urlparse(url).port or 80
     started_utc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    t0 = time.monotonic()
-    sampler = RssSampler(port, sample_s, t0)
+    load = LoopedLoad(
+        url,
+        corpus,
+        form={"model": model} if model else None,
+        timeout_s=timeout_s,
+        long_fraction=long_fraction,
+        honour_retry_after=True,
+        seed=seed,
+    )
+    sampler = RssSampler(port, sample_s, load.t0)
     sampler.start()
+
+    async def run() -> None:
+        await load.set_clients(clients)
+        await asyncio.sleep(max(0.0, duration_s - (time.monotonic() - load.t0)))
+        await load.stop()  # the requests in flight are answered
+
     try:
-        records = asyncio.run(
-            run_load(
-                url,
-                corpus,
-                clients=clients,
-                duration_s=duration_s,
-                model=model,
-                long_fraction=long_fraction,
-                t0=t0,
-                timeout_s=timeout_s,
-                seed=seed,
-            )
-        )
+        asyncio.run(run())
     finally:
         sampler.stop()
     summary = summarize(
@@ -785,15 +529,17 @@ def soak(
         sample_s=sample_s,
         warmup_s=warmup_s,
         window_s=window_s,
-        records=records,
+        records=load.answers,
         samples=sampler.samples,
         p95_drift_limit=p95_drift_limit,
     )
+    info = machine()
     summary.started_utc = started_utc
+    summary.machine = f"{info['cpu']}, {info['cores']} CPUs, {info.get('memory_gib', '?')} GiB"
     if sampler.load_avg_1m:
         summary.load_avg_1m_mean = float(np.mean(sampler.load_avg_1m))
         summary.load_avg_1m_max = float(np.max(sampler.load_avg_1m))
-    return summary, records, sampler.samples
+    return summary, load.answers, sampler.samples
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -839,25 +585,16 @@ def main(argv: list[str] | None = None) -> int:
             long_max_s=args.long_max_s,
             seed=args.seed,
         )
-        print(
-            f"corpus: {len(corpus)} files, "
-            + ", ".join(f"{f.name} {f.duration_s:.0f}s" for f in corpus if f.kind == "long"),
-            flush=True,
-        )
+        longs = [f"{f.name} {f.duration_s:.0f}s" for f in corpus if f.kind == "long"]
+        print(f"corpus: {len(corpus)} files, " + ", ".join(longs), flush=True)
         service = None
         url = args.url
         if args.start:
-            port = _free_port()
+            port = free_port()
             print(f"starting {args.config} on port {port} ...", flush=True)
             args.out_dir.mkdir(parents=True, exist_ok=True)
-            service = start_service(
-                args.config,
-                port,
-                env_vars,
-                work,
-                timeout_s=900,
-                log_path=args.out_dir / "serve_run.log",
-            )
+            log_path = args.out_dir / "serve_run.log"
+            service = serve_run(args.config, port, work, env_vars=env_vars, log_path=log_path)
             url = f"http://127.0.0.1:{port}"
         try:
             summary, records, samples = soak(
@@ -876,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             if service is not None:
-                stop_service(service)
+                stop_group(service)
     paths = write_outputs(args.out_dir, summary, records, samples)
     print(render(summary))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

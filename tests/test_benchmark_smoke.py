@@ -1,4 +1,5 @@
-"""The benchmark and the batch tuner cannot rot: a tiny end-to-end run, and the pure parts.
+"""The benchmark (``python -m scripts.bench``) and the batch tuner cannot rot: a tiny
+end-to-end run, and the pure parts.
 
 The smoke run uses the tiny random-weight Paraformer on 15 s of generated speech and the
 cheap rows (1: AutoModel one file at a time, 2: AutoModel + fsmn-vad + batch_size_s,
@@ -8,8 +9,6 @@ fast anything is (figures live in docs/BENCHMARKS.md, not in tests).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -20,28 +19,12 @@ import numpy as np
 import pytest
 import yaml
 
+from scripts.bench import hook, measure
+from serve_app.tools import tune_batch as tune
+from serve_app.tools import tune_sweep
 from tests.speech import requires_espeak
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _script(name: str):
-    """Import ``scripts/<name>.py`` (scripts/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def _bench(module: str):
-    """Import ``scripts/bench/<module>.py``, the benchmark's package (found through scripts/,
-    as ``scripts/benchmark.py`` finds it)."""
-    if str(REPO / "scripts") not in sys.path:
-        sys.path.insert(0, str(REPO / "scripts"))
-    return importlib.import_module(f"bench.{module}")
 
 
 @pytest.mark.slow
@@ -50,7 +33,8 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
     out = tmp_path / "result.json"
     cmd = [
         sys.executable,
-        str(REPO / "scripts/benchmark.py"),
+        "-m",
+        "scripts.bench",
         "--corpus-minutes",
         "0.25",
         "--corpus-dir",
@@ -90,8 +74,7 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
 
 
 def _point(items, forward_s, rtfx, mem_gib, ok=True):
-    tune = _script("tune_batch")
-    return tune.SweepPoint(
+    return tune_sweep.SweepPoint(
         max_batch_items=items,
         max_forward_audio_s=forward_s,
         max_batch_audio_s=max(forward_s, 480.0),
@@ -102,49 +85,45 @@ def _point(items, forward_s, rtfx, mem_gib, ok=True):
 
 
 def test_knee_is_the_smallest_capacity_near_the_best_throughput():
-    tune = _script("tune_batch")
     points = [
         _point(32, 30, 10.0, 1.0),
         _point(32, 60, 18.0, 2.0),
         _point(32, 120, 19.5, 4.0),
         _point(32, 240, 20.0, 8.0),
     ]
-    knee = tune.pick_knee(points, memory_limit_bytes=100 * 2**30, tolerance=0.05)
+    knee = tune_sweep.pick_knee(points, memory_limit_bytes=100 * 2**30, tolerance=0.05)
     assert knee.max_forward_audio_s == 120  # 19.5 >= 0.95 x 20; 18 is not
-    loose = tune.pick_knee(points, memory_limit_bytes=100 * 2**30, tolerance=0.15)
+    loose = tune_sweep.pick_knee(points, memory_limit_bytes=100 * 2**30, tolerance=0.15)
     assert loose.max_forward_audio_s == 60
 
 
 def test_knee_respects_the_memory_limit_and_failed_points():
-    tune = _script("tune_batch")
     points = [
         _point(8, 60, 10.0, 1.0),
         _point(16, 120, 14.0, 3.0),
         _point(32, 240, 20.0, 9.0),  # the fastest, but over the limit
         _point(64, 480, 0.0, 0.0, ok=False),  # out of memory
     ]
-    knee = tune.pick_knee(points, memory_limit_bytes=4 * 2**30)
+    knee = tune_sweep.pick_knee(points, memory_limit_bytes=4 * 2**30)
     assert (knee.max_batch_items, knee.max_forward_audio_s) == (16, 120)
     with pytest.raises(ValueError, match="memory limit"):
-        tune.pick_knee(points, memory_limit_bytes=0.5 * 2**30)
+        tune_sweep.pick_knee(points, memory_limit_bytes=0.5 * 2**30)
     with pytest.raises(ValueError):
-        tune.pick_knee([], memory_limit_bytes=2**40)
+        tune_sweep.pick_knee([], memory_limit_bytes=2**40)
 
 
 def test_dynamic_batches_follow_the_item_cost():
-    tune = _script("tune_batch")
     from serve_app.core.types import SegmentJob
 
     jobs = [SegmentJob(audio=np.zeros(int(s * 16000), np.float32)) for s in (2, 2, 2, 25, 2)]
     # Capacity 60 s / 4 items: every item costs at least 15 s -> 4 short ones fill a batch,
     # and the 25 s one does not fit after three of them.
-    batches = tune.dynamic_batches(jobs, items=4, capacity_s=60.0)
+    batches = tune_sweep.dynamic_batches(jobs, items=4, capacity_s=60.0)
     assert [len(b) for b in batches] == [3, 2]
     assert sum(len(b) for b in batches) == len(jobs)
 
 
 def test_tuned_config_is_a_valid_serve_config(tmp_path):
-    tune = _script("tune_batch")
     from ray.serve.schema import ServeDeploySchema
 
     from serve_app.config import load_app_config
@@ -169,7 +148,6 @@ def test_tuned_config_is_a_valid_serve_config(tmp_path):
 
 
 def test_tuned_config_splits_the_node_into_single_thread_replicas(tmp_path):
-    tune = _script("tune_batch")
     from serve_app.config import AppConfig
 
     template = yaml.safe_load((REPO / "ray_configs/serve.yaml").read_text())
@@ -198,14 +176,13 @@ def test_tuned_config_splits_the_node_into_single_thread_replicas(tmp_path):
 
 
 def test_cpu_breakdown_groups_processes_by_role():
-    bench = _bench("measure")
     before = {1: ("recognizer replica", 10.0), 2: ("vad replica", 1.0)}
     after = {
         1: ("recognizer replica", 25.0),
         2: ("vad replica", 3.5),
         3: ("recognizer replica", 4.0),  # started during the window: counted from 0
     }
-    assert bench.cpu_breakdown(before, after) == {"recognizer replica": 19.0, "vad replica": 2.5}
+    assert measure.cpu_breakdown(before, after) == {"recognizer replica": 19.0, "vad replica": 2.5}
 
 
 class _Titled:
@@ -229,7 +206,6 @@ def test_serve_row_processes_are_labelled_by_role():
     from serve_app.online.deployments.vad import VadDeployment
     from serve_app.online.ingress import AsrIngress
 
-    measure = _bench("measure")
     site = "/venv/lib/python3.11/site-packages/ray"
     replica = "ray::ServeReplica:bench:{}.initialize_and_get_metadata".format
     titles = {
@@ -254,33 +230,22 @@ def test_serve_row_processes_are_labelled_by_role():
 
 
 def test_ray_worker_setup_hook_imports_by_its_module_path():
-    """Rows 4 and 5 give Ray the hook as a dotted path that its workers import with only the
-    repository root on PYTHONPATH (not scripts/): a fresh interpreter must find it so."""
-    hook = _bench("experiments")._hook_env([], None)
-    path = hook["runtime_env"]["worker_process_setup_hook"]
-    assert hook["env_vars"]["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
+    """Row 5 gives Ray the hook as a dotted path that its workers import with only the
+    repository root on PYTHONPATH: a fresh interpreter must find it so."""
+    env = hook.hook_env("/tmp/stats.jsonl")
+    path = env["runtime_env"]["worker_process_setup_hook"]
+    assert env["env_vars"]["PYTHONPATH"].split(os.pathsep)[0] == str(REPO)
     module, name = path.rsplit(".", 1)
     code = f"import {module} as m; assert callable(m.{name}), m"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], cwd="/", env=env, check=True, timeout=60)
 
 
-def test_entry_points_keep_their_old_import_names():
-    """``scripts/benchmark.py`` and ``scripts/bench_corpus.py`` were modules before the
-    benchmark became a package; what other scripts imported from them is still there."""
-    benchmark = _script("benchmark")
-    for name in ("main", "resolve_model", "machine", "cpu_breakdown", "_psutil", "_precision"):
-        assert callable(getattr(benchmark, name)), name
-    corpus = _script("bench_corpus")
-    for name in ("build_corpus", "vad_spans", "pack_spans", "load_segments", "Corpus"):
-        assert getattr(corpus, name) is getattr(_bench("corpus"), name), name
-
-
 def test_cpu_timeline_counts_exited_processes_and_starts_at_the_window():
     """Row 5's per-role CPU: a process that exits (an actor ending with the job) counts up
     to its last sample, keeps its role when caught exiting, and a window starts at the
     last sample before its start time."""
-    timeline = _bench("measure").CpuTimeline()
+    timeline = measure.CpuTimeline()
     timeline.samples = [
         (100.0, {1: ("recognizer actor", 10.0), 2: ("decode+vad actor", 5.0)}),
         (101.0, {1: ("recognizer actor", 11.0), 2: ("decode+vad actor", 7.0)}),

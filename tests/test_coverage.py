@@ -498,10 +498,9 @@ def test_long_recording_keeps_every_sentence_the_library_keeps(tmp_path, models_
     that reference. On the development machine the first item's decode stops after its
     first sentence here (without the re-decode 8 of 10 sentences are lost, WER 0.79); the
     assertion does not depend on that happening on another CPU."""
-    from tests.conftest import load_script
+    from scripts import fidelity
     from tests.speech import SENTENCES, concat_with_pauses, synthesize
 
-    fidelity = load_script("fidelity")
     texts = SENTENCES[:10]
     samples = concat_with_pauses([synthesize(t, tmp_path, voice="en-gb") for t in texts], 0.3)
 

@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import load_script
+from scripts import fidelity
 from tests.speech import requires_espeak
-
-fidelity = load_script("fidelity")
 
 
 def test_dropped_sentences_by_alignment():

@@ -1,4 +1,4 @@
-"""The prepared GPU check (scripts/gpu_check.py) cannot rot before a GPU runs it.
+"""The prepared GPU check (``python -m scripts.gpu_check``) cannot rot before a GPU runs it.
 
 The dry run (``--device cpu --tiny``) runs every row the GPU run will, on the tiny
 random-weight models and a 12 s generated corpus, and must report every figure (or an
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from scripts.gpu_check import cli, prepare
+from scripts.gpu_check.rows import run_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +64,8 @@ def _run_check(tmp: Path, models_dir: Path, *extra: str) -> tuple[dict, str]:
     out = tmp / "gpu_check.json"
     cmd = [
         sys.executable,
-        str(REPO / "scripts" / "gpu_check.py"),
+        "-m",
+        "scripts.gpu_check",
         "--device",
         "cpu",
         "--tiny",
@@ -173,29 +175,26 @@ def test_a_precision_that_fails_is_reported_and_rerun_in_fp32(
 
 
 def test_corpus_is_deterministic_and_in_range() -> None:
-    gpu_check = load_script("gpu_check")
-    a = gpu_check.make_corpus(40.0, min_s=2.0, max_s=30.0, seed=3)
-    b = gpu_check.make_corpus(40.0, min_s=2.0, max_s=30.0, seed=3)
+    a = prepare.make_corpus(40.0, min_s=2.0, max_s=30.0, seed=3)
+    b = prepare.make_corpus(40.0, min_s=2.0, max_s=30.0, seed=3)
     assert [f.wav_bytes for f in a] == [f.wav_bytes for f in b]
     assert sum(f.duration_s for f in a) >= 40.0
     assert all(2.0 <= f.duration_s <= 30.0 for f in a)
-    other = gpu_check.make_corpus(40.0, min_s=2.0, max_s=30.0, seed=4)
+    other = prepare.make_corpus(40.0, min_s=2.0, max_s=30.0, seed=4)
     assert [f.wav_bytes for f in other] != [f.wav_bytes for f in a]
 
 
 def test_tuned_batch_comes_from_the_gpu_configs() -> None:
-    gpu_check = load_script("gpu_check")
-    budget_s, items, source = gpu_check.tuned_batch("batch_paraformer_gpu.yaml")
+    budget_s, items, source = prepare.tuned_batch("batch_paraformer_gpu.yaml")
     assert source == "ray_configs/batch_paraformer_gpu.yaml"
     assert budget_s > 0 and items >= 1
-    assert gpu_check.tuned_batch("no-such-config.yaml")[2] == "built-in default"
+    assert prepare.tuned_batch("no-such-config.yaml")[2] == "built-in default"
 
 
 def test_a_row_past_the_budget_is_skipped_with_a_reason() -> None:
-    gpu_check = load_script("gpu_check")
-    ctx = gpu_check.Context(
+    ctx = prepare.Context(
         args=None,
-        budget=gpu_check.Budget(0.0),
+        budget=prepare.Budget(0.0),
         device="cpu",
         corpus=[],
         audio=[],
@@ -209,12 +208,12 @@ def test_a_row_past_the_budget_is_skipped_with_a_reason() -> None:
     def must_not_run() -> dict:
         raise AssertionError("ran past the budget")
 
-    row = gpu_check.run_row(ctx, "c_batched_recognizer", "m", "fp16", 1.0, must_not_run)
+    row = run_row(ctx, "c_batched_recognizer", "m", "fp16", 1.0, must_not_run)
     assert row["status"] == "skipped" and "time budget" in row["reason"]
-    failing = gpu_check.Budget(3600.0)
+    failing = prepare.Budget(3600.0)
     ctx.budget = failing
-    row = gpu_check.run_row(ctx, "d_forward_floor", "m", "fp16", 1.0, lambda: 1 / 0)
+    row = run_row(ctx, "d_forward_floor", "m", "fp16", 1.0, lambda: 1 / 0)
     assert row["status"] == "error" and "ZeroDivisionError" in row["reason"]
-    table = gpu_check.markdown({"rows": ctx.rows})
+    table = cli.markdown({"rows": ctx.rows})
     assert "| c_batched_recognizer | m | fp16 | skipped |" in table
     assert "| d_forward_floor | m | fp16 | error |" in table

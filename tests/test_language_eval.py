@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from scripts import language_eval as script
 from serve_app.core.evaluation import error_units, unit_error_rate
-from tests.conftest import load_script
 from tests.speech import requires_espeak
 
 
@@ -18,7 +18,6 @@ def test_error_units_are_words_or_characters() -> None:
 
 
 def test_rows_count_detection_agreement_and_error_rates() -> None:
-    script = load_script("language_eval")
     silent = np.zeros(160, dtype=np.float32)
     samples = [
         script.Sample("espeak", "fr", "un deux", silent),
@@ -43,7 +42,6 @@ def test_rows_count_detection_agreement_and_error_rates() -> None:
 
 @requires_espeak
 def test_espeak_files_join_sentences_with_pauses(tmp_path) -> None:
-    script = load_script("language_eval")
     assert set(script.CORPUS) == {"de", "fr", "es", "zh"}
     one = script.espeak_samples(["es"], 1, tmp_path)
     joined = script.espeak_samples(["es"], 2, tmp_path)

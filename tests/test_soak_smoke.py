@@ -1,5 +1,6 @@
-"""scripts/soak.py: its figures (unit), and a 20 s run against a small deployed app that
-must write parseable CSVs, a summary and a PNG, with an RSS series for every replica."""
+"""``python -m scripts.soak``: its figures (unit), and a 20 s run against a small deployed
+app that must write parseable CSVs, a summary and a PNG, with an RSS series for every
+replica."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import math
 
 import pytest
 
-from tests.conftest import deploy, load_script
+from scripts import soak
+from scripts.common.http import Answer
+from tests.conftest import deploy
 from tests.speech import have_espeak
-
-soak = load_script("soak")
 
 APP_NAME = "soak_smoke"
 ROUTE = "/soak"
@@ -50,12 +51,9 @@ def test_figures_per_process_and_window():
     assert figures["A"].slope_mb_per_h == pytest.approx(0.0, abs=1e-6)
     assert figures["B"].slope_mb_per_h == pytest.approx(100.0)
     assert figures["B"].samples == 21 and figures["B"].max_mb == pytest.approx(200 + 600 / 36)
-    Rec = soak.RequestRecord
-    records = [
-        Rec(t, t + lat, lat, 200, 5.0, "short") for t, lat in ((1, 1.0), (2, 3.0), (12, 2.0))
-    ]
-    records.append(Rec(13, 14, 1.0, 503, 0.0, "long", "busy"))  # no Retry-After: a failure
-    records.append(Rec(15, 15.1, 0.1, 503, 0.0, "long", soak.REJECTED_PREFIX + "2"))
+    records = [Answer(t, t + lat, 200, 5.0, "short") for t, lat in ((1, 1.0), (2, 3.0), (12, 2.0))]
+    records.append(Answer(13, 14, 503, 0.0, "long", "busy"))  # no Retry-After: a failure
+    records.append(Answer(15, 15.1, 503, 0.0, "long", "busy", retry_after="2"))
     windows = soak.window_figures(records, window_s=10, duration_s=20)
     assert [(w.requests, w.errors, w.rejected) for w in windows] == [(2, 0, 0), (3, 1, 1)]
     assert windows[1].p95_s == pytest.approx(2.0)  # only ok requests count for latency

@@ -1,6 +1,6 @@
 """Side-by-side throughput benchmark: FunASR's own paths against this project's.
 
-One run, one generated corpus (``corpus.py``: recordings of 5 s to 10 min
+One run, one generated corpus (:mod:`serve_app.tools.corpus`: recordings of 5 s to 10 min
 with pauses, 30 min by default, cached on disk) and the same model files for every row:
 
     1  library, one file at a time   FunASR ``AutoModel.generate(file)`` (no VAD, its default
@@ -25,24 +25,25 @@ distribution, padding efficiency (real / padded audio), peak memory (RSS summed 
 row's process tree, sampled; GPU: ``torch.cuda.max_memory_allocated`` in-process, else
 ``nvidia-smi``), and the ratios 4/1, 4/3, 4/6, 5/2, 5/6 against their targets.
 
-    python scripts/benchmark.py                       # 30 min corpus, both models, all rows
-    python scripts/benchmark.py --corpus-minutes 5 --models whisper-tiny.en --rows 1,4,6
-    python scripts/benchmark.py --device cuda --precision fp16 --concurrency 64
+    python -m scripts.bench                       # 30 min corpus, both models, all rows
+    python -m scripts.bench --corpus-minutes 5 --models whisper-tiny.en --rows 1,4,6
+    python -m scripts.bench --device cuda --precision fp16 --concurrency 64
 
 See docs/BENCHMARKS.md for the figures and how they were taken.
 
-The package, one module per part (``scripts/benchmark.py`` is the command line):
+The package, one module per part (``__main__.py`` runs ``cli.py``); the corpus and the
+models by name are the batch tuner's (:mod:`serve_app.tools.corpus`,
+:mod:`serve_app.tools.models`), so both measure the same thing:
 
     cli.py                  flags, then every model x row, then the report
-    corpus.py               the generated corpus (command line: ``scripts/bench_corpus.py``)
-    models.py, settings.py  the models; the batch settings and app / job configs of the rows
+    settings.py             the batch settings and app / job configs of the rows
     orchestrate.py          a row in a child process: load gate, sampling, reruns, reaping
     worker.py               the child process: runs one row module, writes its figures
     row1_library_sequential.py, row2_library_batched.py (+ funasr_automodel.py),
     row3_funasr_server.py, row4_serve.py, row5_ray_data.py, row6_floor.py
                             how row N is timed, one module each
     harness.py              what the rows share: corpus, warm-up audio, HTTP load, Ray
-    experiments.py          the Ray worker setup hook of rows 4 and 5 and the A/B switches
-    measure.py              percentiles, batch records, process sampling, CPU per role
+    hook.py                 the Ray worker setup hook that logs row 5's batches
+    measure.py              batch records, process sampling, CPU per role
     report.py               ratios, the console and Markdown tables, the JSON file
 """

@@ -1,4 +1,4 @@
-"""The command line (``scripts/benchmark.py``): flags, then every model x row, then the report."""
+"""The command line (``python -m scripts.bench``): flags, every model x row, the report."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from serve_app.tools import corpus as bench_corpus
+from serve_app.tools.models import models_dir, resolve_model
+
 from . import __doc__ as PACKAGE_DOC
-from . import corpus as bench_corpus
 from .common import REPO, ROWS
-from .experiments import EXPERIMENTS
-from .models import _models_dir, resolve_model
 from .orchestrate import RowResult, run_row
 from .report import ratios, render, write_report
 from .settings import (
@@ -94,14 +94,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--retries", type=int, default=2)
     p.add_argument("--row-timeout-s", type=float, default=3600.0)
-    p.add_argument(
-        "--experiment",
-        action="append",
-        default=[],
-        choices=sorted(EXPERIMENTS),
-        help="A/B a proposed fix in rows 4 and 5 without editing shared code: "
-        + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()),
-    )
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--_worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -130,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"corpus: {corpus.describe()}", flush=True)
 
     vad_model = "fsmn-vad"
-    vad_path = str(_models_dir() / vad_model)
+    vad_path = str(models_dir() / vad_model)
     results: list[RowResult] = []
     configs: dict[str, dict] = {}
     started = time.time()
@@ -173,7 +165,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "job_config": job,
             "vad": serve_config["vad"],
             "job_env": job_env(opts, job),
-            "experiments": args.experiment,
             "request_timeout_s": 3600.0,
             "startup_timeout_s": 600.0,
         }

@@ -1,15 +1,10 @@
-"""What every part of the benchmark shares: the repository's paths and the row names."""
+"""What every part of the benchmark shares: the repository's root and the row names."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from scripts.common.service import REPO
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-SCRIPTS = REPO / "scripts"
-
+__all__ = ["REPO", "ROWS", "ROW_TITLES", "WHISPER_WINDOW_S"]
 
 ROWS = ("1", "2", "3", "4", "5", "6")
 ROW_TITLES = {

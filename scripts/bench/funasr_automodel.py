@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_app.tools.models import ModelSpec
+
 from .harness import _corpus, _gpu_peak_mib, _noise_wav, _quiet_funasr
 from .measure import BatchRecord
-from .models import ModelSpec
 
 
 def row_funasr_automodel(spec: dict, *, with_vad: bool) -> dict:

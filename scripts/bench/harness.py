@@ -1,21 +1,20 @@
 """What the row workers share (they run in a child process, one per row): the corpus,
-torch threads and GPU peak, warm-up audio, the Whisper model, HTTP load through
-``scripts/loadgen.py``, and a private Ray cluster."""
+torch threads and GPU peak, warm-up audio, the Whisper model, HTTP load
+(:func:`scripts.common.http.run_closed`), and a private Ray cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from . import corpus as bench_corpus
-from .common import SCRIPTS
-from .models import ModelSpec
+from scripts.common.audio import read_files
+from scripts.common.http import ClosedRun, run_closed
+from serve_app.tools import corpus as bench_corpus
+from serve_app.tools.models import ModelSpec
 
 
 def _corpus(spec: dict) -> bench_corpus.Corpus:
@@ -67,48 +66,14 @@ def _whisper_model(spec: dict) -> Any:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=5).status_code == 200:
-                return
-        time.sleep(1)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
-
-
-def _loadgen() -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("loadgen", SCRIPTS / "loadgen.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _http_load(url: str, corpus: bench_corpus.Corpus, spec: dict, model_field: str) -> dict:
-    import asyncio
-
-    loadgen = _loadgen()
-    items = [(Path(f.path), "") for f in corpus.files]
+def _http_load(url: str, corpus: bench_corpus.Corpus, spec: dict, model_field: str) -> ClosedRun:
+    files = read_files([Path(f.path) for f in corpus.files])
     return asyncio.run(
-        loadgen.run_load(
+        run_closed(
             url,
-            items,
+            files,
             concurrency=spec["concurrency"],
-            model=model_field,
-            repeats=1,
+            form={"model": model_field},
             timeout_s=spec["request_timeout_s"],
         )
     )

@@ -1,37 +1,20 @@
-"""Measurement helpers: percentiles, forward-pass records, process-tree sampling (memory,
-other processes' CPU), the load-average gate, and CPU core-seconds per role."""
+"""Measurement helpers: forward-pass records, process-tree sampling (memory, other
+processes' CPU), the load-average gate, and CPU core-seconds per role."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.tools.tune_sweep import nvidia_smi_used_mib
+from serve_app.tools.tune_sweep import psutil_module as _psutil
+
 from .common import WHISPER_WINDOW_S
-
-
-def _psutil() -> Any:
-    """psutil ships inside Ray (``ray/thirdparty_files``), which puts it on sys.path."""
-    import importlib
-
-    import ray  # noqa: F401
-
-    return importlib.import_module("psutil")
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[k]
 
 
 @dataclass
@@ -111,7 +94,7 @@ class TreeSampler:
             self.sample()
             if self.gpu and time.monotonic() - last_gpu > 1.0:
                 last_gpu = time.monotonic()
-                used = _nvidia_smi_used_mib()
+                used = nvidia_smi_used_mib()
                 if used is not None:
                     self.peak_gpu_mib = max(self.peak_gpu_mib or 0.0, used)
             self._stop.wait(self.interval_s)
@@ -160,22 +143,6 @@ class TreeSampler:
     def foreign_cores(self) -> float:
         own = sum(self._tree_cpu.values()) + self._self_cpu
         return max(0.0, (self._sys_busy - own) / self._elapsed) if self._elapsed else 0.0
-
-
-def _nvidia_smi_used_mib() -> float | None:
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        return sum(float(x) for x in out.split())
-    except (subprocess.SubprocessError, ValueError):
-        return None
 
 
 def wait_for_quiet(max_load: float, wait_s: float) -> tuple[float, bool]:

@@ -1,4 +1,4 @@
-"""The orchestrator: each row in a child process of its own (``benchmark.py --_worker``),
+"""The orchestrator: each row in a child process of its own (``-m scripts.bench --_worker``),
 after the load average drops, sampled meanwhile, rerun when other processes took the CPU."""
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .common import REPO, ROW_TITLES, SCRIPTS
-from .measure import TreeSampler, _psutil, percentile, wait_for_quiet
-from .models import ModelSpec
+from scripts.common.http import percentile
+from serve_app.tools.models import ModelSpec
+
+from .common import REPO, ROW_TITLES
+from .measure import TreeSampler, _psutil, wait_for_quiet
 
 
 @dataclass
@@ -98,7 +100,7 @@ def _run_row_once(model: ModelSpec, row: str, args: argparse.Namespace, base: di
     print(f"[{model.name} row {row}] {ROW_TITLES[row]} (load {load_before:.2f}) ...", flush=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "benchmark.py"), "--_worker", str(spec_path)],
+            [sys.executable, "-m", "scripts.bench", "--_worker", str(spec_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

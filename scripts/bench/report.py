@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from serve_app.tools.corpus import Corpus
+from serve_app.tools.tune_sweep import machine
+
 from .common import ROW_TITLES
-from .corpus import Corpus
 from .orchestrate import RowResult
 
 # (numerator row, denominator row, target or None)
@@ -138,31 +137,6 @@ def render_markdown(results: Sequence[RowResult], ratio_rows: Sequence[dict]) ->
             target += " met" if q["met"] else " MISSED"
         lines.append(f"| {q['model']} | {q['ratio']} | {f(q['value'])} | {target} |")
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    import torch
-
-    info = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    with contextlib.suppress(Exception):
-        import psutil
-
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    for pkg in ("ray", "funasr", "faster_whisper", "ctranslate2"):
-        with contextlib.suppress(Exception):
-            info[pkg] = __import__(pkg).__version__
-    return info
 
 
 def write_report(

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serve_app.tools.models import ModelSpec
+
 from .funasr_automodel import row_funasr_automodel
 from .harness import _corpus, _noise_wav, _whisper_model
 from .measure import BatchRecord, whisper_padded_s
-from .models import ModelSpec
 
 
 def run(spec: dict) -> dict:

@@ -11,8 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .harness import _corpus, _free_port, _http_load, _noise_wav, _wait_http
-from .models import ModelSpec
+from scripts.common.service import free_port, healthy, wait_until
+from serve_app.tools.models import ModelSpec
+
+from .harness import _corpus, _http_load, _noise_wav
 
 
 def row_funasr_server(spec: dict) -> dict:
@@ -31,7 +33,7 @@ def row_funasr_server(spec: dict) -> dict:
     vad_dir.parent.mkdir(parents=True, exist_ok=True)
     if not vad_dir.exists():
         vad_dir.symlink_to(spec["vad_path"], target_is_directory=True)
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("funasr-server", path=str(Path(sys.executable).parent)) or "funasr-server"
     cmd = [
         exe,
@@ -59,7 +61,13 @@ def row_funasr_server(spec: dict) -> dict:
     # long-audio path, comparable to rows 2 and 4.
     model_field = "sensevoice"
     try:
-        _wait_http(f"{url}/health", spec["startup_timeout_s"], proc)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"funasr-server exited with {proc.returncode}")
+            return healthy(url, "/health")
+
+        wait_until(up, spec["startup_timeout_s"], "funasr-server")
         warm = _noise_wav(tmp)
         resp = httpx.post(
             f"{url}/v1/audio/transcriptions",
@@ -76,12 +84,12 @@ def row_funasr_server(spec: dict) -> dict:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-    if result["errors"]:
-        raise RuntimeError(f"funasr-server errors: {result['errors'][:3]}")
+    if result.errors:
+        raise RuntimeError(f"funasr-server errors: {result.errors[:3]}")
     return {
-        "wall_s": result["wall_s"],
+        "wall_s": result.wall_s,
         "audio_s": corpus.total_s,
-        "latencies_s": result["latencies"],
+        "latencies_s": result.latencies,
         "batch_size_counts": None,
         "padding_efficiency": None,
         "notes": [

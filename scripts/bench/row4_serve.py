@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from .experiments import _hook_env, _model_actor_deployment, _with_hook
-from .harness import _corpus, _free_port, _http_load, _loadgen, _noise_wav, _start_ray, _wait_http
+from scripts.common.http import stats_delta
+from scripts.common.service import free_port, healthy, wait_until
+from serve_app.tools.models import ModelSpec
+
+from .harness import _corpus, _http_load, _noise_wav, _start_ray
 from .measure import cpu_breakdown, cpu_by_process, format_roles, whisper_padded_s
-from .models import ModelSpec
 
 
 def row_serve(spec: dict) -> dict:
@@ -29,21 +31,13 @@ def row_serve(spec: dict) -> dict:
     from serve_app.online.app import build_app
 
     serve_config = spec["serve_config"]
-    if "model-actor" in spec["experiments"]:
-        import serve_app.online.app as app_module
-
-        app_module.RecognizerDeployment = _model_actor_deployment()  # type: ignore[attr-defined]
-    if set(spec["experiments"]) - {"model-actor"}:
-        # Setup hooks are job-level: Serve replicas only get the env vars.
-        serve_config = _with_hook(serve_config, _hook_env(spec["experiments"], None))
-
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         config = AppConfig.model_validate(serve_config)
         serve.run(build_app(config), name="bench", route_prefix="/", blocking=False)
-        _wait_http(f"{url}/healthz", spec["startup_timeout_s"])
+        wait_until(lambda: healthy(url), spec["startup_timeout_s"], "the app")
         warm = _noise_wav(Path(spec["tmp"]))
         # Warm-up through the whole path (ingress, VAD, recognizer), not timed.
         for _ in range(2):
@@ -56,23 +50,23 @@ def row_serve(spec: dict) -> dict:
         cpu_before = cpu_by_process()
         result = _http_load(url, corpus, spec, model.name)
         cpu_core_s = cpu_breakdown(cpu_before, cpu_by_process())
-        stats = _loadgen().stats_delta(result["before"], result["after"], model.name)
+        stats = stats_delta(result.before, result.after, model.name)
     finally:
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
-    if result["errors"]:
-        raise RuntimeError(f"serve errors: {result['errors'][:3]}")
+    if result.errors:
+        raise RuntimeError(f"serve errors: {result.errors[:3]}")
     counts = {str(k): v for k, v in stats["batch_size_counts"].items()}
-    real_s = result["after"][model.name]["audio_s"] - result["before"][model.name]["audio_s"]
+    real_s = result.after[model.name]["audio_s"] - result.before[model.name]["audio_s"]
     items = sum(int(k) * v for k, v in counts.items())
     padding = stats["padding_efficiency"]
     if model.is_whisper and items:
         padding = real_s / whisper_padded_s(items)
     return {
-        "wall_s": result["wall_s"],
-        "audio_s": result["audio_s"],
-        "latencies_s": result["latencies"],
+        "wall_s": result.wall_s,
+        "audio_s": result.audio_s,
+        "latencies_s": result.latencies,
         "batch_size_counts": counts,
         "padding_efficiency": round(padding, 4) if padding == padding else None,
         "recognizer_busy_s": stats["recognizer_busy_s"],

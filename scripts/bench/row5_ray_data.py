@@ -2,7 +2,7 @@
 corpus manifest, on a Ray cluster of its own.
 Timed: ``run_job()`` wall (actor start, model load, all files, Parquet write), and the
 steady state from the first recognizer call to the end; batch sizes and padding from a
-worker setup hook (``experiments.py``) that logs every ``transcribe_batch``.
+worker setup hook (``hook.py``) that logs every ``transcribe_batch``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import os
 import time
 from pathlib import Path
 
-from .experiments import _hook_env
+from serve_app.tools.models import ModelSpec
+
 from .harness import _corpus, _start_ray
+from .hook import hook_env
 from .measure import BatchRecord, CpuTimeline, format_roles, whisper_padded_s
-from .models import ModelSpec
 
 
 def row_ray_data(spec: dict) -> dict:
@@ -29,7 +30,7 @@ def row_ray_data(spec: dict) -> dict:
     import yaml
 
     config_path.write_text(yaml.safe_dump({"job": spec["job_config"]}, sort_keys=False))
-    hook = _hook_env(spec["experiments"], str(stats_path))
+    hook = hook_env(str(stats_path))
     hook["env_vars"].update(spec["job_env"])
     ray = _start_ray(spec, **hook)
     from serve_app.batch.config import load_job_config

@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from . import corpus as bench_corpus
+from serve_app.tools import corpus as bench_corpus
+from serve_app.tools.models import ModelSpec
+from serve_app.tools.models import models_dir as _models_dir
+
 from .harness import _corpus, _gpu_peak_mib, _quiet_funasr, _set_threads
 from .measure import BatchRecord, cpu_breakdown, cpu_by_process, whisper_padded_s
-from .models import ModelSpec, _models_dir
 from .settings import recognizer_settings
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from serve_app.tools.models import ModelSpec, default_precision
+from serve_app.tools.models import models_dir as _models_dir
+
 from .common import REPO
-from .models import ModelSpec, _models_dir
 
 BUILTIN_BATCH = {
-    # When no tuned config exists (scripts/tune_batch.py writes those).
+    # When no tuned config exists (python -m serve_app.tools.tune_batch writes those).
     "funasr": {
         "max_batch_audio_s": 480.0,
         "max_batch_items": 32,
@@ -29,7 +31,7 @@ def config_source(model: ModelSpec, device: str, config_path: str | None) -> Pat
     """The Serve config rows 2, 4, 5, 6 take their settings from.
 
     ``--batch-config``, else ``ray_configs/tuned_<device>_<model>.yaml`` (written by
-    ``scripts/tune_batch.py``) when it exists, else ``ray_configs/serve.yaml``.
+    ``serve_app.tools.tune_batch``) when it exists, else ``ray_configs/serve.yaml``.
     """
     if config_path:
         path = Path(config_path)
@@ -67,7 +69,7 @@ def recognizer_settings(model: ModelSpec, opts: dict) -> dict:
         "backend": model.backend,
         "model": model.path,
         "device": opts["device"],
-        "precision": _precision(model, opts),
+        "precision": default_precision(model, opts["device"], opts["precision"]),
         "language": model.language,
         "batch": opts["batch"],
     }
@@ -75,14 +77,6 @@ def recognizer_settings(model: ModelSpec, opts: dict) -> dict:
         # "shipped": 0 = follow OMP_NUM_THREADS, which Ray sets from num_cpus (1 thread).
         rec["cpu_threads"] = opts["threads"] if opts["layout"] == "config" else 0
     return rec
-
-
-def _precision(model: ModelSpec, opts: dict) -> str:
-    if opts["precision"]:
-        return opts["precision"]
-    if opts["device"] == "cuda":
-        return "fp16"
-    return "int8" if model.is_whisper else "fp32"
 
 
 def serve_app_config(model: ModelSpec, opts: dict) -> dict:
@@ -124,7 +118,7 @@ def serve_app_config(model: ModelSpec, opts: dict) -> dict:
     # C clients sending the whole corpus at once is a closed loop, not an overload: the
     # row measures throughput, so admission control (which would answer 503 once the
     # expected queue wait passes max_queue_wait_s: 60 s of a slow CPU's queue) admits all.
-    # scripts/overload.py measures admission.
+    # python -m scripts.overload measures admission.
     rec["max_queue_wait_s"] = max(float(template_rec.get("max_queue_wait_s", 0)), 3600.0)
     args["recognizers"] = [rec]
     args["models_dir"] = str(_models_dir())

@@ -7,7 +7,8 @@ separated by 0.4-1.2 s pauses; one quick exchange of short replies ("Okay.", "Su
 those of the synthesized speech itself (each utterance trimmed of espeak's own leading
 and trailing silence), so they are exact.
 
-Used by ``tests/speakers/`` and ``scripts/diarization_eval.py``.
+Used by ``scripts/diarization_eval.py``, ``scripts/diarization_throughput.py`` and the
+speaker tests.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.speech import SENTENCES, synthesize
+from serve_app.tools.speech import SENTENCES, synthesize
 
 SAMPLE_RATE_HZ = 16_000
 

@@ -1,7 +1,7 @@
 """Build a transcription-job manifest (Parquet) from folders or globs of audio files.
 
 Usage:
-    python scripts/make_manifest.py AUDIO_DIR_OR_GLOB [...] -o manifest.parquet
+    python -m serve_app.tools.make_manifest AUDIO_DIR_OR_GLOB [...] -o manifest.parquet
         [--ext wav,flac,mp3] [--id relpath|stem] [--language en] [--hotwords "a b"]
 
 Each input is a folder (searched recursively for the audio extensions), a glob

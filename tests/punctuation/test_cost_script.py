@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from scripts import punctuation_cost as script
 from serve_app.config import AppConfig
-from tests.conftest import load_script
 
 
 def test_cost_script_config_is_valid(tmp_path: Path) -> None:
-    script = load_script("punctuation_cost")
     config = AppConfig.model_validate(
         script.app_config(tmp_path, tmp_path / "paraformer", tmp_path / "punc", 1)
     )

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scripts.language_eval import CORPUS
 from serve_app.core.errors import InvalidRequestError
 from serve_app.core.evaluation import unit_error_rate
 from serve_app.core.types import RecognitionOptions, SegmentJob
 from serve_app.recognizers.whisper_backend import WhisperBackend
-from tests.conftest import load_script
+from serve_app.tools.provision_models import provision_whisper_base
 from tests.speech import have_espeak, synthesize
 
 pytestmark = [
@@ -40,13 +41,11 @@ pytestmark = [
 CPU_THREADS = int(os.environ.get("ASR_CPU_THREADS") or min(4, os.cpu_count() or 1))
 MIN_DETECTION_ACCURACY = 0.9
 ERROR_RATE_MARGIN = 0.02  # 2 points
-# Whisper language code -> (espeak-ng voice, sentences); shared with scripts/language_eval.py.
-CORPUS = load_script("language_eval").CORPUS
 
 
 @pytest.fixture(scope="module")
 def base_dir(models_dir: Path) -> Path:
-    return load_script("provision_models").provision_whisper_base(models_dir)
+    return provision_whisper_base(models_dir)
 
 
 @pytest.fixture(scope="module")

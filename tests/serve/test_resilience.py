@@ -340,9 +340,8 @@ def test_overload_script_smoke(served, speech_wav, tmp_path):
     """scripts/overload.py end to end, small: 4 clients, a short file, the tight queue."""
     import asyncio
 
-    from tests.conftest import load_script
+    from scripts import overload
 
-    overload = load_script("overload")
     url = served(1)
     path = tmp_path / "short.wav"
     path.write_bytes(speech_wav)

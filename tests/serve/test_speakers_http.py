@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from scripts.common.conversations import EXTRA_SENTENCES, VOICES, _speak
 from tests.reference import assert_wer_near_reference
-from tests.speakers.conversations import EXTRA_SENTENCES, VOICES, _speak
 from tests.speech import SENTENCES, requires_espeak
 
 pytestmark = [pytest.mark.slow, requires_espeak]
@@ -181,9 +181,8 @@ def test_diarized_srt_vtt_and_speaker_text(http, tmp_path):
 
 
 def test_diarization_throughput_script_smoke(asr_url, capsys):
-    from tests.conftest import load_script
+    from scripts import diarization_throughput as script
 
-    script = load_script("diarization_throughput")
     argv = ["--url", asr_url, "--files", "2", "--concurrency", "2", "--rounds", "1"]
     assert script.main([*argv, "--turns", "4"]) == 0  # every talker twice
     assert "diarization adds" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from serve_app.tools.random_models import write_models
 
 
 @pytest.fixture(scope="session")
@@ -21,5 +21,5 @@ def ge2e(models_dir: Path):
 def campplus_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder with ``campplus-random`` (architecture-faithful, random weights)."""
     out = tmp_path_factory.mktemp("campplus-random")
-    load_script("make_random_funasr_models").write_models(["campplus-random"], out, seed=0)
+    write_models(["campplus-random"], out, seed=0)
     return out

@@ -1,4 +1,5 @@
-"""Smoke test of scripts/diarization_eval.py: one 2-voice conversation, real GE2E weights.
+"""Smoke test of ``python -m scripts.diarization_eval``: one 2-voice conversation, real
+GE2E weights.
 
 The figures themselves come from the script (docs/BENCHMARKS.md, "Diarization"); here one
 file must come out with the right speaker count and a DER far from chance, so a broken
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from scripts import diarization_eval
 from tests.speech import have_espeak
 
 
@@ -25,7 +26,7 @@ def test_eval_script_prints_figures_and_one_conversation_is_diarized(
     pytest.importorskip("pyannote.metrics")
     out = tmp_path / "figures.json"
     argv = ["--speakers", "2", "--files", "1", "--seed", "7", "--vad", "oracle", "--json", str(out)]
-    assert load_script("diarization_eval").main([*argv, "--models-dir", str(models_dir)]) == 0
+    assert diarization_eval.main([*argv, "--models-dir", str(models_dir)]) == 0
     printed = capsys.readouterr().out
     assert "DER" in printed and "RTFx" in printed
     report = json.loads(out.read_text())

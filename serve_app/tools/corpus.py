@@ -1,21 +1,23 @@
-"""The benchmark corpus: spoken recordings of 5 s to 10 min with pauses, cached on disk.
+"""The tuning and benchmark corpus: spoken recordings of 5 s to 10 min with pauses, cached.
 
-Used by ``scripts/benchmark.py`` and ``scripts/tune_batch.py``; ``scripts/bench_corpus.py`` is
-its command line. Recordings are made from espeak-ng sentences (``tests/speech.py``: two
-voices, three speaking rates) joined by pauses of 0.15 s to 8 s over a low noise floor, so
-FSMN-VAD cuts them into segments of many lengths, as it would a meeting or a call.
-Durations follow a fixed cycle of buckets (5-15 s, 15-60 s, 60-180 s, 5-10 min; the first
-long one is exactly 10 min) until the requested total is reached, so any corpus of 12 min
-or more holds the whole mixture.
+The batch tuner (:mod:`serve_app.tools.tune_batch`) sweeps over its VAD segments and the
+benchmark (``python -m scripts.bench``) runs every row on it; its command line builds (or
+shows) one: ``python -m serve_app.tools.corpus --corpus-minutes 30``. Recordings are made
+from espeak-ng sentences (:mod:`serve_app.tools.speech`: two voices, three speaking rates)
+joined by pauses of 0.15 s to 8 s over a low noise floor, so FSMN-VAD cuts them into
+segments of many lengths, as it would a meeting or a call. Durations follow a fixed cycle
+of buckets (5-15 s, 15-60 s, 60-180 s, 5-10 min; the first long one is exactly 10 min)
+until the requested total is reached, so any corpus of 12 min or more holds the whole
+mixture.
 
 Everything is deterministic for a given ``(minutes, seed)`` and cached:
 
     <root>/utterances/       one WAV per (sentence, voice, rate), shared by all corpora
     <root>/<corpus id>/      fileNNN.wav, corpus.json, manifest.parquet, vad-<hash>.json
 
-so reruns reuse the files (``--corpus-dir`` in both scripts). The corpus is English speech:
-Whisper tiny.en transcribes it; the random-weight Paraformer turns any speech into
-gibberish, which is all a throughput benchmark needs.
+so reruns reuse the files (``--corpus-dir`` in the tuner and the benchmark). The corpus is
+English speech: Whisper tiny.en transcribes it; the random-weight Paraformer turns any
+speech into gibberish, which is all a throughput benchmark needs.
 """
 
 from __future__ import annotations
@@ -30,13 +32,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from serve_app.tools.speech import SAMPLE_RATE_HZ, SENTENCES, have_espeak, synthesize_wav
 
-from tests.speech import SENTENCES, have_espeak, synthesize_wav  # noqa: E402
-
-SAMPLE_RATE_HZ = 16_000
 DEFAULT_ROOT = Path("/tmp/asr-bench-corpus")
 CORPUS_VERSION = 1
 VOICES = ("en-us", "en-gb")
@@ -154,9 +151,9 @@ def build_corpus(minutes: float, *, root: Path = DEFAULT_ROOT, seed: int = 0) ->
     index = directory / "corpus.json"
     if index.exists():
         raw = json.loads(index.read_text())
-        files = tuple(CorpusFile(**f) for f in raw["files"])
-        if all(Path(f.path).exists() for f in files):
-            return Corpus(directory, files, minutes, seed)
+        cached = tuple(CorpusFile(**f) for f in raw["files"])
+        if all(Path(f.path).exists() for f in cached):
+            return Corpus(directory, cached, minutes, seed)
     if not have_espeak():
         raise SystemExit(
             "the benchmark corpus is made with espeak-ng and sox: install them "
@@ -164,12 +161,13 @@ def build_corpus(minutes: float, *, root: Path = DEFAULT_ROOT, seed: int = 0) ->
         )
     directory.mkdir(parents=True, exist_ok=True)
     utterances = _utterances(root)
-    files = []
+    files: list[CorpusFile] = []
     for i, duration in enumerate(target_durations_s(minutes * 60.0, seed)):
         samples = compose(duration, utterances, seed * 100_003 + i)
         path = directory / f"file{i:03d}.wav"
         sf.write(path, samples, SAMPLE_RATE_HZ, subtype="PCM_16")
-        files.append(CorpusFile(id=path.stem, path=str(path), duration_s=len(samples) / 16000))
+        duration_s = len(samples) / SAMPLE_RATE_HZ
+        files.append(CorpusFile(id=path.stem, path=str(path), duration_s=duration_s))
     _write_manifest(directory, files)
     corpus = Corpus(directory, tuple(files), minutes, seed)
     index.write_text(

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Download the wheels scripts/gpu_check.py needs on the GPU machine into .whl/ (gitignored),
-# for CPython 3.12 manylinux x86_64, exactly as the device README says (--no-deps: every
-# needed package is named in scripts/gpu_check_requirements.txt).
+# Download the wheels the GPU check (python -m scripts.gpu_check) needs on the GPU machine
+# into .whl/ (gitignored), for CPython 3.12 manylinux x86_64, exactly as the device README
+# says (--no-deps: every needed package is named in scripts/gpu_check/requirements.txt).
 #
-#   bash scripts/gpu_check_wheels.sh                 # -> .whl/ for Python 3.12
-#   PYTHON_VERSION=3.11 DEST=/tmp/w311 bash scripts/gpu_check_wheels.sh   # another Python
+#   bash scripts/gpu_check/wheels.sh                 # -> .whl/ for Python 3.12
+#   PYTHON_VERSION=3.11 DEST=/tmp/w311 bash scripts/gpu_check/wheels.sh   # another Python
 #
 # Fails when the wheels exceed MAX_MIB (default 40: a device run carries at most 64 MiB,
 # working tree included).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON_VERSION="${PYTHON_VERSION:-3.12}"
 DEST="${DEST:-.whl}"
 MAX_MIB="${MAX_MIB:-40}"
 PIP="${PIP:-python3 -m pip}"
 mkdir -p "$DEST"
-grep -Ev '^\s*(#|$)' scripts/gpu_check_requirements.txt | while read -r req; do
+grep -Ev '^\s*(#|$)' scripts/gpu_check/requirements.txt | while read -r req; do
     $PIP download --quiet --no-deps --only-binary=:all: \
         --python-version "$PYTHON_VERSION" --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
@@ -29,7 +29,7 @@ if [[ -n "$dupes" ]]; then
     echo "[gpu-check-wheels] more than one wheel of: $dupes (remove the stale ones)" >&2
     exit 1
 fi
-expected=$(grep -Evc '^\s*(#|$)' scripts/gpu_check_requirements.txt)
+expected=$(grep -Evc '^\s*(#|$)' scripts/gpu_check/requirements.txt)
 found=$(echo "$names" | wc -l)
 if [[ "$found" -ne "$expected" ]]; then
     echo "[gpu-check-wheels] $found wheels in $DEST, $expected requirements" >&2

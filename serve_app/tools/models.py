@@ -1,4 +1,5 @@
-"""The benchmarked models: the same files for every row."""
+"""The models the batch tuner (and the benchmark, ``python -m scripts.bench``) measure, by
+name: the same files for every measurement."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import SCRIPTS
+from serve_app.config import resolve_models_dir
 
 RANDOM_MODELS_DIR = Path("/tmp/rm")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One benchmarked model: the same files for every row."""
+    """One measured model: a name, its backend and its folder."""
 
     name: str
     backend: str  # "funasr" | "whisper"
@@ -26,33 +27,23 @@ class ModelSpec:
         return self.backend == "whisper"
 
 
-def _models_dir() -> Path:
-    from serve_app.config import resolve_models_dir
-
+def models_dir() -> Path:
     return resolve_models_dir(None)
 
 
 def _random_funasr_model(name: str) -> str:
-    """A random-weight FunASR folder (``make_random_funasr_models.py``), made if missing.
+    """A random-weight FunASR folder (:mod:`serve_app.tools.random_models`), made if missing.
 
-    Looked up in ``<models dir>/random/`` (where this script generates it) and /tmp/rm.
+    Looked up in ``<models dir>/random/`` (where it is generated) and /tmp/rm.
     """
-    for root in (_models_dir() / "random", RANDOM_MODELS_DIR):
+    for root in (models_dir() / "random", RANDOM_MODELS_DIR):
         if (root / name / "model.pt").exists():
             return str(root / name)
-    out = _models_dir() / "random"
+    out = models_dir() / "random"
     print(f"generating random-weight {name} into {out} ...", flush=True)
-    subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPTS / "make_random_funasr_models.py"),
-            "--out",
-            str(out),
-            "--models",
-            name,
-        ],
-        check=True,
-    )
+    # A process of its own: FunASR and the built model stay out of the measuring process.
+    cmd = [sys.executable, "-m", "serve_app.tools.random_models", "--out", str(out)]
+    subprocess.run([*cmd, "--models", name], check=True)
     return str(out / name)
 
 
@@ -62,8 +53,17 @@ def resolve_model(name: str, overrides: dict[str, str]) -> ModelSpec:
         path = overrides.get(name) or _random_funasr_model(name)
         return ModelSpec(name=name, backend="funasr", path=path)
     if name.startswith("whisper"):
-        path = overrides.get(name) or str(_models_dir() / name)
+        path = overrides.get(name) or str(models_dir() / name)
         if not Path(path).is_dir():
-            raise SystemExit(f"{path} missing: run scripts/provision_models.py")
+            raise SystemExit(f"{path} missing: run python -m serve_app.tools.provision_models")
         return ModelSpec(name=name, backend="whisper", path=path, language="en")
     raise SystemExit(f"unknown model {name!r} (paraformer-large, paraformer-tiny, whisper-tiny.en)")
+
+
+def default_precision(model: ModelSpec, device: str, precision: str | None) -> str:
+    """``precision`` if given, else fp16 on CUDA, int8 (Whisper) or fp32 (FunASR) on CPU."""
+    if precision:
+        return precision
+    if device == "cuda":
+        return "fp16"
+    return "int8" if model.is_whisper else "fp32"

@@ -1,0 +1,157 @@
+"""Starting and watching a service for a measurement: free ports, waiting, ``serve run`` of
+a config on a fresh local cluster, or an app deployed from this process.
+
+Every cluster started here is new (``address="local"``, token auth off): a script never
+attaches to another engineer's Ray on the same machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(
+    check: Callable[[], object], timeout_s: float, what: str, period_s: float = 1.0
+) -> float:
+    """Seconds until ``check()`` is true; TimeoutError after ``timeout_s``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if check():
+            return time.monotonic() - started
+        time.sleep(period_s)
+    raise TimeoutError(f"{what}: not ready after {timeout_s:.0f} s")
+
+
+def healthy(url: str, path: str = "/healthz") -> bool:
+    try:
+        return httpx.get(url.rstrip("/") + path, timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def serve_run(
+    config: Path,
+    port: int,
+    work_dir: Path,
+    *,
+    env_vars: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    timeout_s: float = 900.0,
+) -> subprocess.Popen:
+    """``serve run`` ``config`` on a fresh local cluster on ``port``; wait for /healthz.
+
+    ``env_vars`` go to the app's runtime_env and to the cluster's own environment (the
+    proxy and the controller too: allocator settings such as ``MALLOC_ARENA_MAX``). The
+    process leads a group of its own: :func:`stop_group` stops it like Ctrl-C.
+    """
+    env_vars = env_vars or {}
+    raw = yaml.safe_load(config.read_text())
+    raw.setdefault("http_options", {})["port"] = port
+    for app in raw["applications"] if env_vars else []:
+        app.setdefault("runtime_env", {}).setdefault("env_vars", {}).update(env_vars)
+    copy = work_dir / f"{config.stem}_{port}.yaml"
+    copy.write_text(yaml.safe_dump(raw, sort_keys=False))
+    # Its own temp root: this cluster never becomes the host's "current" one, which a
+    # plain ray.init() elsewhere (a test session, a script) would connect to.
+    env = {**os.environ, **RAY_ENV, "RAY_TMPDIR": str(work_dir), **env_vars}
+    log = (log_path or work_dir / "serve_run.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "serve"), "run", "--address", "local", str(copy)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve run exited with {proc.returncode}; see {log.name}")
+        return healthy(url)
+
+    try:
+        wait_until(up, timeout_s, f"serve run {config.name} (log {log.name})", period_s=2)
+    except BaseException:
+        stop_group(proc)
+        raise
+    return proc
+
+
+def group_pids(pgid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True)
+    pairs = (line.split() for line in out.stdout.splitlines())
+    return [int(pid) for pid, group in pairs if int(group) == pgid]
+
+
+def stop_group(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 120) -> None:
+    """Signal ``proc``'s process group (SIGINT: what Ctrl-C does; ``serve run`` then shuts
+    Serve and its cluster down), wait, then kill whatever of the group is left."""
+    with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout_s)
+    for pid in group_pids(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def deploy_local(
+    app_args: dict, *, name: str, num_cpus: int | None = None, timeout_s: float = 600.0
+) -> str:
+    """Build the app from ``app_args`` (an ``AppConfig`` dict) on a new local cluster
+    started by this process, on a free port; its URL once it is RUNNING. Stop it with
+    :func:`shutdown_local`."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray import serve
+
+    from serve_app.config import AppConfig
+    from serve_app.online.app import build_app
+
+    config = AppConfig.model_validate(app_args)
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(config), name=name, route_prefix="/", blocking=False)
+
+    def running() -> bool:
+        status = serve.status().applications.get(name)
+        if status is not None and status.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"deploy of {name} failed: {status.message}")
+        return status is not None and status.status == "RUNNING"
+
+    wait_until(running, timeout_s, f"the app {name}")
+    return f"http://127.0.0.1:{port}"
+
+
+def shutdown_local() -> None:
+    import ray
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        serve.shutdown()
+    if ray.is_initialized():
+        ray.shutdown()

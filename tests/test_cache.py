@@ -19,6 +19,7 @@ from serve_app.online.cache import (
     MemoryCache,
     RedisCache,
     TranscriptionCache,
+    build_cache,
     cache_key,
     decode_transcription,
     encode_transcription,
@@ -288,3 +289,28 @@ def test_redis_errors_are_misses_never_exceptions(redis_url):
         return down_get, never
 
     assert run(scenario()) == (None, None)
+
+
+def test_the_ingress_cache_is_the_config_section_with_every_version(tmp_path):
+    """The ingress gets ``CacheSettings`` as the config holds it, every served model's
+    version filled in by the builder (a pinned one kept); disabled means no cache."""
+    from serve_app.config import AppConfig, CacheSettings
+    from serve_app.online.app import _cache_settings
+
+    config = AppConfig.model_validate(
+        {
+            "recognizers": [
+                {"name": "a", "backend": "funasr", "model": "x"},
+                {"name": "b", "backend": "funasr", "model": "y"},
+            ],
+            "cache": {"max_bytes": 4096, "model_versions": {"a": "pinned"}},
+        }
+    )
+    settings = _cache_settings(config, str(tmp_path))
+    assert settings.model_versions["a"] == "pinned"
+    assert len(settings.model_versions["b"]) == 16  # computed: model_version's hash
+    assert (settings.max_bytes, settings.redis_url) == (4096, None)
+    cache = build_cache(settings)
+    assert cache is not None and isinstance(cache.backend, MemoryCache)
+    off = config.model_copy(update={"cache": CacheSettings(enabled=False)})
+    assert build_cache(_cache_settings(off, str(tmp_path))) is None

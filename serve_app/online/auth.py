@@ -9,8 +9,10 @@ from the environment:
 
 Both may be set; the keys are the union. With no key at all the service is open (the
 default, for local use). With keys, every route but the health probes (``/healthz``,
-``/health``) needs one of them; a missing or wrong key is an :class:`UnauthorizedError`,
-which the ingress answers with a 401 in OpenAI's shape (``code: invalid_api_key``).
+``/health``, open here) and the pages a browser loads without a key (the UI's files,
+``/docs`` and ``/openapi.json``: serve_app.online.routes) needs one of them; a missing or
+wrong key is an :class:`UnauthorizedError`, which the ingress answers, before routing and
+before reading a body, with a 401 in OpenAI's shape (``code: invalid_api_key``).
 """
 
 from __future__ import annotations

@@ -44,20 +44,10 @@ from serve_app.online.admission import (
 )
 from serve_app.online.auth import ApiKeys
 from serve_app.online.cache import build_cache
-from serve_app.online.http_errors import STATUS_BY_ERROR, error_body, error_response
 from serve_app.online.retry import call_with_retries
 from serve_app.online.routes import build_http_app
 from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.online.transcription import TranscriptionEndpoint
-
-__all__ = [
-    "STATUS_BY_ERROR",
-    "AsrIngress",
-    "IngressOptions",
-    "IngressServer",
-    "error_body",
-    "error_response",
-]
 
 logger = logging.getLogger("serve_app.ingress")
 

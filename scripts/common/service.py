@@ -1,5 +1,6 @@
 """Starting and watching a service for a measurement: free ports, waiting, ``serve run`` of
-a config on a fresh local cluster, or an app deployed from this process.
+a config on a fresh local cluster, an app deployed from this process, and the memory of
+every process of a running service.
 
 Every cluster started here is new (``address="local"``, token auth off): a script never
 attaches to another engineer's Ray on the same machine.
@@ -13,11 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,3 +158,117 @@ def shutdown_local() -> None:
         serve.shutdown()
     if ray.is_initialized():
         ray.shutdown()
+
+
+# -- the processes of a running service -----------------------------------------------------
+
+MB = 1024 * 1024
+
+
+def _listening_pid(port: int) -> int | None:
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid:
+                return conn.pid
+    return None
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        cmdline = proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""
+    return cmdline[0] if cmdline else ""
+
+
+SERVICE_ROLES = ("ServeReplica:", "ServeController", "ProxyActor")
+
+
+def _label(title: str) -> str:
+    """``ray::ServeController.listen_for_change`` -> ``ServeController``.
+
+    Ray titles a worker ``ray::<actor class>``, and ``ray::<class>.<method>`` while a
+    method runs; a method name is cut when it has an underscore (deployment names such as
+    ``whisper-tiny.en`` keep their dots). While a method runs, Ray also cuts a class name
+    at its last dot (``ray::en.handle_request``): such labels are replaced by a better one
+    seen later (:meth:`RssSampler.sample_once`).
+    """
+    name = title.removeprefix("ray::").split(" ", 1)[0]
+    head, sep, tail = name.rpartition(".")
+    if sep and tail.isidentifier() and "_" in tail:
+        return head
+    return name
+
+
+def _better_label(old: str | None, new: str) -> str:
+    if old is None or (not old.startswith(SERVICE_ROLES) and new.startswith(SERVICE_ROLES)):
+        return new
+    return old
+
+
+def service_processes(port: int) -> dict[int, str]:
+    """``{pid: label}`` of the Ray worker processes of the service on ``port``, found
+    without the dashboard: the process listening on the port is the Serve HTTP proxy, its
+    parent is the node's raylet, and the raylet's other non-idle ``ray::`` children are the
+    replicas and the controller."""
+    proxy_pid = _listening_pid(port)
+    if proxy_pid is None:
+        return {}
+    try:
+        proxy = psutil.Process(proxy_pid)
+        raylet = proxy.parent()
+    except psutil.NoSuchProcess:
+        return {}
+    if raylet is None:
+        return {}
+    found: dict[int, str] = {}
+    for child in raylet.children(recursive=False):
+        title = _title(child)
+        if not title.startswith("ray::") or title.startswith("ray::IDLE"):
+            continue
+        found[child.pid] = _label(title)
+    if proxy_pid not in found:
+        found[proxy_pid] = _label(_title(proxy)) or "proxy"
+    found[raylet.pid] = "raylet"
+    return found
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).memory_info().rss / MB
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class RssSampler(threading.Thread):
+    """Samples the RSS of the service's processes every ``period_s`` (and at t=0)."""
+
+    def __init__(self, port: int, period_s: float, t0: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.period_s, self.t0 = port, period_s, t0
+        self.samples: list[tuple[float, int, str, float]] = []  # t_s, pid, label, rss_mb
+        self.labels: dict[int, str] = {}
+        self.load_avg_1m: list[float] = []
+        self._stop_event = threading.Event()
+
+    def sample_once(self) -> None:
+        t_s = time.monotonic() - self.t0
+        self.load_avg_1m.append(os.getloadavg()[0])
+        for pid, label in service_processes(self.port).items():
+            self.labels[pid] = _better_label(self.labels.get(pid), label)
+            value = rss_mb(pid)
+            if value is not None:
+                self.samples.append((t_s, pid, self.labels[pid], value))
+
+    def run(self) -> None:
+        while True:
+            self.sample_once()
+            if self._stop_event.wait(self.period_s):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.sample_once()
+        # Every sample of a pid under the best name it was seen with.
+        self.samples = [(t, pid, self.labels[pid], v) for t, pid, _, v in self.samples]

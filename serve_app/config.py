@@ -29,18 +29,20 @@ def resolve_models_dir(configured: str | None) -> Path:
     return Path(env) if env else DEFAULT_MODELS_DIR
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Unknown keys are errors (a typo never passes silently); settings never change."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class AudioSettings(_Strict):
+class AudioSettings(Strict):
     """Input limits, enforced at the ingress before and after decoding."""
 
     max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0)
     max_duration_s: float = Field(4 * 3600.0, gt=0)
 
 
-class DeploymentSettings(_Strict):
+class DeploymentSettings(Strict):
     """Ray Serve options of one deployment (the subset we let users set)."""
 
     num_replicas: int | Literal["auto"] | None = 1
@@ -90,7 +92,7 @@ class DeploymentSettings(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None and v != {}}
 
 
-class VadSettings(_Strict):
+class VadSettings(Strict):
     """Speech detection (FSMN-VAD or Silero VAD) and the segment post-processing that
     prepares batchable pieces."""
 
@@ -139,7 +141,7 @@ class VadSettings(_Strict):
     pause_depth_db: float = Field(20.0, gt=0)
 
 
-class BatchSettings(_Strict):
+class BatchSettings(Strict):
     """Dynamic batching of segments across requests (``@serve.batch``)."""
 
     # Capacity of one dynamic batch, in seconds of audio (sum over items).
@@ -151,7 +153,7 @@ class BatchSettings(_Strict):
     max_forward_audio_s: float = Field(240.0, gt=0)
 
 
-class PunctuationSettings(_Strict):
+class PunctuationSettings(Strict):
     """A CT-Transformer punctuation stage after one recognizer (serve_app/punctuation/):
     its own batched deployment (items are text windows, capacity in tokens), CPU default."""
 
@@ -186,7 +188,7 @@ class PunctuationSettings(_Strict):
         return self
 
 
-class RecognizerSettings(_Strict):
+class RecognizerSettings(Strict):
     """One served model: its backend, weights, precision, batching and replicas."""
 
     name: str = Field(..., description="model id clients send (the OpenAI 'model' field)")
@@ -258,7 +260,7 @@ class RecognizerSettings(_Strict):
         return round(self.segment_pack_s * 1000)
 
 
-class ChannelSettings(_Strict):
+class ChannelSettings(Strict):
     """Multi-channel files (``channels`` request option): ``mix`` averages the channels
     into one signal; ``split`` VADs and recognizes each channel on its own (a call
     recorder's agent and customer) and labels every segment with its channel's name."""
@@ -275,7 +277,7 @@ class ChannelSettings(_Strict):
         return self.names[index] if index < len(self.names) else f"channel_{index + 1}"
 
 
-class SpeakerBatchSettings(_Strict):
+class SpeakerBatchSettings(Strict):
     """Cross-request batching of embedding windows (each window is one item)."""
 
     max_batch_audio_s: float = Field(96.0, gt=0)
@@ -283,11 +285,11 @@ class SpeakerBatchSettings(_Strict):
     batch_wait_timeout_s: float = Field(0.02, ge=0)
 
 
-class SpeakerSettings(_Strict):
+class SpeakerSettings(Strict):
     """Speaker embeddings for diarization (``diarize=true``). Without this section the
     service cannot diarize and a request that asks is a 400."""
 
-    # ge2e: the real GE2E encoder (resemblyzer 0.1.4 weights, scripts/provision_models.py);
+    # ge2e: the real GE2E encoder (resemblyzer 0.1.4 weights, serve_app/tools/provision_models.py);
     # campplus: FunASR CAM++ (hub id ``cam++``, or a folder such as ``campplus-random``).
     backend: Literal["ge2e", "campplus"] = "ge2e"
     model: str = Field("ge2e-resemblyzer", description="folder (or under models_dir) or hub id")
@@ -342,7 +344,7 @@ class SpeakerSettings(_Strict):
             raise ValueError(f"speakers: {exc}") from exc
 
 
-class RetrySettings(_Strict):
+class RetrySettings(Strict):
     """Retries of a VAD or segment call whose replica died (serve_app.online.retry): exponential
     backoff with jitter, never past the request's deadline. Attempt ``n`` (from 1) waits
     ``min(max_backoff_s, initial_backoff_s * multiplier**(n-1))`` before the next one, scaled
@@ -361,7 +363,7 @@ class RetrySettings(_Strict):
         return base * (1.0 - self.jitter * rand)
 
 
-class IngressSettings(_Strict):
+class IngressSettings(Strict):
     """The HTTP ingress (serve_app.online.ingress), which gets this section as it is."""
 
     default_model: str | None = None
@@ -376,7 +378,7 @@ class IngressSettings(_Strict):
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
 
-class CacheSettings(_Strict):
+class CacheSettings(Strict):
     """The result cache (serve_app/online/cache.py): a repeated upload with the same model and
     output options is answered without VAD or recognizer (header ``x-cache: hit``)."""
 
@@ -395,7 +397,7 @@ class CacheSettings(_Strict):
     model_versions: dict[str, str] = Field(default_factory=dict)
 
 
-class AppConfig(_Strict):
+class AppConfig(Strict):
     """The whole application. ``ray_configs/*.yaml`` hold one under ``args``."""
 
     models_dir: str | None = None

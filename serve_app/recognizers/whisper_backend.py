@@ -112,7 +112,7 @@ def resolve_model_path(model_ref: str, models_dir: Path | None = None) -> str:
         raise FileNotFoundError(
             f"whisper model {model_ref!r} is not a directory{where}, not in the Hugging "
             f"Face cache, and could not be downloaded ({type(exc).__name__}: {exc}); "
-            "run scripts/provision_models.py or pass a model directory"
+            "run serve_app/tools/provision_models.py or pass a model directory"
         ) from exc
 
 
@@ -138,7 +138,7 @@ class WhisperBackend:
         Args:
             model_ref: a model directory, a folder name under ``models_dir``, or a
                 faster-whisper hub name (``tiny.en``...; needs network unless cached).
-            models_dir: where provisioned models live (``scripts/provision_models.py``).
+            models_dir: where provisioned models live (``python -m serve_app.tools.provision_models``).
             device: ``cpu`` or ``cuda``.
             compute_type: ``fp32|fp16|bf16|int8`` or any CTranslate2 compute type
                 (``int8_float16``...); default ``int8`` on CPU, ``float16`` on CUDA.

@@ -3,7 +3,7 @@
 ``resemblyzer==0.1.4`` (Apache-2.0) ships ``resemblyzer/pretrained.pt``: a GE2E speaker
 encoder (Wan et al. 2018) trained by Resemble AI. Its package imports ``webrtcvad`` and
 ``librosa`` at top level for things this service does elsewhere (VAD, loading files), so
-only the weights are used (``scripts/provision_models.py`` unpacks them into the models
+only the weights are used (``python -m serve_app.tools.provision_models`` unpacks them into the models
 folder) and the two parts that matter are re-implemented here, matched to its code:
 
 - front end (``resemblyzer.audio.wav_to_mel_spectrogram``): librosa's
@@ -39,7 +39,7 @@ from serve_app.speakers.base import l2_normalize
 
 logger = logging.getLogger(__name__)
 
-GE2E_FOLDER = "ge2e-resemblyzer"  # under the models folder (scripts/provision_models.py)
+GE2E_FOLDER = "ge2e-resemblyzer"  # under the models folder (serve_app/tools/provision_models.py)
 GE2E_WEIGHTS_FILE = "pretrained.pt"
 
 MEL_WINDOW_SAMPLES = SAMPLE_RATE_HZ * 25 // 1000  # 400
@@ -207,7 +207,7 @@ class Ge2eEmbedder:
         if not Path(weights_path).is_file():
             raise FileNotFoundError(
                 f"GE2E weights not found at {weights_path} "
-                "(run scripts/provision_models.py to unpack them from resemblyzer==0.1.4)"
+                "(run serve_app/tools/provision_models.py to unpack them from resemblyzer==0.1.4)"
             )
         started = time.perf_counter()
         self.device = device

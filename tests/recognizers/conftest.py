@@ -1,6 +1,6 @@
 """Fixtures for the FunASR backend tests: tiny random-weight models and test audio.
 
-The models come from ``scripts/make_random_funasr_models.py`` (imported, not run as a
+The models come from ``serve_app.tools.random_models`` (imported, not run as a
 process); their transcripts are gibberish, which is all batching checks need.
 """
 

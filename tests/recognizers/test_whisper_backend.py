@@ -58,7 +58,7 @@ def assert_same_text_up_to_batch_shape(batched: list[str], alone: list[str]) -> 
 def whisper_dir(models_dir: Path) -> Path:
     path = models_dir / MODEL_FOLDER
     if not (path / "model.bin").is_file():
-        pytest.skip(f"{path} is not provisioned (scripts/provision_models.py)")
+        pytest.skip(f"{path} is not provisioned (serve_app/tools/provision_models.py)")
     return path
 
 

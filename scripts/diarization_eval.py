@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         [float(t) for t in args.sweep.split(",")] if args.sweep else [settings.distance_threshold]
     )
     embedder = BatchedEmbedder(
-        Ge2eEmbedder.from_models_dir(models_dir), max_batch_audio_s=96.0, max_batch_items=64
+        Ge2eEmbedder.from_models_dir(models_dir), max_forward_audio_s=96.0, max_batch_items=64
     )
     embedder.warmup()
     vad = None

@@ -262,8 +262,7 @@ class ServiceLogic:
     """``TranscriptionService`` over the plain FsmnVad and recognizer classes."""
 
     def __init__(self, config_path: Path, cpu_threads: int) -> None:
-        from serve_app.config import load_app_config, resolve_models_dir
-        from serve_app.core.audio import AudioLimits
+        from serve_app.config import AudioSettings, load_app_config, resolve_models_dir
         from serve_app.recognizers.factory import build_recognizer
         from serve_app.vad.detectors import FsmnVad
 
@@ -275,7 +274,7 @@ class ServiceLogic:
         self.models_dir = models
         self._vad = FsmnVad(config.vad, models_dir=models)
         self._recognizer = build_recognizer(self.settings, models)
-        self._limits = AudioLimits(config.audio.max_upload_bytes, config.audio.max_duration_s)
+        self._limits = AudioSettings(config.audio.max_upload_bytes, config.audio.max_duration_s)
         self._cache: dict[str, object] = {}
         self.items = 0  # items the recognizer ran (not cached)
         self.redecoded_items = 0

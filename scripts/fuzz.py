@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve_app.core.audio import SAMPLE_RATE_HZ, AudioLimits, DecodedAudio, decode_audio
+from serve_app.config import AudioSettings
+from serve_app.core.audio import SAMPLE_RATE_HZ, DecodedAudio, decode_audio
 from serve_app.core.errors import (
     AudioTooLongError,
     InvalidAudioError,
@@ -442,7 +443,7 @@ def is_client_error(exc: BaseException) -> bool:
     return isinstance(exc, DECODE_ERRORS)
 
 
-def decode_case(case: Case, limits: AudioLimits, timeout_s: float) -> Outcome:
+def decode_case(case: Case, limits: AudioSettings, timeout_s: float) -> Outcome:
     """Run ``decode_audio`` on one case and classify what happened."""
     started = time.perf_counter()
     result, finished = run_with_timeout(lambda: decode_audio(case.data, limits), timeout_s)
@@ -544,7 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/fuzz"), help="failing cases")
     args = parser.parse_args(argv)
 
-    limits = AudioLimits(max_upload_bytes=args.max_upload_bytes, max_duration_s=args.max_duration_s)
+    limits = AudioSettings(
+        max_upload_bytes=args.max_upload_bytes, max_duration_s=args.max_duration_s
+    )
     with tempfile.TemporaryDirectory() as tmp:  # a short sentence, 16 kHz mono float32
         speech = synthesize(SENTENCES[0], Path(tmp))
     seeds = seed_files(speech)

@@ -285,9 +285,53 @@ class SpeakerBatchSettings(Strict):
     batch_wait_timeout_s: float = Field(0.02, ge=0)
 
 
-class SpeakerSettings(Strict):
-    """Speaker embeddings for diarization (``diarize=true``). Without this section the
-    service cannot diarize and a request that asks is a 400."""
+class DiarizationSettings(Strict):
+    """How speakers are found (serve_app.core.diarization): embedding windows, clustering,
+    turns. Read by the online service and the offline job alike.
+
+    ``distance_threshold`` is a cosine distance between average-linkage clusters; the
+    default was chosen on GE2E embeddings of espeak-ng voices (``python -m
+    scripts.diarization_eval --sweep``) and is encoder-specific: re-tune it for CAM++.
+    """
+
+    window_s: float = Field(1.5, gt=0)
+    hop_s: float = Field(0.75, gt=0)
+    # Windows shorter than this embed poorly: they do not shape the clusters and are
+    # given the nearest cluster afterwards (unless every window is that short).
+    min_cluster_window_s: float = Field(0.6, ge=0)
+    distance_threshold: float = Field(0.30, gt=0, lt=2)
+    # After the cut, clusters whose centroids are closer than this (cosine distance) are
+    # one voice split by window noise and are merged. GE2E centroids of one espeak-ng
+    # voice on different sentences are 0.02-0.1 apart, of different voices 0.18-0.46.
+    merge_centroid_distance: float = Field(0.12, ge=0, lt=2)
+    # Without num_speakers, a cluster with less talk time than this is folded into its
+    # nearest cluster (a spurious "speaker" made of a few odd windows).
+    min_speaker_s: float = Field(2.0, ge=0)
+    # ... and so is one with less than this share of the mean talk time per cluster. On
+    # the dev conversations (scripts/diarization_eval.py, seeds 200-205) the smallest
+    # cluster of a right count had >= 0.39 of the mean, a voice split off by window noise
+    # <= 0.33. The cost: a participant who talks far less than the others is merged away.
+    min_speaker_share: float = Field(0.35, ge=0, le=1)
+    refine_passes: int = Field(3, ge=0)
+    # Majority filter over this many neighbouring windows of a span (odd; 1 = off).
+    smoothing_windows: int = Field(3, ge=1)
+    # A turn shorter than this between two turns of the same span is given to a neighbour.
+    min_turn_s: float = Field(0.5, ge=0)
+    max_speakers: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _check_windows(self) -> DiarizationSettings:
+        if not 0 < self.hop_s <= self.window_s:
+            raise ValueError("need 0 < hop_s <= window_s")
+        if self.smoothing_windows % 2 == 0:
+            raise ValueError("smoothing_windows must be odd and >= 1")
+        return self
+
+
+class SpeakerSettings(DiarizationSettings):
+    """Speaker embeddings for diarization (``diarize=true``), and how speakers are found
+    (every :class:`DiarizationSettings` knob, at the same level). Without this section
+    the service cannot diarize and a request that asks is a 400."""
 
     # ge2e: the real GE2E encoder (resemblyzer 0.1.4 weights, serve_app/tools/provision_models.py);
     # campplus: FunASR CAM++ (hub id ``cam++``, or a folder such as ``campplus-random``).
@@ -299,20 +343,13 @@ class SpeakerSettings(Strict):
     warmup: bool = True
     # A request that does not send ``diarize`` gets this.
     diarize_by_default: bool = False
-    # Diarization knobs (serve_app.core.diarization.DiarizationSettings); null = its
-    # default, tuned on GE2E (re-tune distance_threshold for CAM++).
-    window_s: float | None = Field(None, gt=0)
-    hop_s: float | None = Field(None, gt=0)
-    distance_threshold: float | None = Field(None, gt=0, lt=2)
-    max_speakers: int = Field(20, ge=1)
     batch: SpeakerBatchSettings = SpeakerBatchSettings()
     # Every window of every request is one call: 16 requests of a minute are ~1,300.
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=256)
 
     @model_validator(mode="after")
     def _check(self) -> SpeakerSettings:
-        window_s = self.diarization_settings().window_s
-        if window_s > self.batch.max_batch_audio_s:
+        if self.window_s > self.batch.max_batch_audio_s:
             raise ValueError("speakers: batch.max_batch_audio_s must be >= the window length")
         max_ongoing = self.deployment.max_ongoing_requests or 5
         if max_ongoing < self.batch.max_batch_items:
@@ -321,27 +358,6 @@ class SpeakerSettings(Strict):
                 f"batch.max_batch_items ({self.batch.max_batch_items})"
             )
         return self
-
-    def diarization_settings(self) -> Any:
-        """The :class:`~serve_app.core.diarization.DiarizationSettings` this section asks for."""
-        from dataclasses import replace
-
-        from serve_app.core.diarization import DiarizationSettings
-
-        given: dict[str, Any] = {
-            k: v
-            for k, v in {
-                "window_s": self.window_s,
-                "hop_s": self.hop_s,
-                "distance_threshold": self.distance_threshold,
-                "max_speakers": self.max_speakers,
-            }.items()
-            if v is not None
-        }
-        try:
-            return replace(DiarizationSettings(), **given)
-        except ValueError as exc:
-            raise ValueError(f"speakers: {exc}") from exc
 
 
 class RetrySettings(Strict):

@@ -19,7 +19,7 @@ import soxr
 
 from serve_app.core.audio import (
     SAMPLE_RATE_HZ,
-    AudioLimits,
+    AudioSettings,
     DecodedAudio,
     decode_audio,
     read_audio_bytes,
@@ -362,7 +362,7 @@ def test_container_without_audio_stream() -> None:
 
 
 def test_upload_size_is_checked_before_decoding() -> None:
-    limits = AudioLimits(max_upload_bytes=1000)
+    limits = AudioSettings(max_upload_bytes=1000)
     with pytest.raises(UploadTooLargeError, match="1001 bytes"):
         decode_audio(b"not audio at all" * 62 + b"!" * 9, limits)  # 1001 bytes of junk
     decode_audio(wav_bytes(bytes(200)), limits)  # at the limit side: fine
@@ -371,8 +371,8 @@ def test_upload_size_is_checked_before_decoding() -> None:
 @pytest.mark.parametrize("name", ["wav", "flac", "ogg", "opus", "mp3", "m4a", "webm"])
 def test_duration_limit_from_header_before_decoding(encoded, name: str) -> None:
     with pytest.raises(AudioTooLongError, match=r"declares 3\.0 s"):
-        decode_audio(encoded[name], AudioLimits(max_duration_s=2.0))
-    assert decode_audio(encoded[name], AudioLimits(max_duration_s=3.5)).duration_s > 2.9
+        decode_audio(encoded[name], AudioSettings(max_duration_s=2.0))
+    assert decode_audio(encoded[name], AudioSettings(max_duration_s=3.5)).duration_s > 2.9
 
 
 def mp3_without_xing_tag(samples: np.ndarray, rate_hz: int) -> bytes:
@@ -396,7 +396,7 @@ def test_duration_limit_while_decoding_headerless_stream(kind: str) -> None:
         av_bytes(x, 48000, "adts", "aac") if kind == "aac-adts" else mp3_without_xing_tag(x, 48000)
     )
     with pytest.raises(AudioTooLongError, match="longer than the 1 s limit"):
-        decode_audio(data, AudioLimits(max_duration_s=1.0))
+        decode_audio(data, AudioSettings(max_duration_s=1.0))
     assert abs(decode_audio(data).duration_s - 3.0) < 0.05
 
 

@@ -8,7 +8,7 @@ from serve_app.core.batching import group_indices, item_cost_s, plan_batches, sc
 def test_plan_respects_padded_budget_and_item_cap():
     rng = random.Random(0)
     durations = [rng.uniform(0.5, 30) for _ in range(200)]
-    plan = plan_batches(durations, max_batch_audio_s=120, max_batch_items=16)
+    plan = plan_batches(durations, max_forward_cost=120, max_batch_items=16)
     seen = sorted(i for b in plan.batches for i in b)
     assert seen == list(range(200))  # every item exactly once
     for batch in plan.batches:
@@ -20,7 +20,7 @@ def test_plan_respects_padded_budget_and_item_cap():
 def test_sorting_cuts_padding_against_arrival_order():
     rng = random.Random(1)
     durations = [rng.choice([1.0, 2.0, 25.0, 28.0]) for _ in range(64)]
-    plan = plan_batches(durations, max_batch_audio_s=200, max_batch_items=8)
+    plan = plan_batches(durations, max_forward_cost=200, max_batch_items=8)
     # Arrival-order chunks of 8 with the same cap, for comparison.
     naive_padded = sum(
         max(durations[i : i + 8]) * len(durations[i : i + 8]) for i in range(0, 64, 8)
@@ -30,14 +30,14 @@ def test_sorting_cuts_padding_against_arrival_order():
 
 
 def test_item_longer_than_budget_runs_alone():
-    plan = plan_batches([50.0, 1.0, 1.0], max_batch_audio_s=20, max_batch_items=8)
+    plan = plan_batches([50.0, 1.0, 1.0], max_forward_cost=20, max_batch_items=8)
     assert plan.batches[0] == [0]
     assert sorted(plan.batches[1]) == [1, 2]
 
 
 def test_invalid_budget_rejected():
     with pytest.raises(ValueError):
-        plan_batches([1.0], max_batch_audio_s=0, max_batch_items=1)
+        plan_batches([1.0], max_forward_cost=0, max_batch_items=1)
 
 
 def test_scatter_restores_order_and_detects_gaps():

@@ -147,3 +147,21 @@ def test_every_cpu_config_starts_on_a_2_cpu_machine(path):
         return  # a GPU config: sized for a GPU node
     total = sum(replicas * cpus for _, replicas, cpus, _ in shapes)
     assert total <= 2.0, (path.name, total, shapes)
+
+
+def test_every_diarization_knob_is_a_speakers_key() -> None:
+    """One settings class per concern: ``speakers:`` takes every DiarizationSettings knob
+    (not a mirrored subset), and the object the pipeline clusters with is that section."""
+    from serve_app.config import DiarizationSettings, SpeakerSettings
+
+    knobs = {"min_speaker_s": 3.0, "smoothing_windows": 5, "merge_centroid_distance": 0.2}
+    config = AppConfig.model_validate(
+        {"recognizers": [{"name": "m", "backend": "whisper", "model": "m"}], "speakers": knobs}
+    )
+    assert isinstance(config.speakers, DiarizationSettings)
+    assert {k: getattr(config.speakers, k) for k in knobs} == knobs
+    assert set(DiarizationSettings.model_fields) <= set(SpeakerSettings.model_fields)
+    with pytest.raises(ValidationError, match="odd"):
+        SpeakerSettings(smoothing_windows=2)
+    with pytest.raises(ValidationError, match="hop_s"):
+        DiarizationSettings(window_s=1.0, hop_s=1.5)

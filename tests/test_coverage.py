@@ -15,7 +15,8 @@ import pyarrow as pa
 import pytest
 
 from serve_app.batch.stages import DECODED_SCHEMA, recognize_rows, table_from_rows
-from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.config import AudioSettings
+from serve_app.core.audio import DecodedAudio
 from serve_app.core.coverage import (
     GAP,
     REPETITION,
@@ -384,7 +385,7 @@ def _service(fake: FakeWhisper, samples, spans, *, rounds: int = 2, seen=None):
         segment=segment,
         routes={"w": ModelRoute("w", recognize, pack_segments_ms=30_000, redecode_rounds=rounds)},
         default_model="w",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
     )
 
 
@@ -434,7 +435,7 @@ def test_service_stretches_of_all_items_go_out_together():
         segment=segment,
         routes={"w": ModelRoute("w", recognize, pack_segments_ms=30_000)},
         default_model="w",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
     )
     tr = asyncio.run(service.transcribe(DecodedAudio(samples, SR, "wav"), model=None))
     assert tr.text == _words_of(3) + " " + _words_of(3)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serve_app.vad.fsmn_machine import FsmnOptions, spans_ms
 
 from serve_app.config import VadSettings
+from serve_app.vad.fsmn_machine import FsmnOptions, spans_ms
 from tests.reference import funasr_vad_spans
 from tests.speech import SENTENCES, have_espeak, silence, synthesize
 

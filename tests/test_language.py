@@ -11,7 +11,8 @@ import asyncio
 
 import numpy as np
 
-from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.config import AudioSettings
+from serve_app.core.audio import DecodedAudio
 from serve_app.core.language import majority_language
 from serve_app.core.pipeline import BlockExecutor, Route, SpeechItem, recognize_signal, run_lockstep
 from serve_app.core.segmentation import SpeechSegment
@@ -53,7 +54,7 @@ def _service(markers: list[float], *, detects: bool = True):
 
     route = ModelRoute("m", recognize, detects_language=detects_language)
     service = TranscriptionService(
-        segment=segments, routes={"m": route}, default_model="m", limits=AudioLimits()
+        segment=segments, routes={"m": route}, default_model="m", limits=AudioSettings()
     )
     return service, decoded
 

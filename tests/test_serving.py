@@ -5,11 +5,12 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.config import AudioSettings
+from serve_app.core.audio import DecodedAudio
 from serve_app.core.errors import RecognitionError, UnknownModelError
-from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import RecognitionOptions, SegmentTranscript, WordTiming
+from serve_app.online.service import ModelRoute, TranscriptionService
 
 
 def _audio(seconds: float, marker: float) -> DecodedAudio:
@@ -40,7 +41,7 @@ def _service():
         segment=_segments,
         routes={"a": ModelRoute("a", _recognize), "alias": ModelRoute("a", _recognize)},
         default_model="a",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
     )
 
 
@@ -94,7 +95,7 @@ def test_route_packs_consecutive_segments_before_recognition():
         segment=_segments,  # 0-1 s, 2-3 s, 5-5.5 s
         routes={"w": ModelRoute("w", recognize, pack_segments_ms=4000)},
         default_model="w",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
     )
     tr = asyncio.run(service.transcribe(_audio(6, 1), model=None))
     # 0-3 s fits in 4 s (the pause is kept in the piece); adding 5.5 s would not.

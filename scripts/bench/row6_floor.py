@@ -41,7 +41,7 @@ def row_floor(spec: dict) -> dict:
         backend.warmup()  # type: ignore[attr-defined]
     runner = BatchedRecognizer(
         backend,
-        max_batch_audio_s=settings.batch.max_forward_audio_s,
+        max_forward_audio_s=settings.batch.max_forward_audio_s,
         max_batch_items=settings.batch.max_batch_items,
     )
     jobs = [SegmentJob(audio=samples) for _, samples in segments]

@@ -224,7 +224,7 @@ def oom_split(ctx: Context, backend: Any, max_items: int) -> dict:
         notes.append(
             f"simulated on cpu: the wrapper raises OutOfMemoryError above {count // 4} items"
         )
-    runner = BatchedRecognizer(wrapper, max_batch_audio_s=1e9, max_batch_items=count)
+    runner = BatchedRecognizer(wrapper, max_forward_audio_s=1e9, max_batch_items=count)
     try:
         started = time.perf_counter()
         results = runner.transcribe_batch(jobs)

@@ -271,7 +271,7 @@ class ModelRows:
         self.jobs = [SegmentJob(audio=s) for s in ctx.segments]
         self.speech_s = ctx.speech_s
         self.recognizer = BatchedRecognizer(
-            backend, max_batch_audio_s=budget_s, max_batch_items=max_items
+            backend, max_forward_audio_s=budget_s, max_batch_items=max_items
         )
         self.share = ctx.args.time_budget_s / 100.0  # 1 % of the budget: the row caps' unit
         self.c: dict[str, Any] = {}  # what row c (and d) measured
@@ -500,7 +500,7 @@ class ModelRows:
         gpu_backend.__dict__.update(self.backend.__dict__)
         gpu_backend.features = fbank
         runner = BatchedRecognizer(
-            gpu_backend, max_batch_audio_s=self.budget_s, max_batch_items=self.max_items
+            gpu_backend, max_forward_audio_s=self.budget_s, max_batch_items=self.max_items
         )
         reset_peak(self.device)
         wall_s, results, _ = timed_batched(runner, self.jobs, self.device)

@@ -65,7 +65,7 @@ from serve_app.config import (
     VadSettings,
     resolve_models_dir,
 )
-from serve_app.core.audio import AudioLimits, decode_audio, read_audio_bytes
+from serve_app.core.audio import decode_audio, read_audio_bytes
 from serve_app.core.diarization import Diarization, DiarizationOptions, SpeakerTurn, talk_time_s
 from serve_app.core.errors import AsrError, InvalidAudioError, InvalidRequestError
 from serve_app.core.pipeline import (
@@ -143,9 +143,7 @@ class DecodeVadStage:
         self._speakers = speakers
         self._embedder = embedder
         self._models_dir = models_dir
-        self._limits = AudioLimits(
-            max_upload_bytes=audio.max_upload_bytes, max_duration_s=audio.max_duration_s
-        )
+        self._limits = audio
         self._base_dir = base_dir
         self._pack_ms = round(pack_segments_s * 1000)  # as the online route does
         if segmenter is None:
@@ -216,9 +214,7 @@ class DecodeVadStage:
             self._embedder = build_batched_embedder(
                 self._speakers, resolve_models_dir(self._models_dir)
             )
-        step = diarize_signal(
-            samples, vad_segments, DiarizationOptions(), self._speakers.diarization_settings()
-        )
+        step = diarize_signal(samples, vad_segments, DiarizationOptions(), self._speakers)
         (diarization,) = run_lockstep([step], BlockExecutor(embed_batch=self._embedder.embed_batch))
         if isinstance(diarization, BaseException):
             raise diarization

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve_app.config import AudioSettings
 from serve_app.core.errors import (
     AudioTooLongError,
     InvalidAudioError,
@@ -37,12 +38,6 @@ from serve_app.core.errors import (
 )
 
 SAMPLE_RATE_HZ = 16_000
-
-
-@dataclass(frozen=True)
-class AudioLimits:
-    max_upload_bytes: int = 25 * 1024 * 1024
-    max_duration_s: float = 4 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -101,8 +96,11 @@ _WAV_FLOAT = 0x0003
 _WAV_EXTENSIBLE = 0xFFFE
 
 
+_DEFAULT_LIMITS = AudioSettings()
+
+
 def decode_audio(
-    data: bytes, limits: AudioLimits = AudioLimits(), *, keep_channels: bool = False
+    data: bytes, limits: AudioSettings = _DEFAULT_LIMITS, *, keep_channels: bool = False
 ) -> DecodedAudio:
     """Decode any supported audio file to 16 kHz mono float32, once.
 
@@ -322,7 +320,7 @@ def _open_pyav(data: bytes, container: str, wav: _WavHeader | None) -> _Source:
 
 
 def _to_mono_16k(
-    blocks: Iterator[np.ndarray], rate_hz: int, limits: AudioLimits
+    blocks: Iterator[np.ndarray], rate_hz: int, limits: AudioSettings
 ) -> tuple[np.ndarray, float]:
     """Average channels, validate, resample to 16 kHz; returns (samples, source seconds)."""
     import soxr
@@ -356,7 +354,7 @@ def _to_mono_16k(
 
 
 def _to_channels_16k(
-    blocks: Iterator[np.ndarray], rate_hz: int, limits: AudioLimits
+    blocks: Iterator[np.ndarray], rate_hz: int, limits: AudioSettings
 ) -> tuple[list[np.ndarray], float]:
     """As :func:`_to_mono_16k`, keeping channels: one 16 kHz array per source channel."""
     import soxr

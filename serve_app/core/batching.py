@@ -44,17 +44,17 @@ class BatchPlan:
 def plan_batches(
     durations_s: Sequence[float],
     *,
-    max_batch_audio_s: float,
+    max_forward_cost: float,
     max_batch_items: int,
 ) -> BatchPlan:
-    """Pack items into batches whose padded cost stays within ``max_batch_audio_s``.
+    """Pack items into forward passes whose padded cost stays within ``max_forward_cost``.
 
     Items are taken longest first (FunASR's AutoModel does the same); a batch closes when
     adding the next item would push ``longest x count`` over the budget or the count over
     ``max_batch_items``. An item longer than the budget runs alone.
     """
-    if max_batch_audio_s <= 0 or max_batch_items < 1:
-        raise ValueError("max_batch_audio_s must be > 0 and max_batch_items >= 1")
+    if max_forward_cost <= 0 or max_batch_items < 1:
+        raise ValueError("max_forward_cost must be > 0 and max_batch_items >= 1")
     order = sorted(range(len(durations_s)), key=lambda i: durations_s[i], reverse=True)
     batches: list[list[int]] = []
     current: list[int] = []
@@ -66,7 +66,7 @@ def plan_batches(
         candidate_longest_s = longest_s if current else duration_s
         fits = (
             len(current) < max_batch_items
-            and candidate_longest_s * (len(current) + 1) <= max_batch_audio_s
+            and candidate_longest_s * (len(current) + 1) <= max_forward_cost
         )
         if current and not fits:
             batches.append(current)
@@ -190,14 +190,14 @@ class BatchedRunner(Generic[ItemT, ResultT, ErrorT]):
         backend: ForwardBackend[ItemT, ResultT],
         *,
         cost_s: Callable[[ItemT], float],
-        max_batch_cost_s: float,
+        max_forward_cost: float,
         max_batch_items: int,
         on_item_error: Callable[[ItemT, Exception], ErrorT],
         group_key: Callable[[ItemT], Hashable] | None = None,
     ) -> None:
         self.backend = backend
         self.cost_s = cost_s
-        self.max_batch_cost_s = max_batch_cost_s
+        self.max_forward_cost = max_forward_cost
         self.max_batch_items = max_batch_items
         self.on_item_error = on_item_error
         self.group_key = group_key
@@ -214,7 +214,7 @@ class BatchedRunner(Generic[ItemT, ResultT, ErrorT]):
                 group,
                 plan_batches(
                     [self.cost_s(items[i]) for i in group],
-                    max_batch_audio_s=self.max_batch_cost_s,
+                    max_forward_cost=self.max_forward_cost,
                     max_batch_items=self.max_batch_items,
                 ),
             )

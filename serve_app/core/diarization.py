@@ -29,9 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serve_app.config import DiarizationSettings
 from serve_app.core.audio import SAMPLE_RATE_HZ
 from serve_app.core.errors import InvalidRequestError
 from serve_app.core.types import WordTiming
+
+_DEFAULTS = DiarizationSettings()
 
 # Label of the k-th speaker to talk (k from 1), in order of first appearance.
 SPEAKER_LABEL = "speaker_{}"
@@ -60,47 +63,6 @@ class DiarizationOptions:
             raise InvalidRequestError(
                 f"num_speakers ({n}) is outside min_speakers..max_speakers", param="num_speakers"
             )
-
-
-@dataclass(frozen=True)
-class DiarizationSettings:
-    """Service-side knobs (the config section will mirror these fields).
-
-    ``distance_threshold`` is a cosine distance between average-linkage clusters; the
-    default was chosen on GE2E embeddings of espeak-ng voices (``scripts/diarization_eval.py
-    --sweep``) and is encoder-specific: re-tune it for CAM++.
-    """
-
-    window_s: float = 1.5
-    hop_s: float = 0.75
-    # Windows shorter than this embed poorly: they do not shape the clusters and are
-    # given the nearest cluster afterwards (unless every window is that short).
-    min_cluster_window_s: float = 0.6
-    distance_threshold: float = 0.30
-    # After the cut, clusters whose centroids are closer than this (cosine distance) are
-    # one voice split by window noise and are merged. GE2E centroids of one espeak-ng
-    # voice on different sentences are 0.02-0.1 apart, of different voices 0.18-0.46.
-    merge_centroid_distance: float = 0.12
-    # Without num_speakers, a cluster with less talk time than this is folded into its
-    # nearest cluster (a spurious "speaker" made of a few odd windows).
-    min_speaker_s: float = 2.0
-    # ... and so is one with less than this share of the mean talk time per cluster. On
-    # the dev conversations (scripts/diarization_eval.py, seeds 200-205) the smallest
-    # cluster of a right count had >= 0.39 of the mean, a voice split off by window noise
-    # <= 0.33. The cost: a participant who talks far less than the others is merged away.
-    min_speaker_share: float = 0.35
-    refine_passes: int = 3
-    # Majority filter over this many neighbouring windows of a span (odd; 1 = off).
-    smoothing_windows: int = 3
-    # A turn shorter than this between two turns of the same span is given to a neighbour.
-    min_turn_s: float = 0.5
-    max_speakers: int = 20
-
-    def __post_init__(self) -> None:
-        if not 0 < self.hop_s <= self.window_s:
-            raise ValueError("need 0 < hop_s <= window_s")
-        if self.smoothing_windows < 1 or self.smoothing_windows % 2 == 0:
-            raise ValueError("smoothing_windows must be odd and >= 1")
 
 
 @dataclass(frozen=True)
@@ -306,7 +268,7 @@ def _fold_smallest(x: np.ndarray, labels: np.ndarray, durations_s: np.ndarray) -
 def cluster_embeddings(
     embeddings: np.ndarray,
     options: DiarizationOptions = DiarizationOptions(),
-    settings: DiarizationSettings = DiarizationSettings(),
+    settings: DiarizationSettings = _DEFAULTS,
     *,
     durations_s: Sequence[float] | None = None,
 ) -> np.ndarray:
@@ -401,7 +363,7 @@ def speaker_turns(
     windows: Sequence[TimeWindow],
     labels: Sequence[int],
     spans_s: Sequence[tuple[float, float]],
-    settings: DiarizationSettings = DiarizationSettings(),
+    settings: DiarizationSettings = _DEFAULTS,
 ) -> list[SpeakerTurn]:
     """Speaker turns covering the speech spans, from one label per window.
 
@@ -471,7 +433,7 @@ def turns_from_embeddings(
     embeddings: np.ndarray,
     spans_s: Sequence[tuple[float, float]],
     options: DiarizationOptions = DiarizationOptions(),
-    settings: DiarizationSettings = DiarizationSettings(),
+    settings: DiarizationSettings = _DEFAULTS,
 ) -> Diarization:
     """Steps 3-4 for windows the caller has embedded (row i is window i)."""
     if len(windows) != len(embeddings):
@@ -493,7 +455,7 @@ def diarize(
     spans_s: Sequence[tuple[float, float]],
     embed: Callable[[list[np.ndarray]], np.ndarray],
     options: DiarizationOptions = DiarizationOptions(),
-    settings: DiarizationSettings = DiarizationSettings(),
+    settings: DiarizationSettings = _DEFAULTS,
 ) -> Diarization:
     """Diarize one recording given its speech spans (seconds) and an embedding function."""
     windows = embedding_windows(spans_s, window_s=settings.window_s, hop_s=settings.hop_s)

@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from serve_app.config import DiarizationSettings
 from serve_app.core import observability
 from serve_app.core.diarization import (
     Diarization,
     DiarizationOptions,
-    DiarizationSettings,
     embedding_windows,
     speech_spans_s,
     turns_from_embeddings,

@@ -12,9 +12,7 @@ from typing import cast
 
 from ray.serve import Application, Deployment
 
-from serve_app.config import AppConfig, CacheSettings, resolve_models_dir
-from serve_app.core.audio import AudioLimits
-from serve_app.core.diarization import DiarizationSettings
+from serve_app.config import AppConfig, CacheSettings, DiarizationSettings, resolve_models_dir
 from serve_app.core.types import RecognitionOptions
 from serve_app.online.admission import AdmissionPolicy
 from serve_app.online.cache import model_version
@@ -41,10 +39,7 @@ def build_app(args: AppConfig) -> Application:
         for rec in config.recognizers
     }
     options = IngressOptions(
-        limits=AudioLimits(
-            max_upload_bytes=config.audio.max_upload_bytes,
-            max_duration_s=config.audio.max_duration_s,
-        ),
+        limits=config.audio,
         model_names=config.model_names(),
         default_model=config.default_model,
         default_options={
@@ -63,9 +58,7 @@ def build_app(args: AppConfig) -> Application:
         cache=_cache_settings(config, models_dir),
         channels=config.channels,
         diarize_by_default=bool(config.speakers and config.speakers.diarize_by_default),
-        diarization_settings=(
-            config.speakers.diarization_settings() if config.speakers else DiarizationSettings()
-        ),
+        diarization_settings=(config.speakers or DiarizationSettings()),
     )
     ingress = _deployment(AsrIngress).options(
         name="AsrIngress", **config.ingress.deployment.serve_options()

@@ -27,10 +27,14 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import Response
 
-from serve_app.config import CacheSettings, ChannelSettings, IngressSettings
+from serve_app.config import (
+    AudioSettings,
+    CacheSettings,
+    ChannelSettings,
+    DiarizationSettings,
+    IngressSettings,
+)
 from serve_app.core import observability
-from serve_app.core.audio import AudioLimits
-from serve_app.core.diarization import DiarizationSettings
 from serve_app.core.memory import HeapTrimmer
 from serve_app.core.punctuate import PunctuateFn
 from serve_app.core.speaker_request import EmbedFn
@@ -61,7 +65,7 @@ class IngressOptions:
     ``cache``, ``channels``) and the per-model tables the builder derives from the
     ``recognizers`` and ``speakers`` sections (serve_app.online.app)."""
 
-    limits: AudioLimits
+    limits: AudioSettings
     model_names: dict[str, str]  # every accepted name or alias -> canonical name
     default_model: str
     default_options: dict[str, RecognitionOptions]

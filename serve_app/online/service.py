@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.config import ChannelSettings
-from serve_app.core.audio import AudioLimits, DecodedAudio, decode_audio
-from serve_app.core.diarization import DiarizationSettings
+from serve_app.config import AudioSettings, ChannelSettings, DiarizationSettings
+from serve_app.core.audio import DecodedAudio, decode_audio
 from serve_app.core.errors import InvalidRequestError, UnknownModelError
 from serve_app.core.language import DetectsFn
 from serve_app.core.pipeline import (
@@ -92,7 +91,7 @@ class TranscriptionService:
         segment: SegmentFn,
         routes: Mapping[str, ModelRoute],
         default_model: str,
-        limits: AudioLimits,
+        limits: AudioSettings,
         embed: EmbedFn | None = None,
         diarization_settings: DiarizationSettings | None = None,
         channels: ChannelSettings | None = None,

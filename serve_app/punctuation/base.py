@@ -108,7 +108,7 @@ class BatchedPunctuator(BatchedRunner[PunctuationWindow, tuple[str, ...], AsrErr
         super().__init__(
             backend,
             cost_s=_num_tokens,  # the runner's cost unit, here tokens
-            max_batch_cost_s=float(max_batch_tokens),
+            max_forward_cost=float(max_batch_tokens),
             max_batch_items=max_batch_items,
             on_item_error=_punctuation_error,
         )

@@ -81,18 +81,18 @@ class BatchedRecognizer(BatchedRunner[SegmentJob, SegmentTranscript, AsrError]):
         self,
         backend: AsrBackend,
         *,
-        max_batch_audio_s: float,
+        max_forward_audio_s: float,
         max_batch_items: int,
     ) -> None:
         super().__init__(
             backend,
             cost_s=_duration_s,
-            max_batch_cost_s=max_batch_audio_s,
+            max_forward_cost=max_forward_audio_s,
             max_batch_items=max_batch_items,
             on_item_error=_recognition_error,
             group_key=lambda job: backend.group_key(job.options),
         )
-        self.max_batch_audio_s = max_batch_audio_s
+        self.max_forward_audio_s = max_forward_audio_s
 
     @property
     def name(self) -> str:

@@ -54,6 +54,6 @@ def build_recognizer(settings: RecognizerSettings, models_dir: Path | None) -> B
         backend.warmup()  # type: ignore[attr-defined]
     return BatchedRecognizer(
         backend,
-        max_batch_audio_s=settings.batch.max_forward_audio_s,
+        max_forward_audio_s=settings.batch.max_forward_audio_s,
         max_batch_items=settings.batch.max_batch_items,
     )

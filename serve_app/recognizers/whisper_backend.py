@@ -138,7 +138,8 @@ class WhisperBackend:
         Args:
             model_ref: a model directory, a folder name under ``models_dir``, or a
                 faster-whisper hub name (``tiny.en``...; needs network unless cached).
-            models_dir: where provisioned models live (``python -m serve_app.tools.provision_models``).
+            models_dir: where provisioned models live
+                (``python -m serve_app.tools.provision_models``).
             device: ``cpu`` or ``cuda``.
             compute_type: ``fp32|fp16|bf16|int8`` or any CTranslate2 compute type
                 (``int8_float16``...); default ``int8`` on CPU, ``float16`` on CUDA.

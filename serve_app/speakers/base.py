@@ -89,17 +89,17 @@ class BatchedEmbedder(BatchedRunner[EmbeddingJob, np.ndarray, AsrError]):
     """
 
     def __init__(
-        self, embedder: SpeakerEmbedder, *, max_batch_audio_s: float, max_batch_items: int
+        self, embedder: SpeakerEmbedder, *, max_forward_audio_s: float, max_batch_items: int
     ) -> None:
         super().__init__(
             _EmbedderForward(embedder),
             cost_s=_duration_s,
-            max_batch_cost_s=max_batch_audio_s,
+            max_forward_cost=max_forward_audio_s,
             max_batch_items=max_batch_items,
             on_item_error=_embedding_error,
         )
         self.embedder = embedder
-        self.max_batch_audio_s = max_batch_audio_s
+        self.max_forward_audio_s = max_forward_audio_s
 
     @property
     def name(self) -> str:

@@ -40,7 +40,7 @@ def build_batched_embedder(settings: SpeakerSettings, models_dir: Path | None) -
     """The encoder behind :class:`BatchedEmbedder`, warmed when ``settings.warmup``."""
     embedder = BatchedEmbedder(
         build_speaker_embedder(settings, models_dir),
-        max_batch_audio_s=settings.batch.max_batch_audio_s,
+        max_forward_audio_s=settings.batch.max_batch_audio_s,
         max_batch_items=settings.batch.max_batch_items,
     )
     if settings.warmup:

@@ -3,8 +3,8 @@
 ``resemblyzer==0.1.4`` (Apache-2.0) ships ``resemblyzer/pretrained.pt``: a GE2E speaker
 encoder (Wan et al. 2018) trained by Resemble AI. Its package imports ``webrtcvad`` and
 ``librosa`` at top level for things this service does elsewhere (VAD, loading files), so
-only the weights are used (``python -m serve_app.tools.provision_models`` unpacks them into the models
-folder) and the two parts that matter are re-implemented here, matched to its code:
+only the weights are used (``python -m serve_app.tools.provision_models`` unpacks them
+into the models folder) and the two parts that matter are re-implemented here, matched to its code:
 
 - front end (``resemblyzer.audio.wav_to_mel_spectrogram``): librosa's
   ``melspectrogram`` at 16 kHz with a 25 ms (400-sample) periodic Hann window, a 10 ms

@@ -34,7 +34,7 @@ def test_funasr_tokens_join_as_funasr_writes_them() -> None:
 
 
 def test_the_predicate() -> None:
-    assert all(is_unspaced(ch) for ch in "中文かなカナ。，")
+    assert all(is_unspaced(ch) for ch in "中文かなカナ。\uff0c")
     assert not any(is_unspaced(ch) for ch in "한국어 abc1")
 
 

@@ -72,7 +72,7 @@ def alone_texts(backend: FunAsrBackend, jobs: list[SegmentJob]) -> list[str]:
 def test_a_poisoned_item_fails_alone(paraformer: FunAsrBackend, jobs: list[SegmentJob]) -> None:
     poisoned = 3
     backend = FaultyBackend(paraformer, poisoned_num_samples=len(jobs[poisoned].audio))
-    recognizer = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    recognizer = BatchedRecognizer(backend, max_forward_audio_s=60.0, max_batch_items=8)
     results = recognizer.transcribe_batch(jobs)
 
     assert isinstance(results[poisoned], RecognitionError)
@@ -90,7 +90,7 @@ def test_out_of_memory_splits_the_batch_and_every_item_succeeds(
     paraformer: FunAsrBackend, jobs: list[SegmentJob], oom_error: type[Exception]
 ) -> None:
     backend = FaultyBackend(paraformer, oom_above_items=2, oom_error=oom_error)
-    recognizer = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    recognizer = BatchedRecognizer(backend, max_forward_audio_s=60.0, max_batch_items=8)
     results = recognizer.transcribe_batch(jobs)
 
     assert all(isinstance(result, SegmentTranscript) for result in results)
@@ -123,7 +123,7 @@ class _PickyBackend:
 
 
 def test_typed_errors_pass_through_unwrapped() -> None:
-    recognizer = BatchedRecognizer(_PickyBackend(), max_batch_audio_s=60, max_batch_items=8)
+    recognizer = BatchedRecognizer(_PickyBackend(), max_forward_audio_s=60, max_batch_items=8)
     audio = np.zeros(16_000, np.float32)
     bad = SegmentJob(audio, RecognitionOptions(language="xx"))
     good = SegmentJob(audio, RecognitionOptions(language="en"))
@@ -162,7 +162,7 @@ class _LeakCheckingBackend:
 
 def test_oom_split_frees_the_failed_forward_before_the_halves_run() -> None:
     backend = _LeakCheckingBackend()
-    runner = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    runner = BatchedRecognizer(backend, max_forward_audio_s=60.0, max_batch_items=8)
     jobs = [SegmentJob(np.zeros(16000, dtype=np.float32)) for _ in range(4)]
     results = runner.transcribe_batch(jobs)
     assert [r.text for r in results] == ["ok"] * 4

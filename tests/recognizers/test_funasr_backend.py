@@ -59,7 +59,9 @@ def record_inference(monkeypatch: pytest.MonkeyPatch, backend: FunAsrBackend) ->
 def assert_batched_equals_sequential(
     backend: FunAsrBackend, jobs: list[SegmentJob], *, max_batch_items: int = 8
 ) -> list[SegmentTranscript]:
-    recognizer = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=max_batch_items)
+    recognizer = BatchedRecognizer(
+        backend, max_forward_audio_s=60.0, max_batch_items=max_batch_items
+    )
     batched = recognizer.transcribe_batch(jobs)
     assert max(recognizer.last_stats.batch_sizes) > 1, "nothing was actually batched"
     assert all(isinstance(result, SegmentTranscript) for result in batched)
@@ -234,7 +236,7 @@ def test_sensevoice_language_reaches_the_model_and_splits_batches(
         for i, language in enumerate(languages)
     ]
     calls = record_inference(monkeypatch, backend)
-    recognizer = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    recognizer = BatchedRecognizer(backend, max_forward_audio_s=60.0, max_batch_items=8)
     results = recognizer.transcribe_batch(jobs)
 
     assert sorted((c["language"], c["batch"]) for c in calls) == [
@@ -284,7 +286,7 @@ def test_sensevoice_rejects_unsupported_languages(
         SegmentJob(noise_audio[1], RecognitionOptions(language="en")),
     ]
     results = BatchedRecognizer(
-        backend, max_batch_audio_s=60.0, max_batch_items=8
+        backend, max_forward_audio_s=60.0, max_batch_items=8
     ).transcribe_batch(jobs)
     # The item keeps its typed error (the ingress maps it to 400); its batch-mate is unharmed.
     assert isinstance(results[0], InvalidRequestError)

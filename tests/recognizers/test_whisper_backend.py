@@ -294,7 +294,7 @@ def test_runs_under_batched_recognizer(backend, sentences_16) -> None:
         SegmentJob(sentences_16[4]),
         SegmentJob(sentences_16[12], prompt),
     ]
-    runner = BatchedRecognizer(backend, max_batch_audio_s=60.0, max_batch_items=8)
+    runner = BatchedRecognizer(backend, max_forward_audio_s=60.0, max_batch_items=8)
     results = runner.transcribe_batch(jobs)
     assert isinstance(results[2], RecognitionError)
     good = [r for i, r in enumerate(results) if i != 2]

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from serve_app.core.audio import AudioLimits
+from serve_app.config import AudioSettings
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import SegmentTranscript
 from serve_app.online.ingress import IngressOptions, IngressServer
@@ -62,7 +62,7 @@ class FakeHandle:
 
 def options(**overrides: Any) -> IngressOptions:
     fields: dict[str, Any] = {
-        "limits": AudioLimits(),
+        "limits": AudioSettings(),
         "model_names": {MODEL: MODEL},
         "default_model": MODEL,
         "default_options": {},

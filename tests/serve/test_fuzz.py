@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from scripts import fuzz
-from serve_app.core.audio import AudioLimits
+from serve_app.config import AudioSettings
 from tests.serve.conftest import APP_NAME, MAX_DURATION_S, MAX_UPLOAD_BYTES
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
@@ -31,7 +31,7 @@ HTTP_REJECTED = 100
 HTTP_MAX_ACCEPTED = 40
 HTTP_TIMEOUT_S = 120.0
 # The same limits as the app the HTTP part talks to, so both see the same outcomes.
-LIMITS = AudioLimits(max_upload_bytes=MAX_UPLOAD_BYTES, max_duration_s=MAX_DURATION_S)
+LIMITS = AudioSettings(max_upload_bytes=MAX_UPLOAD_BYTES, max_duration_s=MAX_DURATION_S)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from serve_app.core.audio import AudioLimits, DecodedAudio
+from serve_app.config import AudioSettings
+from serve_app.core.audio import DecodedAudio
 from serve_app.core.errors import RecognitionError
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import SegmentTranscript
@@ -47,7 +48,7 @@ def service(recognizer) -> TranscriptionService:
         segment=segments,
         routes={"m": ModelRoute("m", recognizer)},
         default_model="m",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
     )
 
 

@@ -70,7 +70,7 @@ def test_a_bad_window_fails_alone_and_order_is_kept() -> None:
     jobs = _jobs(durations)
     runner = BatchedEmbedder(
         FakeEmbedder(poisoned_num_samples=len(jobs[3].audio)),
-        max_batch_audio_s=60.0,
+        max_forward_audio_s=60.0,
         max_batch_items=8,
     )
     results = runner.embed_batch(jobs)
@@ -85,7 +85,7 @@ def test_a_bad_window_fails_alone_and_order_is_kept() -> None:
 
 def test_out_of_memory_halves_the_batch() -> None:
     fake = FakeEmbedder(oom_above_items=2)
-    runner = BatchedEmbedder(fake, max_batch_audio_s=60.0, max_batch_items=8)
+    runner = BatchedEmbedder(fake, max_forward_audio_s=60.0, max_batch_items=8)
     results = runner.embed_batch(_jobs([1.5] * 7))
     assert [r[0] for r in results] == list(range(7))  # type: ignore[index]
     assert max(fake.batch_sizes) == 2 and sum(fake.batch_sizes) == 7
@@ -94,7 +94,7 @@ def test_out_of_memory_halves_the_batch() -> None:
 
 def test_windows_are_packed_by_audio_seconds() -> None:
     fake = FakeEmbedder()
-    runner = BatchedEmbedder(fake, max_batch_audio_s=3.0, max_batch_items=8)
+    runner = BatchedEmbedder(fake, max_forward_audio_s=3.0, max_batch_items=8)
     runner.embed_batch(_jobs([1.5, 1.5, 1.5, 1.0, 1.0, 1.0]))
     # Longest first, padded cost (longest x count) <= 3 s: [1.5, 1.5], [1.5, 1.0], [1.0, 1.0].
     assert fake.batch_sizes == [2, 2, 2]
@@ -173,7 +173,7 @@ def test_ge2e_batched_equals_alone(ge2e, speech_windows: list[np.ndarray]) -> No
     np.testing.assert_allclose(batched, _alone(ge2e, speech_windows), atol=ACROSS_BATCH_SHAPES_ATOL)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-6)
     # And through the runner (sorted, packed, scattered back): the same embeddings.
-    runner = BatchedEmbedder(ge2e, max_batch_audio_s=4.0, max_batch_items=3)
+    runner = BatchedEmbedder(ge2e, max_forward_audio_s=4.0, max_batch_items=3)
     packed = np.stack(runner.embed_batch([EmbeddingJob(w) for w in speech_windows]))
     assert runner.last_stats.num_forward_passes > 1
     np.testing.assert_allclose(packed, batched, atol=ACROSS_BATCH_SHAPES_ATOL)

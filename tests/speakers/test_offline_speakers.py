@@ -88,7 +88,7 @@ def test_offline_split_and_diarize_rows(tmp_path: Path):
         segmenter=_Vad(),
         channels=ChannelSettings(names=("agent", "customer")),
         speakers=speakers,
-        embedder=BatchedEmbedder(_Encoder(), max_batch_audio_s=96, max_batch_items=64),
+        embedder=BatchedEmbedder(_Encoder(), max_forward_audio_s=96, max_batch_items=64),
     )
     manifest = [
         {"id": "call", "audio": "call.wav", "channels": "split", "diarize": None},

@@ -12,9 +12,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve_app.config import ChannelSettings
-from serve_app.core.audio import AudioLimits, DecodedAudio
-from serve_app.core.diarization import DiarizationOptions, DiarizationSettings
+from serve_app.config import AudioSettings, ChannelSettings, DiarizationSettings
+from serve_app.core.audio import DecodedAudio
+from serve_app.core.diarization import DiarizationOptions
 from serve_app.core.errors import InvalidRequestError
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.speaker_request import SpeakerRequest
@@ -69,7 +69,7 @@ def _service(embed=None, channels: ChannelSettings | None = None) -> Transcripti
         segment=_energy_vad,
         routes={"m": ModelRoute("m", _recognize)},
         default_model="m",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
         embed=embed,
         diarization_settings=DiarizationSettings(),
         channels=channels or ChannelSettings(names=("agent", "customer")),
@@ -192,7 +192,7 @@ def test_diarize_splits_at_word_timestamps_when_present():
         segment=_energy_vad,
         routes={"m": ModelRoute("m", with_words)},
         default_model="m",
-        limits=AudioLimits(),
+        limits=AudioSettings(),
         embed=_FakeEmbedder(),
     )
     audio = DecodedAudio(_conversation(5, 6), 16000, "wav")

@@ -8,12 +8,12 @@ development overlay takes ``serve.yaml`` with the few keys of its ``serve-overri
 merged in. ``ray_configs/`` stays the one place a Serve config is edited; after an edit::
 
     python k8s/render.py            # rewrite the generated patches
-    python k8s/render.py --check    # exit 1 if one is stale (tests/test_k8s.py does this)
+    python k8s/render.py --check    # exit 1 if one is stale (tests/k8s/ does this)
     python k8s/render.py --build k8s/overlays/cpu-dev    # print an overlay, no kubectl needed
 
 ``--build`` implements the small part of kustomize these overlays use (``resources``,
 JSON6902 ``patches`` with a kind/name target, ``images``) and refuses anything else;
-``tests/test_k8s.py`` compares it with ``kubectl kustomize`` wherever kubectl is installed.
+``tests/k8s/`` compares it with ``kubectl kustomize`` wherever kubectl is installed.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Typed errors of the ASR pipeline.
 
 Errors carry a machine-readable ``code`` and a human message; they never know about HTTP.
-The ingress (``serve_app.online.ingress``) is the one place that maps them to status
+``serve_app.online.http_errors`` is the one place that maps them to HTTP status
 codes, and the offline job turns them into ``status=error`` rows.
 """
 

@@ -29,7 +29,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     models_dir = args.models_dir or resolve_models_dir(None)
     settings = dz.DiarizationSettings()
     if args.threshold is not None:
-        settings = replace(settings, distance_threshold=args.threshold)
+        settings = settings.model_copy(update={"distance_threshold": args.threshold})
     thresholds = (
         [float(t) for t in args.sweep.split(",")] if args.sweep else [settings.distance_threshold]
     )
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                 service_segments={"service": "cut", "segments": "segments"}.get(args.vad, ""),
             )
             for threshold in thresholds:
-                tuned = replace(settings, distance_threshold=threshold)
+                tuned = settings.model_copy(update={"distance_threshold": threshold})
                 blind = score(cases, tuned, given=False)
                 given = score(cases, tuned, given=True)
                 report["results"].append(

@@ -274,7 +274,7 @@ class ServiceLogic:
         self.models_dir = models
         self._vad = FsmnVad(config.vad, models_dir=models)
         self._recognizer = build_recognizer(self.settings, models)
-        self._limits = AudioSettings(config.audio.max_upload_bytes, config.audio.max_duration_s)
+        self._limits = config.audio
         self._cache: dict[str, object] = {}
         self.items = 0  # items the recognizer ran (not cached)
         self.redecoded_items = 0

@@ -137,7 +137,7 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
 
     rec = config.recognizer
     defaults = RecognitionOptions(language=rec.language, hotwords=rec.hotwords)
-    limits = AudioSettings(config.audio.max_upload_bytes, config.audio.max_duration_s)
+    limits = config.audio
     service = TranscriptionService(
         segment=segment,
         routes={
@@ -237,7 +237,7 @@ import json, os, sys, threading
 import pyarrow as pa, ray, ray.data
 from serve_app.batch.job import blocks_of_one_call
 
-ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 threading.Timer(90, lambda: (print("HUNG", flush=True), os._exit(3))).start()
 
 class Parts:  # one input row -> one block of 20 rows, like a long file's parts

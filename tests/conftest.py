@@ -20,6 +20,16 @@ os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
+# A test that needs any of these runs on a Ray cluster (a Serve app, a Ray Data job): it
+# is slow whatever its own marks say, so ``-m "not slow"`` stays a fast path by
+# construction (tests/core/test_layout.py checks the fast path holds one HTTP request).
+CLUSTER_FIXTURES = frozenset({"ray_cluster", "serve_instance"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -8,21 +8,27 @@ side effects are handled in one place.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import io
 import logging
 import os
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 OFFLINE_ENV_VARS = ("ASR_OFFLINE", "FUNASR_OFFLINE")
@@ -158,6 +164,103 @@ def resolve_model_dir(model_ref: str, models_dir: Path | None) -> Path | None:
     return None
 
 
+# The modules that register (with FunASR's ``tables``) the model, encoder, decoder,
+# predictor, frontend, tokenizer and specaug classes of the model families served here:
+# Paraformer, BiCif, SeACo, SenseVoiceSmall, FSMN-VAD, CT-Transformer, CAM++.
+# e_paraformer after paraformer: both register an identical ParaformerSANMDecoder and
+# FunASR's own import leaves e_paraformer's (tests/recognizers/test_funasr_lean_import.py).
+_LEAN_MODULES = (
+    "funasr.frontends.wav_frontend",
+    "funasr.tokenizer.char_tokenizer",
+    "funasr.tokenizer.sentencepiece_tokenizer",
+    "funasr.models.specaug.specaug",
+    "funasr.models.sanm.encoder",
+    "funasr.models.paraformer.decoder",
+    "funasr.models.paraformer.cif_predictor",
+    "funasr.models.paraformer.model",
+    "funasr.models.e_paraformer.decoder",
+    "funasr.models.bicif_paraformer.cif_predictor",
+    "funasr.models.bicif_paraformer.model",
+    "funasr.models.contextual_paraformer.decoder",
+    "funasr.models.seaco_paraformer.model",
+    "funasr.models.sense_voice.model",
+    "funasr.models.fsmn_vad_streaming.encoder",
+    "funasr.models.fsmn_vad_streaming.model",
+    "funasr.models.ct_transformer_streaming.encoder",
+    "funasr.models.ct_transformer.model",
+    "funasr.models.campplus.model",
+)
+
+
+def import_funasr() -> None:
+    """Import FunASR with only the model families served here registered.
+
+    ``import funasr`` runs its package ``__init__``, which imports every one of FunASR's
+    modules (transformers, scikit-learn, torch.distributed among them): 10.8 CPU-s on the
+    2-core dev machine, paid by every VAD, recognizer and punctuation replica and every
+    Ray Data actor at start. This installs the package without that walk and imports the
+    :data:`_LEAN_MODULES` (4.2 CPU-s measured the same way); a model whose classes they do
+    not register is loaded after the full import (:func:`load_with_funasr`). A process that
+    imported FunASR already keeps what it has.
+    """
+    if "funasr" in sys.modules:
+        return
+    spec = importlib.util.find_spec("funasr")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModuleNotFoundError("funasr is not installed", name="funasr")
+    package = types.ModuleType("funasr")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__file__ = spec.origin
+    package.__spec__ = spec
+    package.__package__ = "funasr"
+    package.__dict__["__version__"] = (
+        (Path(package.__path__[0]) / "version.txt").read_text().strip()
+    )
+    package.__dict__["_lean"] = True
+
+    def lazy_export(name: str) -> Any:  # the real package's lazy AutoModel export
+        if name == "AutoModel":
+            from funasr.auto.auto_model import AutoModel
+
+            return AutoModel
+        raise AttributeError(f"module 'funasr' has no attribute {name!r}")
+
+    package.__dict__["__getattr__"] = lazy_export
+    sys.modules["funasr"] = package
+    try:
+        for module in _LEAN_MODULES:
+            importlib.import_module(module)
+    except BaseException:
+        del sys.modules["funasr"]
+        raise
+
+
+def _import_all_of_funasr() -> None:
+    """What ``import funasr`` does: every module, so every class is registered."""
+    package = sys.modules.get("funasr")
+    if package is None or not package.__dict__.get("_lean"):
+        return
+    logger.info("importing all of FunASR for a model outside the served families")
+    assert package.__spec__ is not None and package.__spec__.loader is not None
+    package.__spec__.loader.exec_module(package)
+    package.__dict__["_lean"] = False
+
+
+def load_with_funasr(build: Callable[[], T]) -> T:
+    """``build()`` (FunASR's model construction) after :func:`import_funasr`; once more
+    after FunASR's full import when a class it needs was not registered (FunASR raises an
+    AssertionError "... is not registered" or calls ``None``: a TypeError)."""
+    import_funasr()
+    try:
+        return build()
+    except (AssertionError, TypeError):
+        package = sys.modules.get("funasr")
+        if package is None or not package.__dict__.get("_lean"):
+            raise
+        _import_all_of_funasr()
+        return build()
+
+
 def load_funasr_model(
     model_ref: str,
     *,
@@ -200,17 +303,21 @@ def load_funasr_model(
                 )
     source = str(folder) if folder is not None else model_id
     started = time.perf_counter()
+
+    def build() -> tuple[Any, dict]:
+        from funasr import AutoModel
+
+        return AutoModel.build_model(
+            model=source,
+            device=device,
+            hub=hub,
+            disable_update=True,
+            ncpu=num_threads or torch.get_num_threads(),
+        )
+
     try:
         with _contained_funasr_side_effects():
-            from funasr import AutoModel
-
-            module, kwargs = AutoModel.build_model(
-                model=source,
-                device=device,
-                hub=hub,
-                disable_update=True,
-                ncpu=num_threads or torch.get_num_threads(),
-            )
+            module, kwargs = load_with_funasr(build)
     except RuntimeError as exc:
         if folder is None and "is not registered" in str(exc):
             # FunASR's way of saying the download failed: it went on with the bare id.

@@ -76,18 +76,24 @@ class FsmnSpans:
     thresholds of the running file in the model's options while it runs."""
 
     def __init__(self, settings: VadSettings, *, models_dir: Path | None = None) -> None:
-        from funasr import AutoModel  # heavy import, kept off module import
+        from serve_app.recognizers.funasr_loader import load_with_funasr
 
         self.settings = settings
         model_path = resolve_model_ref(settings.model, models_dir)
-        self._auto = AutoModel(
-            model=model_path,
-            device=settings.device,
-            disable_update=True,
-            disable_pbar=True,
-            disable_log=True,
-            ncpu=settings.cpu_threads,  # the loader calls torch.set_num_threads(ncpu)
-        )
+
+        def build() -> Any:
+            from funasr import AutoModel  # heavy import, kept off module import
+
+            return AutoModel(
+                model=model_path,
+                device=settings.device,
+                disable_update=True,
+                disable_pbar=True,
+                disable_log=True,
+                ncpu=settings.cpu_threads,  # the loader calls torch.set_num_threads(ncpu)
+            )
+
+        self._auto = load_with_funasr(build)
         if settings.fsmn_runtime == "onnx":
             model_onnx = Path(model_path) / "model.onnx"
             if not model_onnx.is_file():

@@ -93,6 +93,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> tuple
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 def test_dry_run_reports_every_row_with_figures(dry_run: tuple[dict, str]) -> None:
     report, stdout = dry_run
     rows = report["rows"]
@@ -114,6 +115,7 @@ def test_dry_run_reports_every_row_with_figures(dry_run: tuple[dict, str]) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 def test_dry_run_rows_measure_the_same_work(dry_run: tuple[dict, str]) -> None:
     rows = {(r["model"], r["id"]): r for r in dry_run[0]["rows"]}
     for model in ("paraformer-tiny", "sensevoice-tiny"):
@@ -137,6 +139,7 @@ def test_dry_run_rows_measure_the_same_work(dry_run: tuple[dict, str]) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 def test_dry_run_oom_split_finishes_every_item(dry_run: tuple[dict, str]) -> None:
     oom = next(r for r in dry_run[0]["rows"] if r["id"] == "f_oom_split")
     assert oom["simulated"] is True  # a real CUDA OOM needs the GPU run
@@ -146,6 +149,7 @@ def test_dry_run_oom_split_finishes_every_item(dry_run: tuple[dict, str]) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.gpu
 def test_a_precision_that_fails_is_reported_and_rerun_in_fp32(
     tmp_path: Path, models_dir: Path
 ) -> None:

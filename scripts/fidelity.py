@@ -262,7 +262,7 @@ class ServiceLogic:
     """``TranscriptionService`` over the plain FsmnVad and recognizer classes."""
 
     def __init__(self, config_path: Path, cpu_threads: int) -> None:
-        from serve_app.config import AudioSettings, load_app_config, resolve_models_dir
+        from serve_app.config import load_app_config, resolve_models_dir
         from serve_app.recognizers.factory import build_recognizer
         from serve_app.vad.detectors import FsmnVad
 

@@ -4,13 +4,11 @@ VAD segments, and the context every row reads."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from scripts.common.audio import wav_bytes
+from serve_app.recognizers.funasr_loader import contained_funasr_side_effects
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_RATE_HZ = 16_000
@@ -43,22 +42,9 @@ class Budget:
         return self.seconds - self.elapsed()
 
 
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """FunASR prints notices and reconfigures the root logger: keep stdout for the table."""
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    if not handlers:
-        root.addHandler(logging.NullHandler())
-    buf = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf):
-            yield
-    finally:
-        for handler in root.handlers[:]:
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
+# FunASR prints notices and reconfigures the root logger: the loader's guard keeps stdout
+# for the table (its prints are re-logged).
+quiet = contained_funasr_side_effects
 
 
 def sync(device: str) -> None:

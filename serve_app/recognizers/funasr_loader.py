@@ -59,7 +59,7 @@ class LoadedFunAsrModel:
 
 
 @contextlib.contextmanager
-def _contained_funasr_side_effects() -> Iterator[None]:
+def contained_funasr_side_effects() -> Iterator[None]:
     """Keep FunASR from reconfiguring logging and printing to stdout.
 
     Importing funasr calls ``logging.basicConfig(level=INFO)`` (``funasr/bin/realtime_ws.py``)
@@ -99,7 +99,7 @@ def _env_flag(name: str) -> bool:
 
 def _hub_model_id(model_ref: str, hub: str) -> str:
     """FunASR's short aliases ("paraformer-zh", "fsmn-vad") -> full hub ids."""
-    with _contained_funasr_side_effects():
+    with contained_funasr_side_effects():
         from funasr.download.name_maps_from_hub import name_maps_hf, name_maps_ms
 
     names = name_maps_hf if hub in ("hf", "huggingface") else name_maps_ms
@@ -316,7 +316,7 @@ def load_funasr_model(
         )
 
     try:
-        with _contained_funasr_side_effects():
+        with contained_funasr_side_effects():
             module, kwargs = load_with_funasr(build)
     except RuntimeError as exc:
         if folder is None and "is not registered" in str(exc):

@@ -115,7 +115,7 @@ SPAN_TIME_TOLERANCE_S = 0.5
 def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir):
     """TranscriptionService (the Serve ingress logic) over the same plain VAD and
     recognizer classes gives the same text and segments as the job."""
-    from serve_app.config import AudioSettings, resolve_models_dir
+    from serve_app.config import resolve_models_dir
     from serve_app.core.audio import decode_audio, read_audio_bytes
     from serve_app.online.service import ModelRoute, TranscriptionService
     from serve_app.recognizers.factory import build_recognizer

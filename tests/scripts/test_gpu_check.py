@@ -20,7 +20,7 @@ import pytest
 from scripts.gpu_check import cli, prepare
 from scripts.gpu_check.rows import run_row
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 PARAFORMER_ROWS = (
     "precision_probe",

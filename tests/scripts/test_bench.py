@@ -24,7 +24,7 @@ from serve_app.tools import tune_batch as tune
 from serve_app.tools import tune_sweep
 from tests.speech import requires_espeak
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow

@@ -1,27 +1,17 @@
-"""Autoscaling shown, not claimed: ramp load on the Serve app and record the recognizer's
-replica count going up and back down within its bounds.
+"""Autoscaling shown, not claimed: the recognizer's replicas going up under a load ramp and
+back down after, within their bounds.
 
-Starts a local Ray (no dashboard, token auth off), deploys ``serve_app.online.app:build_app``
-with ``ray_configs/serve.yaml``'s real CPU models (FSMN-VAD + Whisper tiny.en) and an
-autoscaling recognizer (1-3 replicas, ``num_cpus: 0`` so three fit on two cores), then
-
-1. ramps concurrent clients (loopback only) through a fixed schedule, each sending a
-   short multi-sentence WAV (espeak-ng speech: several VAD segments per request),
-2. stops the load and waits for the recognizer to scale back down to its minimum,
-
-printing one line a second: time, clients, HTTP requests in flight and done, what Serve's
-autoscaler sees for the recognizer (its ongoing segments, summed over replicas and
-callers, and the replica count it wants: ``serve_autoscaling_total_requests`` and
-``serve_autoscaling_desired_replicas`` from Ray's metrics endpoint), and the recognizer's
-RUNNING (and STARTING/STOPPING) replicas from ``serve.status()``. Everything is
-bounded in time (about 4-6 minutes on 2 cores) and stops by itself. Exit status 0 only if
-the recognizer scaled up, came back down to its minimum, and never left its bounds.
+Deploys ``ray_configs/serve.yaml``'s CPU models (FSMN-VAD + Whisper tiny.en) on a local
+Ray with an autoscaling recognizer (1-3 replicas of ``num_cpus: 0``, so three fit on two
+cores; ``target_ongoing_requests`` = ``max_batch_items`` = 4: a replica holds one full
+batch before Serve adds the next, the production rule at a small scale), ramps clients
+posting a 3-sentence espeak-ng WAV through a fixed schedule, stops, and waits for the
+scale-down. One line a second: clients, requests in flight / done / failed, what Serve's
+autoscaler sees (``serve_autoscaling_total_requests`` and ``..._desired_replicas`` from
+Ray's metrics endpoint) and the RUNNING replicas. About 4-6 minutes on 2 cores; exit 0
+only if it scaled up, came back to its minimum and never left its bounds.
 
     python -m scripts.autoscale_demo [--max-clients 12] [--step-s 25]
-
-The recognizer's autoscaling here follows the production rule at a small scale:
-``target_ongoing_requests`` = ``max_batch_items`` (4): a replica is asked to hold one full
-batch of segments before Serve adds the next replica.
 """
 
 from __future__ import annotations
@@ -59,7 +49,6 @@ MAX_BATCH_ITEMS = 4
 AUTOSCALING = {
     "min_replicas": MIN_REPLICAS,
     "max_replicas": MAX_REPLICAS,
-    # One full batch per replica before scaling out (see the module docstring).
     "target_ongoing_requests": MAX_BATCH_ITEMS,
     "upscale_delay_s": 3,
     "downscale_delay_s": 15,
@@ -91,25 +80,27 @@ def demo_app_config(models_dir: str | None) -> dict:
     return args
 
 
+def metric_lines(metrics_url: str, timeout_s: float = 2) -> list[str]:
+    """The lines of Ray's Prometheus endpoint ([] while it cannot be read)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout_s) as response:
+            return response.read().decode().splitlines()
+    except OSError:
+        return []
+
+
 def autoscaler_view(metrics_url: str, deployment: str) -> tuple[str, str]:
     """(total requests, desired replicas) of ``deployment`` as Serve's autoscaler exported
     them last; "-" before the first export."""
-    import urllib.request
-
     values = {}
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=2) as response:
-            lines = response.read().decode().splitlines()
-    except OSError:
-        return "-", "-"
-    for line in lines:
+    for line in metric_lines(metrics_url):
         for name in ("total_requests", "desired_replicas"):
             prefix = f"ray_serve_autoscaling_{name}{{"
             if line.startswith(prefix) and f'deployment="{deployment}"' in line:
-                values[name] = float(line.rsplit(" ", 1)[1])
-    return tuple(  # type: ignore[return-value]
-        f"{values[n]:.1f}" if n in values else "-" for n in ("total_requests", "desired_replicas")
-    )
+                values[name] = f"{float(line.rsplit(' ', 1)[1]):.1f}"
+    return values.get("total_requests", "-"), values.get("desired_replicas", "-")
 
 
 def replica_counts(serve, deployment: str) -> dict[str, int]:
@@ -216,7 +207,7 @@ async def run(args: argparse.Namespace) -> int:
         if scaled_down_at is not None
         else f"# summary: peak RUNNING={max_running}, never scaled back down to {MIN_REPLICAS}"
     )
-    for line in _metric_names(ray):
+    for line in metric_names(metrics_url):
         print(line)
     serve.delete(APP_NAME)
     ok = scaled_up and scaled_down_at is not None and not out_of_bounds
@@ -227,27 +218,15 @@ async def run(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _metric_names(ray) -> list[str]:
-    """The Prometheus names our metrics and Serve's get on this node's metrics endpoint."""
-    import urllib.request
-
-    try:
-        port = ray.nodes()[0]["MetricsExportPort"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-            text = r.read().decode()
-    except (OSError, KeyError, IndexError) as error:  # informational only
-        return [f"# metrics endpoint not read: {error}"]
-    names = sorted(
-        {
-            line.split("{")[0].split(" ")[0]
-            for line in text.splitlines()
-            if line and not line.startswith("#")
-        }
-    )
+def metric_names(metrics_url: str) -> list[str]:
+    """The Prometheus names our metrics and Serve's get on this node's endpoint."""
+    lines = metric_lines(metrics_url, timeout_s=10)
+    names = {line.split("{")[0].split(" ")[0] for line in lines if line[:1] not in ("", "#")}
+    names = sorted(names)
     ours = [n for n in names if "asr_" in n]
     serve_names = [n for n in names if "serve_" in n]
     return [
-        f"# metrics on :{port}/metrics: {len(ours)} asr_* series names: {' '.join(ours)}",
+        f"# metrics on {metrics_url}: {len(ours)} asr_* series names: {' '.join(ours)}",
         f"# {len(serve_names)} serve_* names, e.g. {' '.join(serve_names[:12])}",
     ]
 

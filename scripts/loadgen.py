@@ -1,15 +1,9 @@
 """Load generator: RTFx, latency percentiles and batch sizes at a given concurrency.
 
-Sends each audio file of a corpus to ``/v1/audio/transcriptions`` from C concurrent
-clients (bounded: every file once per repeat, then it stops), and prints
-
-- RTFx: seconds of audio transcribed per wall-clock second,
-- p50/p95/p99 request latency,
-- the recognizer's dynamic batch-size distribution over the run (from ``/v1/stats``),
-- padding efficiency (real audio / padded audio),
-- WER against the corpus's reference texts when they are known.
-
-With no ``--audio-dir`` it speaks a corpus with espeak-ng (known text, so WER is real).
+Each file of a corpus goes once (per repeat) to the transcriptions route from C clients;
+printed: RTFx (audio s per wall s), p50/p95/p99 latency, the recognizer's batch sizes and
+padding efficiency over the run (``/v1/stats``), and the WER where the text is known (the
+default corpus is spoken by espeak-ng; ``--audio-dir`` sends files as they are).
 
     python -m scripts.loadgen --url http://127.0.0.1:8000 --concurrency 16 --model whisper-tiny.en
 """

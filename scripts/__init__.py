@@ -7,7 +7,7 @@
     soak            memory of every service process under hours of load
     autoscale_demo  the recognizer scaling up and back down under a load ramp
     restart_under_load  config updates and a graceful stop: nothing in flight may fail
-    punctuation_cost, diarization_throughput   what a stage costs under load (A/B rounds)
+    stage_cost      what punctuation or diarization costs under load (A/B rounds)
     fidelity        WER and dropped sentences against faster-whisper's own transcribe
     language_eval   language detection and WER per language against faster-whisper
     vad_pauses      pauses the VAD misses, cuts in speech, VAD CPU per audio hour

@@ -7,8 +7,7 @@ separated by 0.4-1.2 s pauses; one quick exchange of short replies ("Okay.", "Su
 those of the synthesized speech itself (each utterance trimmed of espeak's own leading
 and trailing silence), so they are exact.
 
-Used by ``scripts/diarization_eval.py``, ``scripts/diarization_throughput.py`` and the
-speaker tests.
+Used by ``scripts/diarization_eval.py``, ``scripts/stage_cost.py`` and the speaker tests.
 """
 
 from __future__ import annotations

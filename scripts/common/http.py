@@ -2,7 +2,7 @@
 
 - :func:`run_closed`: every file once (per repeat) from C clients draining a queue, the
   recognizer's ``/v1/stats`` before and after: the throughput figure (loadgen, the
-  benchmark's rows 3 and 4, the A/B rounds of punctuation_cost and diarization_throughput).
+  benchmark's rows 3 and 4, the A/B rounds of stage_cost).
 - a burst: every request at once, ``asyncio.gather`` of :func:`send` (overload).
 - :class:`LoopedLoad`: clients posting in a loop until stopped, their number changeable
   while they run, each answer tagged with the phase it started in (soak, autoscale demo,

@@ -181,7 +181,7 @@ def test_diarized_srt_vtt_and_speaker_text(http, tmp_path):
 
 
 def test_diarization_throughput_script_smoke(asr_url, capsys):
-    from scripts import diarization_throughput as script
+    from scripts import stage_cost as script
 
     argv = ["--url", asr_url, "--files", "2", "--concurrency", "2", "--rounds", "1"]
     assert script.main([*argv, "--turns", "4"]) == 0  # every talker twice

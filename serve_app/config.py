@@ -379,6 +379,33 @@ class RetrySettings(Strict):
         return base * (1.0 - self.jitter * rand)
 
 
+class RealtimeSettings(Strict):
+    """Live sessions over websockets (serve_app.online.realtime): ``/v1/realtime`` (OpenAI's
+    realtime transcription protocol) and ``/funasr`` (FunASR's runtime protocol)."""
+
+    enabled: bool = True
+    # Sessions one ingress replica holds; one more is refused (too_many_sessions, 1013).
+    max_sessions: int = Field(64, gt=0)
+    # A session with no client event for this long, and no decode waiting, is closed.
+    idle_timeout_s: float = Field(120.0, gt=0)
+    # Partial text while someone speaks: the utterance so far, every this many seconds of
+    # audio, as a low-priority recognizer item (a newer one replaces a queued older one).
+    partials: bool = True
+    partial_interval_s: float = Field(0.8, gt=0, le=5)
+    partial_timeout_s: float = Field(5.0, gt=0)
+    # Turn detection: speech windows needed before a start counts (clicks are no turns),
+    # and the longest turn (cut at its deepest pause: one utterance fits one batch item).
+    min_speech_ms: int = Field(160, ge=32)
+    max_turn_s: float = Field(28.0, ge=2, le=30)
+    # Manual commits (turn_detection null): audio held before a commit.
+    max_buffer_s: float = Field(300.0, gt=0)
+    # One client message (OpenAI's own limit is 15 MiB), events queued for a client that
+    # does not read (then the session is closed), utterances decoding at once per session.
+    max_event_bytes: int = Field(15 * 1024 * 1024, gt=0)
+    max_queued_events: int = Field(1024, gt=0)
+    max_pending_finals: int = Field(8, gt=0)
+
+
 class IngressSettings(Strict):
     """The HTTP ingress (serve_app.online.ingress), which gets this section as it is."""
 
@@ -391,6 +418,7 @@ class IngressSettings(Strict):
     # model's capabilities (Kubernetes probes need a timeout above this).
     health_timeout_s: float = Field(5.0, gt=0)
     retry: RetrySettings = RetrySettings()
+    realtime: RealtimeSettings = RealtimeSettings()
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
 
 

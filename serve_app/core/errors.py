@@ -75,6 +75,12 @@ class OverloadedError(AsrError):
         self.retry_after_s = retry_after_s
 
 
+class TooManySessionsError(OverloadedError):
+    """An ingress replica already holds its maximum of live sessions."""
+
+    code = "too_many_sessions"
+
+
 class UnauthorizedError(AsrError):
     """Missing or wrong API key (``Authorization: Bearer ...``)."""
 

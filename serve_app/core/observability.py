@@ -148,6 +148,14 @@ def gauge(name: str, description: str, tag_keys=()):
         return _Noop()
 
 
+def live_sessions():
+    return gauge(
+        "asr_live_sessions",
+        "Live websocket sessions open on this ingress replica",
+        tag_keys=("protocol",),
+    )
+
+
 def admission_queued_audio_s():
     return gauge(
         "asr_admission_queued_audio_s",

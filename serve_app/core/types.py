@@ -42,6 +42,12 @@ class SegmentJob:
     options: RecognitionOptions = RecognitionOptions()
     deadline_unix_s: float | None = None
     request_id: str | None = None
+    # 0: a file's segment or a live utterance's final. 1: a live partial, which a
+    # recognizer queue runs only when a forward has room after every priority-0 item.
+    priority: int = 0
+    # A queued item with the same key is dropped when this one arrives (a newer partial
+    # of the same utterance replaces the older one).
+    coalesce_key: str | None = None
 
     @property
     def duration_s(self) -> float:

@@ -62,6 +62,15 @@ class QueuedItem(Generic[JobT]):
         deadline = self.job.deadline_unix_s
         return deadline is not None and now_unix_s >= deadline
 
+    @property
+    def background(self) -> bool:
+        """A low-priority item (a live partial): it only fills room left in a forward."""
+        return getattr(self.job, "priority", 0) > 0
+
+    @property
+    def coalesce_key(self) -> str | None:
+        return getattr(self.job, "coalesce_key", None)
+
 
 def batch_cost_s(items: list[QueuedItem]) -> float:
     # Must never raise (an exception here kills Serve's batching task): plain attribute sums.
@@ -94,35 +103,63 @@ class Coalescer:
     async def submit(self, items: list[QueuedItem]) -> list[Any]:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
+        for item in items:
+            if item.coalesce_key is not None:
+                self._supersede(item.coalesce_key)
         self._pending.extend(zip(items, futures))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
         return list(await asyncio.gather(*futures))
 
+    def _supersede(self, key: str) -> None:
+        """A newer item with ``key`` arrived: a queued older one is dropped unrun."""
+        for item, future in self._pending:
+            if item.coalesce_key == key and not future.done():
+                item.cancelled = True
+                future.set_result(DeadlineExceededError("replaced by a newer item"))
+                self._dropped("superseded")
+
     def _take(self) -> list[tuple[QueuedItem, asyncio.Future]]:
+        """The next forward: queued items in arrival order up to the capacity, then
+        background items (live partials) while room is left. An item that does not fit
+        ends the priority-0 part (arrival order is kept), never a smaller one after it."""
         batch: list[tuple[QueuedItem, asyncio.Future]] = []
+        background: list[tuple[QueuedItem, asyncio.Future]] = []
+        kept: list[tuple[QueuedItem, asyncio.Future]] = []
         used_s = 0.0
+        full = False
         now_unix_s = self._clock()
         while self._pending:
-            item, future = self._pending[0]
+            item, future = self._pending.popleft()
             if future.done() or item.cancelled:  # cancelled: the client went away
-                self._pending.popleft()
                 if not future.done():
                     future.set_result(DeadlineExceededError("the request was cancelled"))
-                self._dropped("cancelled")
+                    self._dropped("cancelled")
+                elif not item.cancelled:
+                    self._dropped("cancelled")
                 continue
             if item.expired(now_unix_s):  # its request already answered 504: skip the work
-                self._pending.popleft()
                 future.set_result(
                     DeadlineExceededError("the request's deadline passed before its item ran")
                 )
                 self._dropped("deadline")
                 continue
-            if batch and used_s + item.cost_s > self.capacity_s:
-                break
-            batch.append(self._pending.popleft())
-            used_s += item.cost_s
+            if item.background:
+                background.append((item, future))
+            elif full or (batch and used_s + item.cost_s > self.capacity_s):
+                full = True
+                kept.append((item, future))
+            else:
+                batch.append((item, future))
+                used_s += item.cost_s
+        for item, future in background:
+            if not full and (not batch or used_s + item.cost_s <= self.capacity_s):
+                batch.append((item, future))
+                used_s += item.cost_s
+            else:
+                kept.append((item, future))
+        self._pending.extend(kept)
         return batch
 
     def _dropped(self, reason: str) -> None:

@@ -48,10 +48,12 @@ from serve_app.online.admission import (
 )
 from serve_app.online.auth import ApiKeys
 from serve_app.online.cache import build_cache
+from serve_app.online.realtime.ingress_live import IngressLive
 from serve_app.online.retry import call_with_retries
 from serve_app.online.routes import build_http_app
 from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.online.transcription import TranscriptionEndpoint
+from serve_app.vad import streaming as streaming_vad
 
 logger = logging.getLogger("serve_app.ingress")
 
@@ -136,6 +138,23 @@ class IngressServer:
             diarization_settings=options.diarization_settings,
             channels=options.channels,
         )
+        # Live sessions (websockets): finals through the same service, partials as
+        # low-priority items of the same recognizer queues.
+        realtime = options.settings.realtime
+        self.live: IngressLive | None = None
+        if realtime.enabled:
+            self.live = IngressLive(
+                settings=realtime,
+                service=self._service,
+                admission=self._admission,
+                partial_calls={n: _remote_call(h, "transcribe") for n, h in recognizers.items()},
+                request_timeout_s=options.settings.request_timeout_s,
+                publish=self._publish,
+            )
+            try:  # the Silero VAD every session's turn detection shares: loaded now
+                streaming_vad.load_model()
+            except Exception as exc:
+                logger.warning("live sessions will fail: no streaming VAD (%r)", exc)
         self._transcriptions = TranscriptionEndpoint(
             service=self._service,
             options=options,

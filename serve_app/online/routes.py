@@ -9,7 +9,10 @@ Routes (below the app's route prefix):
 - ``GET /v1/stats``, ``GET /v1/system``, ``GET``/``POST /v1/tune``;
 - ``GET /`` and ``/ui/...``: the web UI's static files (no key: a browser cannot send one
   for a page load; every API call the page makes carries it);
-- ``GET /docs`` and ``/openapi.json``: this API's documentation (no key, like the UI).
+- ``GET /docs`` and ``/openapi.json``: this API's documentation (no key, like the UI);
+- websockets (serve_app.online.realtime): ``/v1/realtime`` (OpenAI's realtime
+  transcription protocol) and ``/funasr`` (FunASR's runtime protocol; also at ``/``,
+  where FunASR's clients connect by default).
 
 :func:`build_http_app` builds one app around one ingress replica (``IngressApi``), so the
 routes are plain closures, a test serves the app in-process with Starlette's TestClient,
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, WebSocket
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -48,6 +51,8 @@ from serve_app.online.http_errors import (
     request_id_of,
     route_path,
 )
+from serve_app.online.realtime import KEY_SUBPROTOCOL_PREFIX, serve_socket
+from serve_app.online.realtime.backend import LiveBackend
 
 Task = Literal["transcribe", "translate"]
 DOCS_URL = "/docs"
@@ -97,6 +102,10 @@ class IngressApi(Protocol):
     api_keys: ApiKeys
     health_paths: tuple[str, ...]
 
+    @property
+    def live(self) -> LiveBackend | None:
+        """Live sessions (serve_app.online.realtime); None: no websocket routes."""
+
     def static_ui(self) -> ui.StaticUi: ...
 
     async def transcribe(self, request: Request, task: Task) -> Response: ...
@@ -123,6 +132,8 @@ def build_http_app(server: IngressApi) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(_api_router(server))
+    if server.live is not None:
+        app.include_router(_live_router(server.live))
     app.include_router(_ui_router(server))
     app.add_middleware(BeforeRouting, api_keys=server.api_keys)
     _document_bearer_keys(app)
@@ -211,6 +222,21 @@ def _api_router(server: IngressApi) -> APIRouter:
     return router
 
 
+def _live_router(live: LiveBackend) -> APIRouter:
+    router = APIRouter()
+
+    @router.websocket("/v1/realtime")
+    async def realtime(websocket: WebSocket) -> None:
+        await serve_socket(websocket, live, "openai")
+
+    async def funasr(websocket: WebSocket) -> None:
+        await serve_socket(websocket, live, "funasr")
+
+    for path in ("/funasr", "/"):
+        router.add_api_websocket_route(path, funasr)
+    return router
+
+
 def _ui_router(server: IngressApi) -> APIRouter:
     router = APIRouter(route_class=OpenAIErrorRoute, include_in_schema=False)
 
@@ -241,8 +267,9 @@ class BeforeRouting:
     - the request gets its id (``X-Request-Id`` or a new one, serve_app.online.http_errors);
     - with API keys configured, every path but the probes, the UI's files and the docs
       needs ``Authorization: Bearer <key>``: a 401 in OpenAI's shape otherwise, for unknown
-      paths too (a 404 would map the API). A websocket without a key is closed before it is
-      accepted (code 1008; the handshake answers 403).
+      paths too (a 404 would map the API). A websocket may carry its key as the
+      subprotocol ``openai-insecure-api-key.<key>`` instead (browsers cannot set headers);
+      one without a key is closed before it is accepted (1008; the handshake answers 403).
     """
 
     def __init__(self, app: ASGIApp, api_keys: ApiKeys) -> None:
@@ -258,7 +285,7 @@ class BeforeRouting:
         request_id = request_id_of(scope)
         if not _open_without_key(scope, path):
             try:
-                self._api_keys.check(path, Headers(scope=scope).get("authorization"))
+                self._api_keys.check(path, _authorization(scope))
             except UnauthorizedError as exc:
                 observability.errors_total().inc(tags={"kind": exc.code, "stage": "auth"})
                 if scope["type"] == "websocket":
@@ -269,6 +296,16 @@ class BeforeRouting:
                 await denied(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _authorization(scope: Scope) -> str | None:
+    headers = Headers(scope=scope)
+    value = headers.get("authorization")
+    if value is None and scope["type"] == "websocket":
+        for name in scope.get("subprotocols") or ():
+            if name.startswith(KEY_SUBPROTOCOL_PREFIX):
+                return "Bearer " + name[len(KEY_SUBPROTOCOL_PREFIX) :]
+    return value
 
 
 def _open_without_key(scope: Scope, path: str) -> bool:

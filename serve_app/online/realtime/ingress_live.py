@@ -1,0 +1,108 @@
+"""The ingress side of live sessions (:class:`LiveBackend` over the replica's handles).
+
+- A final is the utterance sent through the file pipeline (``TranscriptionService``: VAD
+  segments, recognizer items with retries, re-decode coverage, punctuation), charged to
+  the model's admission queue like an upload: the same items, batched with every file
+  request and every other session's finals, and the same text as the file path.
+- A partial is one recognizer item of the utterance so far, sent with ``priority=1`` and a
+  ``coalesce_key`` (the session and item): the recognizer's queue runs it only when a
+  forward has room after every normal item, and a newer partial of the same utterance
+  replaces a queued older one. It is not retried and not charged to admission: a partial
+  lost under load is just skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+
+import numpy as np
+
+from serve_app.config import RealtimeSettings
+from serve_app.core import observability
+from serve_app.core.audio import SAMPLE_RATE_HZ, DecodedAudio
+from serve_app.core.errors import OverloadedError
+from serve_app.core.pipeline import merge_options
+from serve_app.core.transcript import Transcription
+from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscript
+from serve_app.online import request_scope
+from serve_app.online.admission import AdmissionController
+from serve_app.online.realtime.backend import SessionSlots
+from serve_app.online.service import TranscriptionService
+
+PartialCall = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
+
+
+class IngressLive:
+    def __init__(
+        self,
+        *,
+        settings: RealtimeSettings,
+        service: TranscriptionService,
+        admission: Mapping[str, AdmissionController],
+        partial_calls: Mapping[str, PartialCall],
+        request_timeout_s: float,
+        publish: Callable[[str], None] = lambda model: None,
+    ) -> None:
+        self.settings = settings
+        self._service = service
+        self._admission = admission
+        self._partial_calls = partial_calls
+        self._request_timeout_s = request_timeout_s
+        self._publish = publish
+        self.slots = SessionSlots(settings.max_sessions)
+
+    def resolve_model(self, model: str | None) -> str:
+        return self._service.route(model).name
+
+    def session_slot(self) -> contextlib.AbstractContextManager[None]:
+        return self.slots.slot()
+
+    async def decode_final(
+        self, samples: np.ndarray, *, model: str, options: RecognitionOptions
+    ) -> Transcription:
+        audio = DecodedAudio(samples, SAMPLE_RATE_HZ, "live/pcm_f32")
+        controller = self._admission[model]
+        try:
+            ticket = controller.admit(audio.duration_s)
+        except OverloadedError:
+            observability.admission_rejections_total().inc(tags={"model": model, "stage": "live"})
+            raise
+        self._publish(model)
+        deadline_unix_s = time.time() + self._request_timeout_s
+        scope = request_scope.RequestScope(deadline_unix_s, ticket, model)
+        token = request_scope.CURRENT.set(scope)
+        try:
+            return await self._service.transcribe(
+                audio,
+                model=model,
+                options=options,
+                deadline_unix_s=deadline_unix_s,
+                request_id="live-" + uuid.uuid4().hex[:16],
+            )
+        finally:
+            request_scope.CURRENT.reset(token)
+            ticket.close()
+            self._publish(model)
+
+    async def decode_partial(
+        self, samples: np.ndarray, *, model: str, options: RecognitionOptions, key: str
+    ) -> str | None:
+        if len(samples) == 0:
+            return None
+        route = self._service.route(model)
+        max_s = self.settings.max_turn_s
+        if len(samples) > max_s * SAMPLE_RATE_HZ:
+            samples = samples[-int(max_s * SAMPLE_RATE_HZ) :]
+        job = SegmentJob(
+            np.ascontiguousarray(samples, dtype=np.float32),
+            options=merge_options(route.default_options, options),
+            deadline_unix_s=time.time() + self.settings.partial_timeout_s,
+            request_id=key,
+            priority=1,
+            coalesce_key=key,
+        )
+        result = await self._partial_calls[model](job)
+        return result.text

@@ -1,0 +1,362 @@
+"""One live session, whatever its wire protocol: audio in, utterances out.
+
+A :class:`LiveSession` takes 16 kHz float32 audio as it arrives, runs its own streaming VAD
+(:class:`~serve_app.vad.streaming.SileroStream`, one state per session) and turn detection
+(:mod:`serve_app.core.turns`), keeps only the audio of the utterance in progress (plus the
+prefix padding), and at a turn's end (or a manual commit) hands the utterance to
+``decode_final``: the ingress runs it through the file pipeline, so its segments are
+ordinary items of the recognizer's cross-request batches and its text is what the same
+audio sent as a file returns. While speech goes on, the utterance so far goes to
+``decode_partial`` every ``partial_interval_s`` of audio (one in flight per session; the
+ingress sends it as a low-priority item that a newer partial replaces in the queue).
+
+What it reports goes to ``emit`` as :class:`LiveEvent` values, in order; finals of one
+session are reported in utterance order even when a later one finishes first. Nothing
+here knows the wire format (serve_app.online.realtime.openai_ws, .funasr_ws) or Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from serve_app.core.audio import SAMPLE_RATE_HZ
+from serve_app.core.errors import AsrError, InternalError, InvalidRequestError
+from serve_app.core.transcript import Transcription
+from serve_app.core.turns import TurnDetector, TurnEvent, TurnSettings
+
+logger = logging.getLogger(__name__)
+
+_PER_MS = SAMPLE_RATE_HZ // 1000
+# Audio kept after the end of speech in a committed turn (the file pipeline's VAD pads
+# segments by itself; this only keeps a word's tail the turn detector called silence).
+END_PAD_MS = 200
+
+FinalFn = Callable[[np.ndarray], Awaitable[Transcription]]
+PartialFn = Callable[[np.ndarray, str], Awaitable[str | None]]
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    """``kind``: started, stopped, committed, cleared, partial, final, failed."""
+
+    kind: Literal["started", "stopped", "committed", "cleared", "partial", "final", "failed"]
+    item_id: str = ""
+    at_ms: int = 0  # started/stopped: stream time; committed/final: the utterance's start
+    end_ms: int = 0  # committed/final: the utterance's end (stream time)
+    previous_item_id: str | None = None
+    text: str = ""
+    transcription: Transcription | None = None
+    error: AsrError | None = None
+
+
+Emit = Callable[[LiveEvent], Awaitable[None]]
+
+
+@dataclass
+class _Utterance:
+    item_id: str
+    start_ms: int
+    pad_ms: int = 0  # audio kept before start_ms (prefix padding of a detected start)
+    final_emitted: bool = False
+    partial_task: asyncio.Task | None = None
+    last_partial_ms: int = 0
+    partial_text: str = ""
+
+
+@dataclass
+class SessionLimits:
+    partial_interval_s: float = 0.8
+    max_buffer_s: float = 300.0  # manual commits: audio held before a commit
+    max_pending_finals: int = 8  # utterances decoding at once (more: the newest fails)
+
+
+@dataclass
+class LiveSession:
+    decode_final: FinalFn
+    decode_partial: PartialFn | None
+    emit: Emit
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    # None: manual commits only (OpenAI's turn_detection null).
+    turns: TurnSettings | None = field(default_factory=TurnSettings)
+    make_vad: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._stream_ms = 0.0  # audio received, in ms (fractional: 24 kHz chunks)
+        self._chunks: list[np.ndarray] = []
+        self._buffer_start_sample = 0  # stream sample index of self._chunks[0][0]
+        self._buffered = 0
+        self._received = 0  # samples received in all
+        self._vad: Any = None
+        self._detector: TurnDetector | None = None
+        self._utterance: _Utterance | None = None
+        self._previous_item_id: str | None = None
+        self._finals: list[asyncio.Task] = []
+        self._emit_lock = asyncio.Lock()
+        self._last_emitted: asyncio.Future | None = None
+        self.configure(self.turns)
+
+    # -- settings ------------------------------------------------------------------------
+
+    def configure(self, turns: TurnSettings | None) -> None:
+        """Turn detection on (with these settings) or off; audio and items are kept."""
+        self.turns = turns
+        if turns is None:
+            self._vad = self._detector = None
+            return
+        from serve_app.vad.streaming import WINDOW_MS, SileroStream
+
+        self._vad = self.make_vad() if self.make_vad else SileroStream()
+        self._detector = TurnDetector(turns, window_ms=WINDOW_MS)
+        self._detector.position_ms = int(self._received / _PER_MS) // WINDOW_MS * WINDOW_MS
+
+    @property
+    def pending_finals(self) -> int:
+        return sum(not task.done() for task in self._finals)
+
+    @property
+    def busy(self) -> bool:
+        """A decode of this session is queued or running (the idle timeout waits)."""
+        utterance = self._utterance
+        task = utterance.partial_task if utterance is not None else None
+        return self.pending_finals > 0 or (task is not None and not task.done())
+
+    # -- audio in ------------------------------------------------------------------------
+
+    async def append(self, samples: np.ndarray) -> None:
+        if len(samples) == 0:
+            return
+        self._chunks.append(np.asarray(samples, np.float32))
+        self._buffered += len(samples)
+        self._received += len(samples)
+        if self._detector is None:
+            if self._utterance is None:
+                self._utterance = _Utterance(
+                    _new_item_id(), self._sample_ms(self._received - len(samples))
+                )
+            if self._buffered > self.limits.max_buffer_s * SAMPLE_RATE_HZ:
+                self._drop_oldest(self._buffered - int(self.limits.max_buffer_s * SAMPLE_RATE_HZ))
+                raise InvalidRequestError(
+                    f"the input audio buffer is over {self.limits.max_buffer_s:.0f} s: its "
+                    "oldest audio was dropped; commit more often",
+                    param="audio",
+                )
+            return
+        assert self._vad is not None
+        for event in self._detector.push(list(self._vad.push(samples))):
+            await self._turn_event(event)
+        if self._utterance is None and self._detector.in_turn is False:
+            self._keep_from_ms(self._detector.position_ms - self.turns.prefix_padding_ms)  # type: ignore[union-attr]
+        elif self._utterance is None and self._detector.in_turn:
+            self._keep_from_ms(self._detector.turn_start_ms - self.turns.prefix_padding_ms)  # type: ignore[union-attr]
+        self._maybe_partial()
+
+    async def _turn_event(self, event: TurnEvent) -> None:
+        assert self.turns is not None
+        if event.kind == "started":
+            self._utterance = _Utterance(
+                _new_item_id(), event.at_ms, pad_ms=self.turns.prefix_padding_ms
+            )
+            self._utterance.last_partial_ms = event.at_ms
+            await self._emit(LiveEvent("started", self._utterance.item_id, at_ms=event.at_ms))
+        elif event.kind == "stopped" and self._utterance is not None:
+            await self._emit(LiveEvent("stopped", self._utterance.item_id, at_ms=event.at_ms))
+            await self._commit(event.at_ms + END_PAD_MS)
+        elif event.kind == "cut" and self._utterance is not None:
+            await self._commit(event.at_ms)
+            self._utterance = _Utterance(_new_item_id(), event.at_ms, last_partial_ms=event.at_ms)
+
+    async def commit(self) -> str:
+        """The client's commit: the audio so far is one utterance (even mid-speech)."""
+        if self._buffered == 0 or self._utterance is None:
+            raise InvalidRequestError(
+                "the input audio buffer holds no speech to commit", param="input_audio_buffer"
+            )
+        item_id = self._utterance.item_id
+        await self._commit(self._sample_ms(self._received))
+        if self._detector is not None:
+            self._detector.reset()
+        return item_id
+
+    async def clear(self) -> None:
+        """Drop the buffered audio and the utterance in progress."""
+        if self._utterance is not None and self._utterance.partial_task is not None:
+            self._utterance.partial_task.cancel()
+        self._utterance = None
+        self._drop_oldest(self._buffered)
+        if self._detector is not None:
+            self._detector.reset()
+        await self._emit(LiveEvent("cleared"))
+
+    async def finish(self) -> None:
+        """End of input (FunASR's ``is_speaking: false``): commit what is left, wait for
+        every final to be reported."""
+        if self._utterance is not None and self._buffered:
+            await self._commit(self._sample_ms(self._received))
+        if self._finals:
+            await asyncio.gather(*self._finals, return_exceptions=True)
+
+    async def close(self) -> None:
+        """The client left: cancel every decode of this session and drop its audio."""
+        tasks = list(self._finals)
+        if self._utterance is not None and self._utterance.partial_task is not None:
+            tasks.append(self._utterance.partial_task)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._finals.clear()
+        self._chunks.clear()
+        self._buffered = 0
+        self._utterance = None
+        self._vad = None
+
+    # -- utterances ----------------------------------------------------------------------
+
+    async def _commit(self, end_ms: int) -> None:
+        utterance = self._utterance
+        assert utterance is not None
+        self._utterance = None
+        if utterance.partial_task is not None:
+            utterance.partial_task.cancel()  # its queued item is dropped, not decoded
+        start_ms = max(0, utterance.start_ms - utterance.pad_ms)
+        samples = self._slice_ms(start_ms, end_ms)
+        self._keep_from_ms(end_ms)
+        previous, self._previous_item_id = self._previous_item_id, utterance.item_id
+        await self._emit(
+            LiveEvent(
+                "committed",
+                utterance.item_id,
+                at_ms=start_ms,
+                end_ms=end_ms,
+                previous_item_id=previous,
+            )
+        )
+        if self.pending_finals >= self.limits.max_pending_finals:
+            from serve_app.core.errors import OverloadedError
+
+            await self._emit(
+                LiveEvent(
+                    "failed",
+                    utterance.item_id,
+                    error=OverloadedError(
+                        f"{self.limits.max_pending_finals} utterances of this session are "
+                        "still decoding: this one was not"
+                    ),
+                )
+            )
+            return
+        self._finals = [task for task in self._finals if not task.done()]
+        previous_done = self._last_emitted
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._last_emitted = done
+        task = asyncio.create_task(
+            self._final(utterance, samples, start_ms, end_ms, previous_done, done)
+        )
+        self._finals.append(task)
+
+    async def _final(
+        self,
+        utterance: _Utterance,
+        samples: np.ndarray,
+        start_ms: int,
+        end_ms: int,
+        previous_done: asyncio.Future | None,
+        done: asyncio.Future,
+    ) -> None:
+        try:
+            try:
+                result: Transcription | AsrError = await self.decode_final(samples)
+            except AsrError as exc:
+                result = exc
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not end the session
+                logger.exception("live final decode failed")
+                result = InternalError(f"the utterance could not be decoded: {exc!r}")
+            if previous_done is not None:
+                await asyncio.shield(previous_done)  # report in utterance order
+            utterance.final_emitted = True
+            if isinstance(result, AsrError):
+                await self._emit(LiveEvent("failed", utterance.item_id, error=result))
+            else:
+                await self._emit(
+                    LiveEvent(
+                        "final",
+                        utterance.item_id,
+                        at_ms=start_ms,
+                        end_ms=end_ms,
+                        text=result.text,
+                        transcription=result,
+                    )
+                )
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    def _maybe_partial(self) -> None:
+        utterance = self._utterance
+        if self.decode_partial is None or utterance is None or self.turns is None:
+            return
+        if utterance.partial_task is not None and not utterance.partial_task.done():
+            return  # one in flight per session
+        now_ms = self._sample_ms(self._received)
+        if now_ms - utterance.last_partial_ms < self.limits.partial_interval_s * 1000:
+            return
+        utterance.last_partial_ms = now_ms
+        samples = self._slice_ms(utterance.start_ms - utterance.pad_ms, now_ms)
+        utterance.partial_task = asyncio.create_task(self._partial(utterance, samples))
+
+    async def _partial(self, utterance: _Utterance, samples: np.ndarray) -> None:
+        assert self.decode_partial is not None
+        try:
+            text = await self.decode_partial(samples, utterance.item_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a partial is best effort: the final still comes
+            logger.debug("live partial skipped: %r", exc)
+            return
+        if text is None or utterance.final_emitted or text == utterance.partial_text:
+            return
+        utterance.partial_text = text
+        await self._emit(LiveEvent("partial", utterance.item_id, text=text))
+
+    # -- the audio buffer ----------------------------------------------------------------
+
+    def _sample_ms(self, sample: int) -> int:
+        return sample // _PER_MS
+
+    def _slice_ms(self, start_ms: int, end_ms: int) -> np.ndarray:
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        self._chunks = [audio] if len(audio) else []
+        first = max(0, start_ms * _PER_MS - self._buffer_start_sample)
+        last = max(first, min(len(audio), end_ms * _PER_MS - self._buffer_start_sample))
+        return audio[first:last].copy()
+
+    def _keep_from_ms(self, start_ms: int) -> None:
+        drop = start_ms * _PER_MS - self._buffer_start_sample
+        if drop > 0:
+            self._drop_oldest(min(drop, self._buffered))
+
+    def _drop_oldest(self, count: int) -> None:
+        if count <= 0:
+            return
+        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.float32)
+        audio = audio[count:]
+        self._chunks = [audio] if len(audio) else []
+        self._buffered = len(audio)
+        self._buffer_start_sample += count
+
+    async def _emit(self, event: LiveEvent) -> None:
+        async with self._emit_lock:
+            await self.emit(event)
+
+
+def _new_item_id() -> str:
+    return "item_" + uuid.uuid4().hex[:20]

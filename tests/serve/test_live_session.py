@@ -1,0 +1,236 @@
+"""LiveSession (serve_app.online.realtime.session) with fake decoders and a fake VAD: turn
+events, commits, finals in utterance order, partials, clear, close, per-session caps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve_app.core.errors import InvalidRequestError, OverloadedError
+from serve_app.core.transcript import Transcription
+from serve_app.core.turns import TurnSettings
+from serve_app.online.realtime.session import END_PAD_MS, LiveEvent, LiveSession, SessionLimits
+
+RATE = 16_000
+
+
+class LoudnessVad:
+    """Probability 0.9 for a 512-sample window with sound, 0.0 for silence."""
+
+    def __init__(self) -> None:
+        self._pending = np.zeros(0, np.float32)
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        audio = np.concatenate([self._pending, samples])
+        n = len(audio) // 512
+        self._pending = audio[n * 512 :]
+        windows = audio[: n * 512].reshape(-1, 512)
+        return np.where(np.abs(windows).mean(axis=1) > 0.01, 0.9, 0.0).astype(np.float32)
+
+
+def sound(seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(int(seconds * 1000))
+    return (rng.standard_normal(int(seconds * RATE)) * 0.1).astype(np.float32)
+
+
+def quiet(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), np.float32)
+
+
+def transcription(samples: np.ndarray) -> Transcription:
+    return Transcription(
+        text=f"{len(samples)}", segments=(), duration_s=len(samples) / RATE, model="m"
+    )
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[LiveEvent] = []
+
+    async def __call__(self, event: LiveEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+def session(recorder: Recorder, final=None, partial=None, **kwargs) -> LiveSession:
+    async def default_final(samples):
+        return transcription(samples)
+
+    kwargs.setdefault("turns", TurnSettings(prefix_padding_ms=300, silence_duration_ms=500))
+    return LiveSession(
+        decode_final=final or default_final,
+        decode_partial=partial,
+        emit=recorder,
+        make_vad=LoudnessVad,
+        **kwargs,
+    )
+
+
+async def feed(live: LiveSession, audio: np.ndarray, chunk_s: float = 0.1) -> None:
+    step = int(chunk_s * RATE)
+    for i in range(0, len(audio), step):
+        await live.append(audio[i : i + step])
+
+
+def test_a_turn_is_started_stopped_committed_and_decoded_with_its_padding():
+    async def main():
+        rec = Recorder()
+        live = session(rec)
+        await feed(live, np.concatenate([quiet(1.0), sound(1.0), quiet(1.0)]))
+        await live.finish()
+        return rec
+
+    rec = asyncio.run(main())
+    assert rec.kinds() == ["started", "stopped", "committed", "final"]
+    started, stopped, committed, final = rec.events
+    assert started.item_id == stopped.item_id == committed.item_id == final.item_id
+    assert abs(started.at_ms - 1000) <= 32 and abs(stopped.at_ms - 2000) <= 32
+    assert committed.previous_item_id is None
+    # The utterance: 300 ms before the start, the speech, END_PAD_MS after its end.
+    expected_ms = 300 + (stopped.at_ms - started.at_ms) + END_PAD_MS
+    assert abs(int(final.text) - expected_ms * 16) <= 16
+    assert final.at_ms == started.at_ms - 300 and final.end_ms == stopped.at_ms + END_PAD_MS
+
+
+def test_finals_are_reported_in_utterance_order_and_items_chain():
+    async def main():
+        rec = Recorder()
+        calls = 0
+
+        async def final(samples):
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.3 if calls == 1 else 0.0)  # the first is the slowest
+            return transcription(samples)
+
+        live = session(rec, final=final)
+        audio = np.concatenate([sound(0.6), quiet(0.8), sound(0.4), quiet(0.8)])
+        await feed(live, audio)
+        await live.finish()
+        return rec
+
+    rec = asyncio.run(main())
+    committed = [e for e in rec.events if e.kind == "committed"]
+    finals = [e for e in rec.events if e.kind == "final"]
+    assert len(committed) == len(finals) == 2
+    assert committed[1].previous_item_id == committed[0].item_id
+    assert [f.item_id for f in finals] == [c.item_id for c in committed]
+
+
+def test_partials_come_while_speaking_one_at_a_time_and_never_after_the_final():
+    async def main():
+        rec = Recorder()
+        in_flight, most = 0, 0
+        lengths: list[int] = []
+
+        async def partial(samples, item_id):
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.25)  # longer than the partial interval's wall time
+            in_flight -= 1
+            lengths.append(len(samples))
+            return f"p{len(samples)}"
+
+        live = session(rec, partial=partial, limits=SessionLimits(partial_interval_s=0.3))
+        for chunk in np.array_split(np.concatenate([sound(2.0), quiet(0.8)]), 28):
+            await live.append(chunk)
+            await asyncio.sleep(0.05)  # 0.1 s of audio in 0.05 s of wall time
+        await live.finish()
+        return rec, most, lengths
+
+    rec, most, lengths = asyncio.run(main())
+    kinds = rec.kinds()
+    assert kinds.count("partial") >= 3 and most == 1
+    assert lengths == sorted(lengths)  # the utterance so far, growing
+    assert "partial" not in kinds[kinds.index("final") :]
+
+
+def test_manual_commits_hold_everything_and_refuse_an_empty_buffer():
+    async def main():
+        rec = Recorder()
+        live = session(rec, turns=None)
+        await feed(live, np.concatenate([quiet(0.5), sound(0.5)]))
+        item = await live.commit()
+        await live.finish()
+        with pytest.raises(InvalidRequestError):
+            await live.commit()
+        return rec, item
+
+    rec, item = asyncio.run(main())
+    assert rec.kinds() == ["committed", "final"]
+    assert rec.events[0].item_id == item and int(rec.events[1].text) == RATE  # all of it
+
+
+def test_the_manual_buffer_is_capped():
+    async def main():
+        live = session(Recorder(), turns=None, limits=SessionLimits(max_buffer_s=1.0))
+        await live.append(sound(0.8))
+        with pytest.raises(InvalidRequestError):
+            await live.append(sound(0.8))
+        return live._buffered
+
+    assert asyncio.run(main()) == RATE  # the oldest audio was dropped, the cap held
+
+
+def test_clear_drops_the_utterance_in_progress():
+    async def main():
+        rec = Recorder()
+        live = session(rec)
+        await feed(live, sound(0.6))
+        await live.clear()
+        await feed(live, quiet(1.0))
+        await live.finish()
+        return rec
+
+    assert asyncio.run(main()).kinds() == ["started", "cleared"]
+
+
+def test_close_cancels_pending_decodes_and_reports_nothing_more():
+    async def main():
+        rec = Recorder()
+        started = asyncio.Event()
+        cancelled = asyncio.Event()
+
+        async def final(samples):
+            started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        live = session(rec, final=final)
+        await feed(live, np.concatenate([sound(0.5), quiet(0.8)]))
+        await asyncio.wait_for(started.wait(), 5)
+        await live.close()
+        return rec, cancelled.is_set(), live.pending_finals
+
+    rec, cancelled, pending = asyncio.run(main())
+    assert cancelled and pending == 0
+    assert rec.kinds() == ["started", "stopped", "committed"]
+
+
+def test_more_pending_finals_than_the_cap_fail_the_newest():
+    async def main():
+        rec = Recorder()
+        gate = asyncio.Event()
+
+        async def final(samples):
+            await gate.wait()
+            return transcription(samples)
+
+        live = session(rec, final=final, limits=SessionLimits(max_pending_finals=1))
+        await feed(live, np.concatenate([sound(0.4), quiet(0.8), sound(0.4), quiet(0.8)]))
+        gate.set()
+        await live.finish()
+        return rec
+
+    rec = asyncio.run(main())
+    failed = [e for e in rec.events if e.kind == "failed"]
+    assert len(failed) == 1 and isinstance(failed[0].error, OverloadedError)
+    assert rec.kinds().count("final") == 1

@@ -1,0 +1,252 @@
+"""Live sessions over real websockets against the ingress's FastAPI app (uvicorn in a
+thread, fake VAD and recognizer stages; the streaming VAD is the real Silero): the official
+``openai`` client's realtime transcription events, bad frames, keys, the session cap,
+disconnects, and FunASR's protocol with a plain websocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import numpy as np
+import pytest
+import websockets
+
+from serve_app.config import IngressSettings, RealtimeSettings
+from tests.serve.live_helpers import FakeStages, chunks, pcm16, serve_in_thread
+from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, silence, synthesize
+
+pytestmark = requires_espeak
+TRANSCRIPTION = "conversation.item.input_audio_transcription"
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> np.ndarray:
+    """Two sentences with a 1.2 s pause, silence around: two turns."""
+    tmp = tmp_path_factory.mktemp("live_ws")
+    parts = [synthesize(s, tmp) for s in SENTENCES[:2]]
+    return np.concatenate([silence(0.5), concat_with_pauses(parts, 1.2), silence(1.0)])
+
+
+async def until(conn, kind: str, timeout_s: float = 20.0) -> list:
+    """Events up to and including the first of ``kind``."""
+    seen = []
+    while True:
+        event = await asyncio.wait_for(conn.recv(), timeout_s)
+        seen.append(event)
+        if event.type == kind:
+            return seen
+
+
+async def send_audio(conn, data: bytes, rate_hz: int, *, pace_s: float = 0.0) -> None:
+    for chunk in chunks(data, rate_hz):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode())
+        if pace_s:
+            await asyncio.sleep(pace_s)
+
+
+def test_the_openai_client_gets_every_event_of_two_turns(speech):
+    from openai import AsyncOpenAI
+
+    stages = FakeStages()
+
+    async def main(base: str):
+        client = AsyncOpenAI(base_url=base + "/v1", api_key="unused")
+        async with client.realtime.connect(
+            model="gpt-realtime", extra_query={"intent": "transcription"}
+        ) as conn:
+            created = await conn.recv()
+            await conn.session.update(
+                session={
+                    "type": "transcription",
+                    "audio": {
+                        "input": {
+                            "format": {"type": "audio/pcm", "rate": 24000},
+                            "transcription": {"model": "m", "language": "en"},
+                            "turn_detection": {"type": "server_vad", "silence_duration_ms": 500},
+                        }
+                    },
+                    "include": ["item.input_audio_transcription.partial"],
+                }
+            )
+            updated = await conn.recv()
+            await send_audio(conn, pcm16(speech), 24_000, pace_s=0.005)
+            events = await until(conn, f"{TRANSCRIPTION}.completed")
+            events += await until(conn, f"{TRANSCRIPTION}.completed")
+            return created, updated, events
+
+    with serve_in_thread(stages.ingress()) as base:
+        created, updated, events = asyncio.run(main(base))
+    assert created.type == "session.created" and created.session.type == "transcription"
+    assert updated.type == "session.updated"
+    assert updated.session.audio.input.transcription.language == "en"
+    partials = [e for e in events if e.type == f"{TRANSCRIPTION}.partial"]
+    assert partials and all(p.transcript.startswith("partial ") for p in partials)
+    kinds = [e.type for e in events if e not in partials]
+    turn = [
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        f"{TRANSCRIPTION}.delta",
+        f"{TRANSCRIPTION}.completed",
+    ]
+    assert kinds == turn + turn
+    committed = [e for e in events if e.type == "input_audio_buffer.committed"]
+    completed = [e for e in events if e.type == f"{TRANSCRIPTION}.completed"]
+    assert committed[1].previous_item_id == committed[0].item_id
+    assert [c.item_id for c in completed] == [c.item_id for c in committed]
+    for event in completed:
+        # The fake recognizer names the item's length: the final is one normal item.
+        assert event.transcript.startswith("final ")
+        assert event.usage.type == "duration" and event.usage.seconds > 1.0
+    deltas = [e for e in events if e.type == f"{TRANSCRIPTION}.delta"]
+    assert [d.delta for d in deltas] == [c.transcript for c in completed]
+    finals = [j for j in stages.jobs if j.priority == 0]
+    assert len(finals) == 2 and all(j.options.language == "en" for j in finals)
+
+
+def test_bad_frames_get_error_events_and_the_session_goes_on(speech):
+    stages = FakeStages()
+
+    async def main(url: str):
+        async with websockets.connect(url + "/v1/realtime?intent=transcription") as ws:
+            await ws.recv()  # session.created
+            bad = [
+                "not json",
+                json.dumps({"type": "no.such.event"}),
+                json.dumps({"type": "input_audio_buffer.append", "audio": "%%%"}),
+                json.dumps(
+                    {
+                        "type": "input_audio_buffer.append",
+                        "audio": base64.b64encode(b"abc").decode(),
+                    }
+                ),
+                json.dumps({"type": "session.update", "session": {"type": "realtime"}}),
+            ]
+            errors = []
+            for frame in bad:
+                await ws.send(frame)
+                errors.append(json.loads(await ws.recv()))
+            await ws.send(b"\x00\x01")  # binary frames are not this protocol
+            errors.append(json.loads(await ws.recv()))
+            # Manual turns; a format change after audio was sent is refused.
+            update = {
+                "type": "session.update",
+                "session": {"type": "transcription", "audio": {"input": {"turn_detection": None}}},
+            }
+            await ws.send(json.dumps(update))
+            await ws.recv()
+            chunk = base64.b64encode(pcm16(speech[:24_000])).decode()
+            await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+            update["session"]["audio"]["input"]["format"] = {"type": "audio/pcmu"}
+            await ws.send(json.dumps(update))
+            errors.append(json.loads(await ws.recv()))
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            after = [json.loads(await ws.recv()) for _ in range(3)]
+            return errors, after
+
+    with serve_in_thread(stages.ingress()) as base:
+        errors, after = asyncio.run(main(base.replace("http", "ws")))
+    assert [e["type"] for e in errors] == ["error"] * 7
+    params = [e["error"]["param"] for e in errors]
+    assert params[1] == "type" and params[2] == "audio" and params[3] == "audio"
+    assert params[4] == "session.type" and params[6] == "session.audio.input.format"
+    assert [e["type"] for e in after] == [
+        "input_audio_buffer.committed",
+        f"{TRANSCRIPTION}.delta",
+        f"{TRANSCRIPTION}.completed",
+    ]
+    assert after[2]["transcript"] == "final 1.5s"  # the 24 kHz PCM of 1.5 s of speech
+
+
+def test_keys_in_a_header_or_the_browser_subprotocol(monkeypatch):
+    monkeypatch.setenv("ASR_API_KEYS", "k1")
+    stages = FakeStages()
+
+    async def main(url: str):
+        async with websockets.connect(url, additional_headers={"Authorization": "Bearer k1"}) as ws:
+            header = json.loads(await ws.recv())["type"]
+        async with websockets.connect(
+            url, subprotocols=["realtime", "openai-insecure-api-key.k1"]
+        ) as ws:
+            sub = (ws.subprotocol, json.loads(await ws.recv())["type"])
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(url, subprotocols=["openai-insecure-api-key.k2"]):
+                pass
+        return header, sub, refused.value.response.status_code
+
+    with serve_in_thread(stages.ingress()) as base:
+        header, sub, status = asyncio.run(main(base.replace("http", "ws") + "/v1/realtime"))
+    assert header == "session.created"
+    assert sub == ("realtime", "session.created")
+    assert status == 403
+
+
+def test_sessions_over_the_cap_are_refused_and_a_closed_one_frees_everything(speech):
+    stages = FakeStages()
+    stages.final_delay_s = 30.0  # a decode still queued when the client leaves
+    settings = IngressSettings(realtime=RealtimeSettings(max_sessions=1))
+    server = stages.ingress(settings=settings)
+
+    async def main(url: str):
+        async with websockets.connect(url) as first:
+            await first.recv()
+            async with websockets.connect(url) as second:
+                refused = json.loads(await second.recv())
+                await asyncio.sleep(0.1)
+                closed = second.close_code
+            # Mid-utterance: speech then the turn's end, a final queued, then gone.
+            for chunk in chunks(pcm16(speech[:40_000]) + pcm16(silence(1.0)), 24_000):
+                msg = {
+                    "type": "input_audio_buffer.append",
+                    "audio": base64.b64encode(chunk).decode(),
+                }
+                await first.send(json.dumps(msg))
+            await asyncio.sleep(1.0)
+        for _ in range(100):
+            if server.live.slots.open == 0:
+                break
+            await asyncio.sleep(0.05)
+        return refused, closed, server.live.slots.open
+
+    with serve_in_thread(server) as base:
+        refused, closed, open_after = asyncio.run(main(base.replace("http", "ws") + "/v1/realtime"))
+    assert refused["type"] == "error" and refused["error"]["code"] == "too_many_sessions"
+    assert closed == 1013
+    assert open_after == 0
+
+
+def test_funasr_protocol_2pass_offline_messages_and_the_end(speech):
+    stages = FakeStages()
+
+    async def main(url: str):
+        async with websockets.connect(url, subprotocols=["binary"]) as ws:
+            start = {
+                "mode": "2pass",
+                "wav_name": "demo",
+                "wav_format": "pcm",
+                "is_speaking": True,
+                "chunk_size": [5, 10, 5],
+                "audio_fs": 16000,
+                "hotwords": "",
+                "itn": True,
+            }
+            await ws.send(json.dumps(start))
+            for chunk in chunks(pcm16(speech, 16_000), 16_000, chunk_ms=60):
+                await ws.send(chunk)
+            await ws.send(json.dumps({"is_speaking": False}))
+            messages = []
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                messages.append(message)
+                if message.get("is_final"):
+                    return messages
+
+    with serve_in_thread(stages.ingress()) as base:
+        messages = asyncio.run(main(base.replace("http", "ws") + "/"))
+    offline = [m for m in messages if m.get("mode") == "2pass-offline" and m["text"]]
+    assert len(offline) == 2 and all(m["text"].startswith("final ") for m in offline)
+    assert all(m["wav_name"] == "demo" for m in messages)
+    assert json.loads(offline[1]["timestamp"])[0][0] > json.loads(offline[0]["timestamp"])[0][0]
+    assert messages[-1]["is_final"] is True and messages[-1]["is_end"] is True

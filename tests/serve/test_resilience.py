@@ -8,6 +8,7 @@ what matters here is the request path, not the text.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -206,6 +207,82 @@ class Load:
             return Counter(status for status, _, _ in self.results)
 
 
+class LiveLoad:
+    """One live session (OpenAI's protocol, manual turns) in a thread: the utterance
+    appended and committed every ``every_s`` until stopped; commit and final times kept."""
+
+    def __init__(self, url: str, samples: np.ndarray, every_s: float = 0.7) -> None:
+        self.url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+        self.pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+        self.every_s = every_s
+        self.committed: dict[str, float] = {}
+        self.completed: dict[str, float] = {}
+        self.failed: list[dict] = []
+        self.errors: list[dict] = []
+        self.killed_at = float("nan")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=200)
+
+    def spans(self) -> list[tuple[float, float]]:
+        return [(self.committed[i], self.completed[i]) for i in self.completed]
+
+    async def _run(self) -> None:
+        import base64
+        import json
+
+        import websockets
+
+        async with websockets.connect(self.url, max_size=None) as ws:
+            await ws.recv()  # session.created
+            update = {
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 16000},
+                        "turn_detection": None,
+                    }
+                },
+            }
+            await ws.send(json.dumps({"type": "session.update", "session": update}))
+            audio = base64.b64encode(self.pcm).decode()
+
+            async def receive() -> None:
+                kind_done = "conversation.item.input_audio_transcription.completed"
+                while True:
+                    done = len(self.completed) + len(self.failed) >= len(self.committed)
+                    if self._stop.is_set() and done:
+                        return
+                    try:
+                        event = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                    except TimeoutError:
+                        continue
+                    now = time.monotonic()
+                    if event["type"] == "input_audio_buffer.committed":
+                        self.committed[event["item_id"]] = now
+                    elif event["type"] == kind_done:
+                        self.completed[event["item_id"]] = now
+                    elif event["type"].endswith(".failed"):
+                        self.failed.append(event)
+                    elif event["type"] == "error":
+                        self.errors.append(event)
+
+            receiver = asyncio.ensure_future(receive())
+            while not self._stop.is_set():
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": audio}))
+                await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+                next_at = time.monotonic() + self.every_s
+                while not self._stop.is_set() and time.monotonic() < next_at:
+                    await asyncio.sleep(0.05)
+            await asyncio.wait_for(receiver, timeout=180)
+
+
 def replica_pids(app: str, deployment: str) -> list[int]:
     """Pids of the live replicas of a deployment, from the GCS actor table.
 
@@ -236,8 +313,12 @@ def wait_replaced(app: str, deployment: str, dead_pid: int, count: int, timeout_
     raise TimeoutError(f"{deployment} of {app} has not got {count} running replicas back")
 
 
-def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: int) -> Load:
+def kill_under_load(
+    url: str, app: str, deployment: str, wav: bytes, replicas: int, live: LiveLoad | None = None
+) -> Load:
     load = Load(url, wav, clients=6).start()
+    if live is not None:
+        live.start()
     try:
         load.wait_ok(load.clients, timeout_s=120)  # one round: the clients are in step
         time.sleep(KILL_DELAY_S)
@@ -250,8 +331,12 @@ def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: i
         load.wait_ok(ok_before + load.clients, timeout_s=120)  # and served again
     finally:
         load.stop()
+        if live is not None:
+            live.stop()
     # Requests that were running when the replica died ended after it.
     assert any(t0 < killed_at < t1 for _, t0, t1 in load.results)
+    if live is not None:
+        live.killed_at = killed_at
     return load
 
 
@@ -260,9 +345,16 @@ def kill_under_load(url: str, app: str, deployment: str, wav: bytes, replicas: i
 @pytest.mark.slow
 @pytest.mark.parametrize("deployment", [RECOGNIZER, VAD])
 def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deployment):
+    """HTTP requests, and the utterances of a live session committed all along (their
+    finals are items of the same queues): none is lost when a replica dies."""
     url = served(2)
-    load = kill_under_load(url, "resilience2", deployment, speech_wav, replicas=2)
+    live = LiveLoad(url, sf.read(io.BytesIO(speech_wav), dtype="float32")[0])
+    load = kill_under_load(url, "resilience2", deployment, speech_wav, replicas=2, live=live)
     assert load.statuses().keys() == {"200"}, load.statuses()
+    assert live.failed == [] and live.errors == [], (live.failed, live.errors)
+    assert len(live.completed) == len(live.committed) >= 3
+    # An utterance was waiting for its final when the replica died, and still got it.
+    assert any(t0 < live.killed_at < t1 for t0, t1 in live.spans()), live.spans()
 
 
 @requires_espeak
@@ -272,6 +364,42 @@ def test_with_one_replica_requests_wait_for_its_restart(served, speech_wav, depl
     url = served(1)
     load = kill_under_load(url, "resilience1", deployment, speech_wav, replicas=1)
     assert load.statuses().keys() == {"200"}, load.statuses()
+
+
+# -- live sessions share the recognizer's batches ---------------------------------------
+@requires_espeak
+@pytest.mark.slow
+def test_finals_of_several_live_sessions_share_one_forward_pass(served, speech_wav):
+    """Six sessions commit an utterance at once: their finals are items of the same
+    recognizer batches (the one replica's batch statistics), and each gets its text."""
+    url = served(1)  # one recognizer replica, batch wait KILL_BATCH_WAIT_S
+    sessions = 6
+    samples = sf.read(io.BytesIO(speech_wav), dtype="float32")[0]
+    loads = [LiveLoad(url, samples, every_s=3600) for _ in range(sessions)]
+
+    def stats() -> dict:
+        return httpx.get(f"{url}/v1/stats", timeout=30).json()[MODEL]
+
+    before = stats()
+    for live in loads:
+        live.start()  # each appends the utterance, commits it once, then waits
+    deadline = time.monotonic() + 60
+    while sum(len(live.completed) for live in loads) < sessions:
+        assert time.monotonic() < deadline, [live.failed + live.errors for live in loads]
+        time.sleep(0.1)
+    for live in loads:
+        live.stop()
+    after = stats()
+    items = after["items"] - before["items"]
+    forwards = after["num_batches"] - before["num_batches"]
+    sizes = {
+        int(size): count - before["batch_size_counts"].get(size, 0)
+        for size, count in after["batch_size_counts"].items()
+    }
+    # Every session's final (the VAD may cut an utterance in more than one item) ran in
+    # fewer forwards than there were sessions, and one forward held one item per session.
+    assert items >= sessions and forwards < sessions, (items, forwards, sizes)
+    assert max(size for size, n in sizes.items() if n > 0) >= sessions, sizes
 
 
 # -- overload and dead requests --------------------------------------------------------

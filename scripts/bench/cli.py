@@ -1,18 +1,22 @@
-"""The command line (``python -m scripts.bench``): flags, every model x row, the report."""
+"""``python -m scripts.bench``: flags, every model x row (each in a child process running
+:func:`run_worker`), the report."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from scripts.common.service import REPO
 from serve_app.tools import corpus as bench_corpus
 from serve_app.tools.models import models_dir, resolve_model
 
 from . import __doc__ as PACKAGE_DOC
-from .common import REPO, ROWS
+from . import library, services
+from .harness import ROWS, set_threads
 from .orchestrate import RowResult, run_row
 from .report import ratios, render, write_report
 from .settings import (
@@ -23,7 +27,24 @@ from .settings import (
     job_env,
     serve_app_config,
 )
-from .worker import run_worker
+
+ROW_RUNNERS = {
+    "1": lambda spec: library.run(spec, batched=False),
+    "2": lambda spec: library.run(spec, batched=True),
+    "3": services.funasr_server_row,
+    "4": services.serve_row,
+    "5": services.ray_data_row,
+    "6": library.floor_row,
+}
+
+
+def run_worker(spec_path: Path) -> int:
+    """The child process of one row: read its spec, time the row, write its figures."""
+    spec = json.loads(spec_path.read_text())
+    set_threads(spec["threads"])
+    out = ROW_RUNNERS[spec["row"]](spec)
+    Path(spec["out"]).write_text(json.dumps(out))
+    return 0
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -145,29 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve_config = serve_app_config(model, opts)
         job = job_config(model, opts)
         job["vad"] = dict(serve_config["vad"])  # one VAD setting for rows 4, 5 and 6
-        configs[model.name] = {
-            "batch": batch,
-            "batch_source": batch_source,
-            "serve_config": serve_config,
-            "job_config": job,
-            "job_env": job_env(opts, job),
-        }
-        base = {
-            **opts,
-            "corpus": {
-                "minutes": args.corpus_minutes,
-                "root": str(args.corpus_dir),
-                "seed": args.seed,
-            },
-            "concurrency": args.concurrency,
-            "vad_path": vad_path,
-            "serve_config": serve_config,
-            "job_config": job,
-            "vad": serve_config["vad"],
-            "job_env": job_env(opts, job),
-            "request_timeout_s": 3600.0,
-            "startup_timeout_s": 600.0,
-        }
+        configs[model.name] = {"batch": batch, "batch_source": batch_source}
+        configs[model.name].update(serve_config=serve_config, job_config=job)
+        configs[model.name]["job_env"] = job_env(opts, job)
+        corpus_spec = {"minutes": args.corpus_minutes, "root": str(args.corpus_dir)}
+        base = {**opts, **configs[model.name], "corpus": {**corpus_spec, "seed": args.seed}}
+        base.update(concurrency=args.concurrency, vad_path=vad_path, vad=serve_config["vad"])
+        base.update(request_timeout_s=3600.0, startup_timeout_s=600.0)
         print(
             f"== {model.name} ({model.backend}, {model.path}); batch {batch} from {batch_source}",
             flush=True,

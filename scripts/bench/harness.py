@@ -1,6 +1,6 @@
-"""What the row workers share (they run in a child process, one per row): the corpus,
-torch threads and GPU peak, warm-up audio, the Whisper model, HTTP load
-(:func:`scripts.common.http.run_closed`), and a private Ray cluster."""
+"""What the rows share (each runs in a child process of its own): the row names, the
+corpus, torch threads and GPU peak, warm-up audio, the HTTP load
+(:func:`scripts.common.http.run_closed`) and a private Ray cluster."""
 
 from __future__ import annotations
 
@@ -13,22 +13,33 @@ from typing import Any
 
 from scripts.common.audio import read_files
 from scripts.common.http import ClosedRun, run_closed
+from scripts.common.service import RAY_ENV
 from serve_app.tools import corpus as bench_corpus
-from serve_app.tools.models import ModelSpec
+
+ROW_TITLES = {
+    "1": "library, one file at a time",
+    "2": "library's own batching",
+    "3": "funasr-server (C clients)",
+    "4": "this project: Ray Serve (C clients)",
+    "5": "this project: Ray Data job",
+    "6": "floor: forward on sorted batches",
+}
+ROWS = tuple(ROW_TITLES)
+WHISPER_WINDOW_S = 30.0  # Whisper computes every item as a whole 30 s window
 
 
-def _corpus(spec: dict) -> bench_corpus.Corpus:
+def corpus_of(spec: dict) -> bench_corpus.Corpus:
     c = spec["corpus"]
     return bench_corpus.build_corpus(c["minutes"], root=Path(c["root"]), seed=c["seed"])
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
 
 
-def _gpu_peak_mib(device: str) -> float | None:
+def gpu_peak_mib(device: str) -> float | None:
     if device != "cuda":
         return None
     import torch
@@ -36,12 +47,12 @@ def _gpu_peak_mib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**20
 
 
-def _quiet_funasr() -> contextlib.AbstractContextManager:
+def quiet_funasr() -> contextlib.AbstractContextManager:
     """FunASR prints import notices and progress to stdout: keep the row's output clean."""
     return contextlib.redirect_stdout(sys.stderr)
 
 
-def _noise_wav(tmp: Path) -> Path:
+def noise_wav(tmp: Path) -> Path:
     import numpy as np
     import soundfile as sf
 
@@ -52,22 +63,22 @@ def _noise_wav(tmp: Path) -> Path:
     return path
 
 
-def _whisper_model(spec: dict) -> Any:
-    from faster_whisper import WhisperModel
+def warm_up(url: str, spec: dict, model_field: str, times: int = 1) -> None:
+    """Posts of the warm-up audio through the whole path, not timed."""
+    import httpx
 
-    from serve_app.recognizers.whisper_backend import resolve_compute_type
+    data = noise_wav(Path(spec["tmp"])).read_bytes()
+    for _ in range(times):
+        httpx.post(
+            f"{url}/v1/audio/transcriptions",
+            files={"file": ("w.wav", data, "audio/wav")},
+            data={"model": model_field},
+            timeout=spec["startup_timeout_s"],
+        ).raise_for_status()
 
-    model = ModelSpec(**spec["model"])
-    return WhisperModel(
-        model.path,
-        device=spec["device"],
-        compute_type=resolve_compute_type(spec["precision"], spec["device"]),
-        cpu_threads=spec["threads"] if spec["device"] == "cpu" else 0,
-    )
 
-
-def _http_load(url: str, corpus: bench_corpus.Corpus, spec: dict, model_field: str) -> ClosedRun:
-    files = read_files([Path(f.path) for f in corpus.files])
+def http_load(url: str, spec: dict, model_field: str) -> ClosedRun:
+    files = read_files([Path(f.path) for f in corpus_of(spec).files])
     return asyncio.run(
         run_closed(
             url,
@@ -79,20 +90,19 @@ def _http_load(url: str, corpus: bench_corpus.Corpus, spec: dict, model_field: s
     )
 
 
-def _start_ray(spec: dict, **extra: Any) -> Any:
+def start_ray(spec: dict, **extra: Any) -> Any:
+    """A new cluster of this process's own (never someone else's), sized to the row."""
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for key, value in {**RAY_ENV, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}.items():
+        os.environ.setdefault(key, value)
     env_vars = {"RAY_AUTH_MODE": "disabled", **extra.pop("env_vars", {})}
-    runtime_env = {"env_vars": env_vars, **extra.pop("runtime_env", {})}
     ray.init(
-        address="local",  # always a new cluster of our own, never someone else's
+        address="local",
         num_cpus=spec["threads"],
         num_gpus=1 if spec["device"] == "cuda" else 0,
         include_dashboard=False,
         log_to_driver=False,
-        runtime_env=runtime_env,
+        runtime_env={"env_vars": env_vars, **extra.pop("runtime_env", {})},
     )
     return ray

@@ -14,8 +14,6 @@ from typing import Any
 from serve_app.tools.tune_sweep import nvidia_smi_used_mib
 from serve_app.tools.tune_sweep import psutil_module as _psutil
 
-from .common import WHISPER_WINDOW_S
-
 
 @dataclass
 class BatchRecord:
@@ -35,11 +33,6 @@ class BatchRecord:
             "batch_size_counts": {str(k): v for k, v in sorted(self.sizes.items())},
             "padding_efficiency": round(self.real_s / self.padded_s, 4) if self.padded_s else None,
         }
-
-
-def whisper_padded_s(items: int) -> float:
-    """Whisper computes every item as a whole 30 s window, whatever the segment length."""
-    return WHISPER_WINDOW_S * items
 
 
 class TreeSampler:

@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from scripts.common.http import percentile
+from scripts.common.service import REPO
 from serve_app.tools.models import ModelSpec
 
-from .common import REPO, ROW_TITLES
+from .harness import ROW_TITLES
 from .measure import TreeSampler, _psutil, wait_for_quiet
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from serve_app.tools.corpus import Corpus
 from serve_app.tools.tune_sweep import machine
 
-from .common import ROW_TITLES
+from .harness import ROW_TITLES
 from .orchestrate import RowResult
 
 # (numerator row, denominator row, target or None)

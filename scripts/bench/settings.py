@@ -5,25 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from scripts.common.service import REPO
 from serve_app.tools.models import ModelSpec, default_precision
 from serve_app.tools.models import models_dir as _models_dir
 
-from .common import REPO
-
+# When no tuned config exists (python -m serve_app.tools.tune_batch writes those).
+_SHARED = {"max_batch_audio_s": 480.0, "batch_wait_timeout_s": 0.05}
 BUILTIN_BATCH = {
-    # When no tuned config exists (python -m serve_app.tools.tune_batch writes those).
-    "funasr": {
-        "max_batch_audio_s": 480.0,
-        "max_batch_items": 32,
-        "batch_wait_timeout_s": 0.05,
-        "max_forward_audio_s": 60.0,
-    },
-    "whisper": {
-        "max_batch_audio_s": 480.0,
-        "max_batch_items": 16,
-        "batch_wait_timeout_s": 0.05,
-        "max_forward_audio_s": 480.0,
-    },
+    "funasr": {**_SHARED, "max_batch_items": 32, "max_forward_audio_s": 60.0},
+    "whisper": {**_SHARED, "max_batch_items": 16, "max_forward_audio_s": 480.0},
 }
 
 
@@ -80,13 +70,9 @@ def recognizer_settings(model: ModelSpec, opts: dict) -> dict:
 
 
 def serve_app_config(model: ModelSpec, opts: dict) -> dict:
-    """The ``AppConfig`` of row 4: the source Serve config, serving this model.
-
-    ``layout="config"``: the source config's deployments as they are (a tuned config gives
-    the recognizer replica all cores: ``OMP_NUM_THREADS`` in its runtime_env, Whisper's
-    ``cpu_threads``); a source without them (``serve.yaml``) gets what the tuner would
-    write. ``layout="shipped"``: the deployments of ``ray_configs/serve.yaml`` untouched.
-    """
+    """The ``AppConfig`` of row 4: the source Serve config serving this model; with
+    ``layout="config"`` its deployments (the recognizer on all cores, as the tuner writes),
+    with ``"shipped"`` those of ``ray_configs/serve.yaml`` untouched."""
     import copy
 
     import yaml
@@ -115,10 +101,8 @@ def serve_app_config(model: ModelSpec, opts: dict) -> dict:
         # The config sizes its replicas itself (e.g. two 1-thread replicas on 2 cores).
         rec["cpu_threads"] = template_rec["cpu_threads"]
     rec["aliases"] = template_rec.get("aliases", [])
-    # C clients sending the whole corpus at once is a closed loop, not an overload: the
-    # row measures throughput, so admission control (which would answer 503 once the
-    # expected queue wait passes max_queue_wait_s: 60 s of a slow CPU's queue) admits all.
-    # python -m scripts.overload measures admission.
+    # A closed loop, not an overload: admission control admits all (scripts.overload
+    # measures admission).
     rec["max_queue_wait_s"] = max(float(template_rec.get("max_queue_wait_s", 0)), 3600.0)
     args["recognizers"] = [rec]
     args["models_dir"] = str(_models_dir())
@@ -130,14 +114,9 @@ def serve_app_config(model: ModelSpec, opts: dict) -> dict:
 
 
 def job_config(model: ModelSpec, opts: dict) -> dict:
-    """The ``JobConfig`` of row 5: the job config (``--job-config``, default
-    ``ray_configs/batch_cpu.yaml``) with this recognizer and row 4's batch settings.
-
-    The actor pools and files per call are the job config's. ``layout="config"`` runs the
-    job with ``OMP_NUM_THREADS`` = all cores (see ``job_env``), and the recognizer with the
-    job config's own ``cpu_threads`` when it sets one (it sizes its actors itself, as a
-    tuned Serve config sizes its replicas), else all cores.
-    """
+    """The ``JobConfig`` of row 5: ``--job-config`` (default ``batch_cpu.yaml``: its actor
+    pools, files per call and ``cpu_threads`` where it sets them) with this recognizer and
+    row 4's batch settings."""
     import yaml
 
     path = Path(opts.get("job_config_path") or REPO / "ray_configs/batch_cpu.yaml")
@@ -155,15 +134,11 @@ def job_config(model: ModelSpec, opts: dict) -> dict:
 
 
 def job_env(opts: dict, job: dict | None = None) -> dict[str, str]:
-    """Job-level env vars of row 5 (``ray job submit --runtime-env-json``'s ``env_vars``).
-
-    Ray sets ``OMP_NUM_THREADS`` from an actor's ``num_cpus`` (1 in batch_cpu.yaml) unless
-    it is set, and FunASR sizes torch's thread pool from it: without this a recognizer
-    that does not set its own ``cpu_threads`` computes on one core of two. A job config
-    whose recognizer sets ``cpu_threads`` (the shipped ones) runs as a user runs it, with
-    Ray's own value: all cores for OpenMP in every actor made the decode + VAD actors
-    slower (FSMN-VAD over the corpus in one process: 17.6 CPU-s with 1, 21.2 with 2).
-    """
+    """Job-level env vars of row 5. Ray sets ``OMP_NUM_THREADS`` from an actor's
+    ``num_cpus`` (1) unless it is set, and FunASR sizes torch's threads from it: a
+    recognizer without its own ``cpu_threads`` would compute on one core of two. One that
+    sets it (the shipped configs) runs with Ray's value: all cores for OpenMP in every
+    actor made the decode + VAD actors slower."""
     own_threads = (job or {}).get("recognizer", {}).get("cpu_threads")
     if opts["layout"] == "config" and opts["device"] == "cpu" and not own_threads:
         return {"OMP_NUM_THREADS": str(opts["threads"])}

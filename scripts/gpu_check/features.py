@@ -1,10 +1,10 @@
-"""The batched torch fbank (row g_gpu_fbank) and the backends of rows d, f and g."""
+"""The batched torch fbank (row g_gpu_fbank), FunASR's own CPU features, and row f (OOM)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -89,30 +89,6 @@ def frontend_features(frontend: Any, audio: Sequence[np.ndarray]) -> tuple[Any, 
     )
 
 
-def make_feature_backend(base_cls: Any) -> Any:
-    """A FunAsrBackend whose features come from a callable (GPU fbank, prepared batches)."""
-
-    class FeatureBackend(base_cls):  # type: ignore[misc, valid-type]
-        features: Callable[[Sequence[np.ndarray]], tuple[Any, Any]]
-
-        def _infer(self, audio: Sequence[np.ndarray], options: Any) -> list[dict]:
-            feats, lengths = self.features(audio)
-            keys = [f"seg{i}" for i in range(len(audio))]
-            kwargs = self._call_kwargs(options)
-            kwargs["data_type"] = "fbank"
-            with torch_inference(), self._precision():
-                raw = self._loaded.module.inference(
-                    data_in=feats, data_lengths=fbank_lengths(self, lengths), key=keys, **kwargs
-                )
-            results = raw[0] if isinstance(raw, tuple) else raw
-            if not results:
-                return [{"key": key, "text": ""} for key in keys]
-            by_key = {result["key"]: result for result in results}
-            return [by_key.get(key, {"key": key, "text": ""}) for key in keys]
-
-    return FeatureBackend
-
-
 def fbank_lengths(backend: Any, lengths: Any) -> Any:
     """Paraformer's fbank input path squeezes the last axis of the lengths, SenseVoice's
     takes them as they are."""
@@ -158,15 +134,8 @@ class OomRecordingBackend:
         self.errors: list[str] = []
         self.forward_sizes: list[int] = []
 
-    @property
-    def name(self) -> str:
-        return str(self.inner.name)
-
-    def group_key(self, options: Any) -> object:
-        return self.inner.group_key(options)
-
-    def warmup(self) -> object:
-        return self.inner.warmup()
+    def __getattr__(self, name: str) -> Any:  # name, group_key, warmup: the backend's
+        return getattr(self.inner, name)
 
     def forward(self, jobs: Sequence[Any]) -> list[Any]:
         import torch

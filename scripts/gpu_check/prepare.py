@@ -132,20 +132,13 @@ def make_corpus(total_s: float, *, min_s: float, max_s: float, seed: int) -> lis
 
 
 def _find_batch(node: Any) -> dict | None:
+    """The first ``batch`` section with a forward budget anywhere in a config."""
     if isinstance(node, dict):
         batch = node.get("batch")
         if isinstance(batch, dict) and "max_forward_audio_s" in batch:
             return batch
-        for value in node.values():
-            found = _find_batch(value)
-            if found:
-                return found
-    if isinstance(node, list):
-        for value in node:
-            found = _find_batch(value)
-            if found:
-                return found
-    return None
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else []
+    return next((found for child in children if (found := _find_batch(child))), None)
 
 
 def tuned_batch(config_name: str) -> tuple[float, int, str]:
@@ -278,7 +271,7 @@ def prepare(args: argparse.Namespace, budget: Budget) -> Context:
     if vad_dir is not None:
         try:
             with quiet():
-                segments, vad_s = vad_segments(audio, vad_dir, args.cpu_threads)
+                segments, vad_s = vad_segments(audio, vad_dir)
             source = f"FSMN-VAD segments (serve_app.vad.detectors, {vad_dir})"
         except Exception as exc:  # no pydantic, say: fall back to the corpus items
             logger.warning("VAD failed (%s); using the corpus items", exc)
@@ -303,26 +296,16 @@ def prepare(args: argparse.Namespace, budget: Budget) -> Context:
     )
 
 
-def vad_segments(
-    audio: Sequence[np.ndarray], vad_dir: Path, threads: int
-) -> tuple[list[np.ndarray], float]:
+def vad_segments(audio: Sequence[np.ndarray], vad_dir: Path) -> tuple[list[np.ndarray], float]:
     """The service's VAD step (serve_app.vad.detectors with the GPU job config's settings)."""
-    import serve_app.vad.detectors as vad_module
+    import yaml
+
     from serve_app.config import VadSettings
+    from serve_app.vad.detectors import Vad
 
-    try:
-        import yaml
-
-        job = yaml.safe_load((REPO / "ray_configs" / "batch_paraformer_gpu.yaml").read_text())
-        fields = dict(job["job"]["vad"])
-    except (OSError, KeyError, TypeError):
-        fields = {}
-    fields["model"] = str(vad_dir)
-    fields["device"] = "cpu"
-    fields = {k: v for k, v in fields.items() if k in VadSettings.model_fields}
-    settings = VadSettings.model_validate(fields)
-    cls = getattr(vad_module, "Vad", None) or vad_module.FsmnVad
-    vad = cls(settings)
+    job = yaml.safe_load((REPO / "ray_configs" / "batch_paraformer_gpu.yaml").read_text())
+    fields = {k: v for k, v in job["job"]["vad"].items() if k in VadSettings.model_fields}
+    vad = Vad(VadSettings.model_validate({**fields, "model": str(vad_dir), "device": "cpu"}))
     vad.warmup()
     started = time.perf_counter()
     segments = [seg.slice(a) for a in audio for seg in vad.segments(a)]

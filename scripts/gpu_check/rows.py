@@ -17,7 +17,6 @@ from scripts.gpu_check.features import (
     TorchFbank,
     fbank_lengths,
     frontend_features,
-    make_feature_backend,
     oom_split,
     same_text,
     texts_of_raw,
@@ -400,7 +399,7 @@ class ModelRows:
             "partial": len(points) < len(budgets),
         }
 
-    # -- rows d, e
+    # -- rows d, e, g: row c's batches through the model's inference on features
 
     def batch_indices(self) -> list[list[int]]:
         """Row c's forward passes, as job indices."""
@@ -410,50 +409,64 @@ class ModelRows:
             for batch in batch_plan.batches
         ]
 
-    def inference_kwargs(self) -> dict[str, Any]:
-        kwargs = self.backend._call_kwargs(self.jobs[0].options)
-        kwargs["data_type"] = "fbank"  # data_in is (B, T, D) features, data_lengths (B,)
-        return dict(kwargs)
-
     @property
     def frontend(self) -> Any:
         return self.backend._loaded.kwargs["frontend"]
 
-    def floor(self) -> dict:
-        # The same batches as row c; features computed beforehand, already on the device.
-        feature_batches = []
-        for idx in self.batch_indices():
-            feats, lengths = frontend_features(self.frontend, [self.jobs[i].audio for i in idx])
-            feature_batches.append((feats.to(self.device), lengths.to(self.device), idx))
-        kwargs = self.inference_kwargs()
-        module = self.backend.module
+    def cpu_features(self, idx: list[int]) -> tuple[Any, Any]:
+        return frontend_features(self.frontend, [self.jobs[i].audio for i in idx])
+
+    def forward_batches(
+        self, features: Callable[[list[int]], tuple[Any, Any]], threads: int = 0, **out: Any
+    ) -> dict:
+        """Row c's batches through ``module.inference`` on ``features(batch)``, made inline
+        or (``threads``) in a pool ahead of the forwards; timed, texts compared with c's."""
+        batches = self.batch_indices()
+        kwargs = dict(self.backend._call_kwargs(self.jobs[0].options), data_type="fbank")
         raws = []
         sync(self.device)
         reset_peak(self.device)
         started = time.perf_counter()
-        with torch_inference(), self.backend._precision():
-            for feats, lengths, idx in feature_batches:
-                raw = module.inference(
-                    data_in=feats,
-                    data_lengths=fbank_lengths(self.backend, lengths),
-                    key=[f"i{i}" for i in idx],
-                    **kwargs,
-                )
-                raws.append((raw, idx))
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            ahead = [pool.submit(features, idx) for idx in batches] if threads else []
+            with torch_inference(), self.backend._precision():
+                for n, idx in enumerate(batches):
+                    feats, lengths = ahead[n].result() if threads else features(idx)
+                    raw = self.backend.module.inference(
+                        data_in=feats.to(self.device, non_blocking=True),
+                        data_lengths=fbank_lengths(self.backend, lengths.to(self.device)),
+                        key=[f"i{i}" for i in idx],
+                        **kwargs,
+                    )
+                    raws.append((raw, idx))
         sync(self.device)
         wall_s = time.perf_counter() - started
-        self.c["floor_s"] = wall_s
         texts = texts_of_raw(self.backend, raws, len(self.jobs))
         return {
             "audio_s": round(self.speech_s, 2),
             "wall_s": round(wall_s, 3),
             "rtfx": rtfx(self.speech_s, wall_s),
-            "forward_passes": len(feature_batches),
+            "speedup_vs_c": round(self.c.get("wall_s", float("nan")) / wall_s, 2),
+            "forward_passes": len(batches),
             "gpu_peak_mib": peak_mib(self.device),
             "same_text_as_c": same_text(self.c, texts),
-            "scope": "model.inference on features already on the device (row c's batches): "
-            "encoder, predictor, decoder, argmax and detokenize; no decode, no fbank",
+            **out,
         }
+
+    def floor(self) -> dict:
+        # Features computed beforehand, already on the device: no decode, no fbank.
+        ready = {}
+        for idx in self.batch_indices():
+            feats, lengths = self.cpu_features(idx)
+            ready[tuple(idx)] = (feats.to(self.device), lengths.to(self.device))
+        out = self.forward_batches(
+            lambda idx: ready[tuple(idx)],
+            scope="model.inference on features already on the device (row c's batches): "
+            "encoder, predictor, decoder, argmax and detokenize; no decode, no fbank",
+        )
+        self.c["floor_s"] = out["wall_s"]
+        del out["speedup_vs_c"]
+        return out
 
     def split(self) -> dict:
         if "wall_s" not in self.c or "floor_s" not in self.c:
@@ -480,83 +493,31 @@ class ModelRows:
             "decode and VAD run once, before the rows (CPU, vad_rtfx with the VAD's threads)",
         }
 
-    # -- rows g
-
     def gpu_fbank(self) -> dict:
-        from serve_app.recognizers.base import BatchedRecognizer
-        from serve_app.recognizers.funasr_backend import FunAsrBackend
-
         fbank = TorchFbank(self.frontend, self.device)
         probe = self.ctx.segments[: min(8, len(self.ctx.segments))]
         ref, ref_len = frontend_features(self.frontend, probe)
         ours, ours_len = fbank(probe)
         if not np.array_equal(ref_len.cpu().numpy().ravel(), ours_len.cpu().numpy()):
             raise RuntimeError(f"frame counts differ: {ref_len} vs {ours_len}")
-        diff = float((ref.float() - ours.float().cpu()).abs().max())
-        # The loaded backend's state under a subclass whose features come from ``fbank``:
-        # no second model load.
-        feature_cls = make_feature_backend(FunAsrBackend)
-        gpu_backend = feature_cls.__new__(feature_cls)
-        gpu_backend.__dict__.update(self.backend.__dict__)
-        gpu_backend.features = fbank
-        runner = BatchedRecognizer(
-            gpu_backend, max_forward_audio_s=self.budget_s, max_batch_items=self.max_items
+        return self.forward_batches(
+            lambda idx: fbank([self.jobs[i].audio for i in idx]),
+            max_abs_diff=round(float((ref.float() - ours.float().cpu()).abs().max()), 5),
+            max_abs_ref=round(float(ref.abs().max()), 3),
+            fbank="batched torch Kaldi fbank + LFR + CMVN on " + self.device,
         )
-        reset_peak(self.device)
-        wall_s, results, _ = timed_batched(runner, self.jobs, self.device)
-        bad = failures(results)
-        if bad:
-            raise RuntimeError(f"{len(bad)} segments failed: {bad[0]}")
-        return {
-            "audio_s": round(self.speech_s, 2),
-            "wall_s": round(wall_s, 3),
-            "rtfx": rtfx(self.speech_s, wall_s),
-            "speedup_vs_c": round(self.c.get("wall_s", float("nan")) / wall_s, 2),
-            "same_text_as_c": same_text(self.c, [r.text for r in results]),
-            "max_abs_diff": round(diff, 5),
-            "max_abs_ref": round(float(ref.abs().max()), 3),
-            "fbank": "batched torch Kaldi fbank + LFR + CMVN on " + self.device,
-            "gpu_peak_mib": peak_mib(self.device),
-        }
 
     def overlap(self) -> dict:
-        batches = self.batch_indices()
-        kwargs = self.inference_kwargs()
-        module = self.backend.module
         pin = self.device.startswith("cuda")
 
         def prepare(idx: list[int]) -> tuple[Any, Any]:
-            feats, lengths = frontend_features(self.frontend, [self.jobs[i].audio for i in idx])
+            feats, lengths = self.cpu_features(idx)
             return (feats.pin_memory() if pin else feats), lengths
 
-        raws = []
         threads = self.ctx.args.prep_threads
-        sync(self.device)
-        reset_peak(self.device)
-        started = time.perf_counter()
-        with ThreadPoolExecutor(threads) as pool:
-            futures = [pool.submit(prepare, idx) for idx in batches]
-            with torch_inference(), self.backend._precision():
-                for idx, future in zip(batches, futures):
-                    feats, lengths = future.result()
-                    raw = module.inference(
-                        data_in=feats.to(self.device, non_blocking=True),
-                        data_lengths=fbank_lengths(self.backend, lengths.to(self.device)),
-                        key=[f"i{i}" for i in idx],
-                        **kwargs,
-                    )
-                    raws.append((raw, idx))
-        sync(self.device)
-        wall_s = time.perf_counter() - started
-        texts = texts_of_raw(self.backend, raws, len(self.jobs))
-        return {
-            "audio_s": round(self.speech_s, 2),
-            "wall_s": round(wall_s, 3),
-            "rtfx": rtfx(self.speech_s, wall_s),
-            "speedup_vs_c": round(self.c.get("wall_s", float("nan")) / wall_s, 2),
-            "prep_threads": threads,
-            "forward_passes": len(batches),
-            "gpu_peak_mib": peak_mib(self.device),
-            "same_text_as_c": same_text(self.c, texts),
-            "scope": "row c's batches; CPU fbank in a thread pool ahead of the forwards",
-        }
+        return self.forward_batches(
+            prepare,
+            threads,
+            prep_threads=threads,
+            scope="row c's batches; CPU fbank in a thread pool ahead of the forwards",
+        )

@@ -1,0 +1,202 @@
+"""Live sessions at real-time pace: how many a service holds, batched and serialised.
+
+N sessions (``--sessions 1,4,8,16``) stream espeak-ng sentences with pauses (each session
+its own order) in 100 ms PCM16 chunks at real-time pace over ``/v1/realtime`` (OpenAI's
+protocol, server VAD, partials on), all at once. Per N it prints: final latency p50/p95
+(from the true end of a sentence's speech to its ``completed``, the turn's silence
+included), first-partial latency p50 (from the true start), partials per second of speech,
+WER of the finals against the spoken text, failed items, and the recognizer's forwards.
+
+Modes: ``batched`` deploys the app as configured (``--config``, default
+``ray_configs/serve.yaml``); ``serial`` deploys it with every recognizer at
+``max_batch_items: 1`` (one utterance per forward: how servers that decode each session on
+its own serve them). Both on a local cluster this script starts; ``--url`` measures a
+running service instead (one mode).
+
+    python -m scripts.live_bench [--sessions 1,4,8,16] [--modes batched,serial]
+        [--seconds 40] [--config ray_configs/serve.yaml] [--url URL] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import websockets
+import yaml
+
+from scripts.common.audio import require_espeak
+from scripts.common.http import percentile
+from scripts.common.service import deploy_local, shutdown_local
+from serve_app.core.evaluation import word_error_rate
+from serve_app.tools.speech import SAMPLE_RATE_HZ, SENTENCES, synthesize
+
+CHUNK_S = 0.1
+PAUSE_S = 1.2
+TRANSCRIPTION = "conversation.item.input_audio_transcription"
+
+
+@dataclass
+class Stream:
+    """One session's audio and where each sentence's speech starts and ends (s)."""
+
+    samples: np.ndarray
+    texts: list[str]
+    spans_s: list[tuple[float, float]]
+
+
+def make_stream(rng: random.Random, clips: list[tuple[str, np.ndarray]], seconds: float) -> Stream:
+    parts, texts, spans, t = [np.zeros(int(0.5 * SAMPLE_RATE_HZ), np.float32)], [], [], 0.5
+    while t < seconds:
+        text, clip = rng.choice(clips)
+        parts += [clip, np.zeros(int(PAUSE_S * SAMPLE_RATE_HZ), np.float32)]
+        texts.append(text)
+        spans.append((t, t + len(clip) / SAMPLE_RATE_HZ))
+        t += len(clip) / SAMPLE_RATE_HZ + PAUSE_S
+    return Stream(np.concatenate(parts), texts, spans)
+
+
+@dataclass
+class SessionResult:
+    final_latency_s: list[float] = field(default_factory=list)
+    first_partial_s: list[float] = field(default_factory=list)
+    partials: int = 0
+    failed: int = 0
+    hypotheses: list[str] = field(default_factory=list)
+
+
+def nearest(spans: list[tuple[float, float]], at_s: float, which: int) -> int:
+    return min(range(len(spans)), key=lambda i: abs(spans[i][which] - at_s))
+
+
+async def run_session(url: str, stream: Stream) -> SessionResult:
+    result = SessionResult()
+    pcm = (np.clip(stream.samples, -1, 1) * 32767).astype("<i2").tobytes()
+    step = int(CHUNK_S * SAMPLE_RATE_HZ) * 2
+    started_at: dict[str, int] = {}
+    stopped: dict[str, int] = {}
+    async with websockets.connect(url, max_size=None) as ws:
+        await ws.recv()
+        session = {
+            "type": "transcription",
+            "include": ["item.input_audio_transcription.partial"],
+            "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+        }
+        await ws.send(json.dumps({"type": "session.update", "session": session}))
+        t0 = time.monotonic()
+
+        async def send() -> None:
+            for i, pos in enumerate(range(0, len(pcm), step)):
+                await asyncio.sleep(max(0.0, t0 + i * CHUNK_S - time.monotonic()))
+                chunk = base64.b64encode(pcm[pos : pos + step]).decode()
+                await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": chunk}))
+
+        sender = asyncio.ensure_future(send())
+        done = 0
+        while done < len(stream.texts):
+            try:
+                event = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            except TimeoutError:
+                break
+            now = time.monotonic() - t0
+            kind = event["type"]
+            if kind == "input_audio_buffer.speech_started":
+                started_at[event["item_id"]] = event["audio_start_ms"]
+            elif kind == f"{TRANSCRIPTION}.partial":
+                result.partials += 1
+                if event["item_id"] in started_at:
+                    begin = started_at.pop(event["item_id"]) / 1000
+                    start = stream.spans_s[nearest(stream.spans_s, begin, 0)][0]
+                    result.first_partial_s.append(now - start)
+            elif kind == f"{TRANSCRIPTION}.completed":
+                done += 1
+                result.hypotheses.append(event["transcript"])
+                end_ms = stopped.pop(event["item_id"], None)  # from speech_stopped
+                if end_ms is not None:
+                    end = stream.spans_s[nearest(stream.spans_s, end_ms / 1000, 1)][1]
+                    result.final_latency_s.append(now - end)
+            elif kind == "input_audio_buffer.speech_stopped":
+                stopped[event["item_id"]] = event["audio_end_ms"]
+            elif kind.endswith(".failed") or kind == "error":
+                result.failed += 1
+                done += kind.endswith(".failed")
+        sender.cancel()
+    return result
+
+
+async def measure(url: str, streams: list[Stream]) -> dict:
+    results = await asyncio.gather(*(run_session(url, s) for s in streams))
+    finals = [x for r in results for x in r.final_latency_s]
+    partial = [x for r in results for x in r.first_partial_s]
+    speech_s = sum(e - b for s in streams for b, e in s.spans_s)
+    refs = [" ".join(s.texts) for s in streams]
+    hyps = [" ".join(r.hypotheses) for r in results]
+    return {
+        "sessions": len(streams),
+        "final_p50_s": percentile(finals, 50),
+        "final_p95_s": percentile(finals, 95),
+        "first_partial_p50_s": percentile(partial, 50),
+        "partials_per_speech_s": sum(r.partials for r in results) / speech_s,
+        "wer": word_error_rate(refs, hyps),
+        "finals": len(finals),
+        "failed": sum(r.failed for r in results),
+    }
+
+
+def app_args(config: Path, serial: bool) -> dict:
+    args = yaml.safe_load(config.read_text())["applications"][0]["args"]
+    for recognizer in args["recognizers"]:
+        if serial:
+            recognizer.setdefault("batch", {})["max_batch_items"] = 1
+    args["ingress"].setdefault("deployment", {})["max_ongoing_requests"] = 256
+    return args
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sessions", default="1,4,8,16")
+    parser.add_argument("--modes", default="batched,serial")
+    parser.add_argument("--seconds", type=float, default=40.0, help="audio per session")
+    parser.add_argument("--config", type=Path, default=Path("ray_configs/serve.yaml"))
+    parser.add_argument("--url")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    require_espeak()
+    tmp = Path(tempfile.mkdtemp(prefix="live_bench_"))
+    clips = [(text, synthesize(text, tmp)) for text in SENTENCES[:12]]
+    counts = [int(n) for n in args.sessions.split(",")]
+    rows = []
+    for mode in [args.modes.split(",")[0]] if args.url else args.modes.split(","):
+        url = args.url or deploy_local(app_args(args.config, mode == "serial"), name="live")
+        ws_url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
+        try:
+            for n in counts:
+                rng = random.Random(args.seed + n)
+                streams = [make_stream(rng, clips, args.seconds) for _ in range(n)]
+                row = {"mode": mode, **asyncio.run(measure(ws_url, streams))}
+                rows.append(row)
+                print(
+                    " ".join(
+                        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in row.items()
+                    ),
+                    flush=True,
+                )
+        finally:
+            if not args.url:
+                shutdown_local()
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

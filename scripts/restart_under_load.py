@@ -1,31 +1,20 @@
 """Config updates and a graceful stop under load: nothing in flight may fail.
 
-Runs ``serve run`` on a Serve config (default ``ray_configs/serve.yaml``), drives it with a
-few clients sending a short spoken file in a loop, and goes through four phases:
+``serve run`` of a Serve config (default ``ray_configs/serve.yaml``) under a few clients
+posting a short spoken file in a loop, through four phases: ``steady``; ``reconfigure``
+(``serve deploy`` of a new ``user_config`` for the recognizer: Serve calls ``reconfigure``
+on the running replica, whose actor id must not change); ``restart`` (a changed app
+argument: every replica replaced, rolling); ``stop`` (the clients stop, then SIGTERM to
+``serve run``, or ``--signal INT`` to its process group as Ctrl-C does; every request in
+flight then must still be answered). ``--drain-first`` deploys a config with no
+application before the signal: Ray 2.60's ``serve.shutdown()`` (Ctrl-C of ``serve run``)
+kills the HTTP proxies at once, so answers still in flight never reach their clients;
+deleting the app first drains them through live proxies.
 
-1. ``steady``: load only.
-2. ``reconfigure``: ``serve deploy`` of the same config plus a ``user_config`` for the
-   recognizer (a new ``batch_wait_timeout_s``): Serve calls ``reconfigure`` on the running
-   replica; it must not restart (its actor id is checked).
-3. ``restart``: ``serve deploy`` with a changed app argument (the recognizer's
-   ``batch.max_batch_items``): a new code version, every replica is replaced (rolling).
-4. ``stop``: the clients stop sending, then ``serve run`` gets SIGTERM (``--signal INT``:
-   SIGINT to its process group, what Ctrl-C in a terminal does); every request in flight
-   at that moment must still be answered. With ``--drain-first`` a config with no
-   application is deployed first and the signal is sent once the app is gone: Ray 2.60's
-   ``serve.shutdown()`` (what Ctrl-C of ``serve run`` calls) kills the HTTP proxies at
-   once (``ray.kill``), so the answers of requests still in flight never reach their
-   clients however long the replicas drain; deleting the app first drains them through
-   live proxies.
-
-It prints, per phase, requests sent / ok / shed (503 with Retry-After: the admission
-control's "retry later") / failed, the same for the requests in flight at each event,
-and the seconds from the signal to the exit of ``serve run``.
-
-Cluster: ``--cluster head`` (default) starts ``ray start --head --block`` on 127.0.0.1 with
-free ports and points ``serve run --address`` at it (so the updates' ``serve deploy`` knows
-the dashboard address); ``--cluster local`` lets ``serve run`` start its own Ray
-(``--address local``), the README's quick start. ``RAY_AUTH_MODE=disabled`` throughout.
+Printed per phase and per event (the requests in flight at it): sent / ok / shed (503 with
+Retry-After) / failed, and the seconds from the signal to the exit of ``serve run``.
+``--cluster head`` (default) serves on ``ray start --head --block`` (so ``serve deploy``
+knows the dashboard); ``--cluster local`` lets ``serve run`` start its own Ray.
 
     python -m scripts.restart_under_load --clients 3 --phase-s 20
     python -m scripts.restart_under_load --cluster local --signal INT
@@ -58,6 +47,9 @@ from scripts.common.service import (
     healthy,
     stop_group,
     wait_until,
+)
+from scripts.common.service import (
+    serve_run as start_serve_run,
 )
 from serve_app.tools.speech import SENTENCES
 
@@ -103,7 +95,7 @@ class Cluster:
     def __init__(self, kind: str, workdir: Path) -> None:
         self.kind = kind
         self.workdir = workdir
-        self.env = {**os.environ, **RAY_ENV}
+        self.env = {**os.environ, **RAY_ENV, "RAY_TMPDIR": str(workdir)}
         self.head: subprocess.Popen | None = None
         self.gcs_address = "local"
         self.dashboard_url: str | None = None
@@ -133,17 +125,6 @@ class Cluster:
         self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{dash_port}"
         wait_until(lambda: _get(f"{self.dashboard_url}/api/version") is not None, 180, "dashboard")
-
-    def serve_run(self, config: Path) -> subprocess.Popen:
-        log = open(self.workdir / "serve_run.log", "wb")
-        return subprocess.Popen(
-            [str(BIN / "serve"), "run", "--address", self.gcs_address, str(config)],
-            cwd=REPO,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, like a terminal's job
-        )
 
     def find_dashboard(self, timeout_s: float) -> None:
         if self.dashboard_url:
@@ -266,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start_head(args.num_cpus)
         started = time.monotonic()
-        serve_run = cluster.serve_run(paths["base"])
-        wait_until(lambda: healthy(url), args.startup_timeout_s, "the service", period_s=2)
+        serve_run = start_serve_run(
+            paths["base"], port, workdir, address=cluster.gcs_address,
+            timeout_s=args.startup_timeout_s,
+        )  # fmt: skip
         print(f"serve run: healthy after {time.monotonic() - started:.1f} s")
         cluster.find_dashboard(60)
         load = LoopedLoad(url, [speech_file()], timeout_s=300, require_text=True)

@@ -1,34 +1,18 @@
-"""Soak test: does any process of the service grow in memory under sustained load?
+"""Soak: does any process of the service grow in memory under sustained load?
 
-C clients (default 16) send a mix of short files (1-3 espeak-ng sentences) and long ones
-(sentences joined with pauses, up to ``--long-max-s``, ~2 min) to
-``/v1/audio/transcriptions`` for ``--duration-s`` (default 30 min). Every ``--sample-s``
-(default 30 s) it samples the RSS of every Ray worker process of the service (ingress, VAD,
-recognizers, HTTP proxy, Serve controller), found without the dashboard from the port it
-listens on (:class:`scripts.common.service.RssSampler`: another engineer's Ray cluster on
-the same machine is never measured). It writes
-
-- ``rss.csv``       ``t_s, pid, process, rss_mb``, one row per process per sample,
-- ``requests.csv``  ``t_start_s, t_end_s, latency_s, status, audio_s, kind, error``,
-- ``windows.csv``   per ``--window-s`` (5 min): requests, errors, p50 / p95 latency,
-- ``summary.json``  slopes (MB/hour, least squares over the samples after ``--warmup-s``,
-  default 5 min) per process, errors, p95 per window, the verdict against the targets,
-- ``soak.png``      RSS per process over time and p95 latency per window,
-
-and prints the same figures. Targets: slope < 20 MB/hour for every process, 0 errors, p95
-not drifting (last window's p95 within ``--p95-drift`` (1.5x) of the first post-warm-up one).
-A 503 with ``Retry-After`` (admission control: the queue is full) is counted as *rejected*,
-not as an error; the client waits that long (capped at 30 s, jittered) and goes on, as an
-OpenAI SDK client does. Anything else that is not a 200 is an error.
+C clients (default 16) post a mix of short espeak-ng files (1-3 sentences) and long ones (up
+to ``--long-max-s``) for ``--duration-s`` (30 min); every ``--sample-s`` the RSS of every Ray
+process of the service (found from its port, never another engineer's cluster) is sampled.
+A 503 with Retry-After is *rejected*, not an error: the client waits that long (capped at
+30 s, jittered), as an OpenAI SDK client does. Written to ``--out-dir``: ``rss.csv``,
+``requests.csv``, ``windows.csv`` (per ``--window-s``), ``summary.json`` and ``soak.png``;
+printed: per process the RSS slope after ``--warmup-s`` (least squares, and over each
+window's minimum) and per window p50/p95. Targets: slope < 20 MB/h, 0 errors, the last
+window's p95 within ``--p95-drift`` of the first.
 
     python -m scripts.soak --start                       # serve ray_configs/serve.yaml itself
     python -m scripts.soak --url http://127.0.0.1:8000   # an already running service
-    python -m scripts.soak --start --duration-s 120 --clients 4 --sample-s 10 --warmup-s 30
-
-``--start`` serves ``--config`` on a fresh local cluster on a free port
-(:func:`scripts.common.service.serve_run`); ``--env KEY=VALUE`` adds variables to the
-replicas' and the cluster's environment (e.g. ``MALLOC_ARENA_MAX=2``), to compare
-allocator settings.
+    python -m scripts.soak --start --duration-s 1200 --env MALLOC_ARENA_MAX=2
 """
 
 from __future__ import annotations

@@ -58,11 +58,13 @@ def serve_run(
     port: int,
     work_dir: Path,
     *,
+    address: str = "local",
     env_vars: dict[str, str] | None = None,
     log_path: Path | None = None,
     timeout_s: float = 900.0,
 ) -> subprocess.Popen:
-    """``serve run`` ``config`` on a fresh local cluster on ``port``; wait for /healthz.
+    """``serve run`` ``config`` on ``port`` on a fresh local cluster (or ``address``); wait
+    for /healthz.
 
     ``env_vars`` go to the app's runtime_env and to the cluster's own environment (the
     proxy and the controller too: allocator settings such as ``MALLOC_ARENA_MAX``). The
@@ -80,7 +82,7 @@ def serve_run(
     env = {**os.environ, **RAY_ENV, "RAY_TMPDIR": str(work_dir), **env_vars}
     log = (log_path or work_dir / "serve_run.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "serve"), "run", "--address", "local", str(copy)],
+        [str(BIN / "serve"), "run", "--address", address, str(copy)],
         cwd=REPO,
         env=env,
         stdout=log,

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+# The served test apps: one deployment of each per session, whichever folder asks.
+pytest_plugins = ["tests.served_apps"]
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.serve.conftest import asr_url, http  # noqa: F401  (session fixtures)
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, asr_url):  # noqa: F811
+def prometheus(tmp_path_factory, asr_url):
     import ray
 
     node = ray._private.worker.global_worker.node
@@ -108,7 +107,7 @@ def _has_data(client: httpx.Client, expr: str) -> bool:
     return any(math.isfinite(v) for v in values)
 
 
-def test_every_dashboard_query_returns_data(prometheus, http, tmp_path):  # noqa: F811
+def test_every_dashboard_query_returns_data(prometheus, http, tmp_path):
     speech = synthesize(SENTENCES[1], tmp_path)
     rng = np.random.default_rng()
     missing: list[tuple[str, str]] = []

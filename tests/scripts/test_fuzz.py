@@ -18,7 +18,7 @@ import pytest
 
 from scripts import fuzz
 from serve_app.config import AudioSettings
-from tests.serve.conftest import APP_NAME, MAX_DURATION_S, MAX_UPLOAD_BYTES
+from tests.served_apps import APP_NAME, MAX_DURATION_S, MAX_UPLOAD_BYTES
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
 pytestmark = requires_espeak

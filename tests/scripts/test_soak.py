@@ -81,7 +81,7 @@ def test_figures_per_process_and_window():
 def soak_url(serve_instance, models_dir, random_models_dir):
     from ray import serve
 
-    from tests.serve.conftest import default_app_config
+    from tests.served_apps import default_app_config
 
     config = default_app_config(models_dir, random_models_dir)
     config["recognizers"] = config["recognizers"][:1]  # Whisper tiny.en only

@@ -1,6 +1,6 @@
 """API keys through real HTTP: the official openai client with the right and a wrong key.
 
-The keyed app of tests/serve/conftest.py (``keyed_url``: one key in ``ASR_API_KEYS``, one
+The keyed app of tests/served_apps.py (``keyed_url``: one key in ``ASR_API_KEYS``, one
 in the file named by ``ASR_API_KEYS_FILE``, through the replica's environment).
 """
 
@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from openai import OpenAI
 
-from tests.serve.conftest import ENV_KEY, FILE_KEY, KEYED_MODEL
+from tests.served_apps import ENV_KEY, FILE_KEY, KEYED_MODEL
 
 pytestmark = pytest.mark.slow
 

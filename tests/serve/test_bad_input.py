@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from tests.reference import assert_wer_near_reference
-from tests.serve.conftest import MAX_DURATION_S, MAX_UPLOAD_BYTES
+from tests.served_apps import MAX_DURATION_S, MAX_UPLOAD_BYTES
 from tests.speech import SENTENCES, requires_espeak, synthesize
 from tests.test_audio import wav_bytes as handmade_wav
 

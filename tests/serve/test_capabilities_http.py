@@ -1,4 +1,4 @@
-"""Issue 10 over HTTP, on the session's capabilities app (tests/serve/conftest.py, shared
+"""Issue 10 over HTTP, on the session's capabilities app (tests/served_apps.py, shared
 with the browser's translation test): a random-weight Paraformer with a random-weight
 CT-Transformer punctuation stage, and the real multilingual Whisper base.
 
@@ -31,7 +31,7 @@ import soundfile as sf
 from scripts import fidelity
 from serve_app.config import AppConfig
 from tests.recognizers.test_whisper_multilingual import CORPUS
-from tests.serve import conftest as apps
+from tests import served_apps as apps
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
 
 pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")

@@ -1,6 +1,6 @@
 """Channel split and diarization through the shared deployed app (real models).
 
-The app of ``tests/serve/conftest.py`` has a ``speakers`` section with the real GE2E
+The app of ``tests/served_apps.py`` has a ``speakers`` section with the real GE2E
 encoder, so every test here reuses it. Talkers are espeak-ng voices that a speaker encoder
 tells apart (``tests/speakers/conversations.py``); reference times are those of the
 synthesized speech.

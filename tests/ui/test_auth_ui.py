@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.serve.conftest import ENV_KEY, KEYED_MODEL
+from tests.served_apps import ENV_KEY, KEYED_MODEL
 from tests.ui.test_browser import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.slow

@@ -266,7 +266,7 @@ def test_options_follow_the_models_capabilities(page, http, speech_files, shots)
 def test_translation_from_the_page(browser, caps_url, caps_http, tmp_path):
     """ "Translate to English" is offered only for a model that can (the multilingual
     Whisper base, not the Paraformer) and sends the file to /v1/audio/translations."""
-    from tests.serve.conftest import CAPS_PARAFORMER, CAPS_WHISPER_BASE
+    from tests.served_apps import CAPS_PARAFORMER, CAPS_WHISPER_BASE
 
     models = {m["id"]: m["capabilities"] for m in caps_http.get("/v1/models").json()["data"]}
     assert models[CAPS_WHISPER_BASE]["translation"] and not models[CAPS_PARAFORMER]["translation"]

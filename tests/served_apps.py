@@ -1,4 +1,6 @@
-"""One deployed app (default real models) shared by the Serve HTTP tests."""
+"""The served test apps, one of each per session (a pytest plugin of tests/conftest.py, so
+every folder's tests share the same deployment: fixtures imported into several conftests
+would each deploy their own copy)."""
 
 from __future__ import annotations
 

@@ -30,8 +30,8 @@ import soundfile as sf
 
 from scripts import fidelity
 from serve_app.config import AppConfig
-from tests.recognizers.test_whisper_multilingual import CORPUS
 from tests import served_apps as apps
+from tests.recognizers.test_whisper_multilingual import CORPUS
 from tests.speech import SENTENCES, concat_with_pauses, have_espeak, synthesize
 
 pytestmark = pytest.mark.skipif(not have_espeak(), reason="espeak-ng and sox are needed")

@@ -385,7 +385,8 @@ class RealtimeSettings(Strict):
 
     enabled: bool = True
     # Sessions one ingress replica holds; one more is refused (too_many_sessions, 1013).
-    max_sessions: int = Field(64, gt=0)
+    # Each holds one of the ingress's max_ongoing_requests for its life.
+    max_sessions: int = Field(32, gt=0)
     # A session with no client event for this long, and no decode waiting, is closed.
     idle_timeout_s: float = Field(120.0, gt=0)
     # Partial text while someone speaks: the utterance so far, every this many seconds of
@@ -419,7 +420,17 @@ class IngressSettings(Strict):
     health_timeout_s: float = Field(5.0, gt=0)
     retry: RetrySettings = RetrySettings()
     realtime: RealtimeSettings = RealtimeSettings()
-    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
+    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=96)
+
+    @model_validator(mode="after")
+    def _room_for_requests(self) -> IngressSettings:
+        cap = self.deployment.max_ongoing_requests
+        if self.realtime.enabled and cap is not None and cap <= self.realtime.max_sessions:
+            raise ValueError(
+                f"ingress max_ongoing_requests ({cap}) must exceed realtime.max_sessions "
+                f"({self.realtime.max_sessions}): every live session holds one request slot"
+            )
+        return self
 
 
 class CacheSettings(Strict):

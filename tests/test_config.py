@@ -165,3 +165,20 @@ def test_every_diarization_knob_is_a_speakers_key() -> None:
         SpeakerSettings(smoothing_windows=2)
     with pytest.raises(ValidationError, match="hop_s"):
         DiarizationSettings(window_s=1.0, hop_s=1.5)
+
+
+def test_the_ingress_keeps_request_slots_beside_its_live_sessions():
+    from serve_app.config import IngressSettings
+
+    ok = IngressSettings.model_validate(
+        {"deployment": {"max_ongoing_requests": 40}, "realtime": {"max_sessions": 32}}
+    )
+    assert ok.realtime.max_sessions == 32
+    with pytest.raises(ValidationError, match="max_sessions"):
+        IngressSettings.model_validate(
+            {"deployment": {"max_ongoing_requests": 32}, "realtime": {"max_sessions": 32}}
+        )
+    # Live sessions off: no slots to keep.
+    IngressSettings.model_validate(
+        {"deployment": {"max_ongoing_requests": 8}, "realtime": {"enabled": False}}
+    )

@@ -43,7 +43,7 @@ class SegmentJob:
     deadline_unix_s: float | None = None
     request_id: str | None = None
     # 0: a file's segment or a live utterance's final. 1: a live partial, which a
-    # recognizer queue runs only when a forward has room after every priority-0 item.
+    # recognizer queue runs only when no priority-0 item waits.
     priority: int = 0
     # A queued item with the same key is dropped when this one arrives (a newer partial
     # of the same utterance replaces the older one).

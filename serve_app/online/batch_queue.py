@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 # Serve may form this many batches while earlier ones wait for the model; they are merged
 # by the coalescer, so formation must never block on the model.
 MAX_FORMED_BATCHES = 64
+# A forward of background items (live partials) only, at most this share of the capacity:
+# a file segment or a final that arrives meanwhile waits for a small forward at most.
+BACKGROUND_SHARE = 0.25
 
 
 class HasDeadline(Protocol):
@@ -121,9 +124,10 @@ class Coalescer:
                 self._dropped("superseded")
 
     def _take(self) -> list[tuple[QueuedItem, asyncio.Future]]:
-        """The next forward: queued items in arrival order up to the capacity, then
-        background items (live partials) while room is left. An item that does not fit
-        ends the priority-0 part (arrival order is kept), never a smaller one after it."""
+        """The next forward: queued items in arrival order up to the capacity (an item
+        that does not fit ends it: arrival order is kept). Background items (live
+        partials) never ride with them (on a CPU every item costs the forward time), and
+        run only when nothing else waits, up to ``BACKGROUND_SHARE`` of the capacity."""
         batch: list[tuple[QueuedItem, asyncio.Future]] = []
         background: list[tuple[QueuedItem, asyncio.Future]] = []
         kept: list[tuple[QueuedItem, asyncio.Future]] = []
@@ -153,8 +157,10 @@ class Coalescer:
             else:
                 batch.append((item, future))
                 used_s += item.cost_s
+        room_s = self.capacity_s * BACKGROUND_SHARE
+        only_background = not batch
         for item, future in background:
-            if not full and (not batch or used_s + item.cost_s <= self.capacity_s):
+            if only_background and (not batch or used_s + item.cost_s <= room_s):
                 batch.append((item, future))
                 used_s += item.cost_s
             else:

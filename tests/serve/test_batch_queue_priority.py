@@ -1,5 +1,6 @@
-"""The coalescer's background items (live partials): they fill room left after every
-normal item, never displace one, and a newer one with the same key replaces a queued one."""
+"""The coalescer's background items (live partials): they never ride in a forward with
+normal items, run in small forwards when nothing else waits, and a newer one with the same
+key replaces a queued one."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def item(seconds: float, *, priority: int = 0, key: str | None = None, tag: str 
     return QueuedItem(job, seconds, 0.0)
 
 
-def test_background_items_only_fill_the_room_normal_items_leave():
+def test_background_items_wait_for_normal_ones_and_run_in_small_forwards():
     async def main():
         forwards: list[list[str]] = []
         gate = asyncio.Event()
@@ -48,8 +49,9 @@ def test_background_items_only_fill_the_room_normal_items_leave():
         return forwards
 
     forwards = asyncio.run(main())
-    # f1 + f2 = 9 s of 10: p1 (4 s) does not fit and waits; p2 (1 s) fills the room.
-    assert forwards == [["busy"], ["f1", "f2", "p2"], ["p1"]]
+    # f1 and f2 first, alone; then the partials, at most a quarter of the capacity (2.5 s)
+    # per forward (the first is always taken, however long).
+    assert forwards == [["busy"], ["f1", "f2"], ["p1"], ["p2"]]
 
 
 def test_a_newer_item_with_the_same_key_replaces_the_queued_one():

@@ -5,9 +5,9 @@
   the model's admission queue like an upload: the same items, batched with every file
   request and every other session's finals, and the same text as the file path.
 - A partial is one recognizer item of the utterance so far, sent with ``priority=1`` and a
-  ``coalesce_key`` (the session and item): the recognizer's queue runs it only when a
-  forward has room after every normal item, and a newer partial of the same utterance
-  replaces a queued older one. It is not retried and not charged to admission: a partial
+  ``coalesce_key`` (the session and item): the recognizer's queue runs it only when no
+  file segment or final waits, in small forwards of its own, and a newer partial of the
+  same utterance replaces a queued older one. It is not retried and not charged to admission: a partial
   lost under load is just skipped.
 """
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -18,9 +19,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from serve_app.config import RealtimeSettings
-from serve_app.core.errors import TooManySessionsError
+from serve_app.core.errors import InvalidRequestError, TooManySessionsError
 from serve_app.core.transcript import Transcription
+from serve_app.core.turns import TurnSettings
 from serve_app.core.types import RecognitionOptions
+from serve_app.online.realtime.session import SessionLimits
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,35 @@ class SessionSlots:
             yield
         finally:
             self.open -= 1
+
+
+def session_limits(settings: RealtimeSettings) -> SessionLimits:
+    return SessionLimits(
+        partial_interval_s=settings.partial_interval_s,
+        max_buffer_s=settings.max_buffer_s,
+        max_pending_finals=settings.max_pending_finals,
+    )
+
+
+def default_turns(settings: RealtimeSettings) -> TurnSettings:
+    """OpenAI's server_vad defaults with this server's limits."""
+    return TurnSettings(
+        min_speech_ms=settings.min_speech_ms, max_turn_ms=int(settings.max_turn_s * 1000)
+    )
+
+
+def parse_message(text: str, settings: RealtimeSettings) -> dict[str, Any]:
+    """A client's JSON message, or the InvalidRequestError that names what is wrong."""
+    if len(text) > settings.max_event_bytes:
+        limit = settings.max_event_bytes
+        raise InvalidRequestError(f"message of {len(text)} bytes is over the {limit} limit")
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the message is not JSON: {exc.msg}") from None
+    if not isinstance(message, dict):
+        raise InvalidRequestError("the message must be a JSON object")
+    return message
 
 
 class ClientTooSlowError(Exception):

@@ -31,11 +31,16 @@ from starlette.websockets import WebSocket
 
 from serve_app.core.errors import AsrError, InvalidRequestError
 from serve_app.core.text import is_unspaced
-from serve_app.core.turns import TurnSettings
 from serve_app.core.types import RecognitionOptions
 from serve_app.online.realtime.audio_in import LiveDecoder, LiveFormat
-from serve_app.online.realtime.backend import LiveBackend, Outbox
-from serve_app.online.realtime.session import LiveEvent, LiveSession, SessionLimits
+from serve_app.online.realtime.backend import (
+    LiveBackend,
+    Outbox,
+    default_turns,
+    parse_message,
+    session_limits,
+)
+from serve_app.online.realtime.session import LiveEvent, LiveSession
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +108,7 @@ class FunasrSession:
                 pass
 
     async def _control(self, text: str) -> None:
-        if len(text) > self.settings.max_event_bytes:
-            raise InvalidRequestError("message over the size limit")
-        try:
-            message = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"the message is not JSON: {exc.msg}") from None
-        if not isinstance(message, dict):
-            raise InvalidRequestError("the message must be a JSON object")
+        message = parse_message(text, self.settings)
         if message.get("is_speaking") is False:
             await self._end_of_input()
             return
@@ -143,15 +141,8 @@ class FunasrSession:
             decode_final=self._final,
             decode_partial=self._partial if mode != "offline" and self.settings.partials else None,
             emit=self._on_event,
-            limits=SessionLimits(
-                partial_interval_s=self.settings.partial_interval_s,
-                max_buffer_s=self.settings.max_buffer_s,
-                max_pending_finals=self.settings.max_pending_finals,
-            ),
-            turns=TurnSettings(
-                min_speech_ms=self.settings.min_speech_ms,
-                max_turn_ms=int(self.settings.max_turn_s * 1000),
-            ),
+            limits=session_limits(self.settings),
+            turns=default_turns(self.settings),
         )
 
     async def _audio(self, data: bytes) -> None:

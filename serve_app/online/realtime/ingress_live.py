@@ -7,8 +7,8 @@
 - A partial is one recognizer item of the utterance so far, sent with ``priority=1`` and a
   ``coalesce_key`` (the session and item): the recognizer's queue runs it only when no
   file segment or final waits, in small forwards of its own, and a newer partial of the
-  same utterance replaces a queued older one. It is not retried and not charged to admission: a partial
-  lost under load is just skipped.
+  same utterance replaces a queued older one. It is not retried and not charged to
+  admission: a partial lost under load is just skipped.
 """
 
 from __future__ import annotations

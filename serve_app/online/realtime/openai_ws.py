@@ -34,8 +34,14 @@ from serve_app.core.errors import AsrError, InvalidRequestError, OverloadedError
 from serve_app.core.turns import TurnSettings
 from serve_app.core.types import RecognitionOptions
 from serve_app.online.realtime.audio_in import LiveDecoder, LiveFormat, parse_format
-from serve_app.online.realtime.backend import LiveBackend, Outbox
-from serve_app.online.realtime.session import LiveEvent, LiveSession, SessionLimits
+from serve_app.online.realtime.backend import (
+    LiveBackend,
+    Outbox,
+    default_turns,
+    parse_message,
+    session_limits,
+)
+from serve_app.online.realtime.session import LiveEvent, LiveSession
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +89,7 @@ class OpenAIRealtimeSession:
             self.model = backend.resolve_model(None)
         self.requested_model: str | None = None
         self.options = RecognitionOptions()
-        self.turns: TurnSettings | None = TurnSettings(
-            min_speech_ms=settings.min_speech_ms, max_turn_ms=int(settings.max_turn_s * 1000)
-        )
+        self.turns: TurnSettings | None = default_turns(settings)
         self.include: list[str] = []
         self.beta = False
         self.received_audio = False
@@ -98,11 +102,7 @@ class OpenAIRealtimeSession:
             decode_final=self._final,
             decode_partial=self._partial if self.settings.partials else None,
             emit=self._on_event,
-            limits=SessionLimits(
-                partial_interval_s=self.settings.partial_interval_s,
-                max_buffer_s=self.settings.max_buffer_s,
-                max_pending_finals=self.settings.max_pending_finals,
-            ),
+            limits=session_limits(self.settings),
             turns=self.turns,
         )
         self._send({"type": "session.created", "event_id": _event_id(), "session": self._session()})
@@ -152,15 +152,7 @@ class OpenAIRealtimeSession:
     async def _handle_text(self, text: str) -> None:
         event_id = None
         try:
-            if len(text) > self.settings.max_event_bytes:
-                limit = self.settings.max_event_bytes
-                raise InvalidRequestError(f"event of {len(text)} bytes is over the {limit} limit")
-            try:
-                event = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InvalidRequestError(f"the event is not JSON: {exc.msg}") from None
-            if not isinstance(event, dict):
-                raise InvalidRequestError("the event must be a JSON object")
+            event = parse_message(text, self.settings)
             event_id = event.get("event_id")
             await self._dispatch(event)
         except AsrError as exc:
@@ -264,10 +256,7 @@ class OpenAIRealtimeSession:
                 f"turn_detection type {kind!r} is not supported; use server_vad or null",
                 param=f"{param}.type",
             )
-        current = self.turns or TurnSettings(
-            min_speech_ms=self.settings.min_speech_ms,
-            max_turn_ms=int(self.settings.max_turn_s * 1000),
-        )
+        current = self.turns or default_turns(self.settings)
         try:
             threshold = float(value.get("threshold", current.threshold))
             prefix = int(value.get("prefix_padding_ms", current.prefix_padding_ms))

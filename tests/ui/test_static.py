@@ -19,6 +19,9 @@ def test_assets_have_media_types_and_index_gets_the_prefix_as_base():
     assert site.response("/ui", "").body.count(b'<base href="/ui/">') == 1
     assert site.response("/ui/app.js").media_type.startswith("text/javascript")
     assert site.response("/ui/app.css").media_type.startswith("text/css")
+    # The Live tab's script and its AudioWorklet module (addModule needs a JS type).
+    for name in ("live.js", "pcm-worklet.js"):
+        assert site.response("/ui/" + name).media_type.startswith("text/javascript"), name
     assert page.headers["cache-control"] == "no-cache"
 
 

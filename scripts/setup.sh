@@ -21,12 +21,12 @@ fi
 if [ "$want_test" = 1 ] && ! { command -v chromium >/dev/null && command -v prometheus >/dev/null; }; then
   sudo_cmd=""
   [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
-  echo "[setup] installing chromium and prometheus (Debian packages for tests/ui and tests/test_prometheus.py)"
+  echo "[setup] installing chromium and prometheus (Debian packages for tests/ui and tests/serve/test_prometheus.py)"
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends chromium prometheus >/dev/null
 fi
 
-# The result cache's Redis backend test (tests/test_cache.py) starts a real redis-server.
+# The result cache's Redis backend test (tests/serve/test_cache.py) starts a real redis-server.
 if [ "$want_test" = 1 ] && ! command -v redis-server >/dev/null; then
   sudo_cmd=""
   [ "$(id -u)" = 0 ] || sudo_cmd="sudo"

@@ -15,7 +15,7 @@ silence (no dynamic schedule). :class:`FrameCollector` stands in for the model's
 call at a time (``OnVoiceDetected`` for each frame of a run) are applied in O(1) with the
 same result.
 
-Faithfulness is tested, not assumed: ``tests/test_fsmn_machine.py`` compares the spans
+Faithfulness is tested, not assumed: ``tests/vad/test_fsmn_machine.py`` compares the spans
 with FunASR's own ``AutoModel.generate`` on the same machine and audio (speech, noise,
 pauses, files longer than one 60 s chunk and longer than ``max_single_segment_time``).
 """

@@ -11,7 +11,7 @@ batched torch ops over all frames of a chunk.
 It is not bit-identical to either FunASR backend (FFT and summation order differ; the
 two FunASR backends are not identical to each other either): log-mel values are tested
 within 2e-3 of FunASR's fbank and the VAD's spans are compared with FunASR's in
-``tests/test_kaldi_fbank.py``.
+``tests/vad/test_kaldi_fbank.py``.
 Only the VAD's own frontend instance uses it (:func:`install`); FunASR's module
 functions and every other model's frontend are left alone.
 """

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.core.test_audio import wav_bytes as handmade_wav
 from tests.reference import assert_wer_near_reference
 from tests.served_apps import MAX_DURATION_S, MAX_UPLOAD_BYTES
 from tests.speech import SENTENCES, requires_espeak, synthesize
-from tests.test_audio import wav_bytes as handmade_wav
 
 pytestmark = [pytest.mark.slow, requires_espeak]
 

@@ -7,7 +7,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.config import AppConfig, load_app_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "ray_configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "ray_configs"
 SERVE_CONFIGS = sorted(
     p for p in CONFIG_DIR.glob("*.yaml") if "applications" in yaml.safe_load(p.read_text())
 )
@@ -105,7 +105,7 @@ def test_model_threads_knob(monkeypatch):
 def test_every_serve_config_caps_malloc_arenas():
     """Without the cap a long-running replica's RSS grows (docs/BENCHMARKS.md, "Soak")."""
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     configs = sorted((repo / "ray_configs").glob("serve*.yaml"))
     configs += sorted((repo / "ray_configs").glob("tuned_cpu_*.yaml"))
     assert configs

@@ -24,7 +24,7 @@ import soundfile as sf
 
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "k8s" / "monitoring" / "grafana-dashboard.json"
 PROMETHEUS = shutil.which("prometheus")
 

@@ -28,7 +28,7 @@ from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
 pytestmark = [pytest.mark.slow, requires_espeak]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

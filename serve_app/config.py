@@ -151,6 +151,11 @@ class BatchSettings(Strict):
     batch_wait_timeout_s: float = Field(0.05, ge=0)
     # Padded-cost budget of one forward pass inside a dynamic batch (longest x count).
     max_forward_audio_s: float = Field(240.0, gt=0)
+    # A forward of live partials only (they never share one with file segments or
+    # finals) holds at most this much (at least one item): a final that arrives meanwhile
+    # waits for it. None: a quarter of max_batch_audio_s. On a CPU, where every item
+    # adds its own time, one item (e.g. Whisper's 30 s window) keeps that wait short.
+    background_batch_audio_s: float | None = Field(None, gt=0)
 
 
 class PunctuationSettings(Strict):

@@ -39,8 +39,8 @@ logger = logging.getLogger(__name__)
 # Serve may form this many batches while earlier ones wait for the model; they are merged
 # by the coalescer, so formation must never block on the model.
 MAX_FORMED_BATCHES = 64
-# A forward of background items (live partials) only, at most this share of the capacity:
-# a file segment or a final that arrives meanwhile waits for a small forward at most.
+# A forward of background items (live partials) only, by default at most this share of
+# the capacity: a file segment or a final that arrives meanwhile waits for a small one.
 BACKGROUND_SHARE = 0.25
 
 
@@ -94,9 +94,11 @@ class Coalescer:
         *,
         on_drop: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        background_capacity_s: float | None = None,
     ) -> None:
         self._run = run
         self.capacity_s = capacity_s
+        self.background_capacity_s = background_capacity_s
         self._on_drop = on_drop
         self._clock = clock
         self._pending: deque[tuple[QueuedItem, asyncio.Future]] = deque()
@@ -127,7 +129,7 @@ class Coalescer:
         """The next forward: queued items in arrival order up to the capacity (an item
         that does not fit ends it: arrival order is kept). Background items (live
         partials) never ride with them (on a CPU every item costs the forward time), and
-        run only when nothing else waits, up to ``BACKGROUND_SHARE`` of the capacity."""
+        run only when nothing else waits, up to ``background_capacity_s`` (at least one)."""
         batch: list[tuple[QueuedItem, asyncio.Future]] = []
         background: list[tuple[QueuedItem, asyncio.Future]] = []
         kept: list[tuple[QueuedItem, asyncio.Future]] = []
@@ -157,7 +159,7 @@ class Coalescer:
             else:
                 batch.append((item, future))
                 used_s += item.cost_s
-        room_s = self.capacity_s * BACKGROUND_SHARE
+        room_s = self.background_capacity_s or self.capacity_s * BACKGROUND_SHARE
         only_background = not batch
         for item, future in background:
             if only_background and (not batch or used_s + item.cost_s <= room_s):
@@ -208,6 +210,7 @@ class BatchQueue(Generic[JobT]):
         capacity: float,
         batch_wait_timeout_s: float,
         on_drop: Callable[[str], None] | None = None,
+        background_capacity_s: float | None = None,
     ) -> None:
         self._on_drop = on_drop
         # Decorating at run time lets the capacity and wait come from the config. The
@@ -219,7 +222,9 @@ class BatchQueue(Generic[JobT]):
             max_concurrent_batches=MAX_FORMED_BATCHES,
             batch_size_fn=batch_cost_s,
         )(self._submit)
-        self._coalescer = Coalescer(run, capacity, on_drop=on_drop)
+        self._coalescer = Coalescer(
+            run, capacity, on_drop=on_drop, background_capacity_s=background_capacity_s
+        )
 
     @property
     def capacity(self) -> float:

@@ -91,3 +91,30 @@ def test_background_items_run_at_once_on_an_idle_model():
         return await Coalescer(run, capacity_s=10.0).submit([item(1.0, priority=1, tag="p")])
 
     assert asyncio.run(main()) == ["p"]
+
+
+def test_the_background_capacity_bounds_a_partials_forward():
+    async def main():
+        forwards: list[list[str]] = []
+        gate = asyncio.Event()
+
+        async def run(items):
+            forwards.append([i.job.request_id for i in items])
+            if len(forwards) == 1:
+                await gate.wait()
+            return [i.job.request_id for i in items]
+
+        coalescer = Coalescer(run, capacity_s=100.0, background_capacity_s=30.0)
+        first = asyncio.ensure_future(coalescer.submit([item(1.0, tag="busy")]))
+        await asyncio.sleep(0)
+        partials = [
+            asyncio.ensure_future(coalescer.submit([item(30.0, priority=1, tag=f"p{i}")]))
+            for i in range(3)
+        ]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, *partials)
+        return forwards
+
+    # One 30 s item per forward of partials (a quarter of 100 s would have taken three).
+    assert asyncio.run(main()) == [["busy"], ["p0"], ["p1"], ["p2"]]

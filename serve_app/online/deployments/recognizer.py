@@ -44,6 +44,7 @@ class RecognizerDeployment:
             capacity=batch.max_batch_audio_s,
             batch_wait_timeout_s=batch.batch_wait_timeout_s,
             on_drop=self._dropped,
+            background_capacity_s=batch.background_batch_audio_s,
         )
         self._batch_size_counts: Counter[int] = Counter()
         self._num_batches = 0

@@ -198,7 +198,7 @@ class RecognizerSettings(Strict):
 
     name: str = Field(..., description="model id clients send (the OpenAI 'model' field)")
     aliases: tuple[str, ...] = ()
-    backend: Literal["funasr", "whisper"]
+    backend: Literal["funasr", "whisper", "moonshine"]
     model: str = Field(..., description="folder (absolute or under models_dir) or hub id")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
@@ -389,6 +389,8 @@ class RealtimeSettings(Strict):
     realtime transcription protocol) and ``/funasr`` (FunASR's runtime protocol)."""
 
     enabled: bool = True
+    # The model a session gets when it names none (null: the ingress's default model).
+    default_model: str | None = None
     # Sessions one ingress replica holds; one more is refused (too_many_sessions, 1013).
     # Each holds one of the ingress's max_ongoing_requests for its life.
     max_sessions: int = Field(32, gt=0)

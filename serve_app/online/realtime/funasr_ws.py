@@ -72,6 +72,10 @@ class FunasrSession:
         self.live: LiveSession | None = None
         self.outbox: Outbox | None = None
         self.sent_online: dict[str, str] = {}  # item -> online text already sent
+        # The last character of the text the client holds (finals, and the online
+        # words of an utterance after them): clients append, so a spaced script needs
+        # the space between utterances from us.
+        self.tail = ""
         self.pending_end = False
 
     async def run(self) -> None:
@@ -137,6 +141,7 @@ class FunasrSession:
         self.options = RecognitionOptions(hotwords=_hotwords(message.get("hotwords")))
         self.decoder = LiveDecoder(LiveFormat("pcm16", rate))
         self.sent_online.clear()
+        self.tail = ""
         self.live = LiveSession(
             decode_final=self._final,
             decode_partial=self._partial if mode != "offline" and self.settings.partials else None,
@@ -200,11 +205,12 @@ class FunasrSession:
             stable = stable_prefix(event.text)
             if stable.startswith(sent) and len(stable) > len(sent):
                 self.sent_online[event.item_id] = stable
+                new = stable[len(sent) :]
                 self._send(
                     {
                         "mode": online_mode,
                         "wav_name": self.wav_name,
-                        "text": stable[len(sent) :],
+                        "text": self._spaced(new) if not sent else new,
                         "is_final": False,
                     }
                 )
@@ -212,24 +218,29 @@ class FunasrSession:
             sent = self.sent_online.pop(event.item_id, "")
             if self.mode == "online":
                 if event.text.startswith(sent) and len(event.text) > len(sent):
+                    rest = event.text[len(sent) :]
                     self._send(
                         {
                             "mode": "online",
                             "wav_name": self.wav_name,
-                            "text": event.text[len(sent) :],
+                            "text": self._spaced(rest) if not sent else rest,
                             "is_final": False,
                         }
                     )
+                if event.text:
+                    self.tail = event.text[-1]
                 return
             self._send(
                 {
                     "mode": self._final_mode(),
                     "wav_name": self.wav_name,
-                    "text": event.text,
+                    "text": self._spaced(event.text),
                     "is_final": False,
                     **_timestamps(event),
                 }
             )
+            if event.text:
+                self.tail = event.text[-1]
         elif event.kind == "failed":
             self.sent_online.pop(event.item_id, None)
             error = event.error
@@ -240,6 +251,12 @@ class FunasrSession:
                     "is_final": False,
                 }
             )
+
+    def _spaced(self, text: str) -> str:
+        """``text`` with a leading space when it follows held text of a spaced script."""
+        if not text or not self.tail or self.tail.isspace() or text[0].isspace():
+            return text
+        return text if is_unspaced(self.tail) or is_unspaced(text[0]) else " " + text
 
     def _send(self, message: dict) -> None:
         assert self.outbox is not None

@@ -34,7 +34,9 @@ def test_streaming_probabilities_equal_the_whole_file_run_for_any_chunking(speec
         pos += size
     streamed = np.concatenate(got)
     assert len(streamed) == len(whole)
-    np.testing.assert_allclose(streamed, whole, atol=1e-5)
+    # Identical here; other CPUs' kernels may differ in the last bits between batch shapes,
+    # far below what moves a decision at the 0.5 threshold.
+    np.testing.assert_allclose(streamed, whole, atol=1e-4)
 
 
 @requires_espeak

@@ -403,9 +403,11 @@ def test_finals_of_several_live_sessions_share_one_forward_pass(served, speech_w
         for size, count in after["batch_size_counts"].items()
     }
     # Every session's final (the VAD may cut an utterance in more than one item) ran in
-    # fewer forwards than there were sessions, and one forward held one item per session.
+    # fewer forwards than there were sessions, and one forward held the items of several
+    # sessions (here all six met in one; half is asked, for slower machines where the
+    # sessions' commits spread over more than one batch wait).
     assert items >= sessions and forwards < sessions, (items, forwards, sizes)
-    assert max(size for size, n in sizes.items() if n > 0) >= sessions, sizes
+    assert max(size for size, n in sizes.items() if n > 0) >= sessions // 2, sizes
 
 
 # -- overload and dead requests --------------------------------------------------------

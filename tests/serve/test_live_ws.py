@@ -297,3 +297,23 @@ def test_a_thousand_sessions_opened_and_closed_leave_nothing_behind(speech):
         assert live_sessions() == 0
     print(f"900 sessions: Python heap {grown / 1e6:+.2f} MB")
     assert grown < 2_000_000, grown
+
+
+def test_a_session_is_refused_while_the_live_models_queue_is_over_its_bound():
+    from serve_app.online.admission import AdmissionPolicy
+
+    stages = FakeStages()
+    server = stages.ingress(admission={"m": AdmissionPolicy(max_queue_wait_s=0.5)})
+    server.live._admission["m"].admit(3600.0)  # an hour of audio queued ahead
+
+    async def main(url: str):
+        async with websockets.connect(url) as ws:
+            event = json.loads(await ws.recv())
+            await asyncio.sleep(0.1)
+            return event, ws.close_code
+
+    with serve_in_thread(server) as base:
+        event, code = asyncio.run(main(base.replace("http", "ws") + "/v1/realtime"))
+    assert event["type"] == "error" and event["error"]["code"] == "overloaded"
+    assert event["error"]["type"] == "rate_limit_error" and code == 1013
+    assert server.live.slots.open == 0 and server.live.slots.total == 0

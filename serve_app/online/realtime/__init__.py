@@ -40,8 +40,9 @@ def choose_subprotocol(offered: list[str], protocol: Protocol) -> str | None:
 
 
 async def serve_socket(websocket: WebSocket, backend: LiveBackend, protocol: Protocol) -> None:
-    """Accept one live connection and run it to its end; the replica's session cap is
-    checked first (over it: an ``error`` event ``too_many_sessions`` and close 1013)."""
+    """Accept one live connection and run it to its end; the replica's session cap and the
+    live model's admission queue are checked first (an ``error`` event
+    ``too_many_sessions`` or ``overloaded``, then close 1013: try again later)."""
     from serve_app.online.realtime.funasr_ws import FunasrSession
     from serve_app.online.realtime.openai_ws import OpenAIRealtimeSession, error_event
 
@@ -51,7 +52,7 @@ async def serve_socket(websocket: WebSocket, backend: LiveBackend, protocol: Pro
         slot = backend.session_slot()
         slot.__enter__()
     except OverloadedError as exc:
-        observability.errors_total().inc(tags={"kind": "too_many_sessions", "stage": "live"})
+        observability.errors_total().inc(tags={"kind": exc.code, "stage": "live"})
         await websocket.accept(subprotocol=subprotocol)
         body = (
             error_event(exc, kind="rate_limit_error")
@@ -59,7 +60,7 @@ async def serve_socket(websocket: WebSocket, backend: LiveBackend, protocol: Pro
             else {"error": exc.message, "code": exc.code, "is_final": True}
         )
         await websocket.send_text(json.dumps(body))
-        await websocket.close(code=1013, reason="too many sessions")
+        await websocket.close(code=1013, reason=exc.code)
         return
     try:
         await websocket.accept(subprotocol=subprotocol)

@@ -58,6 +58,16 @@ class IngressLive:
         return self._service.route(model or self.settings.default_model).name
 
     def session_slot(self) -> contextlib.AbstractContextManager[None]:
+        """A slot of the replica's session cap, after the live model's admission check:
+        a new session is refused (``overloaded``) while that model's queue is over its
+        bound, as an upload would be, instead of adding finals that would be refused."""
+        try:
+            self._admission[self.resolve_model(None)].check(0.0)
+        except OverloadedError:
+            observability.admission_rejections_total().inc(
+                tags={"model": self.resolve_model(None), "stage": "live_connect"}
+            )
+            raise
         return self.slots.slot()
 
     async def decode_final(

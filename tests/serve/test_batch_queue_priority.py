@@ -23,7 +23,10 @@ def item(seconds: float, *, priority: int = 0, key: str | None = None, tag: str 
     return QueuedItem(job, seconds, 0.0)
 
 
-def test_background_items_wait_for_normal_ones_and_run_in_small_forwards():
+def while_busy(later: list[QueuedItem], **coalescer_options) -> tuple[list[list[str]], list]:
+    """The forwards a coalescer runs, and each item's result, when ``later`` arrive one by
+    one while the model is busy with a first item (``busy``)."""
+
     async def main():
         forwards: list[list[str]] = []
         gate = asyncio.Event()
@@ -34,52 +37,42 @@ def test_background_items_wait_for_normal_ones_and_run_in_small_forwards():
                 await gate.wait()  # the model is busy while the next items arrive
             return [i.job.request_id for i in items]
 
-        coalescer = Coalescer(run, capacity_s=10.0)
+        coalescer = Coalescer(run, **coalescer_options)
         first = asyncio.ensure_future(coalescer.submit([item(1.0, tag="busy")]))
-        await asyncio.sleep(0)
-        waiting = [
-            asyncio.ensure_future(coalescer.submit([item(4.0, priority=1, tag="p1")])),
-            asyncio.ensure_future(coalescer.submit([item(6.0, tag="f1")])),
-            asyncio.ensure_future(coalescer.submit([item(3.0, tag="f2")])),
-            asyncio.ensure_future(coalescer.submit([item(1.0, priority=1, tag="p2")])),
-        ]
+        waiting = []
+        for queued in later:
+            await asyncio.sleep(0)
+            waiting.append(asyncio.ensure_future(coalescer.submit([queued])))
         await asyncio.sleep(0)
         gate.set()
-        await asyncio.gather(first, *waiting)
-        return forwards
+        await first
+        return forwards, [(await w)[0] for w in waiting]
 
-    forwards = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_background_items_wait_for_normal_ones_and_run_in_small_forwards():
+    later = [
+        item(4.0, priority=1, tag="p1"),
+        item(6.0, tag="f1"),
+        item(3.0, tag="f2"),
+        item(1.0, priority=1, tag="p2"),
+    ]
+    forwards, _ = while_busy(later, capacity_s=10.0)
     # f1 and f2 first, alone; then the partials, at most a quarter of the capacity (2.5 s)
     # per forward (the first is always taken, however long).
     assert forwards == [["busy"], ["f1", "f2"], ["p1"], ["p2"]]
 
 
 def test_a_newer_item_with_the_same_key_replaces_the_queued_one():
-    async def main():
-        forwards: list[list[str]] = []
-        gate = asyncio.Event()
-        drops: list[str] = []
-
-        async def run(items):
-            forwards.append([i.job.request_id for i in items])
-            if len(forwards) == 1:
-                await gate.wait()
-            return [i.job.request_id for i in items]
-
-        coalescer = Coalescer(run, capacity_s=10.0, on_drop=drops.append)
-        first = asyncio.ensure_future(coalescer.submit([item(1.0, tag="busy")]))
-        await asyncio.sleep(0)
-        old = asyncio.ensure_future(coalescer.submit([item(1.0, priority=1, key="s/i", tag="old")]))
-        await asyncio.sleep(0)
-        new = asyncio.ensure_future(coalescer.submit([item(2.0, priority=1, key="s/i", tag="new")]))
-        await asyncio.sleep(0)
-        gate.set()
-        results = await asyncio.gather(first, old, new)
-        return forwards, results, drops
-
-    forwards, results, drops = asyncio.run(main())
+    drops: list[str] = []
+    later = [
+        item(1.0, priority=1, key="s/i", tag="old"),
+        item(2.0, priority=1, key="s/i", tag="new"),
+    ]
+    forwards, results = while_busy(later, capacity_s=10.0, on_drop=drops.append)
     assert forwards == [["busy"], ["new"]]
-    assert isinstance(results[1][0], DeadlineExceededError) and results[2] == ["new"]
+    assert isinstance(results[0], DeadlineExceededError) and results[1] == "new"
     assert drops == ["superseded"]
 
 
@@ -94,27 +87,7 @@ def test_background_items_run_at_once_on_an_idle_model():
 
 
 def test_the_background_capacity_bounds_a_partials_forward():
-    async def main():
-        forwards: list[list[str]] = []
-        gate = asyncio.Event()
-
-        async def run(items):
-            forwards.append([i.job.request_id for i in items])
-            if len(forwards) == 1:
-                await gate.wait()
-            return [i.job.request_id for i in items]
-
-        coalescer = Coalescer(run, capacity_s=100.0, background_capacity_s=30.0)
-        first = asyncio.ensure_future(coalescer.submit([item(1.0, tag="busy")]))
-        await asyncio.sleep(0)
-        partials = [
-            asyncio.ensure_future(coalescer.submit([item(30.0, priority=1, tag=f"p{i}")]))
-            for i in range(3)
-        ]
-        await asyncio.sleep(0)
-        gate.set()
-        await asyncio.gather(first, *partials)
-        return forwards
-
+    later = [item(30.0, priority=1, tag=f"p{i}") for i in range(3)]
+    forwards, _ = while_busy(later, capacity_s=100.0, background_capacity_s=30.0)
     # One 30 s item per forward of partials (a quarter of 100 s would have taken three).
-    assert asyncio.run(main()) == [["busy"], ["p0"], ["p1"], ["p2"]]
+    assert forwards == [["busy"], ["p0"], ["p1"], ["p2"]]

@@ -82,10 +82,3 @@ class SileroStream:
         self._context = windows[-1:, -CONTEXT_SAMPLES:].copy()
         return np.asarray(probs, np.float32).reshape(-1)
 
-
-def whole_file_probabilities(samples: np.ndarray) -> np.ndarray:
-    """faster-whisper's own whole-file call (its ``SileroVADModel``), for tests."""
-    from faster_whisper.vad import get_vad_model
-
-    whole = len(samples) // WINDOW_SAMPLES * WINDOW_SAMPLES
-    return np.asarray(get_vad_model()(np.asarray(samples[:whole], np.float32))).reshape(-1)

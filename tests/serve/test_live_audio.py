@@ -12,7 +12,7 @@ import pytest
 from serve_app.core.errors import InvalidRequestError
 from serve_app.core.turns import TurnDetector, TurnSettings
 from serve_app.online.realtime.audio_in import LiveDecoder, LiveFormat, parse_format
-from serve_app.vad.streaming import WINDOW_MS, SileroStream, whole_file_probabilities
+from serve_app.vad.streaming import WINDOW_MS, WINDOW_SAMPLES, SileroStream
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, silence, synthesize
 
 
@@ -21,6 +21,14 @@ def speech(tmp_path_factory) -> np.ndarray:
     tmp = tmp_path_factory.mktemp("live_audio")
     parts = [synthesize(s, tmp) for s in SENTENCES[:3]]
     return np.concatenate([silence(0.7), concat_with_pauses(parts, 1.2), silence(1.0)])
+
+
+def whole_file_probabilities(samples: np.ndarray) -> np.ndarray:
+    """faster-whisper's own whole-file Silero run (its ``SileroVADModel``)."""
+    from faster_whisper.vad import get_vad_model
+
+    whole = len(samples) // WINDOW_SAMPLES * WINDOW_SAMPLES
+    return np.asarray(get_vad_model()(np.asarray(samples[:whole], np.float32))).reshape(-1)
 
 
 @requires_espeak

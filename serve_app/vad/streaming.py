@@ -81,4 +81,3 @@ class SileroStream:
         probs, self._h, self._c = _session().run(None, {"input": batch, "h": self._h, "c": self._c})
         self._context = windows[-1:, -CONTEXT_SAMPLES:].copy()
         return np.asarray(probs, np.float32).reshape(-1)
-

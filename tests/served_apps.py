@@ -96,6 +96,7 @@ KEYED_APP_NAME = "asr_auth_test"
 KEYED_ROUTE = "/asr-auth"
 ENV_KEY = "sk-test-env-4f9c"
 FILE_KEY = "sk-test-file-77a1"
+OPERATOR_KEY = "sk-test-operator-0d2e"  # ASR_OPERATOR_KEYS: may POST /v1/tune
 KEYED_MODEL = "paraformer-tiny-random"
 
 
@@ -103,11 +104,16 @@ KEYED_MODEL = "paraformer-tiny-random"
 def keyed_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
     """A small app (FSMN-VAD + the random-weight Paraformer) whose ingress gets its keys the
     way a cluster gives them: one in ``ASR_API_KEYS``, one in the file named by
-    ``ASR_API_KEYS_FILE``, through the replica's environment (a Secret on Kubernetes)."""
+    ``ASR_API_KEYS_FILE``, an operator's in ``ASR_OPERATOR_KEYS``, through the replica's
+    environment (a Secret on Kubernetes)."""
 
     keys_file = tmp_path_factory.mktemp("keys") / "api_keys"
     keys_file.write_text(f"# test keys\n{FILE_KEY}\n")
-    env = {"ASR_API_KEYS": ENV_KEY, "ASR_API_KEYS_FILE": str(keys_file)}
+    env = {
+        "ASR_API_KEYS": ENV_KEY,
+        "ASR_API_KEYS_FILE": str(keys_file),
+        "ASR_OPERATOR_KEYS": OPERATOR_KEY,
+    }
     config = {
         "models_dir": str(models_dir),
         "vad_deployment": replica_options(),

@@ -87,6 +87,19 @@ class UnauthorizedError(AsrError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(AsrError):
+    """A valid key that may not do this (an operator route called with a client key)."""
+
+    code = "permission_denied"
+
+
+class ModelUnavailableError(OverloadedError):
+    """The model is served but none of its replicas is running (starting, or cannot be
+    scheduled): a 503 naming it, at once, instead of a wait for the proxy's timeout."""
+
+    code = "model_unavailable"
+
+
 class DeadlineExceededError(AsrError):
     """The request's deadline passed before its work was done (it was dropped, not run)."""
 

@@ -254,6 +254,10 @@ class BatchQueue(Generic[JobT]):
             if self._on_drop is not None:
                 self._on_drop("deadline")
             raise DeadlineExceededError("the request's deadline passed before its item ran")
+        # An item larger than the capacity (tuned down live below the longest segment a
+        # replica admits) runs alone instead of failing with Serve's "Size of item is
+        # greater than max_batch_size": it is charged the whole capacity.
+        cost_s = min(cost_s, self.capacity)
         item: QueuedItem[JobT] = QueuedItem(job, cost_s, time.perf_counter())
         try:
             result = await self._batched(item)

@@ -7,8 +7,14 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from serve_app.core.errors import UnauthorizedError
-from serve_app.online.auth import KEYS_ENV, KEYS_FILE_ENV, ApiKeys
+from serve_app.core.errors import PermissionDeniedError, UnauthorizedError
+from serve_app.online.auth import (
+    KEYS_ENV,
+    KEYS_FILE_ENV,
+    OPERATOR_KEYS_ENV,
+    OPERATOR_KEYS_FILE_ENV,
+    ApiKeys,
+)
 from tests.serve.fake_ingress import fake_ingress
 
 
@@ -77,6 +83,34 @@ def test_scheme_is_case_insensitive_and_health_is_open() -> None:
         keys.check("/healthz/../v1/models", None)
 
 
+def test_tuning_needs_an_operator_key() -> None:
+    keys = ApiKeys.from_env({KEYS_ENV: "sk-client", OPERATOR_KEYS_ENV: "sk-op"})
+    assert len(keys) == 2
+    # The operator key is a key everywhere; the client key is one everywhere but tuning.
+    for key in ("sk-client", "sk-op"):
+        keys.check("/v1/models", f"Bearer {key}")
+        keys.check("/v1/tune", f"Bearer {key}", "GET")
+    keys.check("/v1/tune", "Bearer sk-op", "POST")
+    with pytest.raises(PermissionDeniedError, match="operator key"):
+        keys.check("/v1/tune", "Bearer sk-client", "POST")
+    with pytest.raises(UnauthorizedError):
+        keys.check("/v1/tune", "Bearer sk-other", "POST")
+    # Client keys without an operator key: nobody may tune (it was: any client key).
+    with pytest.raises(PermissionDeniedError, match="none is configured"):
+        ApiKeys(["sk-client"]).check("/v1/tune", "Bearer sk-client", "post")
+    # No key at all: local use, open.
+    ApiKeys().check("/v1/tune", None, "POST")
+
+
+def test_operator_keys_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "operators"
+    path.write_text("sk-op-file\n")
+    keys = ApiKeys.from_env({OPERATOR_KEYS_FILE_ENV: str(path)})
+    keys.check("/v1/tune", "Bearer sk-op-file", "POST")
+    with pytest.raises(UnauthorizedError):
+        keys.check("/v1/models", None)
+
+
 def test_non_ascii_key_compares() -> None:
     keys = ApiKeys(["clé-ü"])
     assert keys.matches("clé-ü") and not keys.matches("cle-u")
@@ -122,6 +156,20 @@ def test_ingress_lets_a_good_key_and_probes_through(monkeypatch: pytest.MonkeyPa
     for path in ("/", "/ui", "/ui/", "/docs", "/openapi.json"):
         assert client.get(path).status_code == 200, path
     assert client.post("/").status_code == 401
+
+
+def test_ingress_answers_403_to_a_client_key_on_tune(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(OPERATOR_KEYS_ENV, "sk-op")
+    client = _client(monkeypatch, "sk-a")
+    body = {"model": "no-such-model", "max_batch_audio_s": 10}
+    response = client.post("/v1/tune", json=body, headers={"Authorization": "Bearer sk-a"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "permission_denied"
+    assert "www-authenticate" not in response.headers
+    # The operator's key gets through to the route (which, outside Serve, fails next).
+    client = TestClient(client.app, raise_server_exceptions=False)
+    response = client.post("/v1/tune", json=body, headers={"Authorization": "Bearer sk-op"})
+    assert response.status_code not in (401, 403), response.text
 
 
 def test_ingress_without_keys_is_open(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,12 +1,13 @@
-"""With API keys set: the page loads without a key, the stats and tune API need one, and
-the page's key field (sessionStorage, Bearer) makes the Tune tab work."""
+"""With API keys set: the page loads without a key, the stats and tune API need one,
+tuning needs the operator's key, and the page's key field (sessionStorage, Bearer) makes
+the Tune tab work."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from tests.served_apps import ENV_KEY, KEYED_MODEL
+from tests.served_apps import ENV_KEY, KEYED_MODEL, OPERATOR_KEY
 from tests.ui.test_browser import CHROMIUM, FLAGS
 
 pytestmark = pytest.mark.slow
@@ -25,6 +26,11 @@ def test_page_open_api_protected(keyed_url):
         assert client.post("/v1/tune", json=body).status_code == 401
         auth = {"authorization": f"Bearer {KEY}"}
         assert client.get("/v1/system", headers=auth).status_code == 200
+        # A client key reads the settings but may not change them: the operator's may.
+        assert client.get("/v1/tune", headers=auth).status_code == 200
+        refused = client.post("/v1/tune", json=body, headers=auth)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "permission_denied"
 
 
 @pytest.mark.skipif(not __import__("pathlib").Path(CHROMIUM).exists(), reason="no chromium")
@@ -37,10 +43,10 @@ def test_key_field_unlocks_the_tune_tab(keyed_url):
             page.set_default_timeout(120_000)
             page.goto(keyed_url + "/ui#tune")
             page.wait_for_selector("#global-error:not([hidden])")  # 401: asks for the key
-            page.fill("#apikey", KEY)
+            page.fill("#apikey", OPERATOR_KEY)  # an operator's key: a key everywhere
             page.click("#apikey-save")
             page.wait_for_selector(f"#single-model option[value='{MODEL}']", state="attached")
-            assert page.evaluate("sessionStorage.getItem('asr-api-key')") == KEY
+            assert page.evaluate("sessionStorage.getItem('asr-api-key')") == OPERATOR_KEY
             page.click("#tab-tune")
             page.wait_for_selector(f"#tune-model option[value='{MODEL}']", state="attached")
             page.fill("#tune-wait", "0.07")

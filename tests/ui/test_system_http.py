@@ -97,3 +97,22 @@ def test_tune_applies_live_and_reads_back(http):
     bad = http.post("/v1/tune", json={"model": MODEL, "batch_wait_timeout_s": -1})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "batch_wait_timeout_s"
     assert http.post("/v1/tune", json={"model": "nope", "max_batch_audio_s": 1}).status_code == 404
+
+
+def test_a_capacity_tuned_below_a_segment_runs_that_segment_alone(http, tmp_path):
+    """``max_batch_audio_s`` tuned below the length of an item: the item runs alone (it
+    used to fail with Serve's "Size of item is greater than max_batch_size", a 500)."""
+    current = http.get("/v1/tune").json()["models"][MODEL]["settings"]["max_batch_audio_s"]
+    audio = wav_bytes(synthesize(SENTENCES[1], tmp_path))
+    try:
+        resp = http.post("/v1/tune", json={"model": MODEL, "max_batch_audio_s": 0.5})
+        assert resp.status_code == 200 and resp.json()["applied_on_all"], resp.text
+        resp = http.post(
+            "/v1/audio/transcriptions",
+            files={"file": ("b.wav", audio, "audio/wav")},
+            data={"model": MODEL, "cache": "false"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["text"].strip()
+    finally:
+        http.post("/v1/tune", json={"model": MODEL, "max_batch_audio_s": current})

@@ -104,6 +104,7 @@ class IngressServer:
         # Canonical model name -> its punctuation stage (only models configured with one).
         self._punctuators = dict(punctuators or {})
         self._capabilities_cache: dict[str, dict] = {}
+        self._capabilities_calls: dict[str, asyncio.Task] = {}
         # Read here, in the replica, so a Secret mounted as env or file on the node counts.
         self.api_keys = ApiKeys.from_env()
         logger.info("API keys: %s", f"{len(self.api_keys)} set" if self.api_keys else "off")
@@ -165,6 +166,17 @@ class IngressServer:
             capabilities=self._capabilities,
             publish=self._publish,
         )
+
+        # Ask every model's capabilities now, while its queue is empty (in a replica the
+        # constructor runs on the event loop): a request under load then never waits
+        # behind that queue to learn whether the model detects languages.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # built outside a loop (in-process tests): asked on first use
+            pass
+        else:
+            for name in recognizers:
+                self._capabilities_call(name)
 
     def http_app(self) -> FastAPI:
         """This replica's FastAPI app (serve_app.online.routes)."""
@@ -271,18 +283,25 @@ class IngressServer:
 
     # -- capabilities --------------------------------------------------------------------
 
-    async def _capabilities(self, name: str) -> dict:
+    async def _capabilities(self, name: str, timeout_s: float | None = None) -> dict:
         """The model's capabilities (its backend's, asked once, cached), with the
-        punctuation stage this app adds on top."""
+        punctuation stage this app adds on top. Concurrent callers share one call; a
+        failed call is asked again by the next caller."""
         cached = self._capabilities_cache.get(name)
         if cached is not None:
             return cached
-        caps = dict(
-            await asyncio.wait_for(
-                self._recognizers[name].capabilities.remote(),
-                timeout=self._options.settings.health_timeout_s,
-            )
-        )
+        wait_s = self._options.settings.health_timeout_s if timeout_s is None else timeout_s
+        return await asyncio.wait_for(asyncio.shield(self._capabilities_call(name)), wait_s)
+
+    def _capabilities_call(self, name: str) -> asyncio.Task:
+        call = self._capabilities_calls.get(name)
+        if call is None or (call.done() and (call.cancelled() or call.exception() is not None)):
+            call = asyncio.get_running_loop().create_task(self._fetch_capabilities(name))
+            self._capabilities_calls[name] = call
+        return call
+
+    async def _fetch_capabilities(self, name: str) -> dict:
+        caps = dict(await self._recognizers[name].capabilities.remote())
         stage = name in self._punctuators
         caps["punctuation_source"] = "model" if caps.get("punctuation") else None
         if stage and not caps.get("punctuation"):
@@ -295,10 +314,16 @@ class IngressServer:
 
     def _detects_language_call(self, name: str) -> Callable[[], Awaitable[bool]]:
         async def detects_language() -> bool:
+            # Asked at start, so normally cached; else wait for the one shared call as
+            # long as a request may take: falling back would decode every segment with
+            # its own language detection (a file's language would flip between segments).
             try:
-                caps = await self._capabilities(name)
-            except Exception:
-                return False  # unknown yet: decode per segment as before
+                caps = await self._capabilities(
+                    name, timeout_s=self._options.settings.request_timeout_s
+                )
+            except Exception as exc:
+                logger.warning("capabilities of %s unknown (%r): per-segment language", name, exc)
+                return False
             return bool(caps.get("language_detection"))
 
         return detects_language
@@ -390,6 +415,21 @@ class IngressServer:
 @serve.ingress()
 class AsrIngress(IngressServer):
     """The ingress deployment (``serve_app.online.app`` binds it as ``AsrIngress``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Every replica reports its drain state to the app's board, so a graceful stop
+        # (serve_app.online.run) hears from each of them: a handle call would reach the
+        # least-loaded replica, the one least likely to hold requests.
+        context = serve.get_replica_context()
+        self._drain_pusher = system.StatsPusher(
+            app_name=context.app_name,
+            model=system.INGRESS_KEY,
+            replica_id=str(context.replica_id.unique_id),
+            stats=self.drain_state,
+            apply=lambda _settings: None,
+            interval_s=0.5,
+        ).start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self.http_app()

@@ -42,7 +42,7 @@ def histogram(name: str, description: str, boundaries: tuple[float, ...], tag_ke
             name, description=description, boundaries=list(boundaries), tag_keys=tag_keys
         )
     except Exception:
-        logger.debug("metric %s unavailable", name, exc_info=True)
+        logger.warning("metric %s unavailable: not exported", name, exc_info=True)
         return _Noop()
 
 
@@ -54,7 +54,7 @@ def counter(name: str, description: str, tag_keys=()):
     try:
         return metrics.Counter(name, description=description, tag_keys=tag_keys)
     except Exception:
-        logger.debug("metric %s unavailable", name, exc_info=True)
+        logger.warning("metric %s unavailable: not exported", name, exc_info=True)
         return _Noop()
 
 
@@ -144,7 +144,7 @@ def gauge(name: str, description: str, tag_keys=()):
     try:
         return metrics.Gauge(name, description=description, tag_keys=tag_keys)
     except Exception:
-        logger.debug("metric %s unavailable", name, exc_info=True)
+        logger.warning("metric %s unavailable: not exported", name, exc_info=True)
         return _Noop()
 
 

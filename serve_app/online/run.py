@@ -75,22 +75,17 @@ def _ingress_replicas(app: str) -> int:
 
 
 async def _drain_state(app: str) -> tuple[bool, int]:
-    """(every answering ingress replica is draining, most requests in flight at one).
-
-    A handle call reaches one replica, so ask twice as many times as there are replicas."""
-    from ray import serve
+    """(every ingress replica is draining, most requests in flight at one), from the
+    reports every ingress replica sends to the app's board twice a second (a handle call
+    would reach only the least-loaded replica: the idle one, not the busy one)."""
+    from serve_app.online import system
 
     replicas = _ingress_replicas(app)
     if replicas == 0:
         return True, 0
-    handle = serve.get_deployment_handle(INGRESS_DEPLOYMENT, app_name=app)
-    answers = await asyncio.gather(
-        *(handle.drain_state.remote() for _ in range(2 * replicas)), return_exceptions=True
-    )
-    states = [a for a in answers if isinstance(a, dict)]
-    if not states:
-        return False, 0
-    return all(s["draining"] for s in states), max(int(s["in_flight"]) for s in states)
+    snapshot = await system.get_board(app).snapshot.remote()
+    reports = (snapshot.get(system.INGRESS_KEY) or {}).get("replicas", [])
+    return system.drain_progress(reports, replicas)
 
 
 def wait_drained(apps: list[str], timeout_s: float, stop_now: threading.Event) -> bool:
@@ -129,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     from ray.serve._private.constants import SERVE_NAMESPACE
     from ray.serve.config import gRPCOptions
     from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.online import system
 
     raw = yaml.safe_load(args.config.read_text())
     config = ServeDeploySchema.model_validate(raw)
@@ -174,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             for app in apps:
                 if not stop_now.is_set():
                     serve.delete(app, _blocking=True)
+                    system.delete_board(app)  # the app's detached stats board goes with it
     finally:
         serve.shutdown()
         if started_ray:

@@ -7,7 +7,8 @@ Serve's internal request protocol. Instead every recognizer replica runs a small
 per app, the :class:`StatsBoard` (namespace ``serve``, ``lifetime="detached"``, zero CPUs),
 and gets back the tuning the operator asked for. The board
 
-- sums the replicas now reporting (a replica silent for ``stale_after_s`` drops out),
+- sums the replicas now reporting (a replica silent for ``stale_after_s`` drops out, and
+  is forgotten after ``forget_after_s``),
 - keeps per model a monotonic total of audio and busy seconds (a restarted replica's
   counters start again from 0: its new totals are added, not subtracted), sampled into a
   ring of (time, audio_s, busy_s) for RTFx over the last minutes, and
@@ -18,7 +19,8 @@ and gets back the tuning the operator asked for. The board
 
 What survives: the tuning lives in the detached board, so replicas that start later
 (autoscaling, a restarted replica) get it on their first report, within a second of
-starting. It does not survive a restart of the Ray cluster, and a redeploy whose
+starting. It does not survive a restart of the Ray cluster (nor the stop of
+``serve_app.online.run``, which deletes the board with the app), and a redeploy whose
 ``user_config`` sets the same fields overrides it until the next tune (last writer wins);
 make a setting permanent in the config file. A redeploy that changes a replica's
 configured batch settings (the ``args`` or the ``user_config``) clears the tuning: replicas
@@ -43,6 +45,9 @@ logger = logging.getLogger(__name__)
 BOARD_NAMESPACE = "serve"
 TUNABLE = ("max_batch_audio_s", "batch_wait_timeout_s")
 _SUMMED = ("num_batches", "items", "audio_s", "padded_s", "busy_s")
+_WARN_EVERY_S = 60.0
+# The ingress replicas report their drain state under this key (not a model).
+INGRESS_KEY = "__ingress__"
 
 
 def board_name(app_name: str) -> str:
@@ -70,11 +75,16 @@ class StatsBoard:
         ring_s: float = 900.0,
         sample_every_s: float = 1.0,
         stale_after_s: float = 10.0,
+        forget_after_s: float = 300.0,
     ) -> None:
         self._clock = clock
         self._ring_s = ring_s
         self._sample_every_s = sample_every_s
         self._stale_after_s = stale_after_s
+        # A replica silent this long is gone (replaced, scaled down): its entry is dropped,
+        # so the board's memory follows the replicas alive, not every replica ever started.
+        # (Longer than stale_after_s: a replica back from a pause is not counted anew.)
+        self._forget_after_s = max(forget_after_s, stale_after_s)
         self._models: dict[str, _ModelTotals] = {}
         self._replicas: dict[tuple[str, str], tuple[float, dict]] = {}  # -> (seen, stats)
 
@@ -92,6 +102,7 @@ class StatsBoard:
             delta = new - old if new >= old else new  # counters went back: a restart
             setattr(totals, key, getattr(totals, key) + delta)
         self._replicas[(model, replica_id)] = (now, dict(stats))
+        self._forget_gone(now)
         configured = stats.get("configured")
         if totals.tuning and configured is not None and totals.tuned_over is not None:
             if configured != totals.tuned_over:
@@ -108,6 +119,14 @@ class StatsBoard:
         while totals.ring and now - totals.ring[0][0] > self._ring_s:
             totals.ring.popleft()
         return {"version": totals.version, "settings": dict(totals.tuning)}
+
+    def _forget_gone(self, now: float) -> None:
+        gone = [k for k, (seen, _) in self._replicas.items() if now - seen > self._forget_after_s]
+        for key in gone:
+            del self._replicas[key]
+
+    def num_replicas_known(self) -> int:
+        return len(self._replicas)
 
     def set_tuning(self, model: str, settings: dict[str, float]) -> int:
         totals = self._model(model)
@@ -190,6 +209,29 @@ def _rate_from(first: tuple[float, float, float], last: tuple[float, float, floa
 # -- Ray side -------------------------------------------------------------------------
 
 
+def drain_progress(reports: list[dict], running_replicas: int) -> tuple[bool, int]:
+    """(every ingress replica is draining, most requests in flight at one) from the
+    ingress replicas' fresh board reports. Not all draining until as many replicas as are
+    running have reported ``draining`` (a report from before the drain says false)."""
+    if running_replicas == 0:
+        return True, 0
+    draining = [r for r in reports if r.get("draining")]
+    busy = max((int(r.get("in_flight", 0)) for r in reports), default=0)
+    return len(draining) >= running_replicas and len(draining) == len(reports), busy
+
+
+def delete_board(app_name: str) -> bool:
+    """Kill the app's board (the app is gone: ``serve_app.online.run`` at its stop). A
+    detached actor outlives the app otherwise, until the cluster stops."""
+    import ray
+
+    try:
+        ray.kill(ray.get_actor(board_name(app_name), namespace=BOARD_NAMESPACE))
+    except ValueError:  # never created
+        return False
+    return True
+
+
 def get_board(app_name: str):
     """The app's board actor, created by whichever replica asks first."""
     import ray
@@ -239,6 +281,7 @@ class StatsPusher:
         import ray
 
         board = None
+        last_warning_s = -_WARN_EVERY_S
         while not self._stop.wait(self._interval_s):
             try:
                 if board is None:
@@ -250,8 +293,11 @@ class StatsPusher:
                 if answer["version"] > self.applied_version:
                     self._apply_now(answer["settings"])
                     self.applied_version = answer["version"]
-            except Exception:  # the board restarting, a busy process: try next tick
-                logger.debug("stats push failed", exc_info=True)
+            except Exception as exc:  # the board restarting, a busy process: next tick
+                now = time.monotonic()
+                if now - last_warning_s >= _WARN_EVERY_S:  # visible, but not every second
+                    logger.warning("stats push to the board failed (%r); retrying", exc)
+                    last_warning_s = now
                 board = None
 
     def _apply_now(self, settings: dict) -> None:

@@ -45,6 +45,8 @@ def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
     for section in (args["vad_deployment"], args["ingress"]["deployment"]):
         section["ray_actor_options"] = {"num_cpus": 0}
     args["recognizers"][0]["deployment"]["ray_actor_options"] = {"num_cpus": 0}
+    # Two ingress replicas: the stop must wait for the busy one, not ask the idle one.
+    args["ingress"]["deployment"]["num_replicas"] = 2
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

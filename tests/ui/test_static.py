@@ -172,3 +172,17 @@ def test_a_changed_config_clears_the_tuning():
     new = {"args": {"batch_wait_timeout_s": 0.3}, "user_config": {}}
     answer = board.publish("m", "c", {"configured": new})
     assert answer["settings"] == {} and board.tuning("m")["settings"] == {}
+
+
+def test_board_forgets_replicas_that_are_gone():
+    """Replicas come and go (restarts, autoscaling): the board keeps the live ones only,
+    and a replica back from a pause shorter than that is not counted twice."""
+    now = [0.0]
+    board = StatsBoard(clock=lambda: now[0], stale_after_s=10.0, forget_after_s=60.0)
+    for i in range(50):  # fifty replicas lived and died, one after another
+        now[0] = i * 30.0
+        board.publish("m", f"replica-{i}", {"audio_s": 1.0, "busy_s": 0.5})
+    assert board.num_replicas_known() <= 3
+    now[0] += 30.0  # the newest one pauses for 30 s, then reports the same totals
+    board.publish("m", "replica-49", {"audio_s": 1.0, "busy_s": 0.5})
+    assert board.snapshot()["m"]["cumulative"]["audio_s"] == 50.0

@@ -2,7 +2,8 @@
 
 Key: sha256 over the uploaded bytes' sha256, the canonical model name, the model's
 version (:func:`model_version`: its weights' identity and the settings that change its
-output) and the request's :meth:`RequestOptions.output_fields` (every option that changes
+output), the code's (:func:`code_version`: package version and source hash) and the
+request's :meth:`RequestOptions.output_fields` (every option that changes
 the answer, so an option added there is part of the key without an edit here).
 
 Value: the ``Transcription`` as JSON, not a rendered body. ``response_format`` is part of
@@ -19,7 +20,9 @@ A backend error is never a request error: it is logged, counted and read as a mi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import time
@@ -218,6 +221,9 @@ def cache_key(
         "options": output_fields,
         # A new field in Transcription (or its parts) changes what an entry holds.
         "schema": _SCHEMA,
+        # A fix to stitching, re-decoding or rendering changes answers: entries cached by
+        # other code (Redis with ttl_s: null outlives any deploy) are never served.
+        "code": code_version(),
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -229,6 +235,26 @@ def _json_default(value: object) -> object:
     if isinstance(value, (set, frozenset)):
         return sorted(value, key=repr)
     return repr(value)
+
+
+@functools.cache
+def code_version() -> str:
+    """What code made an answer: :func:`source_version` of this package, once per process."""
+    return source_version(Path(__file__).resolve().parents[1])
+
+
+def source_version(root: Path) -> str:
+    """The package's version and a hash of every Python module under ``root`` (~20k lines:
+    milliseconds)."""
+    try:
+        package = importlib.metadata.version("ray-funasr-serve")
+    except importlib.metadata.PackageNotFoundError:
+        package = "unknown"
+    digest = hashlib.sha256(package.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return f"{package}+{digest.hexdigest()[:12]}"
 
 
 def sha256_hex(data: bytes) -> str:

@@ -15,6 +15,7 @@ from starlette.datastructures import FormData
 
 from serve_app.core.transcript import Transcription, TranscriptSegment
 from serve_app.core.types import WordTiming
+from serve_app.online import cache as cache_module
 from serve_app.online.cache import (
     MemoryCache,
     RedisCache,
@@ -122,6 +123,21 @@ def test_every_request_field_but_delivery_is_an_output_field():
     names = {f.name for f in dataclasses.fields(RequestOptions)}
     assert set(RequestOptions().output_fields()) == names - _NOT_OUTPUT
     assert _NOT_OUTPUT == {"stream", "use_cache"}
+
+
+def test_key_changes_with_the_code(tmp_path, monkeypatch):
+    """A fix to the pipeline's code must not be hidden behind answers cached before it."""
+    package = tmp_path / "serve_app"
+    (package / "core").mkdir(parents=True)
+    (package / "core" / "transcript.py").write_text("JOIN = ' '\n")
+    before = cache_module.source_version(package)
+    (package / "core" / "transcript.py").write_text("JOIN = ''\n")
+    after = cache_module.source_version(package)
+    assert before != after
+    assert cache_module.code_version() == cache_module.code_version()  # stable per process
+    key = cache_key("a", "m", "v", {})
+    monkeypatch.setattr(cache_module, "code_version", lambda: after)
+    assert cache_key("a", "m", "v", {}) != key
 
 
 def test_key_changes_with_every_output_field():

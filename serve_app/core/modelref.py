@@ -17,6 +17,18 @@ def resolve_model_ref(model_ref: str, models_dir: Path | None) -> str:
     return model_ref
 
 
+# Set any of these (1/true/yes/on) and no backend downloads a model: a name that is not a
+# local folder fails at once, naming the places tried. HF_HUB_OFFLINE is Hugging Face's own.
+OFFLINE_ENV_VARS = ("ASR_OFFLINE", "FUNASR_OFFLINE", "HF_HUB_OFFLINE")
+
+
+def downloads_disabled() -> bool:
+    return any(
+        os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+        for name in OFFLINE_ENV_VARS
+    )
+
+
 def is_local(model_ref: str, models_dir: Path | None) -> bool:
     return Path(resolve_model_ref(model_ref, models_dir)).is_dir()
 

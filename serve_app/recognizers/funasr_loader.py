@@ -26,12 +26,11 @@ from urllib.parse import urlparse
 
 import torch
 
+from serve_app.core.modelref import OFFLINE_ENV_VARS, downloads_disabled
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-OFFLINE_ENV_VARS = ("ASR_OFFLINE", "FUNASR_OFFLINE")
 
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -290,7 +289,7 @@ def load_funasr_model(
         folder = _cached_hub_dir(model_id, hub)
         if folder is None:
             where = f"not a folder{f' under {models_dir}' if models_dir else ''}"
-            if any(_env_flag(name) for name in OFFLINE_ENV_VARS):
+            if downloads_disabled():
                 raise FunAsrModelNotFoundError(
                     f"FunASR model {model_ref!r}: {where}, not in the {hub} cache, "
                     f"and downloads are off ({'/'.join(OFFLINE_ENV_VARS)} is set)"

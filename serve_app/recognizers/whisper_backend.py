@@ -30,7 +30,7 @@ import numpy as np
 
 from serve_app.core.audio import SAMPLE_RATE_HZ
 from serve_app.core.errors import InvalidRequestError
-from serve_app.core.modelref import resolve_model_ref
+from serve_app.core.modelref import OFFLINE_ENV_VARS, downloads_disabled, resolve_model_ref
 from serve_app.core.types import (
     ModelCapabilities,
     RecognitionOptions,
@@ -94,6 +94,8 @@ def resolve_model_path(model_ref: str, models_dir: Path | None = None) -> str:
     The hub path (``tiny.en``, ``Systran/faster-whisper-small``...) first looks in the
     Hugging Face cache, then downloads. Offline, huggingface_hub fails within its own
     connect timeouts; any failure becomes a ``FileNotFoundError`` naming every place tried.
+    With ``ASR_OFFLINE`` (or ``FUNASR_OFFLINE``, ``HF_HUB_OFFLINE``) set, no download is
+    tried at all.
     """
     resolved = resolve_model_ref(model_ref, models_dir)
     if Path(resolved).is_dir():
@@ -105,6 +107,13 @@ def resolve_model_path(model_ref: str, models_dir: Path | None = None) -> str:
         return download_model(model_ref, local_files_only=True)
     except Exception:  # not cached: try the network below
         pass
+    if downloads_disabled():
+        where = f", nor under {models_dir}" if models_dir is not None else ""
+        raise FileNotFoundError(
+            f"whisper model {model_ref!r} is not a directory{where}, not in the Hugging "
+            f"Face cache, and downloads are off ({'/'.join(OFFLINE_ENV_VARS)} is set); "
+            "run serve_app/tools/provision_models.py or pass a model directory"
+        )
     try:
         return download_model(model_ref)
     except Exception as exc:

@@ -142,6 +142,23 @@ def test_unknown_model_fails_fast_offline(model_ref, tmp_path, monkeypatch) -> N
     assert time.monotonic() - started < 10
 
 
+def test_asr_offline_means_no_download_is_tried(tmp_path, monkeypatch) -> None:
+    """ASR_OFFLINE is honoured by every backend: Whisper does not even try the hub."""
+    import faster_whisper.utils
+
+    tried: list[tuple[str, bool]] = []
+
+    def download_model(ref: str, local_files_only: bool = False, **_: object) -> str:
+        tried.append((ref, local_files_only))
+        raise FileNotFoundError("not cached")
+
+    monkeypatch.setattr(faster_whisper.utils, "download_model", download_model)
+    monkeypatch.setenv("ASR_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="downloads are off"):
+        WhisperBackend("tiny.en", models_dir=tmp_path)
+    assert tried == [("tiny.en", True)]  # the local cache only
+
+
 # -- the real model -----------------------------------------------------------------------
 
 

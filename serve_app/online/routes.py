@@ -73,9 +73,62 @@ _AUDIO_RESPONSES: dict[int | str, dict] = {
     200: {
         "description": "The transcript: JSON (json, verbose_json), text (text, srt, vtt), "
         "or Server-Sent Events with stream=true",
-        "content": {"text/plain": {}, "text/event-stream": {}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["text"],
+                    "properties": {"text": {"type": "string"}},
+                }
+            },
+            "text/plain": {},
+            "text/event-stream": {},
+        },
     },
     **_ERRORS,
+}
+# What the other routes answer besides their 200 (declared, so a schema check of every
+# answer, scripts/openapi_fuzz.py, holds the API to it).
+_KEYED = {401: _ERRORS[401]}
+_TUNE_RESPONSES = {
+    **{status: _ERRORS[status] for status in (400, 401, 404)},
+    403: {"model": ErrorBody, "description": "A client key where operator keys are configured"},
+}
+_HEALTH_BODY = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "unavailable", "draining"]},
+        "checks": {"type": "object"},
+        "error": {"type": "string"},
+    },
+}
+_HEALTH_RESPONSES: dict[int | str, dict] = {
+    200: {"description": "Ready", "content": {"application/json": {"schema": _HEALTH_BODY}}},
+    503: {
+        "description": "Not ready: a stage has no running replica, or this replica drains",
+        "content": {"application/json": {"schema": _HEALTH_BODY}},
+    },
+}
+_MODELS_BODY = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "object", "created", "owned_by"],
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "model"},
+                    "created": {"type": "integer"},
+                    "owned_by": {"type": "string"},
+                },
+            },
+        },
+    },
 }
 _TUNE_BODY = {
     "required": True,
@@ -181,7 +234,14 @@ def _api_router(server: IngressApi) -> APIRouter:
     async def translations(request: Request) -> Response:
         return await server.transcribe(request, "translate")
 
-    @router.get("/v1/models", summary="The served models, with capabilities")
+    @router.get(
+        "/v1/models",
+        summary="The served models, with capabilities",
+        responses={
+            200: {"content": {"application/json": {"schema": _MODELS_BODY}}},
+            **_KEYED,
+        },
+    )
     async def models() -> JSONResponse:
         return JSONResponse(await server.models())
 
@@ -196,17 +256,20 @@ def _api_router(server: IngressApi) -> APIRouter:
             methods=["GET"],
             summary="Readiness: every stage has a replica",
             openapi_extra={"security": []},  # probes carry no key
+            responses=_HEALTH_RESPONSES,
         )
 
-    @router.get("/v1/stats", summary="Batch statistics of one replica per model")
+    @router.get("/v1/stats", summary="Batch statistics of one replica per model", responses=_KEYED)
     async def stats() -> JSONResponse:
         return JSONResponse(await server.stats())
 
-    @router.get("/v1/system", summary="Every replica's load, throughput and settings")
+    @router.get(
+        "/v1/system", summary="Every replica's load, throughput and settings", responses=_KEYED
+    )
     async def system_state() -> JSONResponse:
         return JSONResponse(await server.system_view().system())
 
-    @router.get("/v1/tune", summary="The live batching settings per model")
+    @router.get("/v1/tune", summary="The live batching settings per model", responses=_KEYED)
     async def tune_state() -> JSONResponse:
         return JSONResponse(await server.system_view().tune_state())
 
@@ -214,6 +277,7 @@ def _api_router(server: IngressApi) -> APIRouter:
         "/v1/tune",
         summary="Change a model's batching settings on every replica, live",
         openapi_extra={"requestBody": _TUNE_BODY},
+        responses=_TUNE_RESPONSES,
     )
     async def tune(request: Request) -> JSONResponse:
         # Read here, not as a pydantic body: system.parse_tune_body's 400s name the field.

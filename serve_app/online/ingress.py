@@ -344,8 +344,10 @@ class IngressServer:
                 on_retry=_count_retry("vad"),
             )
             if scope is not None and scope.ticket is not None:
-                # Silence costs the recognizer nothing: only speech stays queued.
-                scope.ticket.shrink_to(sum(seg.duration_ms for seg in segments) / 1000.0)
+                # Silence costs the recognizer nothing: only speech stays queued (of
+                # every channel of a split request: summed, not the last one's).
+                speech_s = sum(seg.duration_ms for seg in segments) / 1000.0
+                scope.ticket.shrink_to(scope.speech_found(speech_s))
                 self._publish(scope.model)
             return segments
 

@@ -23,6 +23,18 @@ class RequestScope:
     deadline_unix_s: float | None
     ticket: AdmissionTicket | None = None
     model: str = ""
+    # The signals the VAD will cut (the channels of ``channels=split``, else 1), each of
+    # ``signal_s``: the ticket holds every signal's length until its VAD answer, then
+    # only its speech, so a split request keeps the sum of its channels' speech queued.
+    signals_left: int = 1
+    signal_s: float = 0.0
+    speech_found_s: float = 0.0
+
+    def speech_found(self, speech_s: float) -> float:
+        """One signal's VAD answer: what the request still costs the recognizer."""
+        self.speech_found_s += speech_s
+        self.signals_left = max(0, self.signals_left - 1)
+        return self.speech_found_s + self.signals_left * self.signal_s
 
 
 CURRENT: contextvars.ContextVar[RequestScope | None] = contextvars.ContextVar(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Message, Receive
 
 from serve_app.core import observability
 from serve_app.core.errors import InvalidRequestError, OverloadedError, UploadTooLargeError
@@ -113,21 +114,33 @@ class TranscriptionEndpoint:
                     f"{limits.max_upload_bytes} bytes",
                     param="file",
                 )
+        # The body is counted as it arrives (a chunked upload declares no length): past
+        # the limit the read stops with a 413, before the rest is spooled anywhere.
+        limited = Request(
+            request.scope,
+            receive=_limited_receive(
+                request.receive, limits.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+            ),
+        )
         try:
-            form = await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
+            form = await limited.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
+        except UploadTooLargeError:
+            raise
         except Exception as exc:
             raise InvalidRequestError(f"could not parse multipart form: {exc}") from exc
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidRequestError("missing 'file' field (multipart upload)", param="file")
-        request_options = TranscriptionForm.from_form(form).options(task)
-        speakers = self._speaker_request(request_options)
-        model = request_options.model
-        self._service.route(model)  # 404 before decoding anything
-        await self._check_capabilities(model, request_options.recognition)
-        self._admission_check(model, 0.0, "before_decode")
-        data = await upload.read(limits.max_upload_bytes + 1)
-        await form.close()
+        try:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequestError("missing 'file' field (multipart upload)", param="file")
+            request_options = TranscriptionForm.from_form(form).options(task)
+            speakers = self._speaker_request(request_options)
+            model = request_options.model
+            self._service.route(model)  # 404 before decoding anything
+            await self._check_capabilities(model, request_options.recognition)
+            self._admission_check(model, 0.0, "before_decode")
+            data = await upload.read(limits.max_upload_bytes + 1)
+        finally:
+            await form.close()  # the spooled file, on every path
         if len(data) > limits.max_upload_bytes:
             raise UploadTooLargeError(
                 f"upload exceeds the limit of {limits.max_upload_bytes} bytes", param="file"
@@ -162,7 +175,13 @@ class TranscriptionEndpoint:
             )
             raise
         self._publish(canonical)
-        scope = request_scope.RequestScope(deadline_unix_s, ticket, canonical)
+        scope = request_scope.RequestScope(
+            deadline_unix_s,
+            ticket,
+            canonical,
+            signals_left=audio.num_channels,
+            signal_s=audio.duration_s,
+        )
 
         def release() -> None:
             ticket.close()  # idempotent
@@ -353,6 +372,26 @@ def _done_fields(request_options: RequestOptions) -> streaming.DoneFieldsFn:
         return out
 
     return done_fields
+
+
+def _limited_receive(receive: Receive, max_bytes: int) -> Receive:
+    """``receive`` that raises :class:`UploadTooLargeError` once the body passes
+    ``max_bytes`` (the multipart parser then stops reading it)."""
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_bytes:
+                raise UploadTooLargeError(
+                    f"upload exceeds the limit of {max_bytes - MULTIPART_OVERHEAD_BYTES} bytes",
+                    param="file",
+                )
+        return message
+
+    return limited
 
 
 async def _done(transcription: Transcription) -> Transcription:

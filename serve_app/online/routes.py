@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.core import observability
-from serve_app.core.errors import InvalidRequestError, UnauthorizedError
+from serve_app.core.errors import InvalidRequestError, PermissionDeniedError, UnauthorizedError
 from serve_app.online import system, ui
 from serve_app.online.auth import ApiKeys
 from serve_app.online.forms import openapi_request_body
@@ -349,14 +349,15 @@ class BeforeRouting:
         request_id = request_id_of(scope)
         if not _open_without_key(scope, path):
             try:
-                self._api_keys.check(path, _authorization(scope))
-            except UnauthorizedError as exc:
+                self._api_keys.check(path, _authorization(scope), scope.get("method", "GET"))
+            except (UnauthorizedError, PermissionDeniedError) as exc:
                 observability.errors_total().inc(tags={"kind": exc.code, "stage": "auth"})
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
                     return
                 denied = error_response(exc, request_id)
-                denied.headers["www-authenticate"] = "Bearer"
+                if isinstance(exc, UnauthorizedError):
+                    denied.headers["www-authenticate"] = "Bearer"
                 await denied(scope, receive, send)
                 return
         await self.app(scope, receive, send)

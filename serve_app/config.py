@@ -425,6 +425,10 @@ class IngressSettings(Strict):
     # How long /healthz waits for the Serve controller's status, and /v1/models for a
     # model's capabilities (Kubernetes probes need a timeout above this).
     health_timeout_s: float = Field(5.0, gt=0)
+    # A request whose stages (VAD, the model, speakers, punctuation) have had no running
+    # replica this long is answered 503 naming the stage, with Retry-After, instead of
+    # waiting for one (serve_app.online.availability); shorter waits are a replica restart.
+    unavailable_after_s: float = Field(30.0, gt=0)
     retry: RetrySettings = RetrySettings()
     realtime: RealtimeSettings = RealtimeSettings()
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=96)

@@ -47,6 +47,7 @@ from serve_app.online.admission import (
     PendingRequests,
 )
 from serve_app.online.auth import ApiKeys
+from serve_app.online.availability import ReplicaWatch, serve_running_replicas
 from serve_app.online.cache import build_cache
 from serve_app.online.realtime.ingress_live import IngressLive
 from serve_app.online.retry import call_with_retries
@@ -105,6 +106,8 @@ class IngressServer:
         self._punctuators = dict(punctuators or {})
         self._capabilities_cache: dict[str, dict] = {}
         self._capabilities_calls: dict[str, asyncio.Task] = {}
+        self._watch: ReplicaWatch | None = None
+        self._started_monotonic = time.monotonic()
         # Read here, in the replica, so a Secret mounted as env or file on the node counts.
         self.api_keys = ApiKeys.from_env()
         logger.info("API keys: %s", f"{len(self.api_keys)} set" if self.api_keys else "off")
@@ -165,6 +168,7 @@ class IngressServer:
             in_flight=self._in_flight,
             capabilities=self._capabilities,
             publish=self._publish,
+            available=self._check_available,
         )
 
         # Ask every model's capabilities now, while its queue is empty (in a replica the
@@ -280,6 +284,31 @@ class IngressServer:
         checks = {name: {"running_replicas": n} for name, n in running.items()}
         ok = bool(running) and all(n > 0 for n in running.values())
         return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "checks": checks}
+
+    # -- replicas to send to ----------------------------------------------------------------
+
+    async def _check_available(self, model: str, diarize: bool) -> None:
+        """A 503 naming the stage when the request's stages have had no running replica
+        for ``unavailable_after_s`` (serve_app.online.availability). Outside Serve (tests
+        with fake handles) there is no controller to ask: nothing is checked."""
+        if self._watch is None:
+            try:
+                app_name = serve.get_replica_context().app_name
+            except Exception:
+                return
+            settings = self._options.settings
+            self._watch = ReplicaWatch(
+                lambda: serve_running_replicas(app_name),
+                unavailable_after_s=settings.unavailable_after_s,
+                timeout_s=settings.health_timeout_s,
+                started=self._started_monotonic,
+            )
+        stages = ["VadDeployment", f"Recognizer-{model}"]
+        if diarize and self._service.can_diarize:
+            stages.append("SpeakerDeployment")
+        if model in self._punctuators:
+            stages.append(f"Punctuation-{model}")
+        await self._watch.check(stages, f"model {model!r}")
 
     # -- capabilities --------------------------------------------------------------------
 

@@ -105,6 +105,21 @@ def wait_drained(apps: list[str], timeout_s: float, stop_now: threading.Event) -
     return False
 
 
+def _placement_problems(raw: dict[str, Any]) -> list[str]:
+    """serve_app.online.placement's check of every app of this project in the config."""
+    import ray
+
+    from serve_app.config import AppConfig
+    from serve_app.online.placement import replica_demand, unplaceable
+
+    demand = []
+    for app in raw.get("applications") or []:
+        if app.get("import_path") == "serve_app.online.app:build_app":
+            demand += replica_demand(AppConfig.model_validate(app.get("args") or {}))
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    return unplaceable(demand, nodes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="a Serve config file (ray_configs/*.yaml)")
@@ -138,6 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     if not ray.is_initialized():
         ray.init(address=args.address, namespace=SERVE_NAMESPACE)
+    problems = _placement_problems(raw)
+    if problems:
+        for line in problems:
+            logger.error("cannot be scheduled: %s", line)
+        if started_ray:  # this command's own cluster: its resources are all there is
+            logger.error("not deploying: the config asks for more than this machine has")
+            ray.shutdown()
+            return 2
+        logger.warning("deploying anyway: the cluster may add nodes (autoscaling)")
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
         proxy_location=config.proxy_location,

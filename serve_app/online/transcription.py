@@ -65,6 +65,7 @@ class TranscriptionEndpoint:
         in_flight: InFlight,
         capabilities: Callable[[str], Awaitable[dict]],
         publish: Callable[[str], None],
+        available: Callable[[str, bool], Awaitable[None]] | None = None,
     ) -> None:
         self._service = service
         self._options = options
@@ -74,6 +75,7 @@ class TranscriptionEndpoint:
         self._in_flight = in_flight
         self._capabilities = capabilities
         self._publish = publish
+        self._available = available
 
     async def handle(self, request: Request, task: Literal["transcribe", "translate"]) -> Response:
         """One audio request (``task``: ``translate`` for ``/v1/audio/translations``)."""
@@ -135,7 +137,9 @@ class TranscriptionEndpoint:
             request_options = TranscriptionForm.from_form(form).options(task)
             speakers = self._speaker_request(request_options)
             model = request_options.model
-            self._service.route(model)  # 404 before decoding anything
+            route = self._service.route(model)  # 404 before decoding anything
+            if self._available is not None:  # 503 when its stages have no replica
+                await self._available(route.name, speakers.diarize)
             await self._check_capabilities(model, request_options.recognition)
             self._admission_check(model, 0.0, "before_decode")
             data = await upload.read(limits.max_upload_bytes + 1)

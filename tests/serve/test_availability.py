@@ -1,0 +1,103 @@
+"""A request whose stage has no running replica is answered 503 naming it (no Ray).
+
+Without this check a handle call waits in Serve's router for a replica; one that cannot be
+scheduled never comes, and the request waited for the proxy's timeout (600 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from serve_app.core.errors import ModelUnavailableError, OverloadedError
+from serve_app.online.availability import ReplicaWatch
+from serve_app.online.http_errors import error_response
+
+STAGES = ["VadDeployment", "Recognizer-m", "SpeakerDeployment"]
+
+
+class _Controller:
+    def __init__(self, **running: int) -> None:
+        self.running = dict(running)
+        self.reads = 0
+
+    def status(self) -> dict[str, int]:
+        self.reads += 1
+        return dict(self.running)
+
+
+def _watch(controller: _Controller, now: list[float]) -> ReplicaWatch:
+    return ReplicaWatch(
+        controller.status, unavailable_after_s=30.0, refresh_s=1.0, clock=lambda: now[0]
+    )
+
+
+def test_a_stage_that_never_ran_is_named_after_the_grace_period():
+    controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1, "SpeakerDeployment": 0})
+    now = [0.0]
+
+    async def scenario() -> str:
+        watch = _watch(controller, now)
+        await watch.check(STAGES, "model 'm'")  # at start: the replica may be loading
+        now[0] = 31.0
+        with pytest.raises(ModelUnavailableError) as caught:
+            await watch.check(STAGES, "model 'm'")
+        # Requests that do not need the speaker stage still go through.
+        await watch.check(STAGES[:2], "model 'm'")
+        return caught.value.message
+
+    message = asyncio.run(scenario())
+    assert "SpeakerDeployment" in message and "model 'm'" in message
+    response = error_response(ModelUnavailableError(message, retry_after_s=30.0), "r1")
+    assert response.status_code == 503 and response.headers["retry-after"] == "30"
+    assert isinstance(ModelUnavailableError("x"), OverloadedError)  # clients retry it
+
+
+def test_a_replica_restart_shorter_than_the_grace_period_is_waited_for():
+    controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1, "SpeakerDeployment": 1})
+    now = [100.0]
+
+    async def scenario() -> None:
+        watch = _watch(controller, now)
+        await watch.check(STAGES, "m")
+        controller.running["Recognizer-m"] = 0  # killed; Serve starts a new one
+        now[0] += 20.0
+        await watch.check(STAGES, "m")  # 20 s without: still waits (in-flight retried)
+        now[0] += 15.0
+        with pytest.raises(ModelUnavailableError, match="Recognizer-m"):
+            await watch.check(STAGES, "m")
+        controller.running["Recognizer-m"] = 1  # back
+        now[0] += 1.0
+        await watch.check(STAGES, "m")
+
+    asyncio.run(scenario())
+
+
+def test_the_controller_is_read_at_most_once_per_refresh_and_its_failure_lets_requests_pass():
+    controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1})
+    now = [0.0]
+
+    async def scenario() -> None:
+        watch = _watch(controller, now)
+        await asyncio.gather(*(watch.check(STAGES[:2], "m") for _ in range(20)))
+        assert controller.reads == 1
+        now[0] += 1.5
+
+        def broken() -> dict[str, int]:
+            raise TimeoutError("controller busy")
+
+        watch._status = broken
+        await watch.check(STAGES[:2], "m")  # unknown: not refused
+
+    asyncio.run(scenario())
+
+
+def test_the_grace_period_counts_from_the_ingress_start_not_the_first_request():
+    controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1, "SpeakerDeployment": 0})
+    now = [500.0]
+    watch = ReplicaWatch(
+        controller.status, unavailable_after_s=30.0, clock=lambda: now[0], started=400.0
+    )
+    with pytest.raises(ModelUnavailableError, match="SpeakerDeployment"):
+        asyncio.run(watch.check(STAGES, "m"))  # the first request, 100 s after the start

@@ -53,6 +53,12 @@ def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
 
 
 def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir, whisper_reference):
+    # One long request and three short ones: the long one is still running on one ingress
+    # replica when the others are done, so a drain that asks the idle replica ends early.
+    long_texts = SENTENCES * 3
+    long_audio = concat_with_pauses([synthesize(t, tmp_path) for t in long_texts], pause_s=1.0)
+    long_buf = io.BytesIO()
+    sf.write(long_buf, long_audio, 16000, format="WAV", subtype="PCM_16")
     texts = SENTENCES[:4]
     audio = concat_with_pauses([synthesize(t, tmp_path) for t in texts], pause_s=1.0)
     buf = io.BytesIO()
@@ -85,19 +91,22 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir,
 
         answers: list[httpx.Response | Exception] = []
 
-        def client() -> None:
+        long_answer: list[httpx.Response | Exception] = []
+
+        def client(body: bytes = data, into: list = answers) -> None:
             try:
-                answers.append(
+                into.append(
                     httpx.post(
                         url + "/v1/audio/transcriptions",
-                        files={"file": ("a.wav", data, "audio/wav")},
+                        files={"file": ("a.wav", body, "audio/wav")},
                         timeout=300,
                     )
                 )
             except Exception as exc:
-                answers.append(exc)
+                into.append(exc)
 
-        threads = [threading.Thread(target=client) for _ in range(4)]
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        threads.append(threading.Thread(target=client, args=(long_buf.getvalue(), long_answer)))
         for thread in threads:
             thread.start()
         time.sleep(1.0)  # the requests are uploaded and in flight
@@ -111,7 +120,13 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert rc == 0
-    assert len(answers) == 4
+    assert len(answers) == 3 and len(long_answer) == 1
+    long = long_answer[0]
+    assert isinstance(long, httpx.Response), repr(long)
+    assert long.status_code == 200, long.text
+    assert_wer_near_reference(
+        [" ".join(long_texts)], [long.json()["text"]], [whisper_reference.transcribe(long_audio)]
+    )
     for answer in answers:
         assert isinstance(answer, httpx.Response), repr(answer)
         assert answer.status_code == 200, answer.text

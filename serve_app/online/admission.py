@@ -56,6 +56,7 @@ class AdmissionController:
         self._queued_s = 0.0
         self._decayed_sum_s = 0.0  # sum of released audio, each decayed by exp(-age/window)
         self._busy_s = 0.0
+        self._drained_any = False
         self._last_t = clock()
 
     # -- measurement ------------------------------------------------------------------
@@ -72,9 +73,13 @@ class AdmissionController:
         return self._queued_s
 
     def measured_rate(self) -> float | None:
-        """Audio seconds drained per busy second, or None before enough was seen."""
+        """Audio seconds drained per busy second, or None before enough was seen.
+
+        Busy time with nothing drained yet (a new ingress replica whose first requests
+        wait for a recognizer being replaced after a node died) is not a rate of zero:
+        it is no measurement, and the initial rate stands in until a segment completes."""
         self._advance()
-        if self._busy_s < self.policy.min_busy_s:
+        if self._busy_s < self.policy.min_busy_s or not self._drained_any:
             return None
         # Normalised so that a constant rate r over any busy time reads exactly r.
         norm = self.policy.rate_window_s * (
@@ -126,6 +131,7 @@ class AdmissionController:
         self._queued_s = max(0.0, self._queued_s - audio_s)
         if completed:
             self._decayed_sum_s += audio_s
+            self._drained_any = self._drained_any or audio_s > 0
 
 
 class AdmissionTicket:

@@ -147,3 +147,16 @@ def test_a_burst_is_refused_before_its_bodies_are_read():
     # The first at once (idle), then while (k + 1) x 150 s / 12 audio-s/s <= 60 s: 4 in all
     # (60 s x 12 audio-s/s holds 4.8 such files).
     assert passed == 4
+
+
+def test_busy_time_before_anything_drained_is_no_measurement():
+    """A new ingress replica (one started after a node died) whose first requests wait for
+    a recognizer being replaced: busy with nothing drained is not a rate of zero, which
+    would refuse every request with an unbounded wait; the initial rate stands in."""
+    ctl, clock = controller(max_queue_wait_s=60.0, initial_rate_audio_s_per_s=10.0)
+    ticket = ctl.admit(20.0)
+    clock.now += 15.0  # busy, nothing back yet
+    assert ctl.measured_rate() is None
+    ctl.check(20.0)  # (20 + 20) / 10 = 4 s: admitted
+    ticket.completed(20.0)
+    assert ctl.measured_rate() is not None  # measured from the first release on

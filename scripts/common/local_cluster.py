@@ -1,0 +1,261 @@
+"""A multi-node Ray cluster on one machine for scripts.multinode: ``ray start`` nodes,
+each in a process group of its own (killed whole), and the Serve config they run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from scripts.common.service import BIN, RAY_ENV, REPO, free_port, stop_group, wait_until
+
+APP = "asr"
+WORKER_RESOURCE = "mn_worker"
+
+
+# -- the cluster --------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    proxy_port: int
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def pids(self) -> set[int]:
+        """Every process of the node: its process group and the raylet's tree (a worker
+        process that left the group is still the raylet's child)."""
+        if self.proc is None:
+            return set()
+        found = set()
+        for proc in psutil.process_iter(["pid"]):
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(proc.pid) == self.proc.pid:
+                    found.add(proc.pid)
+        with contextlib.suppress(psutil.Error):
+            found |= {p.pid for p in psutil.Process(self.proc.pid).children(recursive=True)}
+        return found
+
+    def kill(self) -> int:
+        """SIGKILL the node whole; the number of processes killed."""
+        pids = self.pids()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        return len(pids)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc, signal.SIGTERM, 30)
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+
+class Cluster:
+    """A redis-server, a head and worker nodes, all started (and stopped) by this object."""
+
+    def __init__(self, workdir: Path, http_port: int, workers: int, worker_cpus: float) -> None:
+        self.workdir = workdir
+        # Ray's socket paths (<temp dir>/session_<date>_<pid>/sockets/plasma_store) must fit
+        # in 107 bytes: keep ``workdir`` short (/tmp/mn_...).
+        self.temp_dir = workdir / "ray"
+        self.http_port = http_port
+        self.gcs_port, self.dashboard_port, self.redis_port = free_port(), free_port(), free_port()
+        self.redis: subprocess.Popen | None = None
+        self.env = {**os.environ, **RAY_ENV, "RAY_REDIS_ADDRESS": f"127.0.0.1:{self.redis_port}"}
+        self.env.pop("RAY_ADDRESS", None)
+        # A worker node outlives a head that is down for this long.
+        self.env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "180"
+        self.env["RAY_external_storage_namespace"] = f"multinode-{os.getpid()}"
+        common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        head_cmd = [
+            str(BIN / "ray"), "start", "--head", *common,
+            f"--port={self.gcs_port}", "--num-cpus=0", "--num-gpus=0",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--temp-dir={self.temp_dir}",
+        ]  # fmt: skip
+        self.head = Node("head", head_cmd, self.env, workdir / "head.log", http_port)
+        self.workers = []
+        for i in range(workers):
+            name = "worker-" + "abcdefgh"[i]
+            port = free_port()
+            cmd = [
+                str(BIN / "ray"), "start", f"--address=127.0.0.1:{self.gcs_port}", *common,
+                f"--num-cpus={worker_cpus}", "--num-gpus=0",
+                f"--resources={json.dumps({WORKER_RESOURCE: 100, name: 1})}",
+                f"--dashboard-agent-listen-port={free_port()}",
+                f"--temp-dir={self.temp_dir}",
+            ]  # fmt: skip
+            env = {**self.env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(port)}
+            self.workers.append(Node(name, cmd, env, workdir / f"{name}.log", port))
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.head, *self.workers]
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def start(self) -> None:
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no"],
+            stdout=(self.workdir / "redis.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.start_head()
+        for node in self.workers:
+            self.start_worker(node)
+
+    def start_head(self) -> None:
+        self.head.start()
+
+        def up() -> bool:
+            if self.head.proc is not None and self.head.proc.poll() is not None:
+                raise RuntimeError(f"ray start --head exited; see {self.head.log}")
+            return _get(f"{self.dashboard}/api/version") is not None
+
+        wait_until(up, 180, "the head")
+
+    def restart_head(self) -> str | None:
+        """Start the head again (same port, same Redis). On one machine ``ray start --head``
+        first refuses: the surviving worker raylets' command lines name the GCS address,
+        which it takes for a running cluster, because the temp dir's
+        ``ray_current_cluster`` names the same address. Its error (None if it started),
+        then the start again without that file."""
+        self.head.start()
+        with contextlib.suppress(TimeoutError):
+            wait_until(lambda: self._head_up() is not None, 120, "the head")
+            return None
+        text = self.head.log.read_text(errors="replace")
+        error = next((ln for ln in reversed(text.splitlines()) if "Error" in ln), "timeout")
+        print(f"head: restart refused: {error}")
+        (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+        self.start_head()
+        return error
+
+    def _head_up(self) -> bool | None:
+        if self.head.proc is not None and self.head.proc.poll() is not None:
+            raise TimeoutError  # exited: refused
+        return _get(f"{self.dashboard}/api/version")
+
+    def start_worker(self, node: Node) -> None:
+        before = self.alive_nodes()
+        node.start()
+        wait_until(lambda: self.alive_nodes() > before, 120, f"{node.name} to join")
+
+    def alive_nodes(self) -> int:
+        nodes = _get(f"{self.dashboard}/nodes?view=summary")
+        if not nodes:
+            return 0
+        summary = nodes.get("data", {}).get("summary", [])
+        return sum(n.get("raylet", {}).get("state") == "ALIVE" for n in summary)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+        if self.redis is not None:
+            stop_group(self.redis, signal.SIGTERM, 10)
+
+    def serve(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "serve"), *args, "--address", self.dashboard],
+            cwd=REPO, env=self.env, capture_output=True, text=True, check=check, timeout=120,
+        )  # fmt: skip
+
+    def replicas(self) -> dict[str, list[dict]]:
+        """Deployment -> its replicas (state, replica_id, pid, node_id)."""
+        details = _get(f"{self.dashboard}/api/serve/applications/")
+        app = (details or {}).get("applications", {}).get(APP)
+        if not app:
+            return {}
+        return {name: d["replicas"] for name, d in app["deployments"].items()}
+
+    def app_status(self) -> str | None:
+        details = _get(f"{self.dashboard}/api/serve/applications/")
+        app = (details or {}).get("applications", {}).get(APP)
+        return app["status"] if app else None
+
+    def pid_nodes(self) -> dict[int, str]:
+        return {pid: n.name for n in self.nodes for pid in n.pids()}
+
+    def layout(self) -> dict[str, dict[str, int]]:
+        """Deployment -> {node name: RUNNING replicas}."""
+        out: dict[str, dict[str, int]] = {}
+        where_is = self.pid_nodes()
+        for name, replicas in self.replicas().items():
+            for r in replicas:
+                if r["state"] == "RUNNING":
+                    where = where_is.get(int(r.get("pid") or 0), "?")
+                    out.setdefault(name, {}).setdefault(where, 0)
+                    out[name][where] += 1
+        return out
+
+
+def _get(url: str) -> dict | None:
+    try:
+        r = httpx.get(url, timeout=5)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def serve_config(base: Path, http_port: int, replicas: int) -> dict:
+    """``base`` (ray_configs/serve.yaml) on every node, each deployment of the app
+    ``replicas`` times (no autoscaling), each replica small and on a worker node."""
+    cfg = yaml.safe_load(base.read_text())
+    cfg["proxy_location"] = "EveryNode"
+    cfg["http_options"].update(host="127.0.0.1", port=http_port)
+    (app,) = cfg["applications"]
+    args = app["args"]
+    sections = [(args["vad_deployment"], 0.25), (args["ingress"]["deployment"], 0.25)]
+    sections += [(r["deployment"], 0.5) for r in args["recognizers"]]
+    # Optional stages (speakers, punctuation): whatever else holds a deployment section.
+    sections += [
+        (value["deployment"], 0.1)
+        for key, value in args.items()
+        if key not in ("ingress", "recognizers") and isinstance(value, dict)
+        if isinstance(value.get("deployment"), dict)
+    ]
+    for section, cpus in sections:
+        section.pop("autoscaling_config", None)
+        section["num_replicas"] = replicas
+        section["ray_actor_options"] = {"num_cpus": cpus, "resources": {WORKER_RESOURCE: 1}}
+    for rec in args["recognizers"]:
+        rec["cpu_threads"] = 1
+    return cfg

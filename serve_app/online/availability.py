@@ -43,7 +43,9 @@ class ReplicaWatch:
         # When the ingress started (a stage never seen running counts from then).
         self._started = clock() if started is None else started
         self._running: dict[str, int] = {}
-        self._last_running: dict[str, float] = {}
+        self._seen_running: set[str] = set()
+        # When each stage was first seen without a running replica (by this ingress).
+        self._down_since: dict[str, float] = {}
         self._fetched_at: float | None = None
         self._fetch: asyncio.Task | None = None
 
@@ -60,7 +62,7 @@ class ReplicaWatch:
         for name in deployments:
             if self._running.get(name, 0) > 0:
                 continue
-            since = self._last_running.get(name, self._started)
+            since = self._down_since.get(name, self._started)
             if now - since >= self._unavailable_after_s:
                 raise ModelUnavailableError(
                     f"{what}: deployment {name} has no running replica (for {now - since:.0f} "
@@ -83,7 +85,12 @@ class ReplicaWatch:
         self._running = dict(running)
         for name, count in running.items():
             if count > 0:
-                self._last_running[name] = now
+                self._seen_running.add(name)
+                self._down_since.pop(name, None)
+            elif name not in self._down_since:
+                # Down since the start if never seen running, else since this read (it
+                # was running at an earlier one: a restart began in between).
+                self._down_since[name] = self._started if name not in self._seen_running else now
         self._fetched_at = now
 
 

@@ -62,9 +62,11 @@ def test_a_replica_restart_shorter_than_the_grace_period_is_waited_for():
         watch = _watch(controller, now)
         await watch.check(STAGES, "m")
         controller.running["Recognizer-m"] = 0  # killed; Serve starts a new one
+        now[0] += 1.0
+        await watch.check(STAGES, "m")  # first seen down: requests still wait
         now[0] += 20.0
         await watch.check(STAGES, "m")  # 20 s without: still waits (in-flight retried)
-        now[0] += 15.0
+        now[0] += 11.0
         with pytest.raises(ModelUnavailableError, match="Recognizer-m"):
             await watch.check(STAGES, "m")
         controller.running["Recognizer-m"] = 1  # back
@@ -101,3 +103,22 @@ def test_the_grace_period_counts_from_the_ingress_start_not_the_first_request():
     )
     with pytest.raises(ModelUnavailableError, match="SpeakerDeployment"):
         asyncio.run(watch.check(STAGES, "m"))  # the first request, 100 s after the start
+
+
+def test_a_replica_that_died_while_no_request_came_gets_its_grace_period():
+    """The controller is read only when requests come: a stage that was running at the
+    last read and is down at this one started its restart in between, not at that read."""
+    controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1})
+    now = [0.0]
+
+    async def scenario() -> None:
+        watch = _watch(controller, now)
+        await watch.check(STAGES[:2], "m")
+        now[0] = 1000.0  # a quiet night; the recognizer was just killed
+        controller.running["Recognizer-m"] = 0
+        await watch.check(STAGES[:2], "m")  # waits for the restart
+        now[0] += 31.0
+        with pytest.raises(ModelUnavailableError):
+            await watch.check(STAGES[:2], "m")
+
+    asyncio.run(scenario())

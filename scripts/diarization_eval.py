@@ -1,17 +1,22 @@
 """Diarization error rate of the speaker pipeline on espeak-ng conversations, real weights.
 
-Per speaker count, ``--files`` conversations (:mod:`scripts.common.conversations`) are
-diarized as the service does: speech spans from the VAD (``--vad fsmn``: raw FSMN spans;
+Per speaker count, ``--files`` conversations (:mod:`scripts.common.conversations`) of one
+voice set (``--set``: ``dev``, ``tune``, ``heldout``, disjoint; ``probe``: the held-out
+3-talker probe, two male American variants and a female British voice, 0.7 s pauses),
+optionally with overlapping turns (``--overlap``), are diarized as the service does:
+speech spans from the VAD (``--vad fsmn``: raw FSMN spans;
 ``service``: its segments cut at pauses; ``segments``: uncut; ``oracle``: the reference
 turns, which isolates embedding and clustering), ``embedding_windows``, the GE2E encoder
 (resemblyzer 0.1.4's weights) through ``BatchedEmbedder``, clustering and turns. DER from
 ``pyannote.metrics`` (collar 0, and 0.5 = 0.25 s either side, as NIST's md-eval; overlap
 scored), without and with ``num_speakers`` given; the count is right when the speakers
-found equal the reference's. ``--sweep`` compares distance thresholds (tune on other seeds
-than you report).
+found equal the reference's. ``--sweep KEY=V1,V2`` compares values of one
+``DiarizationSettings`` knob (tune on another set than you report).
 
     python -m scripts.diarization_eval [--speakers 2,4] [--files 10] [--seed 0]
-        [--vad fsmn|service|segments|oracle] [--threshold T | --sweep 0.2,0.3] [--json out.json]
+        [--set dev|tune|heldout|probe] [--overlap 0.3]
+        [--vad fsmn|service|segments|oracle] [--sweep min_neighbour_share=0.05,0.1]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from scripts.common.conversations import Conversation, make_conversation, reference_annotation
+from scripts.common.conversations import (
+    VOICE_SETS,
+    Conversation,
+    make_conversation,
+    reference_annotation,
+)
 from serve_app.core import diarization as dz
 from serve_app.core.types import EmbeddingJob
 from serve_app.speakers.base import BatchedEmbedder
@@ -120,10 +130,12 @@ def build_cases(
     timings: dict[str, float],
     *,
     service_segments: str = "",
+    shape: dict[str, Any] | None = None,
 ) -> list[FileCase]:
+    """``shape``: keyword arguments of ``make_conversation`` (voices, pauses, overlaps)."""
     cases = []
     for index in range(files):
-        conversation = make_conversation(num_speakers, seed + index, tmp_dir)
+        conversation = make_conversation(num_speakers, seed + index, tmp_dir, **(shape or {}))
         started = time.perf_counter()
         spans = speech_spans_s(
             conversation,
@@ -159,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         help="fsmn: raw FSMN-VAD spans; service: what the service diarizes (its VAD "
         "segments cut at pauses); segments: those segments uncut; oracle: the reference turns",
     )
-    parser.add_argument("--threshold", type=float, default=None, help="distance threshold")
-    parser.add_argument("--sweep", default=None, help="comma-separated thresholds to compare")
+    parser.add_argument("--set", default="dev", choices=[*VOICE_SETS, "probe"], help="voices")
+    parser.add_argument("--overlap", type=float, default=0.0, help="share of overlapping turns")
+    parser.add_argument("--sweep", default=None, help="KEY=V1,V2: DiarizationSettings values")
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
@@ -170,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
 
     models_dir = args.models_dir or resolve_models_dir(None)
     settings = dz.DiarizationSettings()
-    if args.threshold is not None:
-        settings = settings.model_copy(update={"distance_threshold": args.threshold})
-    thresholds = (
-        [float(t) for t in args.sweep.split(",")] if args.sweep else [settings.distance_threshold]
-    )
+    knob, values = (args.sweep or "min_neighbour_share=").split("=")
+    sweep = [float(v) for v in values.split(",") if v] or [getattr(settings, knob)]
+    shape: dict[str, Any] = {"voices": VOICE_SETS.get(args.set), "overlap_share": args.overlap}
+    if args.set == "probe":  # the issue's held-out probe: always these three talkers
+        shape = {"voices": VOICE_SETS["heldout"][:3], "pause_s": (0.7, 0.7)}
     embedder = BatchedEmbedder(
         Ge2eEmbedder.from_models_dir(models_dir), max_forward_audio_s=96.0, max_batch_items=64
     )
@@ -194,12 +207,17 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "encoder": "ge2e (resemblyzer 0.1.4 weights)",
         "vad": args.vad,
+        "set": args.set,
+        "overlap_share": args.overlap,
         "settings": settings.__dict__,
         "results": [],
     }
-    print(f"# encoder ge2e, vad {args.vad}, window {settings.window_s} s / hop {settings.hop_s} s")
     print(
-        f"{'spk':>3} {'files':>5} {'thresh':>6} {'count':>6} | {'DER':>6} {'conf':>6} "
+        f"# encoder ge2e, set {args.set}, overlap {args.overlap}, vad {args.vad}, "
+        f"window {settings.window_s} s / hop {settings.hop_s} s"
+    )
+    print(
+        f"{'spk':>3} {'files':>5} {knob[:8]:>8} {'count':>6} | {'DER':>6} {'conf':>6} "
         f"{'miss':>6} {'FA':>6} | {'DER.25':>6} | {'DER(n)':>6} {'DER(n).25':>9}"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -214,17 +232,18 @@ def main(argv: list[str] | None = None) -> int:
                 settings,
                 timings,
                 service_segments={"service": "cut", "segments": "segments"}.get(args.vad, ""),
+                shape=shape,
             )
-            for threshold in thresholds:
-                tuned = settings.model_copy(update={"distance_threshold": threshold})
+            for value in sweep:
+                tuned = settings.model_copy(update={knob: value})
                 blind = score(cases, tuned, given=False)
                 given = score(cases, tuned, given=True)
                 report["results"].append(
-                    {"speakers": num_speakers, "threshold": threshold, "count_not_given": blind,
+                    {"speakers": num_speakers, knob: value, "count_not_given": blind,
                      "count_given": given}
                 )  # fmt: skip
                 print(
-                    f"{num_speakers:>3} {blind['files']:>5} {threshold:>6.2f} "
+                    f"{num_speakers:>3} {blind['files']:>5} {value:>8.3g} "
                     f"{blind['count_right']:>6.0%} | {blind['der_collar0.0']:>6.1%} "
                     f"{blind['confusion_collar0.0']:>6.1%} {blind['missed_collar0.0']:>6.1%} "
                     f"{blind['false_alarm_collar0.0']:>6.1%} | {blind['der_collar0.5']:>6.1%} | "

@@ -1,11 +1,13 @@
-"""Conversations of 2-4 espeak-ng voices with known speaker turns, made at test time.
+"""Conversations of 2-5 espeak-ng voices with known speaker turns, made at test time.
 
-Each talker is an espeak-ng voice (and variant) at its own pitch and rate; turns alternate
-between talkers (no talker twice in a row), last 2-10 s (1-3 sentences), and are
-separated by 0.4-1.2 s pauses; one quick exchange of short replies ("Okay.", "Sure.")
-0.2-0.35 s apart sits somewhere in the middle. Nothing overlaps. The reference times are
-those of the synthesized speech itself (each utterance trimmed of espeak's own leading
-and trailing silence), so they are exact.
+Each talker is an espeak-ng voice (and variant) at its own pitch and rate, drawn from one
+of :data:`VOICE_SETS`; turns alternate between talkers (no talker twice in a row), last
+2-10 s (1-3 sentences), and are separated by pauses (0.4-1.2 s unless told); one quick
+exchange of short replies ("Okay.", "Sure.") 0.2-0.35 s apart sits somewhere in the
+middle. With ``overlap_share`` that share of the turns starts 0.3-1.0 s before the previous
+one ends (both voices mixed); otherwise nothing overlaps. The reference times are those of
+the synthesized speech itself (each utterance trimmed of espeak's own leading and trailing
+silence), so they are exact.
 
 Used by ``scripts/diarization_eval.py``, ``scripts/stage_cost.py`` and the speaker tests.
 """
@@ -13,6 +15,7 @@ Used by ``scripts/diarization_eval.py``, ``scripts/stage_cost.py`` and the speak
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,33 @@ VOICES: tuple[tuple[str, int, int], ...] = (
     ("en-gb-x-rp+f2", 80, 170),
     ("en-us+whisper", 50, 150),
 )
+
+# Disjoint voice sets (no espeak-ng variant in two sets), so a clustering tuned on one set
+# is reported on another. "dev" tuned the average-linkage threshold (up to 2026-12);
+# "tune" tuned the speaker-count estimate; "heldout" was used for nothing but the report,
+# and holds the issue's probe: two male American variants at different speeds (GE2E
+# centroid distance 0.21) and a female British voice. Every pair in a set is >= 0.18
+# apart in GE2E's centroid cosine distance (8 sentences each); the espeak-ng variants
+# not chosen are one voice to GE2E with one of these (< 0.1), whatever their name.
+VOICE_SETS: dict[str, tuple[tuple[str, int, int], ...]] = {
+    "dev": VOICES,
+    "tune": (
+        ("en-us+Andy", 50, 150),
+        ("en-us+Storm", 50, 150),
+        ("en+Annie", 60, 160),
+        ("en-029+david", 45, 150),
+        ("en-gb-x-gbclan+f5", 65, 175),
+        ("en+klatt3", 50, 160),
+    ),
+    "heldout": (
+        ("en-us+m3", 40, 130),
+        ("en-us+m7", 50, 190),
+        ("en-gb-x-rp+f4", 75, 150),
+        ("en-us-nyc+Lee", 50, 160),
+        ("en+edward", 45, 150),
+        ("en-us+whisperf", 50, 150),
+    ),
+}
 
 EXTRA_SENTENCES = [
     "I would like to check the status of my order from last week.",
@@ -113,33 +143,42 @@ def make_conversation(
     *,
     num_turns: int | None = None,
     quick_exchange: bool = True,
+    voices: Sequence[tuple[str, int, int]] = VOICES,
+    pause_s: tuple[float, float] = (0.4, 1.2),
+    overlap_share: float = 0.0,
 ) -> Conversation:
-    """One conversation (seeded: the same arguments give the same samples)."""
-    if not 2 <= num_speakers <= len(VOICES):
-        raise ValueError(f"num_speakers must be 2..{len(VOICES)}")
+    """One conversation (seeded: the same arguments give the same samples).
+
+    ``voices``: the talkers are drawn from these (in this order when there are exactly
+    ``num_speakers``); ``pause_s``: the range of pauses between turns; ``overlap_share``:
+    the share of turns that start 0.3-1.0 s before the previous turn ends."""
+    if not 2 <= num_speakers <= len(voices):
+        raise ValueError(f"num_speakers must be 2..{len(voices)}")
     rng = random.Random(seed * 1009 + num_speakers)
-    voices = tuple(rng.sample(VOICES, num_speakers))
+    chosen = (
+        tuple(voices) if len(voices) == num_speakers else tuple(rng.sample(voices, num_speakers))
+    )
     num_turns = num_turns or rng.randint(3 * num_speakers, 3 * num_speakers + 2)
     if num_turns < 2 * num_speakers:
         raise ValueError(f"every talker speaks twice: num_turns must be >= {2 * num_speakers}")
     order = _speaker_order(rng, num_speakers, num_turns)
     quick_at = rng.randrange(1, num_turns) if quick_exchange else -1
 
-    pieces: list[np.ndarray] = []
+    placed: list[tuple[int, np.ndarray]] = []  # (first sample, samples)
     turns: list[Turn] = []
-    clock = 0
+    clock = 0  # the end of the last utterance, in samples
 
-    def add(speaker: int, text: str, samples: np.ndarray, pause_s: float) -> None:
+    def add(speaker: int, text: str, samples: np.ndarray, gap_s: float) -> None:
+        # gap_s < 0: the utterance starts before the previous one ends (never before it starts).
         nonlocal clock
-        if pieces:
-            gap = np.zeros(round(pause_s * SAMPLE_RATE_HZ), np.float32)
-            pieces.append(gap)
-            clock += len(gap)
-        pieces.append(samples.astype(np.float32))
+        start = clock + round(gap_s * SAMPLE_RATE_HZ) if placed else 0
+        if gap_s < 0:
+            start = max(start, placed[-1][0] + SAMPLE_RATE_HZ // 2)
+        placed.append((start, samples.astype(np.float32)))
         turns.append(
-            Turn(speaker, clock / SAMPLE_RATE_HZ, (clock + len(samples)) / SAMPLE_RATE_HZ, text)
+            Turn(speaker, start / SAMPLE_RATE_HZ, (start + len(samples)) / SAMPLE_RATE_HZ, text)
         )
-        clock += len(samples)
+        clock = max(clock, start + len(samples))
 
     for index, speaker in enumerate(order):
         if index == quick_at:
@@ -147,25 +186,32 @@ def make_conversation(
             b = speaker if speaker != a else (a + 1) % num_speakers
             for j, reply in enumerate(rng.sample(QUICK_REPLIES, 4)):
                 who = (b, a)[j % 2]
-                add(who, reply, _speak(reply, voices[who], tmp_dir), rng.uniform(0.2, 0.35))
+                add(who, reply, _speak(reply, chosen[who], tmp_dir), rng.uniform(0.2, 0.35))
             if turns[-1].speaker == speaker:
                 speaker = rng.choice([s for s in range(num_speakers) if s != speaker])
         # 1-3 sentences (each spoken alone, 0.15-0.3 s apart), within 2-10 s.
         sentences = rng.sample(ALL_SENTENCES, 3)
-        parts = [_speak(sentences[0], voices[speaker], tmp_dir)]
+        parts = [_speak(sentences[0], chosen[speaker], tmp_dir)]
         texts = [sentences[0]]
         for more in sentences[1:]:
             total = sum(len(p) for p in parts)
             if total >= 2 * SAMPLE_RATE_HZ and (len(texts) >= rng.randint(1, 3)):
                 break
-            extra = _speak(more, voices[speaker], tmp_dir)
+            extra = _speak(more, chosen[speaker], tmp_dir)
             if total + len(extra) + 0.3 * SAMPLE_RATE_HZ > 10 * SAMPLE_RATE_HZ:
                 break
             parts += [np.zeros(round(rng.uniform(0.15, 0.3) * SAMPLE_RATE_HZ), np.float32), extra]
             texts.append(more)
         text, samples = " ".join(texts), np.concatenate(parts)[: 10 * SAMPLE_RATE_HZ]
-        add(speaker, text, samples, rng.uniform(0.4, 1.2))
-    return Conversation(np.concatenate(pieces), tuple(turns), voices)
+        gap_s = rng.uniform(*pause_s)
+        # (no draw without overlaps: the conversations of earlier figures stay the same)
+        if overlap_share > 0 and turns and rng.random() < overlap_share:
+            gap_s = -rng.uniform(0.3, 1.0)
+        add(speaker, text, samples, gap_s)
+    mixed = np.zeros(clock, np.float32)
+    for start, samples in placed:
+        mixed[start : start + len(samples)] += samples
+    return Conversation(mixed, tuple(turns), chosen)
 
 
 def reference_annotation(conversation: Conversation):

@@ -6,10 +6,11 @@ Pure functions (numpy and scipy, no model, no Ray), in the order a request runs 
    speech span; a span shorter than a window is one window of its own length.
 2. the caller embeds the windows (any ``SpeakerEmbedder``, usually through the batched
    embedder, so every window of every request is one batch item).
-3. :func:`cluster_embeddings`: average-linkage agglomerative clustering on cosine distance,
-   cut at a distance threshold, or at ``num_speakers`` / within ``min_speakers`` ..
-   ``max_speakers`` when the client gives them; then a few nearest-centroid passes, and
-   clusters with too little talk time folded into their nearest neighbour.
+3. :func:`cluster_embeddings`: spectral clustering, the number of speakers from the
+   eigengap of a nearest-neighbour graph (or ``num_speakers`` / within ``min_speakers`` ..
+   ``max_speakers`` when the client gives them); then a few nearest-centroid passes, and
+   clusters with too little talk time folded into their nearest neighbour. At most
+   ``max_cluster_windows`` windows are clustered, the rest go to the nearest centroid.
 4. :func:`speaker_turns`: every instant of a span belongs to the window whose centre is
    nearest; a majority filter over neighbouring windows and a minimum turn length remove
    one-window flickers.
@@ -31,7 +32,7 @@ import numpy as np
 
 from serve_app.config import DiarizationSettings
 from serve_app.core.audio import SAMPLE_RATE_HZ
-from serve_app.core.errors import InvalidRequestError
+from serve_app.core.errors import AudioTooLongError, InvalidRequestError
 from serve_app.core.types import WordTiming
 
 _DEFAULTS = DiarizationSettings()
@@ -208,8 +209,8 @@ def _compact(labels: np.ndarray) -> np.ndarray:
 
 
 def _refine(x: np.ndarray, labels: np.ndarray, passes: int) -> np.ndarray:
-    """Nearest-centroid passes: average linkage commits early merges for good; a window
-    that joined the wrong cluster moves to the centroid it is closest to."""
+    """Nearest-centroid passes: a window that joined the wrong cluster moves to the
+    centroid it is closest to."""
     for _ in range(passes):
         k = int(labels.max()) + 1
         if k < 2:
@@ -226,7 +227,7 @@ def _merge_close_centroids(
 ) -> np.ndarray | None:
     """Merge the two clusters whose centroids are closest, if closer than ``max_distance``
     (cosine distance); ``None`` when no pair is. Centroids average out window noise, so
-    this catches one voice split in two by the window-level cut."""
+    this catches one voice split in two."""
     k = int(labels.max()) + 1
     if k < 2:
         return None
@@ -265,6 +266,90 @@ def _fold_smallest(x: np.ndarray, labels: np.ndarray, durations_s: np.ndarray) -
     return _compact(labels)
 
 
+def _spread_sample(count: int, limit: int) -> np.ndarray:
+    """At most ``limit`` indices of ``range(count)``, evenly spread (rows are in time
+    order, so every stretch of the request is represented)."""
+    if count <= limit:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
+
+
+def _neighbour_graph(similarity: np.ndarray, neighbours: int) -> np.ndarray:
+    """Each row's ``neighbours`` most similar other rows as 1, the rest 0, symmetrised:
+    the binarised affinity of NME-SC (Park et al., 2019), which keeps a cluster's shape
+    and drops the absolute scale of the similarities (that scale is what differs between
+    encoders and voices)."""
+    n = len(similarity)
+    ranked = similarity.copy()
+    np.fill_diagonal(ranked, -np.inf)
+    top = np.argpartition(-ranked, neighbours - 1, axis=1)[:, :neighbours]
+    graph = np.zeros((n, n))
+    graph[np.repeat(np.arange(n), neighbours), top.ravel()] = 1.0
+    return 0.5 * (graph + graph.T)
+
+
+def _laplacian(graph: np.ndarray) -> np.ndarray:
+    return np.diag(graph.sum(axis=1)) - graph
+
+
+def _eigengap_count(eigenvalues: np.ndarray, low: int, high: int) -> tuple[int, float]:
+    """The count k in ``low..high`` after which the Laplacian's spectrum jumps most, and
+    that jump relative to the largest eigenvalue (how clear the count is)."""
+    gaps = np.diff(eigenvalues[: high + 1])
+    k = low + int(np.argmax(gaps[low - 1 : high]))
+    return k, float(gaps[k - 1]) / max(float(eigenvalues[-1]), 1e-12)
+
+
+def _kmeans(points: np.ndarray, k: int, *, restarts: int = 8) -> np.ndarray:
+    """k-means (k-means++ seeds, fixed so a request always gets the same answer); the
+    restart with the least inertia wins."""
+    from scipy.cluster.vq import kmeans2
+
+    best, best_inertia = np.zeros(len(points), dtype=np.int64), np.inf
+    for seed in range(restarts):
+        centres, labels = kmeans2(points, k, minit="++", seed=seed)
+        inertia = float(((points - centres[labels]) ** 2).sum())
+        if inertia < best_inertia and len(np.unique(labels)) == k:
+            best, best_inertia = labels.astype(np.int64), inertia
+    return best
+
+
+def spectral_labels(
+    x: np.ndarray, low: int, high: int, settings: DiarizationSettings
+) -> np.ndarray:
+    """Spectral clustering with the count from the eigengap (NME-SC, as NeMo does).
+
+    For each neighbour count p (1 .. ``settings.max_neighbour_share`` of the rows) the
+    p-nearest-neighbour graph's Laplacian gives a count (its largest eigengap in
+    ``low..high``) and how clear it is; the p with the clearest gap per neighbour wins
+    (small p: fine structure; large p: clusters that touch merge). Its Laplacian's first
+    k eigenvectors, clustered by k-means, give the labels. ``x``: unit rows.
+    """
+    from scipy.linalg import eigh, eigvalsh
+
+    n = len(x)
+    high = min(high, n - 1)
+    if n < 3 or high < 1 or low > high:
+        return np.arange(n) if low >= n else np.zeros(n, dtype=np.int64)
+    similarity = x @ x.T
+    top_p = max(2, min(n - 1, round(settings.max_neighbour_share * n)))
+    low_p = min(top_p, max(2, round(settings.min_neighbour_share * n)))
+    candidates = np.unique(np.linspace(low_p, top_p, 20).round().astype(np.int64))
+    best: tuple[float, int, int] | None = None  # (score, p, k)
+    for p in candidates.tolist():
+        eigenvalues = eigvalsh(_laplacian(_neighbour_graph(similarity, p)))
+        k, gap = _eigengap_count(eigenvalues, max(low, 1), high)
+        score = (p / n) / (gap + 1e-10)
+        if best is None or score < best[0]:
+            best = (score, p, k)
+    assert best is not None
+    _, p, k = best
+    if k == 1:
+        return np.zeros(n, dtype=np.int64)
+    _, vectors = eigh(_laplacian(_neighbour_graph(similarity, p)), subset_by_index=[0, k - 1])
+    return _compact(_kmeans(vectors, k))
+
+
 def cluster_embeddings(
     embeddings: np.ndarray,
     options: DiarizationOptions = DiarizationOptions(),
@@ -274,57 +359,50 @@ def cluster_embeddings(
 ) -> np.ndarray:
     """One speaker index per embedding row (0..k-1, in order of first appearance).
 
-    The tree is cut at ``settings.distance_threshold``; clusters whose centroids are closer
-    than ``settings.merge_centroid_distance`` are merged; clusters with less talk time than
-    ``settings.min_speaker_s``, or than ``settings.min_speaker_share`` of the mean per
-    cluster, are folded into their nearest (not below the lower bound);
-    then the count is brought to ``num_speakers`` (or into ``min_speakers`` ..
-    ``max_speakers``) by folding the smallest cluster into its nearest, or by cutting the
-    tree into more clusters when there are too few. ``durations_s`` (per row) weighs talk
-    time, and rows shorter than ``settings.min_cluster_window_s`` are placed after
-    clustering, at their nearest centroid.
-    """
-    from scipy.cluster.hierarchy import fcluster, linkage
+    The count and the clusters come from :func:`spectral_labels` (the eigengap of a
+    neighbour graph, within ``num_speakers`` or ``min_speakers`` .. ``max_speakers`` when
+    the client gives them); then clusters whose centroids are closer than
+    ``settings.merge_centroid_distance`` are merged (one voice split in two), and clusters
+    with less talk time than ``settings.min_speaker_s``, or than
+    ``settings.min_speaker_share`` of the mean per cluster, are folded into their nearest
+    (never below the lower bound). ``durations_s`` (per row) weighs talk time; rows
+    shorter than ``settings.min_cluster_window_s`` are placed afterwards, at their
+    nearest centroid.
 
+    Bounded for any number of rows: at most ``settings.max_cluster_windows`` rows, evenly
+    spread in time, are clustered (memory and time quadratic in that bound, not in the
+    request); every other row goes to its nearest centroid (linear).
+    """
     x = _normalized(embeddings)
     n = len(x)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     durations = np.ones(n) if durations_s is None else np.asarray(durations_s, dtype=np.float64)
-    reliable = durations >= settings.min_cluster_window_s
-    if reliable.sum() < 2:
-        reliable = np.ones(n, dtype=bool)
-    core, core_s = x[reliable], durations[reliable]
+    reliable = np.flatnonzero(durations >= settings.min_cluster_window_s)
+    if len(reliable) < 2:
+        reliable = np.arange(n)
+    core = reliable[_spread_sample(len(reliable), settings.max_cluster_windows)]
+    xs = x[core]
+    # Talk time of the clustered rows, scaled to stand for every reliable row.
+    core_s = durations[core] * (durations[reliable].sum() / durations[core].sum())
     if options.num_speakers is not None:
-        low = high = min(options.num_speakers, len(core))
+        low = high = min(options.num_speakers, len(xs))
     else:
-        low = min(options.min_speakers or 1, len(core))
+        low = min(options.min_speakers or 1, len(xs))
         high = min(options.max_speakers or settings.max_speakers, settings.max_speakers)
-    if len(core) == 1:
-        labels = np.zeros(1, dtype=np.int64)
-    else:
-        tree = linkage(core, method="average", metric="cosine")
-        cut = fcluster(tree, t=settings.distance_threshold, criterion="distance") - 1
-        labels = _refine(core, _compact(cut), settings.refine_passes)
-        while int(labels.max()) + 1 > low:
-            merged = _merge_close_centroids(core, labels, settings.merge_centroid_distance)
-            if merged is None:
-                break
-            labels = _refine(core, merged, settings.refine_passes)
-        while int(labels.max()) + 1 > low and _smallest_is_spurious(labels, core_s, settings):
-            labels = _fold_smallest(core, labels, core_s)
-        while int(labels.max()) + 1 > high:
-            labels = _fold_smallest(core, labels, core_s)
-        if int(labels.max()) + 1 < low:
-            # Too few: cut the tree into more clusters than needed (cutting it into exactly
-            # ``low`` splits off outlier windows first), then fold the least-talking ones.
-            more = fcluster(tree, t=min(len(core), 2 * low + 2), criterion="maxclust") - 1
-            labels = _refine(core, _compact(more), settings.refine_passes)
-            while int(labels.max()) + 1 > low:
-                labels = _fold_smallest(core, labels, core_s)
+    labels = _refine(xs, spectral_labels(xs, low, high, settings), settings.refine_passes)
+    while int(labels.max()) + 1 > low:
+        merged = _merge_close_centroids(xs, labels, settings.merge_centroid_distance)
+        if merged is None:
+            break
+        labels = merged
+    while int(labels.max()) + 1 > low and _smallest_is_spurious(labels, core_s, settings):
+        labels = _fold_smallest(xs, labels, core_s)
+    while int(labels.max()) + 1 > high:
+        labels = _fold_smallest(xs, labels, core_s)
     k = int(labels.max()) + 1
-    full = np.argmax(x @ _centroids(core, labels, k).T, axis=1)
-    full[reliable] = labels
+    full = np.argmax(x @ _centroids(xs, labels, k).T, axis=1)
+    full[core] = labels
     return _compact(full)
 
 
@@ -352,11 +430,20 @@ def smooth_labels(labels: Sequence[int], groups: Sequence[int], width: int) -> l
     return out
 
 
-def _span_of(window: TimeWindow, spans_s: Sequence[tuple[float, float]]) -> int:
-    for index, (start_s, end_s) in enumerate(spans_s):
-        if start_s - 1e-6 <= window.center_s <= end_s + 1e-6:
-            return index
-    return -1
+def _span_indices(
+    windows: Sequence[TimeWindow], spans_s: Sequence[tuple[float, float]]
+) -> list[int]:
+    """The span holding each window's centre (-1 for none); spans are in time order, so
+    a binary search each (linear in the windows, whatever the request's length)."""
+    import bisect
+
+    starts = [start_s - 1e-6 for start_s, _ in spans_s]
+    out = []
+    for window in windows:
+        index = bisect.bisect_right(starts, window.center_s) - 1
+        inside = index >= 0 and window.center_s <= spans_s[index][1] + 1e-6
+        out.append(index if inside else -1)
+    return out
 
 
 def speaker_turns(
@@ -372,22 +459,27 @@ def speaker_turns(
     """
     if len(windows) != len(labels):
         raise ValueError(f"{len(labels)} labels for {len(windows)} windows")
-    groups = [_span_of(w, spans_s) for w in windows]
+    groups = _span_indices(windows, spans_s)
     smoothed = smooth_labels(labels, groups, settings.smoothing_windows)
+    members_of: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members_of.setdefault(g, []).append(i)
     pieces: list[tuple[float, float, int, int]] = []  # start, end, label, span
     for span_index, (span_start_s, span_end_s) in enumerate(spans_s):
-        members = [i for i, g in enumerate(groups) if g == span_index]
+        members = members_of.get(span_index, [])
         if not members:
             continue
         centers = [windows[i].center_s for i in members]
         cuts = [span_start_s, *((a + b) / 2 for a, b in zip(centers, centers[1:])), span_end_s]
+        mine: list[tuple[float, float, int, int]] = []
         for j, i in enumerate(members):
             start_s, end_s = cuts[j], cuts[j + 1]
-            if pieces and pieces[-1][3] == span_index and pieces[-1][2] == smoothed[i]:
-                pieces[-1] = (pieces[-1][0], end_s, smoothed[i], span_index)
+            if mine and mine[-1][2] == smoothed[i]:
+                mine[-1] = (mine[-1][0], end_s, smoothed[i], span_index)
             else:
-                pieces.append((start_s, end_s, smoothed[i], span_index))
-    pieces = _absorb_short_turns(pieces, settings.min_turn_s)
+                mine.append((start_s, end_s, smoothed[i], span_index))
+        # Absorbing never crosses a span, so each span is done on its own (bounded work).
+        pieces.extend(_absorb_short_turns(mine, settings.min_turn_s))
     return [SpeakerTurn(a, b, SPEAKER_LABEL.format(label + 1)) for a, b, label, _ in pieces]
 
 
@@ -428,6 +520,18 @@ def talk_time_s(turns: Sequence[SpeakerTurn]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in sorted(totals.items(), key=lambda kv: _label_order(kv[0]))}
 
 
+def check_diarization_size(duration_s: float, settings: DiarizationSettings) -> None:
+    """Refuse a diarize request longer than ``settings.max_audio_s`` (a 413, before any
+    work): embedding time grows with the audio, so past the bound it is refused, not run."""
+    if duration_s > settings.max_audio_s:
+        raise AudioTooLongError(
+            f"diarization takes at most {settings.max_audio_s:.0f} s of audio "
+            f"(speakers.max_audio_s), this request has {duration_s:.0f} s; "
+            "split the file or send it without diarize",
+            param="diarize",
+        )
+
+
 def turns_from_embeddings(
     windows: Sequence[TimeWindow],
     embeddings: np.ndarray,
@@ -458,6 +562,7 @@ def diarize(
     settings: DiarizationSettings = _DEFAULTS,
 ) -> Diarization:
     """Diarize one recording given its speech spans (seconds) and an embedding function."""
+    check_diarization_size(len(samples) / SAMPLE_RATE_HZ, settings)
     windows = embedding_windows(spans_s, window_s=settings.window_s, hop_s=settings.hop_s)
     if not windows:
         return Diarization(turns=())

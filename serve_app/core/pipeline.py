@@ -31,9 +31,11 @@ import numpy as np
 
 from serve_app.config import DiarizationSettings
 from serve_app.core import observability
+from serve_app.core.audio import SAMPLE_RATE_HZ
 from serve_app.core.diarization import (
     Diarization,
     DiarizationOptions,
+    check_diarization_size,
     embedding_windows,
     speech_spans_s,
     turns_from_embeddings,
@@ -414,7 +416,25 @@ def diarize_signal(
     request_id: str | None = None,
     trace: Trace | None = None,
 ) -> Steps[Diarization]:
-    """Windows inside the signal's speech -> one embedding each -> clusters and turns."""
+    """Windows inside the signal's speech -> one embedding each -> clusters and turns.
+
+    Raises ``AudioTooLongError`` at once (not when the steps run) when the signal is
+    longer than ``settings.max_audio_s``, so no recognition or embedding starts."""
+    check_diarization_size(len(samples) / SAMPLE_RATE_HZ, settings)
+    return _diarize_steps(
+        samples, vad_segments, options, settings, deadline_unix_s, request_id, trace
+    )
+
+
+def _diarize_steps(
+    samples: np.ndarray,
+    vad_segments: Sequence[SpeechSegment],
+    options: DiarizationOptions,
+    settings: DiarizationSettings,
+    deadline_unix_s: float | None,
+    request_id: str | None,
+    trace: Trace | None,
+) -> Steps[Diarization]:
     started = time.perf_counter()
     spans_s = speech_spans_s(samples, [(s.start_ms, s.end_ms) for s in vad_segments])
     windows = embedding_windows(spans_s, window_s=settings.window_s, hop_s=settings.hop_s)

@@ -294,29 +294,38 @@ class DiarizationSettings(Strict):
     """How speakers are found (serve_app.core.diarization): embedding windows, clustering,
     turns. Read by the online service and the offline job alike.
 
-    ``distance_threshold`` is a cosine distance between average-linkage clusters; the
-    default was chosen on GE2E embeddings of espeak-ng voices (``python -m
-    scripts.diarization_eval --sweep``) and is encoder-specific: re-tune it for CAM++.
+    The number of speakers comes from the windows' own structure (the eigengap of a
+    nearest-neighbour graph, NME-SC), not from a distance threshold, so it does not hang
+    on one encoder's or one voice set's scale; ``merge_centroid_distance`` is the one
+    absolute distance left, a guard against one voice split in two.
     """
 
     window_s: float = Field(1.5, gt=0)
     hop_s: float = Field(0.75, gt=0)
-    # Windows shorter than this embed poorly: they do not shape the clusters and are
-    # given the nearest cluster afterwards (unless every window is that short).
+    # A diarize request with more audio than this is refused (413 audio_too_long) before
+    # any work: embedding costs GE2E 2-10 % of the audio's duration on one core, so two
+    # hours are 2.5-12 CPU minutes on the speaker replica.
+    max_audio_s: float = Field(2 * 3600.0, gt=0)
+    # At most this many windows are clustered (spread evenly over the request); the rest
+    # go to the nearest cluster centre. Clustering memory and time are quadratic in this
+    # bound (1000: ~40 MB, well under a second), never in the request's length.
+    max_cluster_windows: int = Field(1000, ge=2)
+    # The neighbour graph's neighbour count is searched in this share of the windows.
+    min_neighbour_share: float = Field(0.1, ge=0, le=1)
+    max_neighbour_share: float = Field(0.25, gt=0, le=1)
     min_cluster_window_s: float = Field(0.6, ge=0)
-    distance_threshold: float = Field(0.30, gt=0, lt=2)
-    # After the cut, clusters whose centroids are closer than this (cosine distance) are
-    # one voice split by window noise and are merged. GE2E centroids of one espeak-ng
-    # voice on different sentences are 0.02-0.1 apart, of different voices 0.18-0.46.
+    # Clusters whose centroids are closer than this (cosine distance) are one voice split
+    # by window noise and are merged. GE2E centroids of one espeak-ng voice on different
+    # sentences are 0.02-0.1 apart, of voices a listener tells apart 0.13-0.5.
     merge_centroid_distance: float = Field(0.12, ge=0, lt=2)
     # Without num_speakers, a cluster with less talk time than this is folded into its
     # nearest cluster (a spurious "speaker" made of a few odd windows).
     min_speaker_s: float = Field(2.0, ge=0)
-    # ... and so is one with less than this share of the mean talk time per cluster. On
-    # the dev conversations (scripts/diarization_eval.py, seeds 200-205) the smallest
-    # cluster of a right count had >= 0.39 of the mean, a voice split off by window noise
-    # <= 0.33. The cost: a participant who talks far less than the others is merged away.
-    min_speaker_share: float = Field(0.35, ge=0, le=1)
+    # ... and so is one with less than this share of the mean talk time per cluster (0:
+    # off). The threshold clustering needed 0.35 against voices split by window noise; the
+    # spectral count makes no such splits on the tuning voices, and the fold merged away
+    # a real talker who speaks little (the held-out 3-talker probe, docs/BENCHMARKS.md).
+    min_speaker_share: float = Field(0.0, ge=0, le=1)
     refine_passes: int = Field(3, ge=0)
     # Majority filter over this many neighbouring windows of a span (odd; 1 = off).
     smoothing_windows: int = Field(3, ge=1)

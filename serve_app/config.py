@@ -202,6 +202,11 @@ class RecognizerSettings(Strict):
     model: str = Field(..., description="folder (absolute or under models_dir) or hub id")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    # FunASR only: ``onnx`` runs the graph FunASR's exporter writes (exported once per
+    # weights, cached under $ASR_ONNX_CACHE_DIR) on ONNX Runtime, CPU, fp32 or int8
+    # (FunASR's dynamic quantization); Paraformer and SenseVoiceSmall, no word timestamps
+    # (serve_app/recognizers/funasr_onnx.py).
+    runtime: Literal["torch", "onnx"] = "torch"
     language: str | None = None
     hotwords: tuple[str, ...] = ()
     beam_size: int = Field(1, ge=1)
@@ -240,8 +245,12 @@ class RecognizerSettings(Strict):
             )
         if self.precision in ("fp16", "bf16") and self.device == "cpu":
             raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
-        if self.precision == "int8" and self.backend != "whisper":
-            raise ValueError(f"{self.name}: int8 is only available for the whisper backend")
+        if self.runtime == "onnx" and (self.backend != "funasr" or self.device != "cpu"):
+            raise ValueError(f"{self.name}: runtime onnx is for the funasr backend on cpu")
+        if self.precision == "int8" and self.backend != "whisper" and self.runtime != "onnx":
+            raise ValueError(
+                f"{self.name}: int8 is only available for the whisper backend and runtime onnx"
+            )
         if self.backend == "whisper" and self.segment_pack_s > WHISPER_WINDOW_S:
             raise ValueError(
                 f"{self.name}: pack_segments_s must be <= {WHISPER_WINDOW_S} (Whisper's window)"

@@ -11,6 +11,16 @@ from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
 
 def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrBackend:
     """The backend named by ``settings.backend``, loaded (weights in memory) but not warmed."""
+    if settings.backend == "funasr" and settings.runtime == "onnx":
+        from serve_app.recognizers.funasr_onnx import FunAsrOnnxBackend
+
+        return FunAsrOnnxBackend(
+            settings.model,
+            models_dir=models_dir,
+            precision=settings.precision,
+            name=settings.name,
+            num_threads=model_cpu_threads(settings.cpu_threads) or None,
+        )
     if settings.backend == "funasr":
         from serve_app.recognizers.funasr_backend import FunAsrBackend
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from serve_app.config import AudioSettings, ChannelSettings, DiarizationSettings
 from serve_app.core.audio import DecodedAudio, decode_audio
+from serve_app.core.diarization import check_diarization_size
 from serve_app.core.errors import InvalidRequestError, UnknownModelError
 from serve_app.core.language import DetectsFn
 from serve_app.core.pipeline import (
@@ -165,6 +166,8 @@ class TranscriptionService:
             raise InvalidRequestError(
                 "diarization is not configured on this server", param="diarize"
             )
+        if diarize is not None:  # a 413 past speakers.max_audio_s, before the VAD runs
+            check_diarization_size(audio.duration_s, self._diarization_settings)
         trace = Trace()
         started = time.perf_counter()
         vad = await asyncio.gather(*(self._segment(s) for s in signals))

@@ -77,9 +77,10 @@ def test_an_over_long_diarize_signal_is_refused_before_its_first_step() -> None:
 
 
 def test_the_service_refuses_an_over_long_diarize_request_before_recognizing() -> None:
-    calls = {"recognize": 0, "embed": 0}
+    calls = {"vad": 0, "recognize": 0, "embed": 0}
 
     async def segment(samples: np.ndarray) -> list[SpeechSegment]:
+        calls["vad"] += 1
         return [SpeechSegment(0, len(samples) * 1000 // 16_000)]
 
     async def recognize(job) -> SegmentTranscript:
@@ -102,7 +103,7 @@ def test_the_service_refuses_an_over_long_diarize_request_before_recognizing() -
     audio = DecodedAudio(np.full(12 * 16_000, 0.1, np.float32), 16_000, "wav")
     with pytest.raises(AudioTooLongError):
         asyncio.run(service.transcribe(audio, model=None, speakers=SpeakerRequest(diarize=True)))
-    assert calls == {"recognize": 0, "embed": 0}
+    assert calls == {"vad": 0, "recognize": 0, "embed": 0}  # refused before any stage
     # Without diarize the same audio is transcribed.
     result = asyncio.run(service.transcribe(audio, model=None))
     assert result.text == "x" and calls["recognize"] >= 1

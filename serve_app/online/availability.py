@@ -101,7 +101,8 @@ def serve_running_replicas(app_name: str) -> dict[str, int]:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}
-    return {
-        name: int(dict(dep.replica_states).get("RUNNING", 0))
-        for name, dep in app.deployments.items()
-    }
+    out = {}
+    for name, dep in app.deployments.items():
+        states: dict = dict(dep.replica_states)  # keys: ReplicaState, a str enum
+        out[name] = int(states.get("RUNNING", 0))
+    return out

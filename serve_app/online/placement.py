@@ -94,9 +94,7 @@ def unplaceable(demand: list[ReplicaDemand], nodes: list[dict[str, float]]) -> l
         for key, amount in item.resources.items():
             node[key] = node.get(key, 0.0) - amount
     if left_out:
-        asks = ", ".join(
-            f"{d.deployment} {d.min_replicas} x ({_fmt(d.resources)})" for d in demand
-        )
+        asks = ", ".join(f"{d.deployment} {d.min_replicas} x ({_fmt(d.resources)})" for d in demand)
         total = _sum([d.resources for d in replicas])
         problems.append(
             f"the replicas do not all fit: the app asks for {_fmt(total)} in all ({asks}), "

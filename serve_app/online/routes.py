@@ -89,8 +89,8 @@ _AUDIO_RESPONSES: dict[int | str, dict] = {
 }
 # What the other routes answer besides their 200 (declared, so a schema check of every
 # answer, scripts/openapi_fuzz.py, holds the API to it).
-_KEYED = {401: _ERRORS[401]}
-_TUNE_RESPONSES = {
+_KEYED: dict[int | str, dict] = {401: _ERRORS[401]}
+_TUNE_RESPONSES: dict[int | str, dict] = {
     **{status: _ERRORS[status] for status in (400, 401, 404)},
     403: {"model": ErrorBody, "description": "A client key where operator keys are configured"},
 }

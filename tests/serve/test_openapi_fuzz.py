@@ -70,4 +70,3 @@ def test_the_fuzzer_reports_a_route_that_fails(app):
     assert report.server_errors == 0
     assert failing.server_errors > 0 and failing.counts[("GET /v1/stats", "5xx")] > 0
     assert {f.operation for f in failing.findings} == {"GET /v1/stats"}
-

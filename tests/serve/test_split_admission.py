@@ -60,3 +60,37 @@ def test_split_request_stays_charged_for_the_speech_of_every_channel():
     # Both channels' speech (1 + 3 s) is queued while their segments are recognized.
     assert queued_while_recognizing and min(queued_while_recognizing) >= 4.0 - 1e-6
     assert server._admission[MODEL].queued_audio_s == 0.0  # all released at the end
+
+
+def test_split_request_timings_sum_the_channels():
+    """Each channel's recognition adds to the request's ``recognize`` timing (a shared
+    dict once kept only the last channel's)."""
+    import time
+
+    from serve_app.config import AudioSettings, ChannelSettings
+    from serve_app.core.audio import decode_audio
+    from serve_app.core.speaker_request import SpeakerRequest
+    from serve_app.online.service import ModelRoute, TranscriptionService
+
+    async def segments(samples: np.ndarray) -> list[SpeechSegment]:
+        return [SpeechSegment(0, 1000)]
+
+    async def transcribe(job: object) -> SegmentTranscript:
+        time.sleep(0.2)  # blocking on purpose: the channels cannot overlap in wall time
+        return SegmentTranscript(text="hello")
+
+    service = TranscriptionService(
+        segment=segments,
+        routes={MODEL: ModelRoute(MODEL, transcribe)},
+        default_model=MODEL,
+        limits=AudioSettings(),
+        channels=ChannelSettings(),
+    )
+    audio = decode_audio(_stereo_wav(), AudioSettings(), keep_channels=True)
+    result = asyncio.run(
+        service.transcribe(audio, model=MODEL, speakers=SpeakerRequest(channels="split"))
+    )
+    assert len(result.segments) == 2
+    # Both channels' steps start together and run one after the other (0.2 s, then 0.4 s
+    # from that start): summed, 0.6 s; the last channel's alone would be 0.4 s at most.
+    assert result.timings_s["recognize"] >= 0.6 - 0.03

@@ -8,6 +8,8 @@ least-loaded replica: the busy one was the one least likely to be asked.
 
 from __future__ import annotations
 
+import time
+
 from serve_app.online.system import INGRESS_KEY, StatsBoard, drain_progress
 
 
@@ -40,3 +42,24 @@ def test_a_replica_not_heard_from_since_the_drain_began_keeps_it_open():
 
 def test_no_ingress_running_is_drained():
     assert drain_progress([], running_replicas=0) == (True, 0)
+
+
+def test_the_board_of_a_gone_app_is_deleted(ray_cluster):
+    """The runner deletes each app's detached board at its stop (serve_app.online.run);
+    without that it outlived the app until the cluster stopped."""
+    import ray
+
+    from serve_app.online.system import BOARD_NAMESPACE, board_name, delete_board, get_board
+
+    board = get_board("asr_board_cleanup_test")
+    ray.get(board.publish.remote("m", "r1", {"audio_s": 1.0}))
+    assert delete_board("asr_board_cleanup_test")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            ray.get_actor(board_name("asr_board_cleanup_test"), namespace=BOARD_NAMESPACE)
+        except ValueError:
+            break  # gone
+        assert time.monotonic() < deadline, "the board is still alive"
+        time.sleep(0.2)
+    assert not delete_board("asr_board_cleanup_test")  # nothing left to delete

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from scripts.common.service import REPO
 from serve_app.tools import corpus as bench_corpus
-from serve_app.tools.models import models_dir, resolve_model
+from serve_app.tools.models import ModelSpec, models_dir, resolve_model
 
 from . import __doc__ as PACKAGE_DOC
 from . import library, services
-from .harness import ROWS, set_threads
+from .harness import FUNASR_ONNX, ROWS, set_threads, split_row
 from .orchestrate import RowResult, run_row
 from .report import ratios, render, write_report
 from .settings import (
@@ -35,6 +35,8 @@ ROW_RUNNERS = {
     "4": services.serve_row,
     "5": services.ray_data_row,
     "6": library.floor_row,
+    "7": lambda spec: library.funasr_onnx_row(spec, batched=False),
+    "8": lambda spec: library.funasr_onnx_row(spec, batched=True),
 }
 
 
@@ -42,9 +44,27 @@ def run_worker(spec_path: Path) -> int:
     """The child process of one row: read its spec, time the row, write its figures."""
     spec = json.loads(spec_path.read_text())
     set_threads(spec["threads"])
-    out = ROW_RUNNERS[spec["row"]](spec)
+    out = ROW_RUNNERS[split_row(spec["row"])[0]](spec)
     Path(spec["out"]).write_text(json.dumps(out))
     return 0
+
+
+def onnx_base(model: ModelSpec, row: str, opts: dict, base: dict) -> dict:
+    """An ONNX row's spec (``6q``...): the same settings with ``runtime: onnx`` at the
+    suffix's precision in every config the row reads."""
+    precision = split_row(row)[1]
+    if precision is None or model.is_whisper:
+        return base
+    onnx = {**opts, "runtime": "onnx", "precision": precision}
+    serve, job = serve_app_config(model, onnx), job_config(model, onnx)
+    job["vad"] = dict(serve["vad"])
+    return {
+        **base,
+        "runtime": "onnx",
+        "precision": precision,
+        "serve_config": serve,
+        "job_config": job,
+    }
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -64,7 +84,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="model folder for NAME (default: random FunASR models in /tmp/rm or "
         "generated; Whisper from the models dir)",
     )
-    p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument(
+        "--rows",
+        default=",".join(ROWS),
+        help="1-6, and on ONNX Runtime (suffix o = fp32, q = int8) 4, 5, 6 and the "
+        f"funasr-onnx package's 7, 8 (pip install {FUNASR_ONNX} --no-deps); run 6q first "
+        "(it exports the graphs once, cached)",
+    )
     p.add_argument("--concurrency", type=int, default=8, help="HTTP clients in rows 3 and 4")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
@@ -178,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         for row in rows:
-            results.append(run_row(model, row, args, base))
+            results.append(run_row(model, row, args, onnx_base(model, row, opts, base)))
     ratio_rows = ratios(results)
     table = render(results, ratio_rows)
     print()

@@ -23,8 +23,29 @@ ROW_TITLES = {
     "4": "this project: Ray Serve (C clients)",
     "5": "this project: Ray Data job",
     "6": "floor: forward on sorted batches",
+    "7": "funasr-onnx, one segment at a time",
+    "8": "funasr-onnx, its own batch_size",
 }
-ROWS = tuple(ROW_TITLES)
+# A row id with a suffix runs on ONNX Runtime (runtime: onnx) at that precision: "6q" is
+# the floor on the int8 graph. Rows 7 and 8 (the funasr-onnx package) exist only so.
+ONNX_SUFFIXES = {"o": "fp32", "q": "int8"}
+ONNX_ROWS = ("4", "5", "6", "7", "8")
+ROWS = (*"123456", *(r + s for r in ONNX_ROWS[2:] + ONNX_ROWS[:2] for s in ONNX_SUFFIXES))
+FUNASR_ONNX = "funasr-onnx==0.4.3"  # rows 7, 8: pip install funasr-onnx==0.4.3 --no-deps
+
+
+def split_row(row: str) -> tuple[str, str | None]:
+    """``"6q"`` -> ``("6", "int8")``; a torch row -> ``(row, None)``."""
+    if row[-1:] in ONNX_SUFFIXES:
+        return row[:-1], ONNX_SUFFIXES[row[-1]]
+    return row, None
+
+
+def row_title(row: str) -> str:
+    base, onnx = split_row(row)
+    return f"{row} {ROW_TITLES[base]}" + (f" [ONNX {onnx}]" if onnx else "")
+
+
 WHISPER_WINDOW_S = 30.0  # Whisper computes every item as a whole 30 s window
 
 

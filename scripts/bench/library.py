@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serve_app.tools.models import ModelSpec
 
 from .harness import (
@@ -168,30 +170,39 @@ def _item_seconds(item: Any) -> float:
     return len(item) / 16000 if hasattr(item, "__len__") else 0.0
 
 
-def floor_row(spec: dict) -> dict:
-    """Row 6, the floor: the backend's forward alone on pre-decoded VAD segments (the VAD
-    settings and segment packing of rows 4 and 5), sorted and packed by
-    ``BatchedRecognizer``. Timed: one ``transcribe_batch`` over all segments (features +
-    forward)."""
+def _segments(spec: dict) -> tuple[Any, Any, list]:
+    """The floor's input: the corpus's VAD segments (the VAD settings and segment packing
+    of rows 4 and 5) as ``SegmentJob`` s, and the row's ``RecognizerSettings``."""
     from serve_app.config import RecognizerSettings, VadSettings
     from serve_app.core.types import SegmentJob
-    from serve_app.recognizers.base import BatchedRecognizer
-    from serve_app.recognizers.factory import build_backend
     from serve_app.tools import corpus as bench_corpus
     from serve_app.tools.models import models_dir
 
     from .settings import recognizer_settings
 
-    model = ModelSpec(**spec["model"])
     corpus = corpus_of(spec)
     vad = VadSettings.model_validate(spec["vad"])
     with quiet_funasr():
         spans = bench_corpus.vad_spans(
             corpus, vad_settings_json=vad.model_dump_json(), models_dir=models_dir()
         )
-    settings = RecognizerSettings.model_validate(recognizer_settings(model, spec))
+    rec = recognizer_settings(ModelSpec(**spec["model"]), spec)
+    settings = RecognizerSettings.model_validate(rec)
     spans = bench_corpus.pack_spans(spans, settings.segment_pack_s, corpus)  # as served
     jobs = [SegmentJob(audio=samples) for _, samples in bench_corpus.load_segments(corpus, spans)]
+    return corpus, settings, jobs
+
+
+def floor_row(spec: dict) -> dict:
+    """Row 6, the floor: the backend's forward alone on pre-decoded VAD segments, sorted
+    and packed by ``BatchedRecognizer``. Timed: one ``transcribe_batch`` over all segments
+    (features + forward). ``6o``/``6q``: the same on ONNX Runtime (fp32 / int8)."""
+    from serve_app.recognizers.base import BatchedRecognizer
+    from serve_app.recognizers.factory import build_backend
+    from serve_app.tools.models import models_dir
+
+    model = ModelSpec(**spec["model"])
+    corpus, settings, jobs = _segments(spec)
     with quiet_funasr():
         backend = build_backend(settings, models_dir())
         set_threads(spec["threads"])
@@ -231,4 +242,73 @@ def floor_row(spec: dict) -> dict:
             f"CPU core-seconds in the timed window: {sum(cpu_core_s.values()):g}",
         ],
         "timing_scope": "BatchedRecognizer.transcribe_batch(all segments): features + forward",
+    }
+
+
+FUNASR_ONNX_BATCH = 8  # row 8's batch_size (funasr-onnx's default is 1)
+
+
+def funasr_onnx_row(spec: dict, *, batched: bool) -> dict:
+    """Rows 7 and 8: the peer a CPU user would pick, the ``funasr-onnx`` package's
+    ``Paraformer`` (no VAD of its own), on the floor's segments and the SAME exported
+    graph files (this project's export, linked into a folder with the weights' config.yaml,
+    am.mvn and tokens.json, as funasr-onnx reads it). Row 7: ``batch_size=1``; row 8:
+    ``batch_size=FUNASR_ONNX_BATCH`` in segment order (it pads, it does not sort). Timed:
+    one call over all segments, pre-decoded as for the floor (its own fbank + CMVN + LFR,
+    the graph, its decode)."""
+    import gc
+
+    from funasr_onnx import Paraformer
+
+    from serve_app.recognizers.factory import build_backend
+    from serve_app.tools.models import models_dir
+
+    model = ModelSpec(**spec["model"])
+    corpus, settings, jobs = _segments(spec)
+    with quiet_funasr():
+        export = build_backend(settings, models_dir()).export  # type: ignore[attr-defined]
+    gc.collect()
+    folder = Path(spec["tmp"]) / "funasr-onnx-model"
+    folder.mkdir(exist_ok=True)
+    for name in ("config.yaml", "am.mvn", "tokens.json"):
+        (folder / name).symlink_to(Path(model.path) / name)
+    for path in (export.fp32_path, export.int8_path):
+        if path is not None:
+            (folder / path.name).symlink_to(path)
+    batch = FUNASR_ONNX_BATCH if batched else 1
+    asr = Paraformer(
+        str(folder),
+        batch_size=batch,
+        quantize=spec["precision"] == "int8",
+        intra_op_num_threads=spec["threads"],
+    )
+    # Its __call__ reads a list as file paths: hand it the decoded segments, as the floor.
+    asr.load_data = lambda content, fs=None: list(content)
+    waves = [np.ascontiguousarray(job.audio, dtype=np.float32) for job in jobs]
+    asr(waves[:batch])  # warm-up
+    record = BatchRecord()
+    for i in range(0, len(waves), batch):
+        lengths = [len(w) / 16000 for w in waves[i : i + batch]]
+        record.add(len(lengths), sum(lengths), max(lengths) * len(lengths))
+    cpu_before = cpu_by_process()
+    started = time.perf_counter()
+    texts = asr(waves)
+    wall_s = time.perf_counter() - started
+    cpu_core_s = cpu_breakdown(cpu_before, cpu_by_process())
+    if len(texts) != len(waves):
+        raise RuntimeError(f"funasr-onnx returned {len(texts)} results for {len(waves)}")
+    return {
+        "wall_s": wall_s,
+        "audio_s": corpus.total_s,
+        "latencies_s": [],
+        **record.summary(),
+        "speech_s": record.real_s,
+        "segments": len(jobs),
+        "cpu_core_s": cpu_core_s,
+        "notes": [
+            f"funasr-onnx Paraformer(batch_size={batch}, quantize="
+            f"{spec['precision'] == 'int8'}, intra_op_num_threads={spec['threads']})",
+            f"{len(jobs)} items ({record.real_s:.0f} s of audio), the floor's segments",
+        ],
+        "timing_scope": "Paraformer(all segments): features + forward + decode",
     }

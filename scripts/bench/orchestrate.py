@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from scripts.common.http import percentile
 from scripts.common.service import REPO
 from serve_app.tools.models import ModelSpec
 
-from .harness import ROW_TITLES
+from .harness import FUNASR_ONNX, row_title, split_row
 from .measure import TreeSampler, _psutil, wait_for_quiet
 
 
@@ -42,25 +43,33 @@ class RowResult:
     load_max: float | None = None
     foreign_cores: float | None = None
     steady_rtfx: float | None = None
+    rtfx_per_core: float | None = None
     reason: str = ""
     notes: list[str] = field(default_factory=list)
     timing_scope: str = ""
     extra: dict = field(default_factory=dict)
 
 
-def not_applicable(model: ModelSpec, row: str) -> str | None:
+def not_applicable(model: ModelSpec, row: str, args: argparse.Namespace) -> str | None:
     if row == "3" and model.is_whisper:
         return (
             "funasr-server serves FunASR AutoModel models only (its --model-path goes to "
             "AutoModel); it cannot load a CTranslate2 Whisper model"
         )
+    base, onnx = split_row(row)
+    if onnx and (model.is_whisper or args.device != "cpu"):
+        return "ONNX Runtime rows are for FunASR models on CPU (runtime: onnx)"
+    if base in ("7", "8") and not onnx:
+        return "the funasr-onnx rows run on ONNX Runtime: 7o/7q, 8o/8q"
+    if base in ("7", "8") and importlib.util.find_spec("funasr_onnx") is None:
+        return f"funasr-onnx is not installed (pip install {FUNASR_ONNX} --no-deps)"
     return None
 
 
 def run_row(model: ModelSpec, row: str, args: argparse.Namespace, base: dict) -> RowResult:
     """Run one row; run it again (up to ``--retries``) when other processes took more than
     ``--max-foreign-cores`` of the CPU meanwhile, keeping the least disturbed attempt."""
-    reason = not_applicable(model, row)
+    reason = not_applicable(model, row, args)
     if reason:
         return RowResult(model=model.name, row=row, status="n/a", reason=reason)
     attempts: list[RowResult] = []
@@ -98,7 +107,7 @@ def _run_row_once(model: ModelSpec, row: str, args: argparse.Namespace, base: di
     spec_path = tmp / "spec.json"
     spec_path.write_text(json.dumps(spec))
     log_path = tmp / "worker.log"
-    print(f"[{model.name} row {row}] {ROW_TITLES[row]} (load {load_before:.2f}) ...", flush=True)
+    print(f"[{model.name} row {row_title(row)}] (load {load_before:.2f}) ...", flush=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "scripts.bench", "--_worker", str(spec_path)],
@@ -137,13 +146,15 @@ def _run_row_once(model: ModelSpec, row: str, args: argparse.Namespace, base: di
     result.wall_s = round(out.pop("wall_s"), 2)
     result.audio_s = round(out.pop("audio_s"), 1)
     result.rtfx = round(result.audio_s / result.wall_s, 2) if result.wall_s else None
+    # Per core: the row's model threads (rows 4, 5: the cores Ray was given, all roles).
+    result.rtfx_per_core = round(result.rtfx / args.threads, 2) if result.rtfx else None
     result.latency_p50_s = _r(percentile(lat, 50))
     result.latency_p95_s = _r(percentile(lat, 95))
     result.latency_p99_s = _r(percentile(lat, 99))
     result.batch_size_counts = out.pop("batch_size_counts", None)
     result.padding_efficiency = out.pop("padding_efficiency", None)
     result.peak_rss_mib = round(sampler.peak_rss / 2**20)
-    if row in ("4", "5"):
+    if split_row(row)[0] in ("4", "5"):
         result.peak_ray_workers_rss_mib = round(sampler.peak_ray_workers_rss / 2**20)
     result.peak_gpu_mib = out.pop("gpu_peak_mib", None) or sampler.peak_gpu_mib
     steady = out.pop("steady_wall_s", None)

@@ -63,6 +63,8 @@ def recognizer_settings(model: ModelSpec, opts: dict) -> dict:
         "language": model.language,
         "batch": opts["batch"],
     }
+    if opts.get("runtime", "torch") != "torch":
+        rec["runtime"] = opts["runtime"]  # the ONNX rows (4o, 6q, ...)
     if opts["device"] == "cpu":
         # "shipped": 0 = follow OMP_NUM_THREADS, which Ray sets from num_cpus (1 thread).
         rec["cpu_threads"] = opts["threads"] if opts["layout"] == "config" else 0

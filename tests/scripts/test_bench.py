@@ -3,7 +3,8 @@ end-to-end run, and the pure parts.
 
 The smoke run uses the tiny random-weight Paraformer on 15 s of generated speech and the
 cheap rows (1: AutoModel one file at a time, 2: AutoModel + fsmn-vad + batch_size_s,
-6: the forward-only floor); it checks that every figure is there and positive, never how
+6: the forward-only floor, and 6q: the same on ONNX Runtime int8, which exports the tiny
+model first); it checks that every figure is there and positive, never how
 fast anything is (figures live in docs/BENCHMARKS.md, not in tests).
 """
 
@@ -42,7 +43,7 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
         "--models",
         "paraformer-tiny",
         "--rows",
-        "1,2,6",
+        "1,2,6,6q",
         "--max-load",
         "1000",  # a smoke test never waits for a quiet machine, nor reruns a row
         "--retries",
@@ -58,7 +59,7 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
     report = json.loads(out.read_text())
     assert report["corpus"]["audio_s"] >= 14.5
     rows = {r["row"]: r for r in report["results"]}
-    assert set(rows) == {"1", "2", "6"}
+    assert set(rows) == {"1", "2", "6", "6q"}
     for row in rows.values():
         assert row["status"] == "ok", row["reason"]
         assert row["rtfx"] > 0 and row["wall_s"] > 0 and row["audio_s"] > 0
@@ -66,11 +67,13 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
         assert row["batch_size_counts"] and all(v > 0 for v in row["batch_size_counts"].values())
         assert 0 < row["padding_efficiency"] <= 1.0
         assert row["load_before"] is not None
+        assert row["rtfx_per_core"] > 0
     for row in ("1", "2"):  # per-file latencies of the library rows
         assert 0 < rows[row]["latency_p50_s"] <= rows[row]["latency_p99_s"]
     # Ratios over rows that did not run are reported as missing, not invented.
     ratios = {q["ratio"]: q for q in report["ratios"]}
     assert ratios["4/6"]["value"] is None
+    assert ratios["6q/6"]["value"] > 0 and ratios["4q/6q"]["value"] is None
 
 
 def _point(items, forward_s, rtfx, mem_gib, ok=True):

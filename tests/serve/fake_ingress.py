@@ -94,3 +94,34 @@ def wav(seconds: float = 1.0) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000, format="WAV")
     return buf.getvalue()
+
+
+async def asgi_post(
+    app: Any, path: str, headers: dict[str, str], receive: Callable[[], Awaitable[dict]]
+) -> tuple[int, dict[str, str], bytes]:
+    """POST ``path`` straight through ASGI with the given ``receive``: (status, response
+    headers, body). For what a test client hides: when and how much of a body is read."""
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], response_headers, body

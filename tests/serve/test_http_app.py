@@ -18,7 +18,7 @@ from serve_app.online.auth import KEYS_ENV, KEYS_FILE_ENV
 from serve_app.online.forms import TranscriptionForm
 from serve_app.online.http_errors import OpenAIErrorRoute
 from serve_app.online.transcription import MULTIPART_OVERHEAD_BYTES
-from tests.serve.fake_ingress import MODEL, fake_ingress, wav, working_ingress
+from tests.serve.fake_ingress import MODEL, asgi_post, fake_ingress, wav, working_ingress
 
 AUDIO = "/v1/audio/transcriptions"
 
@@ -149,34 +149,13 @@ def test_form_errors_name_their_field_before_any_stage_is_called():
 def _asgi(app, path: str, headers: dict[str, str]) -> tuple[int, dict, dict, bool]:
     """POST ``path`` straight through ASGI: (status, headers, JSON body, body was read)."""
     read: list[bool] = []
-    sent: list[dict] = []
 
     async def receive() -> dict:
         read.append(True)
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-    }
-    asyncio.run(app(scope, receive, send))
-    start = sent[0]
-    response_headers = {k.decode(): v.decode() for k, v in start["headers"]}
-    body = b"".join(m.get("body", b"") for m in sent[1:])
-    return start["status"], response_headers, json.loads(body), bool(read)
+    status, response_headers, body = asyncio.run(asgi_post(app, path, headers, receive))
+    return status, response_headers, json.loads(body), bool(read)
 
 
 MULTIPART = {"content-type": "multipart/form-data; boundary=x", "content-length": "1000"}

@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from starlette.testclient import TestClient
 
 from serve_app.config import AudioSettings
-from tests.serve.fake_ingress import fake_ingress, wav, working_ingress
+from tests.serve.fake_ingress import asgi_post, fake_ingress, wav, working_ingress
 
 CHUNK_BYTES = 64 * 1024
 LIMIT_BYTES = 1024 * 1024
@@ -37,7 +37,6 @@ async def _post_chunked(app, total_bytes: int) -> tuple[int, dict, int]:
     chunks += [b"\0" * CHUNK_BYTES] * (total_bytes // CHUNK_BYTES)
     chunks.append(f"\r\n--{BOUNDARY}--\r\n".encode())
     pulled = 0
-    sent: list[dict] = []
 
     async def receive() -> dict:
         nonlocal pulled
@@ -47,29 +46,13 @@ async def _post_chunked(app, total_bytes: int) -> tuple[int, dict, int]:
         pulled += len(body)
         return {"type": "http.request", "body": body, "more_body": bool(chunks)}
 
-    async def send(message: dict) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/audio/transcriptions",
-        "raw_path": b"/v1/audio/transcriptions",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", f"multipart/form-data; boundary={BOUNDARY}".encode()),
-            (b"transfer-encoding", b"chunked"),
-        ],
-        "client": ("127.0.0.1", 1234),
-        "server": ("127.0.0.1", 8000),
+    headers = {
+        "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+        "transfer-encoding": "chunked",
     }
-    await asyncio.wait_for(app(scope, receive, send), 30)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    status, _, body = await asyncio.wait_for(
+        asgi_post(app, "/v1/audio/transcriptions", headers, receive), 30
+    )
     return status, json.loads(body), pulled
 
 

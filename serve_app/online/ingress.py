@@ -270,17 +270,13 @@ class IngressServer:
             return 503, {"status": "draining"}
         app_name = serve.get_replica_context().app_name
         try:
-            status = await asyncio.wait_for(
-                asyncio.to_thread(serve.status), timeout=self._options.settings.health_timeout_s
+            running = await asyncio.wait_for(
+                asyncio.to_thread(serve_running_replicas, app_name),
+                timeout=self._options.settings.health_timeout_s,
             )
-            deployments = status.applications[app_name].deployments
         except Exception as exc:
             return 503, {"status": "unavailable", "error": repr(exc)}
-        running: dict[str, int] = {}
-        for name, dep in deployments.items():
-            if name != INGRESS_DEPLOYMENT:
-                states: dict = dict(dep.replica_states)
-                running[name] = int(states.get("RUNNING", 0))
+        running.pop(INGRESS_DEPLOYMENT, None)
         checks = {name: {"running_replicas": n} for name, n in running.items()}
         ok = bool(running) and all(n > 0 for n in running.values())
         return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "checks": checks}

@@ -65,13 +65,9 @@ def draining_config(config: dict[str, Any], ingress: str = INGRESS_DEPLOYMENT) -
 
 
 def _ingress_replicas(app: str) -> int:
-    from ray import serve
+    from serve_app.online.availability import serve_running_replicas
 
-    status = serve.status().applications.get(app)
-    if status is None or INGRESS_DEPLOYMENT not in status.deployments:
-        return 0
-    states: dict = dict(status.deployments[INGRESS_DEPLOYMENT].replica_states)
-    return int(states.get("RUNNING", 0))
+    return serve_running_replicas(app).get(INGRESS_DEPLOYMENT, 0)
 
 
 async def _drain_state(app: str) -> tuple[bool, int]:

@@ -79,9 +79,25 @@ def _served(base_url: str, config: dict, name: str, route: str):
     serve.delete(name)
 
 
+ONNX_MODEL = "paraformer-tiny-onnx"  # the same random weights on ONNX Runtime (fp32)
+
+
 @pytest.fixture(scope="session")
-def asr_url(serve_instance, models_dir, random_models_dir):
+def asr_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
     config = default_app_config(models_dir, random_models_dir)
+    torch_paraformer = config["recognizers"][1]
+    cache = {"ASR_ONNX_CACHE_DIR": str(tmp_path_factory.mktemp("onnx-cache"))}
+    config["recognizers"].append(
+        {
+            **torch_paraformer,
+            "name": ONNX_MODEL,
+            "runtime": "onnx",
+            "deployment": replica_options(
+                max_ongoing_requests=64,
+                ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": cache}},
+            ),
+        }
+    )
     yield from _served(serve_instance, config, APP_NAME, ROUTE)
 
 

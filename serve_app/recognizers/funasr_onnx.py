@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve_app.core.text import join_tokens
 from serve_app.core.types import RecognitionOptions
 from serve_app.recognizers.funasr_backend import (
     PARAFORMER_CLASSES,
@@ -163,7 +164,11 @@ class FunAsrOnnxBackend(FunAsrBackend):
             return str(tokenizer.tokens2text(tokens))
         from funasr.utils.postprocess_utils import sentence_postprocess
 
-        return str(sentence_postprocess(tokens)[0])
+        # FunASR's word list joined as the torch backend joins it (it reads the words off
+        # FunASR's timestamped output): one text whichever runtime serves the model.
+        # FunASR's own untimed text can differ in spacing after a Latin word followed by
+        # a token that is neither CJK nor Latin.
+        return join_tokens([str(w) for w in sentence_postprocess(tokens)[1]])
 
     def _sensevoice(
         self, speech: np.ndarray, speech_lengths: np.ndarray, options: RecognitionOptions

@@ -1,5 +1,6 @@
 """The job's stages without Ray: decode + VAD with a fake VAD, recognition through the
-shared pipeline with a fake recognizer, long files in parts."""
+shared pipeline with a fake recognizer, long files in parts; the recognizer stage on
+ONNX Runtime against torch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from serve_app.batch.stages import (
     PART_OUTPUT_SCHEMA,
     AssembleStage,
     DecodeVadStage,
+    RecognizeStage,
     error_text,
     normalize_hotwords,
     normalize_language,
@@ -22,7 +24,7 @@ from serve_app.batch.stages import (
     split_speech,
     table_from_rows,
 )
-from serve_app.config import AudioSettings, VadSettings
+from serve_app.config import AudioSettings, RecognizerSettings, VadSettings
 from serve_app.core.errors import RecognitionError
 from serve_app.core.types import RecognitionOptions
 from tests.batch.helpers import (
@@ -35,6 +37,7 @@ from tests.batch.helpers import (
     _stage,
     _write_wav,
 )
+from tests.speech import SENTENCES, requires_espeak, synthesize
 
 # -- unit: decode + VAD stage (fake VAD) ----------------------------------------------------
 
@@ -282,3 +285,38 @@ def test_decode_stage_emits_a_long_file_in_parts(tmp_path):
         (6000, 7000),
         (7000, 8000),
     ]
+
+
+# -- the job's recognizer actor on ONNX Runtime (real classes, no Ray) ----------------------
+
+
+@requires_espeak
+def test_recognize_stage_on_onnx_runtime_gives_the_torch_rows(
+    tmp_path, random_models_dir, monkeypatch
+):
+    """What a Ray Data recognizer actor runs, with ``runtime: onnx``: the rows the torch
+    runtime gives on the same random weights (fp32; the log-probability bound is in
+    tests/recognizers/test_funasr_onnx.py), every segment of a block in one call."""
+    monkeypatch.setenv("ASR_ONNX_CACHE_DIR", str(tmp_path / "onnx"))
+    rows = []
+    for i in range(3):
+        speech, start_ms = [], 0
+        for k in range(1 + i):
+            audio = np.asarray(synthesize(SENTENCES[i + k], tmp_path), np.float32)
+            end_ms = start_ms + len(audio) * 1000 // SR
+            speech.append({"start_ms": start_ms, "end_ms": end_ms, "audio": audio.tobytes()})
+            start_ms = end_ms + 800
+        rows.append(_decoded(f"f{i}", speech))
+    table = table_from_rows(rows, DECODED_SCHEMA)
+    base = {"name": "p", "backend": "funasr", "model": str(random_models_dir / "paraformer-tiny")}
+    out = {
+        runtime: RecognizeStage(RecognizerSettings.model_validate({**base, "runtime": runtime}))(
+            table
+        ).to_pylist()
+        for runtime in ("torch", "onnx")
+    }
+    assert [r["status"] for r in out["onnx"]] == ["ok"] * 3
+    assert any(r["text"] for r in out["torch"])
+    for torch_row, onnx_row in zip(out["torch"], out["onnx"]):
+        assert onnx_row["text"] == torch_row["text"]
+        assert onnx_row["segments"] == torch_row["segments"]

@@ -48,8 +48,9 @@ def onnx(random_models_dir: Path, cache_dir: Path) -> dict[str, FunAsrOnnxBacken
 
 @pytest.fixture(scope="module")
 def torch_backends(random_models_dir: Path) -> dict[str, FunAsrBackend]:
+    """The torch backend as a served recognizer builds it (its default settings)."""
     return {
-        family: FunAsrBackend(name, models_dir=random_models_dir, word_timestamps=False)
+        family: FunAsrBackend(name, models_dir=random_models_dir)
         for family, name in (("paraformer", "paraformer-tiny"), ("sensevoice", "sensevoice-tiny"))
     }
 

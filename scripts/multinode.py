@@ -223,7 +223,6 @@ def node_drill(cluster: Cluster, load: Load, args: argparse.Namespace) -> dict:
         "started_after_kill": load.count(t_kill),
         "segment_retries_logged": retries_logged(cluster),
     }
-    cluster.start_worker(victim)  # back to two workers for the next drills
     return out
 
 
@@ -407,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
             figures["layout"] = cluster.layout()
             print(f"deploy: RUNNING, every proxy healthy after {figures['deploy_s']} s")
             print(f"deploy: replicas per node {figures['layout']}")
-        for drill in args.drills:
+        for i, drill in enumerate(args.drills):
             if drill == "node":
                 figures["node_kill"] = node_drill(cluster, load, args)
+                if i + 1 < len(args.drills):  # back to two workers for the next drills
+                    cluster.start_worker(cluster.workers[-1])
             elif drill == "head":
                 figures["head_kill"] = head_drill(cluster, load, args)
             else:

@@ -29,10 +29,20 @@ TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
 CLUSTER_FIXTURES = frozenset({"ray_cluster", "serve_instance"})
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if CLUSTER_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+            # pytest-xdist (``--dist loadgroup``, pyproject's addopts): the tests of the
+            # served apps run in one worker (one session cluster, one copy of each app),
+            # the Ray Data tests in another (a cluster of their own); the rest go wherever
+            # a worker is free. The suite waits on Ray far more than it computes.
+            group = "serve" if "serve_instance" in names else "ray_data"
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The drills that start Ray clusters of their own go first, beside those groups.
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
 
 
 @pytest.fixture(scope="session")

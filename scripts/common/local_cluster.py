@@ -175,16 +175,18 @@ class Cluster:
         return _get(f"{self.dashboard}/api/version")
 
     def start_worker(self, node: Node) -> None:
-        before = self.alive_nodes()
+        # A node id that was not alive before: a count can miss the join while the killed
+        # node still reads ALIVE (the dashboard's summary lags the GCS's health checks).
+        before = self.alive_node_ids()
         node.start()
-        wait_until(lambda: self.alive_nodes() > before, 120, f"{node.name} to join")
+        wait_until(lambda: self.alive_node_ids() - before, 120, f"{node.name} to join")
 
-    def alive_nodes(self) -> int:
+    def alive_node_ids(self) -> set[str]:
         nodes = _get(f"{self.dashboard}/nodes?view=summary")
-        if not nodes:
-            return 0
-        summary = nodes.get("data", {}).get("summary", [])
-        return sum(n.get("raylet", {}).get("state") == "ALIVE" for n in summary)
+        summary = (nodes or {}).get("data", {}).get("summary", [])
+        return {
+            n["raylet"]["nodeId"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"
+        }
 
     def stop(self) -> None:
         for node in reversed(self.nodes):

@@ -24,6 +24,8 @@ Usage: python -m serve_app.tools.provision_models [--models-dir DIR] [--with whi
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import shutil
 import subprocess
 import sys
@@ -88,6 +90,19 @@ WHISPER_BASE_MODEL_BIN_BYTES = 145_217_532
 OPTIONAL_MODELS = ("whisper-base",)
 
 
+@contextlib.contextmanager
+def _exclusive(models_dir: Path):
+    """One provisioner at a time per models folder (two test workers, two replicas of a
+    node): the second waits, then finds the folders complete. Same-host only (flock)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with open(models_dir / ".provision.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def _complete(folder: Path, required: tuple[str, ...]) -> bool:
     return all((folder / name).is_file() for name in required)
 
@@ -139,10 +154,16 @@ def _whisper_base_complete(folder: Path) -> bool:
 def provision_whisper_base(models_dir: Path) -> Path:
     """Multilingual Whisper base into ``models_dir / "whisper-base"`` (idempotent, atomic)."""
     dest = models_dir / "whisper-base"
-    if _whisper_base_complete(dest):
-        print(f"[provision] whisper-base: present at {dest}")
-        return dest
-    models_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(models_dir):
+        if _whisper_base_complete(dest):
+            print(f"[provision] whisper-base: present at {dest}")
+            return dest
+        _join_whisper_base(dest)
+    print(f"[provision] whisper-base: joined into {dest}")
+    return dest
+
+
+def _join_whisper_base(dest: Path) -> None:
     partial = dest.with_name(dest.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
@@ -162,8 +183,6 @@ def provision_whisper_base(models_dir: Path) -> Path:
         )
     shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
-    print(f"[provision] whisper-base: joined into {dest}")
-    return dest
 
 
 def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
@@ -171,7 +190,13 @@ def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
     unknown = sorted(set(optional) - set(OPTIONAL_MODELS))
     if unknown:
         raise SystemExit(f"unknown optional models {unknown}; choose from {OPTIONAL_MODELS}")
-    models_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(models_dir):
+        _provision_embedded(models_dir)
+    if "whisper-base" in optional:
+        provision_whisper_base(models_dir)
+
+
+def _provision_embedded(models_dir: Path) -> None:
     for name, requirement, prefix, required in EMBEDDED_MODELS:
         dest = models_dir / name
         if _complete(dest, required):
@@ -182,8 +207,6 @@ def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
         if not _complete(dest, required):
             raise SystemExit(f"{requirement} did not contain {required} under {prefix}")
         print(f"[provision] {name}: unpacked to {dest}")
-    if "whisper-base" in optional:
-        provision_whisper_base(models_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -274,6 +274,7 @@ def _block_sizes_seen(mode: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.own_cluster  # a Ray of its own, in a subprocess
 def test_long_files_parts_reach_the_recognizers_as_blocks_of_one_call():
     """Ray Data never splits a block between tasks, so a long file's parts (one decode
     block) all ran on one recognizer actor. ``blocks_of_one_call`` cuts them into blocks

@@ -1,8 +1,9 @@
-"""``python -m scripts.multinode``, short: a head and two worker nodes (``ray start``) on
-this machine, the app deployed with ``serve deploy`` and proxies on every node; a worker
-node killed under load, the head killed and started again on its Redis (GCS fault
-tolerance), a worker node killed mid Ray Data job. The full drill is the script's default
-run (docs/DEPLOY.md, "Multi-node")."""
+"""``python -m scripts.multinode``, its smoke test: a head and two worker nodes (``ray
+start``) on this machine, the app deployed with ``serve deploy`` and proxies on every node,
+a worker node killed under load. The head kill (GCS fault tolerance) and the worker kill
+mid Ray Data job are the script's own drills (its default run, docs/DEPLOY.md
+"Multi-node"; ``--drills node head job``), measured there: here they would double the
+test's time."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from scripts import multinode
 from scripts.common.service import free_port
 from serve_app.tools.speech import have_espeak
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def needs():
         pytest.skip("redis-server backs the GCS (GCS fault tolerance)")
 
 
-def test_node_kills_and_head_kill_lose_nothing(needs, models_dir, tmp_path):
+def test_a_worker_node_killed_under_load_loses_nothing(needs, models_dir, tmp_path):
     out = tmp_path / "figures.json"
     # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too long for them.
     # The logs stay in /tmp/mn_* when it fails.
@@ -49,28 +50,16 @@ def test_node_kills_and_head_kill_lose_nothing(needs, models_dir, tmp_path):
     for phase in ("started_before_kill", "started_after_kill"):
         assert node[phase]["lost_after_client_retries"] == 0, node[phase]
 
-    head = figures["head_kill"]
-    assert head["while_head_down"]["sent"] > 0, head
-    assert head["while_head_down"]["lost_after_client_retries"] == 0, head
-    assert head["same_replicas_after"] and head["head_proxy_healthy_after"], head
-
-    job = figures["job_node_kill"]
-    assert job["killed"] and job["rows_at_kill"] < job["files"], job
-    assert job["rows"] == job["distinct_ids"] == job["files"] and job["statuses"] == {
-        "ok": job["files"]
-    }, job
-
 
 def run(work: Path, out: Path) -> int:
-    """The drills, short: 4 clients, a few seconds per phase, 6 files in the job."""
+    """The node drill, short: 4 clients, a few seconds before and after the kill."""
     return multinode.main(
         [
+            "--drills", "node",
             "--http-port", str(free_port()),
             "--clients", "4",
             "--warmup-s", "8",
             "--after-s", "4",
-            "--head-down-s", "12",
-            "--job-files", "6",
             "--workdir", str(work),
             "--json", str(out),
         ]

@@ -27,7 +27,7 @@ import yaml
 from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
-pytestmark = [pytest.mark.slow, requires_espeak]
+pytestmark = [pytest.mark.slow, pytest.mark.own_cluster, requires_espeak]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -55,7 +55,7 @@ def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
 def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir, whisper_reference):
     # One long request and three short ones: the long one is still running on one ingress
     # replica when the others are done, so a drain that asks the idle replica ends early.
-    long_texts = SENTENCES * 3
+    long_texts = SENTENCES  # five times the short requests' speech
     long_audio = concat_with_pauses([synthesize(t, tmp_path) for t in long_texts], pause_s=1.0)
     long_buf = io.BytesIO()
     sf.write(long_buf, long_audio, 16000, format="WAV", subtype="PCM_16")

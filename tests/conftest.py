@@ -128,6 +128,14 @@ def deploy(config_dict: dict, *, name: str, route_prefix: str, timeout_s: float 
     raise TimeoutError(f"{name} not running after {timeout_s} s")
 
 
+def own_ray_env() -> dict[str, str]:
+    """The environment for a ``python -m serve_app.online.run`` that starts a Ray of its
+    own: never the address of another cluster."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 def replica_options(**overrides) -> dict:
     """Deployment options for test replicas: no CPU reservation on a 2-core machine."""
     return {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}

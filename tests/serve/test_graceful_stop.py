@@ -25,6 +25,7 @@ import pytest
 import soundfile as sf
 import yaml
 
+from tests.conftest import own_ray_env
 from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
@@ -124,8 +125,7 @@ def _start_healthy(config: Path, url: str, log_path: Path) -> subprocess.Popen:
     dashboard agent can miss the raylet's 15 s wait for its port file (the raylet aborts,
     "Timed out waiting for file ... metrics_agent_port"); that is not what this test is
     about, and the log of a start that fails twice is in the assertion."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = own_ray_env()
     for attempt in (1, 2):
         with log_path.open("ab") as log:
             proc = subprocess.Popen(

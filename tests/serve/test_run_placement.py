@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import own_ray_env
+
 pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,8 +29,7 @@ def test_run_names_the_deployment_that_cannot_be_scheduled_and_exits(tmp_path):
     speakers["deployment"]["ray_actor_options"] = {"num_cpus": too_many}
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
+    env = own_ray_env()
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "serve_app.online.run", str(path)],

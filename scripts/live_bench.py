@@ -5,7 +5,8 @@ its own order) in 100 ms PCM16 chunks at real-time pace over ``/v1/realtime`` (O
 protocol, server VAD, partials on), all at once. Per N it prints: final latency p50/p95
 (from the true end of a sentence's speech to its ``completed``, the turn's silence
 included), first-partial latency p50 (from the true start), partials per second of speech,
-WER of the finals against the spoken text, failed items, and the recognizer's forwards.
+WER of the finals against the spoken text, failed items, and the busiest recognizer's forwards
+(count, items per forward, busy seconds: ``/v1/stats``).
 
 Modes: ``batched`` deploys the app as configured (``--config``, default
 ``ray_configs/serve.yaml``); ``serial`` deploys it with every recognizer at
@@ -26,6 +27,7 @@ import json
 import random
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -151,6 +153,26 @@ async def measure(url: str, streams: list[Stream]) -> dict:
     }
 
 
+def recognizer_totals(url: str) -> dict[str, dict]:
+    """Per model: forwards, items, audio s and busy s so far (``/v1/stats``)."""
+    with urllib.request.urlopen(f"{url}/v1/stats", timeout=30) as response:
+        stats = json.loads(response.read())
+    keys = ("num_batches", "items", "audio_s", "busy_s")
+    return {model: {k: float(s.get(k, 0)) for k in keys} for model, s in stats.items()}
+
+
+def forward_figures(before: dict[str, dict], after: dict[str, dict]) -> dict:
+    """The busiest recognizer's forwards during one row: count, items per forward, busy s."""
+    deltas = {m: {k: after[m][k] - before.get(m, {}).get(k, 0.0) for k in after[m]} for m in after}
+    model, d = max(deltas.items(), key=lambda kv: kv[1]["busy_s"])
+    return {
+        "model": model,
+        "forwards": int(d["num_batches"]),
+        "items_per_forward": d["items"] / d["num_batches"] if d["num_batches"] else 0.0,
+        "busy_s": d["busy_s"],
+    }
+
+
 def app_args(config: Path, serial: bool) -> dict:
     args = yaml.safe_load(config.read_text())["applications"][0]["args"]
     for recognizer in args["recognizers"]:
@@ -182,7 +204,9 @@ def main() -> None:
             for n in counts:
                 rng = random.Random(args.seed + n)
                 streams = [make_stream(rng, clips, args.seconds) for _ in range(n)]
+                before = recognizer_totals(url)
                 row = {"mode": mode, **asyncio.run(measure(ws_url, streams))}
+                row.update(forward_figures(before, recognizer_totals(url)))
                 rows.append(row)
                 print(
                     " ".join(

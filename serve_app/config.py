@@ -247,9 +247,10 @@ class RecognizerSettings(Strict):
             raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
         if self.runtime == "onnx" and (self.backend != "funasr" or self.device != "cpu"):
             raise ValueError(f"{self.name}: runtime onnx is for the funasr backend on cpu")
-        if self.precision == "int8" and self.backend != "whisper" and self.runtime != "onnx":
+        if self.precision == "int8" and self.backend == "funasr" and self.runtime != "onnx":
             raise ValueError(
-                f"{self.name}: int8 is only available for the whisper backend and runtime onnx"
+                f"{self.name}: int8 is available for the whisper and moonshine backends and "
+                "runtime onnx"
             )
         if self.backend == "whisper" and self.segment_pack_s > WHISPER_WINDOW_S:
             raise ValueError(

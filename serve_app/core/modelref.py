@@ -49,3 +49,17 @@ def model_cpu_threads(configured: int) -> int:
     if threads < 0:
         raise ValueError(f"{CPU_THREADS_ENV} must be >= 0, got {value!r}")
     return threads
+
+
+ONNX_CACHE_DIR_ENV = "ASR_ONNX_CACHE_DIR"
+
+
+def onnx_cache_dir() -> Path:
+    """Where derived ONNX files (exports, quantized graphs) are cached, keyed by the weights'
+    identity: ``$ASR_ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME/ray-funasr-serve/onnx``. Never
+    the weights folder, which may be read-only and whose file list is the result cache's
+    model identity."""
+    if os.environ.get(ONNX_CACHE_DIR_ENV):
+        return Path(os.environ[ONNX_CACHE_DIR_ENV]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "ray-funasr-serve" / "onnx"

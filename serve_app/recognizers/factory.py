@@ -53,6 +53,7 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             settings.model,
             models_dir=models_dir,
             cpu_threads=model_cpu_threads(settings.cpu_threads),
+            precision=settings.precision,
             name=settings.name,
         )
     raise ValueError(f"unknown backend {settings.backend!r}")

@@ -39,11 +39,11 @@ from typing import Any
 
 import torch
 
+from serve_app.core.modelref import onnx_cache_dir
 from serve_app.recognizers.funasr_loader import LoadedFunAsrModel, contained_funasr_side_effects
 
 logger = logging.getLogger(__name__)
 
-CACHE_DIR_ENV = "ASR_ONNX_CACHE_DIR"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quant.onnx"
 # Bump when the export changes (wrappers, exporter options): old cache entries are ignored.
@@ -60,14 +60,6 @@ class OnnxExport:
     fp32_path: Path
     int8_path: Path | None
     exported: bool  # False: found in the cache
-
-
-def default_cache_dir() -> Path:
-    """``$ASR_ONNX_CACHE_DIR``, else ``$XDG_CACHE_HOME/ray-funasr-serve/onnx``."""
-    if os.environ.get(CACHE_DIR_ENV):
-        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg) / "ray-funasr-serve" / "onnx"
 
 
 def weights_folder(loaded: LoadedFunAsrModel) -> Path:
@@ -162,7 +154,7 @@ def export_onnx(
     temporary folder and moves the files in with an atomic rename, so a reader never sees
     a half-written file.
     """
-    root = cache_dir or default_cache_dir()
+    root = cache_dir or onnx_cache_dir()
     source = weights_folder(loaded)
     folder = root / f"{source.name or 'model'}-{weights_identity(source)}"
     fp32_path, int8_path = folder / FP32_FILE, folder / INT8_FILE

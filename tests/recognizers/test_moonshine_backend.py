@@ -62,3 +62,37 @@ def test_tokenizer_and_options(backend, models_dir: Path):
         with pytest.raises(InvalidRequestError):
             backend.validate_options(bad)
     assert backend.capabilities().languages == ("en",)
+
+
+@pytest.fixture(scope="module")
+def int8_backend(models_dir: Path, tmp_path_factory) -> MoonshineBackend:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ASR_ONNX_CACHE_DIR", str(tmp_path_factory.mktemp("onnx-cache")))
+        return MoonshineBackend(
+            "moonshine-base-en", models_dir=models_dir, cpu_threads=2, precision="int8"
+        )
+
+
+def test_int8_decoder_text_within_the_reference_margin(int8_backend, speech, whisper_reference):
+    """int8 is a different model (weights and activations rounded): its text is held to the
+    same bar as fp32's, the reference library's text on the same audio; batching still
+    gives each item (nearly) its own text."""
+    ours = [r.text for r in int8_backend.forward([SegmentJob(a) for a in speech])]
+    reference = [whisper_reference.transcribe(a) for a in speech]
+    assert_wer_near_reference(SENTENCES[:6], ours, reference)
+    alone = [int8_backend.forward([SegmentJob(a)])[0].text for a in speech]
+    assert sum(b != a for b, a in zip(ours, alone)) <= 1, (ours, alone)
+
+
+def test_int8_graphs_are_built_once_and_cached(models_dir: Path, tmp_path: Path, monkeypatch):
+    from serve_app.recognizers import moonshine_backend
+
+    monkeypatch.setenv("ASR_ONNX_CACHE_DIR", str(tmp_path))
+    decoder = models_dir / "moonshine-base-en" / "decoder_model_merged.ort"
+    paths = moonshine_backend._int8_decoders(decoder)
+    assert sorted(p.name for p in paths.values()) == sorted(moonshine_backend.INT8_FILES.values())
+    stamps = {p: p.stat().st_mtime_ns for p in paths.values()}
+    assert moonshine_backend._int8_decoders(decoder) == paths
+    assert {p: p.stat().st_mtime_ns for p in paths.values()} == stamps  # found, not rebuilt
+    with pytest.raises(ValueError, match="fp32 or int8"):
+        MoonshineBackend("moonshine-base-en", models_dir=models_dir, precision="fp16")

@@ -15,7 +15,8 @@ its own serve them). Both on a local cluster this script starts; ``--url`` measu
 running service instead (one mode).
 
     python -m scripts.live_bench [--sessions 1,4,8,16] [--modes batched,serial]
-        [--seconds 40] [--config ray_configs/serve.yaml] [--url URL] [--json out.json]
+        [--seconds 40] [--config ray_configs/serve.yaml] [--model NAME] [--url URL]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -55,13 +56,24 @@ class Stream:
     spans_s: list[tuple[float, float]]
 
 
+def speech_extent_s(clip: np.ndarray) -> tuple[float, float]:
+    """Where the speech in a clip starts and ends (s): its first and last sample above 2 %
+    of its peak. espeak-ng ends every clip with ~0.4 s of silence; counted as speech, it
+    made every final latency ~0.4 s too short."""
+    loud = np.flatnonzero(np.abs(clip) > 0.02 * float(np.abs(clip).max() or 1.0))
+    if not len(loud):
+        return 0.0, 0.0
+    return loud[0] / SAMPLE_RATE_HZ, (loud[-1] + 1) / SAMPLE_RATE_HZ
+
+
 def make_stream(rng: random.Random, clips: list[tuple[str, np.ndarray]], seconds: float) -> Stream:
     parts, texts, spans, t = [np.zeros(int(0.5 * SAMPLE_RATE_HZ), np.float32)], [], [], 0.5
     while t < seconds:
         text, clip = rng.choice(clips)
         parts += [clip, np.zeros(int(PAUSE_S * SAMPLE_RATE_HZ), np.float32)]
         texts.append(text)
-        spans.append((t, t + len(clip) / SAMPLE_RATE_HZ))
+        start_s, end_s = speech_extent_s(clip)
+        spans.append((t + start_s, t + end_s))
         t += len(clip) / SAMPLE_RATE_HZ + PAUSE_S
     return Stream(np.concatenate(parts), texts, spans)
 
@@ -79,7 +91,7 @@ def nearest(spans: list[tuple[float, float]], at_s: float, which: int) -> int:
     return min(range(len(spans)), key=lambda i: abs(spans[i][which] - at_s))
 
 
-async def run_session(url: str, stream: Stream) -> SessionResult:
+async def run_session(url: str, stream: Stream, model: str | None = None) -> SessionResult:
     result = SessionResult()
     pcm = (np.clip(stream.samples, -1, 1) * 32767).astype("<i2").tobytes()
     step = int(CHUNK_S * SAMPLE_RATE_HZ) * 2
@@ -92,6 +104,8 @@ async def run_session(url: str, stream: Stream) -> SessionResult:
             "include": ["item.input_audio_transcription.partial"],
             "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
         }
+        if model:
+            session["audio"]["input"]["transcription"] = {"model": model}
         await ws.send(json.dumps({"type": "session.update", "session": session}))
         t0 = time.monotonic()
 
@@ -134,8 +148,8 @@ async def run_session(url: str, stream: Stream) -> SessionResult:
     return result
 
 
-async def measure(url: str, streams: list[Stream]) -> dict:
-    results = await asyncio.gather(*(run_session(url, s) for s in streams))
+async def measure(url: str, streams: list[Stream], model: str | None = None) -> dict:
+    results = await asyncio.gather(*(run_session(url, s, model) for s in streams))
     finals = [x for r in results for x in r.final_latency_s]
     partial = [x for r in results for x in r.first_partial_s]
     speech_s = sum(e - b for s in streams for b, e in s.spans_s)
@@ -188,6 +202,7 @@ def main() -> None:
     parser.add_argument("--modes", default="batched,serial")
     parser.add_argument("--seconds", type=float, default=40.0, help="audio per session")
     parser.add_argument("--config", type=Path, default=Path("ray_configs/serve.yaml"))
+    parser.add_argument("--model", help="the sessions' transcription.model (default: the app's)")
     parser.add_argument("--url")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seed", type=int, default=0)
@@ -205,7 +220,7 @@ def main() -> None:
                 rng = random.Random(args.seed + n)
                 streams = [make_stream(rng, clips, args.seconds) for _ in range(n)]
                 before = recognizer_totals(url)
-                row = {"mode": mode, **asyncio.run(measure(ws_url, streams))}
+                row = {"mode": mode, **asyncio.run(measure(ws_url, streams, args.model))}
                 row.update(forward_figures(before, recognizer_totals(url)))
                 rows.append(row)
                 print(

@@ -72,7 +72,7 @@ _INT8_VARIANT = "split-if-basic-opt-dynamic-int8-per-channel-matmul-v1"
 INT8_FILES = {False: "decoder_first_step_int8.onnx", True: "decoder_with_past_int8.onnx"}
 
 
-def _int8_decoders(decoder_ort: Path) -> dict[bool, Path]:
+def int8_decoder_files(decoder_ort: Path) -> dict[bool, Path]:
     """The merged decoder as two int8 graphs, {use_cache_branch: path}, built once and cached.
 
     Each fixes the merged graph's ``use_cache_branch`` input to a constant, so ONNX Runtime's
@@ -105,7 +105,8 @@ def _int8_decoders(decoder_ort: Path) -> dict[bool, Path]:
     if all(path.is_file() for path in paths.values()):
         return paths
     started = time.perf_counter()
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = writable_folder(folder)
+    paths = {flag: folder / name for flag, name in INT8_FILES.items()}
     merged = ort_to_onnx(decoder_ort)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
         for flag, path in paths.items():
@@ -134,6 +135,20 @@ def _int8_decoders(decoder_ort: Path) -> dict[bool, Path]:
         "built %s's int8 decoder in %.1f s: %s", decoder_ort, time.perf_counter() - started, folder
     )
     return paths
+
+
+def writable_folder(folder: Path) -> Path:
+    """``folder``, created; a fresh temporary folder when it cannot be written (a read-only
+    cache volume): the graphs are then built for this process only, not a failed start."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(f"{folder} is not writable")
+    except OSError as exc:
+        fallback = Path(tempfile.mkdtemp(prefix=f"{folder.name}-"))
+        logger.warning("ONNX cache not writable (%s): building into %s", exc, fallback)
+        return fallback
+    return folder
 
 
 def _session(path: Path, opts: Any) -> Any:
@@ -184,7 +199,7 @@ class MoonshineBackend:
         if precision == "int8":
             self._decoders = {
                 flag: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                for flag, path in _int8_decoders(folder / FILES[1]).items()
+                for flag, path in int8_decoder_files(folder / FILES[1]).items()
             }
         else:
             merged = _session(folder / FILES[1], opts)

@@ -266,6 +266,24 @@ def test_dockerfile_matches_pyproject():
     assert f"{major}.{minor}" in SpecifierSet(pyproject()["project"]["requires-python"])
 
 
+def test_dockerfile_names_modules_that_exist():
+    """The image build imports the app and the job and runs the provisioning module: a
+    module moved in the tree and not in the Dockerfile fails the build (it did once:
+    ``serve_app.app`` after the layout change)."""
+    import importlib.util
+
+    dockerfile = (K8S / "Dockerfile").read_text()
+    imported = [
+        name.strip()
+        for line in re.findall(r'python -c "import ([^;"]+)', dockerfile)
+        for name in line.split(",")
+    ]
+    run_modules = re.findall(r"python -m ([\w.]+)", dockerfile)
+    assert "serve_app.online.app" in imported and run_modules
+    for name in imported + run_modules:
+        assert importlib.util.find_spec(name) is not None, name
+
+
 # -- readiness -----------------------------------------------------------------------------
 
 

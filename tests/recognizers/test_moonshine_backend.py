@@ -65,9 +65,14 @@ def test_tokenizer_and_options(backend, models_dir: Path):
 
 
 @pytest.fixture(scope="module")
-def int8_backend(models_dir: Path, tmp_path_factory) -> MoonshineBackend:
+def int8_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def int8_backend(models_dir: Path, int8_cache: Path) -> MoonshineBackend:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("ASR_ONNX_CACHE_DIR", str(tmp_path_factory.mktemp("onnx-cache")))
+        patch.setenv("ASR_ONNX_CACHE_DIR", str(int8_cache))
         return MoonshineBackend(
             "moonshine-base-en", models_dir=models_dir, cpu_threads=2, precision="int8"
         )
@@ -84,15 +89,31 @@ def test_int8_decoder_text_within_the_reference_margin(int8_backend, speech, whi
     assert sum(b != a for b, a in zip(ours, alone)) <= 1, (ours, alone)
 
 
-def test_int8_graphs_are_built_once_and_cached(models_dir: Path, tmp_path: Path, monkeypatch):
+def test_int8_graphs_are_built_once_and_cached(
+    int8_backend, int8_cache: Path, models_dir: Path, monkeypatch
+):
+    """The backend's start built them into the cache; the next start finds them."""
     from serve_app.recognizers import moonshine_backend
 
-    monkeypatch.setenv("ASR_ONNX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ASR_ONNX_CACHE_DIR", str(int8_cache))
+    (entry,) = int8_cache.iterdir()
+    built = {p: p.stat().st_mtime_ns for p in entry.iterdir()}
+    assert sorted(p.name for p in built) == sorted(moonshine_backend.INT8_FILES.values())
     decoder = models_dir / "moonshine-base-en" / "decoder_model_merged.ort"
-    paths = moonshine_backend._int8_decoders(decoder)
-    assert sorted(p.name for p in paths.values()) == sorted(moonshine_backend.INT8_FILES.values())
-    stamps = {p: p.stat().st_mtime_ns for p in paths.values()}
-    assert moonshine_backend._int8_decoders(decoder) == paths
-    assert {p: p.stat().st_mtime_ns for p in paths.values()} == stamps  # found, not rebuilt
+    assert set(moonshine_backend.int8_decoder_files(decoder).values()) == set(built)
+    assert {p: p.stat().st_mtime_ns for p in entry.iterdir()} == built  # found, not rebuilt
     with pytest.raises(ValueError, match="fp32 or int8"):
         MoonshineBackend("moonshine-base-en", models_dir=models_dir, precision="fp16")
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_folder(tmp_path: Path):
+    """A cache path that cannot hold a folder (here a file: the OSError a read-only volume
+    gives, and one that root gets too) costs a build per process, not a failed start."""
+    from serve_app.recognizers.moonshine_backend import writable_folder
+
+    assert writable_folder(tmp_path / "cache" / "entry") == tmp_path / "cache" / "entry"
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    fallback = writable_folder(blocked / "entry")
+    assert fallback.is_dir() and blocked not in fallback.parents
+    fallback.rmdir()

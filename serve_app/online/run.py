@@ -116,6 +116,25 @@ def _placement_problems(raw: dict[str, Any]) -> list[str]:
     return unplaceable(demand, nodes)
 
 
+def init_ray(
+    ray: Any, address: str, namespace: str, *, attempts: int, pause_s: float = 2.0
+) -> None:
+    """``ray.init``, tried ``attempts`` times. Starting a local cluster on a loaded machine
+    can fail on a fixed timeout inside Ray (seen on 2 cores: the raylet gave up after 15 s
+    waiting for the dashboard agent's port file while another process deployed apps);
+    a second start usually succeeds. Connecting to a given cluster is tried once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, namespace=namespace)
+            return
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            logger.warning("starting Ray failed (attempt %d of %d): %s", attempt, attempts, exc)
+            ray.shutdown()
+            time.sleep(pause_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", type=Path, help="a Serve config file (ray_configs/*.yaml)")
@@ -148,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         # long-running replica's RSS without bound (docs/BENCHMARKS.md, "Soak").
         os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
     if not ray.is_initialized():
-        ray.init(address=args.address, namespace=SERVE_NAMESPACE)
+        init_ray(ray, args.address, SERVE_NAMESPACE, attempts=3 if started_ray else 1)
     problems = _placement_problems(raw)
     if problems:
         for line in problems:

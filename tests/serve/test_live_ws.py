@@ -161,6 +161,70 @@ def test_bad_frames_get_error_events_and_the_session_goes_on(speech):
     assert after[2]["transcript"] == "final 1.5s"  # the 24 kHz PCM of 1.5 s of speech
 
 
+def test_noise_reduction_is_echoed_validated_and_applied(speech):
+    """near_field is echoed in session.updated (GA and beta), a bad type is an error event
+    naming the field, and the audio the recognizer gets is denoised: with white noise under
+    the speech, the committed utterance's noise-only start is much quieter than what was
+    sent (the reducer's own test measures how much; here: at least 6 dB, and off is 0 dB)."""
+    rng = np.random.default_rng(0)
+    noise_only = (rng.standard_normal(16_000) * 0.01).astype(np.float32)  # 1 s
+    noisy = np.concatenate([noise_only, speech[:16_000] + noise_only])
+
+    async def main(url: str, noise_reduction):
+        async with websockets.connect(url + "/v1/realtime?intent=transcription") as ws:
+            await ws.recv()
+            bad = {
+                "type": "session.update",
+                "session": {"audio": {"input": {"noise_reduction": {"type": "studio"}}}},
+            }
+            await ws.send(json.dumps(bad))
+            error = json.loads(await ws.recv())
+            beta = {
+                "type": "transcription_session.update",
+                "session": {"input_audio_noise_reduction": {"type": "far_field"}},
+            }
+            await ws.send(json.dumps(beta))
+            beta_echo = json.loads(await ws.recv())["session"]["input_audio_noise_reduction"]
+            update = {
+                "type": "session.update",
+                "session": {
+                    "type": "transcription",
+                    "audio": {
+                        "input": {"turn_detection": None, "noise_reduction": noise_reduction}
+                    },
+                },
+            }
+            await ws.send(json.dumps(update))
+            echo = json.loads(await ws.recv())["session"]["audio"]["input"]["noise_reduction"]
+            for chunk in chunks(pcm16(noisy), 24_000):
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "input_audio_buffer.append",
+                            "audio": base64.b64encode(chunk).decode(),
+                        }
+                    )
+                )
+            await ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+            while json.loads(await ws.recv())["type"] != f"{TRANSCRIPTION}.completed":
+                pass
+            return error, beta_echo, echo
+
+    levels = {}
+    for setting in ({"type": "near_field"}, None):
+        stages = FakeStages()
+        with serve_in_thread(stages.ingress()) as base:
+            error, beta_echo, echo = asyncio.run(main(base.replace("http", "ws"), setting))
+        assert echo == setting and beta_echo == {"type": "far_field"}
+        assert error["type"] == "error"
+        assert error["error"]["param"] == "session.audio.input.noise_reduction.type"
+        (final,) = [job for job in stages.jobs if not job.priority]
+        start = np.asarray(final.audio)[4_000:12_000]  # inside the noise-only second
+        levels[str(setting)] = 10 * np.log10(np.mean(start**2) / np.mean(noise_only**2))
+    assert abs(levels["None"]) < 1.0, levels  # off: the noise as sent (resampled twice)
+    assert levels[str({"type": "near_field"})] < -6.0, levels
+
+
 def test_keys_in_a_header_or_the_browser_subprotocol(monkeypatch):
     monkeypatch.setenv("ASR_API_KEYS", "k1")
     stages = FakeStages()

@@ -15,7 +15,9 @@ delta and then taken back). Revisable hypotheses while someone speaks are an opt
 extension: with ``"item.input_audio_transcription.partial"`` in the session's ``include``
 list, the server also sends ``conversation.item.input_audio_transcription.partial``
 ``{item_id, content_index, transcript}``: the whole utterance so far, replacing the
-previous partial of that item. ``noise_reduction`` is accepted and not applied.
+previous partial of that item. ``noise_reduction`` ``{type: "near_field" | "far_field"}``
+runs a streaming spectral noise reducer on the session's audio before voice activity
+detection and recognition (:mod:`serve_app.core.denoise`); ``null`` turns it off.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from serve_app.core.denoise import PROFILES, NoiseReducer
 from serve_app.core.errors import AsrError, InvalidRequestError, OverloadedError
 from serve_app.core.turns import TurnSettings
 from serve_app.core.types import RecognitionOptions
@@ -93,6 +96,7 @@ class OpenAIRealtimeSession:
         self.include: list[str] = []
         self.beta = False
         self.received_audio = False
+        self.noise: NoiseReducer | None = None
         self.outbox: Outbox | None = None
         self.live: LiveSession | None = None
 
@@ -175,6 +179,8 @@ class OpenAIRealtimeSession:
             except (binascii.Error, ValueError):
                 raise InvalidRequestError("audio is not valid base64", param="audio") from None
             samples = self.decoder.decode(data)
+            if self.noise is not None:
+                samples = self.noise.process(samples)
             self.received_audio = True
             await self.live.append(samples)
         elif kind == "input_audio_buffer.commit":
@@ -193,11 +199,12 @@ class OpenAIRealtimeSession:
             audio_in = {
                 "format": session.get("input_audio_format"),
                 "transcription": session.get("input_audio_transcription"),
-                "noise_reduction": session.get("input_audio_noise_reduction"),
             }
             if "turn_detection" in session:
                 audio_in["turn_detection"] = session["turn_detection"]
             audio_in = {k: v for k, v in audio_in.items() if v is not None or k == "turn_detection"}
+            if "input_audio_noise_reduction" in session:
+                audio_in["noise_reduction"] = session["input_audio_noise_reduction"]
         else:
             if session.get("type", "transcription") != "transcription":
                 raise InvalidRequestError(
@@ -226,6 +233,25 @@ class OpenAIRealtimeSession:
             self.turns = self._turn_detection(audio_in["turn_detection"])
             assert self.live is not None
             self.live.configure(self.turns)
+        if "noise_reduction" in audio_in:
+            self.noise = self._noise_reduction(audio_in["noise_reduction"])
+
+    def _noise_reduction(self, value: Any) -> NoiseReducer | None:
+        """``null`` (off) or ``{type: near_field | far_field}``; the same type again keeps the
+        running reducer (its noise estimate), another type starts a new one."""
+        if value is None:
+            return None
+        param = "session.audio.input.noise_reduction"
+        kind = value.get("type") if isinstance(value, dict) else None
+        if not isinstance(kind, str) or kind not in PROFILES:
+            raise InvalidRequestError(
+                f"noise_reduction type {kind!r} is not supported; use near_field, far_field "
+                "or null",
+                param=f"{param}.type",
+            )
+        if self.noise is not None and self.noise.profile_name == kind:
+            return self.noise
+        return NoiseReducer(kind)
 
     def _transcription(self, value: dict) -> None:
         model = value.get("model")
@@ -292,6 +318,7 @@ class OpenAIRealtimeSession:
                 "silence_duration_ms": self.turns.silence_duration_ms,
             }
         )
+        noise = None if self.noise is None else {"type": self.noise.profile_name}
         transcription = {
             "model": self.requested_model or self.model,
             "language": self.options.language,
@@ -306,7 +333,7 @@ class OpenAIRealtimeSession:
                 ),
                 "input_audio_transcription": transcription,
                 "turn_detection": turn,
-                "input_audio_noise_reduction": None,
+                "input_audio_noise_reduction": noise,
                 "include": self.include,
             }
         return {
@@ -318,7 +345,7 @@ class OpenAIRealtimeSession:
                     "format": self.format.to_json(),
                     "transcription": transcription,
                     "turn_detection": turn,
-                    "noise_reduction": None,
+                    "noise_reduction": noise,
                 }
             },
             "include": self.include,

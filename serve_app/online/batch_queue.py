@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -95,9 +96,13 @@ class Coalescer:
         on_drop: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         background_capacity_s: float | None = None,
+        foreground_waiting: threading.Event | None = None,
     ) -> None:
         self._run = run
         self.capacity_s = capacity_s
+        # Set while a foreground item waits (read by the model's thread: a forward of
+        # background items only may stop early and yield to it).
+        self.foreground_waiting = foreground_waiting or threading.Event()
         self.background_capacity_s = background_capacity_s
         self._on_drop = on_drop
         self._clock = clock
@@ -111,6 +116,8 @@ class Coalescer:
         for item in items:
             if item.coalesce_key is not None:
                 self._supersede(item.coalesce_key)
+        if any(not item.background for item in items):
+            self.foreground_waiting.set()
         self._pending.extend(zip(items, futures))
         self._wake.set()
         if self._task is None or self._task.done():
@@ -168,6 +175,8 @@ class Coalescer:
             else:
                 kept.append((item, future))
         self._pending.extend(kept)
+        if not any(not item.background for item, _ in kept):
+            self.foreground_waiting.clear()
         return batch
 
     def _dropped(self, reason: str) -> None:
@@ -222,8 +231,13 @@ class BatchQueue(Generic[JobT]):
             max_concurrent_batches=MAX_FORMED_BATCHES,
             batch_size_fn=batch_cost_s,
         )(self._submit)
+        self.foreground_waiting = threading.Event()
         self._coalescer = Coalescer(
-            run, capacity, on_drop=on_drop, background_capacity_s=background_capacity_s
+            run,
+            capacity,
+            on_drop=on_drop,
+            background_capacity_s=background_capacity_s,
+            foreground_waiting=self.foreground_waiting,
         )
 
     @property
@@ -259,6 +273,8 @@ class BatchQueue(Generic[JobT]):
         # greater than max_batch_size": it is charged the whole capacity.
         cost_s = min(cost_s, self.capacity)
         item: QueuedItem[JobT] = QueuedItem(job, cost_s, time.perf_counter())
+        if not item.background:  # known now, not only once Serve's batch is formed
+            self.foreground_waiting.set()
         try:
             result = await self._batched(item)
         except asyncio.CancelledError:

@@ -29,7 +29,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,13 @@ class MoonshineBackend:
         self._heads, self._head_dim = int(shape[1]), int(shape[3])
         self._name = name or f"moonshine-{folder.name}"
         self._lock = threading.Lock()  # one forward at a time (the sessions are shared)
+        # Set by the serving deployment: true while a foreground item (a live final, a
+        # file segment) waits. A forward of background items only (live partials) then
+        # stops at its next decoder step and returns the tokens decoded so far: greedy
+        # decoding makes them a prefix of the full text, and the final waits one step
+        # (~10-25 ms) instead of the whole partial batch.
+        self.should_yield: Callable[[], bool] | None = None
+        self.yielded_forwards = 0
 
     @property
     def name(self) -> str:
@@ -236,12 +243,21 @@ class MoonshineBackend:
     def forward(self, jobs: Sequence[SegmentJob]) -> list[SegmentTranscript]:
         if not jobs:
             return []
+        background = all(getattr(job, "priority", 0) > 0 for job in jobs)
         with self._lock:
-            ids = self._decode([np.asarray(job.audio, np.float32) for job in jobs])
+            ids = self._decode(
+                [np.asarray(job.audio, np.float32) for job in jobs],
+                should_yield=self.should_yield if background else None,
+            )
         return [SegmentTranscript(text=self._detokenize(row), language="en") for row in ids]
 
-    def _decode(self, audios: list[np.ndarray]) -> list[list[int]]:
+    def _decode(
+        self, audios: list[np.ndarray], should_yield: Callable[[], bool] | None = None
+    ) -> list[list[int]]:
         batch = len(audios)
+        if should_yield is not None and should_yield():
+            self.yielded_forwards += 1
+            return [[] for _ in audios]
         longest = max(len(a) for a in audios)
         padded = np.zeros((batch, max(longest, SAMPLE_RATE_HZ // 10)), np.float32)
         for row, audio in enumerate(audios):
@@ -254,6 +270,9 @@ class MoonshineBackend:
         budgets = [max(MIN_TOKENS, int(len(a) / SAMPLE_RATE_HZ * MAX_TOKENS_PER_S)) for a in audios]
         rows = np.arange(batch)  # the item each row of the running batch decodes
         for step in range(max(budgets)):
+            if step and should_yield is not None and should_yield():
+                self.yielded_forwards += 1
+                break
             feed = {"input_ids": tokens, "encoder_hidden_states": hidden, **past}
             if self._merged:
                 feed["use_cache_branch"] = np.array([step > 0])

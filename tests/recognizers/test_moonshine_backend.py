@@ -117,3 +117,21 @@ def test_an_unwritable_cache_falls_back_to_a_temporary_folder(tmp_path: Path):
     fallback = writable_folder(blocked / "entry")
     assert fallback.is_dir() and blocked not in fallback.parents
     fallback.rmdir()
+
+
+def test_a_partials_only_forward_yields_with_a_prefix_of_its_text(int8_backend, speech):
+    """While ``should_yield`` is true, a forward of background items (live partials) stops
+    at its next decoder step and returns a prefix of each full text; a forward with a
+    foreground item ignores it; a flag already up before the encoder returns empty texts."""
+    jobs = [SegmentJob(a, priority=1) for a in speech[:3]]
+    full = [r.text for r in int8_backend.forward(jobs)]
+    polls = iter([False] * 4 + [True] * 1000)
+    int8_backend.should_yield = lambda: next(polls)
+    try:
+        cut = [r.text for r in int8_backend.forward(jobs)]
+        assert all(f.startswith(c) and len(c) < len(f) for f, c in zip(full, cut)), (full, cut)
+        assert [r.text for r in int8_backend.forward(jobs)] == ["", "", ""]
+        foreground = [SegmentJob(a) for a in speech[:3]]
+        assert [r.text for r in int8_backend.forward(foreground)] == full
+    finally:
+        int8_backend.should_yield = None

@@ -91,3 +91,34 @@ def test_the_background_capacity_bounds_a_partials_forward():
     forwards, _ = while_busy(later, capacity_s=100.0, background_capacity_s=30.0)
     # One 30 s item per forward of partials (a quarter of 100 s would have taken three).
     assert forwards == [["busy"], ["p0"], ["p1"], ["p2"]]
+
+
+def test_foreground_waiting_is_set_while_a_normal_item_waits_behind_a_background_forward():
+    """The flag a partials-only forward polls to yield: off while only partials run, on
+    from the moment a normal item is queued, off again once that item is taken."""
+
+    async def main():
+        coalescer = Coalescer(lambda items: None, capacity_s=10.0)
+        seen: list[tuple[str, bool]] = []
+        gate = asyncio.Event()
+
+        async def run(items):
+            seen.append((items[0].job.request_id, coalescer.foreground_waiting.is_set()))
+            if items[0].job.request_id == "p1":
+                await gate.wait()
+            return [i.job.request_id for i in items]
+
+        coalescer._run = run
+        partial = asyncio.ensure_future(coalescer.submit([item(2.0, priority=1, tag="p1")]))
+        await asyncio.sleep(0.01)
+        before = coalescer.foreground_waiting.is_set()
+        final = asyncio.ensure_future(coalescer.submit([item(1.0, tag="f1")]))
+        await asyncio.sleep(0.01)
+        during = coalescer.foreground_waiting.is_set()
+        gate.set()
+        await partial, await final
+        return before, during, seen, coalescer.foreground_waiting.is_set()
+
+    before, during, seen, after = asyncio.run(main())
+    assert (before, during, after) == (False, True, False)
+    assert seen == [("p1", False), ("f1", False)]  # cleared when f1 was taken

@@ -234,3 +234,26 @@ def test_more_pending_finals_than_the_cap_fail_the_newest():
     failed = [e for e in rec.events if e.kind == "failed"]
     assert len(failed) == 1 and isinstance(failed[0].error, OverloadedError)
     assert rec.kinds().count("final") == 1
+
+
+def test_a_partial_cut_short_to_a_prefix_of_the_last_one_is_not_shown():
+    """A partials-only forward that yielded to a final returns a prefix of its text; after
+    "one two three" was shown, "one two" would take text back: it is skipped, a longer
+    or different hypothesis is shown."""
+
+    async def main():
+        rec = Recorder()
+        texts = iter(["one two three", "one two", "", "one two three four", "one too"])
+
+        async def partial(samples, item_id):
+            return next(texts, "one too")
+
+        live = session(rec, partial=partial, limits=SessionLimits(partial_interval_s=0.3))
+        for chunk in np.array_split(np.concatenate([sound(2.4), quiet(0.8)]), 32):
+            await live.append(chunk)
+            await asyncio.sleep(0.02)
+        await live.finish()
+        return [e.text for e in rec.events if e.kind == "partial"]
+
+    shown = asyncio.run(main())
+    assert shown[:3] == ["one two three", "one two three four", "one too"], shown

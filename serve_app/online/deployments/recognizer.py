@@ -46,6 +46,11 @@ class RecognizerDeployment:
             on_drop=self._dropped,
             background_capacity_s=batch.background_batch_audio_s,
         )
+        backend = self._recognizer.backend
+        if hasattr(backend, "should_yield"):
+            # A forward of live partials only stops at its next step when a final or a
+            # file segment arrives (the backend returns what it decoded so far).
+            backend.should_yield = self._queue.foreground_waiting.is_set
         self._batch_size_counts: Counter[int] = Counter()
         self._num_batches = 0
         self._totals = {"items": 0, "audio_s": 0.0, "padded_s": 0.0, "busy_s": 0.0}

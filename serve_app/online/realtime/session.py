@@ -322,7 +322,9 @@ class LiveSession:
         except Exception as exc:  # a partial is best effort: the final still comes
             logger.debug("live partial skipped: %r", exc)
             return
-        if text is None or utterance.final_emitted or text == utterance.partial_text:
+        # A partial cut short (its forward yielded to a final) may be a prefix of the last
+        # one: showing it would take text back on the screen.
+        if text is None or utterance.final_emitted or utterance.partial_text.startswith(text):
             return
         utterance.partial_text = text
         await self._emit(LiveEvent("partial", utterance.item_id, text=text))

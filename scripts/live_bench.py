@@ -2,11 +2,14 @@
 
 N sessions (``--sessions 1,4,8,16``) stream espeak-ng sentences with pauses (each session
 its own order) in 100 ms PCM16 chunks at real-time pace over ``/v1/realtime`` (OpenAI's
-protocol, server VAD, partials on), all at once. Per N it prints: final latency p50/p95
-(from the true end of a sentence's speech to its ``completed``, the turn's silence
-included), first-partial latency p50 (from the true start), partials per second of speech,
-WER of the finals against the spoken text, failed items, and the busiest recognizer's forwards
-(count, items per forward, busy seconds: ``/v1/stats``).
+protocol, server VAD, partials on), all connected at once, each starting to speak after a
+random 0-4 s (``--stagger-s``; 0 puts every session in step: a burst of N finals at once).
+Per N it prints: final latency p50/p95 (from the true end of a sentence's speech to its
+``completed``, the turn's silence included), ``stopped_p50_s`` (the same to its
+``speech_stopped``: the part before recognition), first-partial latency p50 (from the true
+start), partials per second of speech, WER of the finals against the spoken text, failed
+items, and the busiest recognizer's forwards (count, items per forward, busy seconds:
+``/v1/stats``).
 
 Modes: ``batched`` deploys the app as configured (``--config``, default
 ``ray_configs/serve.yaml``); ``serial`` deploys it with every recognizer at
@@ -66,8 +69,13 @@ def speech_extent_s(clip: np.ndarray) -> tuple[float, float]:
     return loud[0] / SAMPLE_RATE_HZ, (loud[-1] + 1) / SAMPLE_RATE_HZ
 
 
-def make_stream(rng: random.Random, clips: list[tuple[str, np.ndarray]], seconds: float) -> Stream:
-    parts, texts, spans, t = [np.zeros(int(0.5 * SAMPLE_RATE_HZ), np.float32)], [], [], 0.5
+def make_stream(
+    rng: random.Random, clips: list[tuple[str, np.ndarray]], seconds: float, stagger_s: float = 0.0
+) -> Stream:
+    """Sentences with pauses after 0.5 s of silence plus a random lead of up to
+    ``stagger_s`` (sessions that start together but not in step)."""
+    lead_s = 0.5 + rng.uniform(0.0, stagger_s)
+    parts, texts, spans, t = [np.zeros(int(lead_s * SAMPLE_RATE_HZ), np.float32)], [], [], lead_s
     while t < seconds:
         text, clip = rng.choice(clips)
         parts += [clip, np.zeros(int(PAUSE_S * SAMPLE_RATE_HZ), np.float32)]
@@ -81,6 +89,7 @@ def make_stream(rng: random.Random, clips: list[tuple[str, np.ndarray]], seconds
 @dataclass
 class SessionResult:
     final_latency_s: list[float] = field(default_factory=list)
+    stopped_latency_s: list[float] = field(default_factory=list)  # to speech_stopped
     first_partial_s: list[float] = field(default_factory=list)
     partials: int = 0
     failed: int = 0
@@ -141,6 +150,8 @@ async def run_session(url: str, stream: Stream, model: str | None = None) -> Ses
                     result.final_latency_s.append(now - end)
             elif kind == "input_audio_buffer.speech_stopped":
                 stopped[event["item_id"]] = event["audio_end_ms"]
+                end = stream.spans_s[nearest(stream.spans_s, event["audio_end_ms"] / 1000, 1)][1]
+                result.stopped_latency_s.append(now - end)
             elif kind.endswith(".failed") or kind == "error":
                 result.failed += 1
                 done += kind.endswith(".failed")
@@ -159,6 +170,8 @@ async def measure(url: str, streams: list[Stream], model: str | None = None) -> 
         "sessions": len(streams),
         "final_p50_s": percentile(finals, 50),
         "final_p95_s": percentile(finals, 95),
+        # How much of it is the turn's end reaching the client (silence, VAD, ingress).
+        "stopped_p50_s": percentile([x for r in results for x in r.stopped_latency_s], 50),
         "first_partial_p50_s": percentile(partial, 50),
         "partials_per_speech_s": sum(r.partials for r in results) / speech_s,
         "wer": word_error_rate(refs, hyps),
@@ -202,6 +215,13 @@ def main() -> None:
     parser.add_argument("--modes", default="batched,serial")
     parser.add_argument("--seconds", type=float, default=40.0, help="audio per session")
     parser.add_argument("--config", type=Path, default=Path("ray_configs/serve.yaml"))
+    parser.add_argument(
+        "--stagger-s",
+        type=float,
+        default=4.0,
+        help="each session starts after a random 0..this s (one sentence and its pause: "
+        "sessions not in step); 0 = all in step, every turn ends together",
+    )
     parser.add_argument("--model", help="the sessions' transcription.model (default: the app's)")
     parser.add_argument("--url")
     parser.add_argument("--json", type=Path)
@@ -218,7 +238,7 @@ def main() -> None:
         try:
             for n in counts:
                 rng = random.Random(args.seed + n)
-                streams = [make_stream(rng, clips, args.seconds) for _ in range(n)]
+                streams = [make_stream(rng, clips, args.seconds, args.stagger_s) for _ in range(n)]
                 before = recognizer_totals(url)
                 row = {"mode": mode, **asyncio.run(measure(ws_url, streams, args.model))}
                 row.update(forward_figures(before, recognizer_totals(url)))

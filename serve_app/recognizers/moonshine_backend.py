@@ -52,6 +52,8 @@ START_TOKEN, END_TOKEN = 1, 2
 # English speech is ~3-4 tokens/s; the budget only stops an item that never ends.
 MAX_TOKENS_PER_S = 6.5
 MIN_TOKENS = 8
+# Rows per encoder call in a forward that may yield to a waiting final (live partials).
+ENCODER_ROWS_WHEN_YIELDING = 2
 FILES = ("encoder_model.ort", "decoder_model_merged.ort", "tokenizer.bin")
 
 
@@ -255,14 +257,23 @@ class MoonshineBackend:
         self, audios: list[np.ndarray], should_yield: Callable[[], bool] | None = None
     ) -> list[list[int]]:
         batch = len(audios)
-        if should_yield is not None and should_yield():
-            self.yielded_forwards += 1
-            return [[] for _ in audios]
         longest = max(len(a) for a in audios)
         padded = np.zeros((batch, max(longest, SAMPLE_RATE_HZ // 10)), np.float32)
         for row, audio in enumerate(audios):
             padded[row, : len(audio)] = audio
-        hidden = self._encoder.run(None, {"input_values": padded})[0]
+        # A forward that may yield encodes a few rows at a time (the same padded input, so
+        # the same hidden states; on a CPU the encoder's cost per row does not fall with
+        # the batch) and looks at the flag between them: a waiting final does not sit
+        # through a whole batch's encoder.
+        rows_per_call = ENCODER_ROWS_WHEN_YIELDING if should_yield is not None else batch
+        parts = []
+        for start in range(0, batch, rows_per_call):
+            if should_yield is not None and should_yield():
+                self.yielded_forwards += 1
+                return [[] for _ in audios]
+            chunk = padded[start : start + rows_per_call]
+            parts.append(self._encoder.run(None, {"input_values": chunk})[0])
+        hidden = np.concatenate(parts) if len(parts) > 1 else parts[0]
         empty = np.zeros((batch, self._heads, 0, self._head_dim), np.float32)
         past: dict[str, Any] = {name: empty for name in self._past_names}
         tokens = np.full((batch, 1), START_TOKEN, np.int64)

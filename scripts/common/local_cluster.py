@@ -246,7 +246,10 @@ def serve_config(base: Path, http_port: int, replicas: int) -> dict:
     (app,) = cfg["applications"]
     args = app["args"]
     sections = [(args["vad_deployment"], 0.25), (args["ingress"]["deployment"], 0.25)]
-    sections += [(r["deployment"], 0.5) for r in args["recognizers"]]
+    # The recognizers share what is left of a 3-CPU worker, so that one worker can hold
+    # every replica when the other is killed (serve.yaml has two: Whisper and Moonshine).
+    share = round(min(0.5, 1.6 / max(1, replicas * len(args["recognizers"]))), 3)
+    sections += [(r["deployment"], share) for r in args["recognizers"]]
     # Optional stages (speakers, punctuation): whatever else holds a deployment section.
     sections += [
         (value["deployment"], 0.1)

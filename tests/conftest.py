@@ -136,6 +136,18 @@ def own_ray_env() -> dict[str, str]:
     return env
 
 
+def without_live_model(config: dict) -> dict:
+    """A Serve config (ray_configs/serve.yaml's shape) without the recognizer only live
+    sessions use (``ingress.realtime.default_model``, when it is not the file default):
+    the drills that test the file path run one model, not two, on a 2-core machine."""
+    args = config["applications"][0]["args"]
+    realtime = args["ingress"].get("realtime") or {}
+    live = realtime.pop("default_model", None)
+    if live and live != args["ingress"].get("default_model"):
+        args["recognizers"] = [r for r in args["recognizers"] if r["name"] != live]
+    return config
+
+
 def replica_options(**overrides) -> dict:
     """Deployment options for test replicas: no CPU reservation on a 2-core machine."""
     return {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0}, **overrides}

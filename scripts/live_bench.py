@@ -13,9 +13,10 @@ items, and the busiest recognizer's forwards (count, items per forward, busy sec
 
 Modes: ``batched`` deploys the app as configured (``--config``, default
 ``ray_configs/serve.yaml``); ``serial`` deploys it with every recognizer at
-``max_batch_items: 1`` (one utterance per forward: how servers that decode each session on
-its own serve them). Both on a local cluster this script starts; ``--url`` measures a
-running service instead (one mode).
+``max_batch_items: 1`` and one replica holding the threads of all of them (one utterance
+at a time: how servers that decode each session on its own serve them). Both on a local
+cluster this script starts (a config that cannot be placed fails at once, naming the
+deployment); ``--url`` measures a running service instead (one mode).
 
     python -m scripts.live_bench [--sessions 1,4,8,16] [--modes batched,serial]
         [--seconds 40] [--config ray_configs/serve.yaml] [--model NAME] [--url URL]
@@ -204,6 +205,17 @@ def app_args(config: Path, serial: bool) -> dict:
     args = yaml.safe_load(config.read_text())["applications"][0]["args"]
     for recognizer in args["recognizers"]:
         if serial:
+            # One decode at a time across all sessions, with every thread the model's
+            # replicas had (how servers that decode each session on its own serve them).
+            deployment = recognizer.setdefault("deployment", {})
+            replicas = int(deployment.get("num_replicas", 1))
+            threads = int(recognizer.get("cpu_threads") or 0)
+            deployment["num_replicas"] = 1
+            if threads:
+                recognizer["cpu_threads"] = threads * replicas
+            options = deployment.setdefault("ray_actor_options", {})
+            if "num_cpus" in options:
+                options["num_cpus"] = float(options["num_cpus"]) * replicas
             recognizer.setdefault("batch", {})["max_batch_items"] = 1
     args["ingress"].setdefault("deployment", {})["max_ongoing_requests"] = 256
     return args

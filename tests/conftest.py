@@ -37,10 +37,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
             # pytest-xdist (``--dist loadgroup``, pyproject's addopts): the tests of the
             # served apps run in one worker (one session cluster, one copy of each app),
-            # the Ray Data tests in another (a cluster of their own); the rest go wherever
-            # a worker is free. The suite waits on Ray far more than it computes.
+            # the Ray Data tests in another (a cluster of their own); the rest go a module
+            # at a time wherever a worker is free.
             group = "serve" if "serve_instance" in names else "ray_data"
             item.add_marker(pytest.mark.xdist_group(group))
+        elif item.get_closest_marker("xdist_group") is None:
+            # The rest: a module's tests in one worker, so its module-scoped fixtures (a
+            # model loaded, a reference transcribed) are built once, not once per worker.
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
     # The drills that start Ray clusters of their own go first, beside those groups.
     items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
 
@@ -136,15 +140,18 @@ def own_ray_env() -> dict[str, str]:
     return env
 
 
-def without_live_model(config: dict) -> dict:
-    """A Serve config (ray_configs/serve.yaml's shape) without the recognizer only live
-    sessions use (``ingress.realtime.default_model``, when it is not the file default):
-    the drills that test the file path run one model, not two, on a 2-core machine."""
+def file_path_only(config: dict) -> dict:
+    """A Serve config (ray_configs/serve.yaml's shape) for the drills that test the file
+    path: without the recognizer only live sessions use (``ingress.realtime.default_model``,
+    when it is not the file default) and without the speaker stage (``diarize`` is off by
+    default; the drills send no diarized request): four fewer replica starts (and restarts)
+    on a 2-core machine."""
     args = config["applications"][0]["args"]
     realtime = args["ingress"].get("realtime") or {}
     live = realtime.pop("default_model", None)
     if live and live != args["ingress"].get("default_model"):
         args["recognizers"] = [r for r in args["recognizers"] if r["name"] != live]
+    args.pop("speakers", None)
     return config
 
 

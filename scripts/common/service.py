@@ -135,9 +135,16 @@ def deploy_local(
 
     from serve_app.config import AppConfig
     from serve_app.online.app import build_app
+    from serve_app.online.placement import replica_demand, unplaceable
 
     config = AppConfig.model_validate(app_args)
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    # A replica that cannot be placed is never scheduled: say so now, not after timeout_s.
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problems = unplaceable(replica_demand(config), nodes)
+    if problems:
+        ray.shutdown()
+        raise RuntimeError(f"the app {name} cannot be placed: " + "; ".join(problems))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(config), name=name, route_prefix="/", blocking=False)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
 from scripts import live_bench
 from tests.serve.live_helpers import FakeStages, serve_in_thread
 from tests.speech import SENTENCES, requires_espeak, synthesize
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @requires_espeak
@@ -45,3 +48,19 @@ def test_forward_figures_are_the_busiest_models_deltas():
         "items_per_forward": 3.0,
         "busy_s": pytest.approx(2.0),
     }
+
+
+def test_serial_mode_is_one_replica_with_every_thread_decoding_one_item():
+    config = REPO / "ray_configs" / "serve.yaml"
+    batched = {r["name"]: r for r in live_bench.app_args(config, serial=False)["recognizers"]}
+    serial = {r["name"]: r for r in live_bench.app_args(config, serial=True)["recognizers"]}
+    for name, recognizer in batched.items():
+        one = serial[name]
+        replicas = recognizer["deployment"].get("num_replicas", 1)
+        assert one["deployment"]["num_replicas"] == 1
+        assert one["batch"]["max_batch_items"] == 1
+        assert one["cpu_threads"] == recognizer["cpu_threads"] * replicas
+        share = recognizer["deployment"]["ray_actor_options"]["num_cpus"] * replicas
+        assert one["deployment"]["ray_actor_options"]["num_cpus"] == share
+    # The default config's live model has more than one replica: the test compares something.
+    assert any(r["deployment"].get("num_replicas", 1) > 1 for r in batched.values())

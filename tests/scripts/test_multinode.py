@@ -18,7 +18,7 @@ import yaml
 from scripts import multinode
 from scripts.common.service import free_port
 from serve_app.tools.speech import have_espeak
-from tests.conftest import without_live_model
+from tests.conftest import file_path_only
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,8 +38,8 @@ def test_a_worker_node_killed_under_load_loses_nothing(needs, models_dir, tmp_pa
     # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too long for them.
     # The logs stay in /tmp/mn_* when it fails.
     work = Path(tempfile.mkdtemp(prefix="mn_", dir="/tmp"))
-    # The file path's drill: serve.yaml without its live-only model (2 fewer replicas).
-    config = without_live_model(yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text()))
+    # The file path's drill: serve.yaml without its live-only model and speakers.
+    config = file_path_only(yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text()))
     (work / "base.yaml").write_text(yaml.safe_dump(config))
     code = run(work, out, work / "base.yaml")
     if code == 0:
@@ -66,7 +66,7 @@ def run(work: Path, out: Path, config: Path) -> int:
             "--config", str(config),
             "--http-port", str(free_port()),
             "--clients", "4",
-            "--warmup-s", "8",
+            "--warmup-s", "5",
             "--after-s", "4",
             "--workdir", str(work),
             "--json", str(out),

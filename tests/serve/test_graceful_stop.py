@@ -25,7 +25,7 @@ import pytest
 import soundfile as sf
 import yaml
 
-from tests.conftest import own_ray_env, without_live_model
+from tests.conftest import file_path_only, own_ray_env
 from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
-    config = without_live_model(yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text()))
+    config = file_path_only(yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text()))
     config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 600}
     args = config["applications"][0]["args"]
     args["models_dir"] = str(models_dir)

@@ -372,7 +372,7 @@ class SystemView:
         models: list[str],
         model_names: dict[str, str],
         queued_audio_s: Callable[[str], float],
-        status_timeout_s: float = 5.0,
+        status_timeout_s: float = 10.0,
     ) -> None:
         self._app_name = app_name
         self._models = models
@@ -380,6 +380,9 @@ class SystemView:
         self._queued_audio_s = queued_audio_s
         self._status_timeout_s = status_timeout_s
         self._board = None
+        # The last deployment states the controller gave, and when: answered (marked as
+        # of then) when a later ``serve.status`` is slow, as under load it can be.
+        self._last_deployments: tuple[float, dict[str, dict]] | None = None
 
     def _get_board(self):
         if self._board is None:
@@ -412,8 +415,27 @@ class SystemView:
             for name, dep in app.deployments.items()
         }
 
+    async def _deployments_or_last(self) -> tuple[dict[str, dict], float | None, str | None]:
+        """(states, as-of time, error): a monitoring page must answer while the controller
+        is busy, so a slow or failed ``serve.status`` gives the last states it gave (or
+        none) with the reason, instead of failing the whole view."""
+        try:
+            deployments = await self._deployments()
+        except Exception as exc:  # TimeoutError under load, a controller restart
+            reason = f"serve.status: {type(exc).__name__}: {exc}".rstrip(": ")
+            logger.warning("/v1/system: %s; answering the last known deployment states", reason)
+            if self._last_deployments is None:
+                return {}, None, reason
+            as_of, last = self._last_deployments
+            return last, as_of, reason
+        now = time.time()
+        self._last_deployments = (now, deployments)
+        return deployments, now, None
+
     async def system(self) -> dict:
-        deployments, snapshot = await asyncio.gather(self._deployments(), self._snapshot())
+        (deployments, as_of, error), snapshot = await asyncio.gather(
+            self._deployments_or_last(), self._snapshot()
+        )
         models = {}
         for name in self._models:
             entry = snapshot.get(name) or {"replicas": [], "totals": _sum_replicas([])}
@@ -425,6 +447,8 @@ class SystemView:
             "app": self._app_name,
             "time_unix_s": time.time(),
             "deployments": deployments,
+            "deployments_as_of_unix_s": as_of,
+            "deployments_error": error,
             "models": models,
         }
 

@@ -186,3 +186,41 @@ def test_board_forgets_replicas_that_are_gone():
     now[0] += 30.0  # the newest one pauses for 30 s, then reports the same totals
     board.publish("m", "replica-49", {"audio_s": 1.0, "busy_s": 0.5})
     assert board.snapshot()["m"]["cumulative"]["audio_s"] == 50.0
+
+
+def test_system_view_answers_while_serve_status_is_slow():
+    """The CI failure of 2026-12-06: under load ``serve.status`` overran its timeout and
+    ``/v1/system`` answered an error. The view answers the board's numbers with the last
+    deployment states it had, says as of when, and why they are not fresh."""
+    import asyncio
+
+    from serve_app.online.system import SystemView
+
+    board = StatsBoard()
+
+    class _Board:
+        class snapshot:  # the actor method's shape: ``.remote()``
+            @staticmethod
+            async def remote():
+                return board.snapshot()
+
+    view = SystemView(
+        app_name="a", models=["m"], model_names={"m": "m"}, queued_audio_s=lambda _: 0
+    )
+    view._get_board = lambda: _Board()  # type: ignore[method-assign]
+    states = {"Recognizer-m": {"status": "HEALTHY", "replica_states": {"RUNNING": 1}}}
+    answers: list = [states, TimeoutError()]
+
+    async def deployments():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    view._deployments = deployments  # type: ignore[method-assign]
+    fresh = asyncio.run(view.system())
+    assert fresh["deployments"] == states and fresh["deployments_error"] is None
+    slow = asyncio.run(view.system())
+    assert "m" in slow["models"] and slow["deployments"] == states
+    assert slow["deployments_as_of_unix_s"] == fresh["deployments_as_of_unix_s"]
+    assert "TimeoutError" in slow["deployments_error"]

@@ -40,8 +40,14 @@ def test_ui_page_is_served_without_key_and_assets_resolve(http):
     assert http.get("/ui/../serve_app/online/ui.py").status_code == 404
 
 
+def system(http) -> dict:
+    resp = http.get("/v1/system")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
 def test_system_counts_the_batches_of_every_replica(http, tmp_path):
-    before = http.get("/v1/system").json()["models"][MODEL]["totals"]["items"]
+    before = system(http)["models"][MODEL]["totals"]["items"]
     audio = wav_bytes(synthesize(SENTENCES[0], tmp_path))
     resp = http.post(
         "/v1/audio/transcriptions",
@@ -53,9 +59,12 @@ def test_system_counts_the_batches_of_every_replica(http, tmp_path):
     audio_s = float(resp.headers["x-audio-duration-s"])
 
     def grown():
-        body = http.get("/v1/system").json()
+        body = system(http)
         model = body["models"][MODEL]
-        return body if model["totals"]["items"] > before else None
+        # Deployment states come from the controller, which may be slow under load (the
+        # view then says so in ``deployments_error``); wait for a fresh answer.
+        fresh = body["deployments_error"] is None
+        return body if model["totals"]["items"] > before and fresh else None
 
     body = wait_for(grown)
     model = body["models"][MODEL]

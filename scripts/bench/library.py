@@ -250,33 +250,41 @@ FUNASR_ONNX_BATCH = 8  # row 8's batch_size (funasr-onnx's default is 1)
 
 def funasr_onnx_row(spec: dict, *, batched: bool) -> dict:
     """Rows 7 and 8: the peer a CPU user would pick, the ``funasr-onnx`` package's
-    ``Paraformer`` (no VAD of its own), on the floor's segments and the SAME exported
-    graph files (this project's export, linked into a folder with the weights' config.yaml,
-    am.mvn and tokens.json, as funasr-onnx reads it). Row 7: ``batch_size=1``; row 8:
+    ``Paraformer`` or ``SenseVoiceSmall`` (language ``auto``, its default; no VAD of its
+    own), on the floor's segments and the SAME exported graph files (this project's export,
+    linked into a folder with the weights' config.yaml, am.mvn and tokens.json or the
+    sentencepiece model, as funasr-onnx reads them). Row 7: ``batch_size=1``; row 8:
     ``batch_size=FUNASR_ONNX_BATCH`` in segment order (it pads, it does not sort). Timed:
     one call over all segments, pre-decoded as for the floor (its own fbank + CMVN + LFR,
     the graph, its decode)."""
     import gc
 
-    from funasr_onnx import Paraformer
+    import yaml
+    from funasr_onnx import Paraformer, SenseVoiceSmall
 
     from serve_app.recognizers.factory import build_backend
     from serve_app.tools.models import models_dir
+    from serve_app.tools.random_models import SENSEVOICE_BPE_FILE
 
     model = ModelSpec(**spec["model"])
     corpus, settings, jobs = _segments(spec)
     with quiet_funasr():
         export = build_backend(settings, models_dir()).export  # type: ignore[attr-defined]
     gc.collect()
+    sensevoice = (
+        "SenseVoice" in yaml.safe_load((Path(model.path) / "config.yaml").read_text())["model"]
+    )
     folder = Path(spec["tmp"]) / "funasr-onnx-model"
     folder.mkdir(exist_ok=True)
-    for name in ("config.yaml", "am.mvn", "tokens.json"):
+    tokenizer = SENSEVOICE_BPE_FILE if sensevoice else "tokens.json"
+    for name in ("config.yaml", "am.mvn", tokenizer):
         (folder / name).symlink_to(Path(model.path) / name)
     for path in (export.fp32_path, export.int8_path):
         if path is not None:
             (folder / path.name).symlink_to(path)
     batch = FUNASR_ONNX_BATCH if batched else 1
-    asr = Paraformer(
+    peer_class = SenseVoiceSmall if sensevoice else Paraformer
+    asr = peer_class(
         str(folder),
         batch_size=batch,
         quantize=spec["precision"] == "int8",
@@ -306,9 +314,9 @@ def funasr_onnx_row(spec: dict, *, batched: bool) -> dict:
         "segments": len(jobs),
         "cpu_core_s": cpu_core_s,
         "notes": [
-            f"funasr-onnx Paraformer(batch_size={batch}, quantize="
+            f"funasr-onnx {peer_class.__name__}(batch_size={batch}, quantize="
             f"{spec['precision'] == 'int8'}, intra_op_num_threads={spec['threads']})",
             f"{len(jobs)} items ({record.real_s:.0f} s of audio), the floor's segments",
         ],
-        "timing_scope": "Paraformer(all segments): features + forward + decode",
+        "timing_scope": f"{peer_class.__name__}(all segments): features + forward + decode",
     }

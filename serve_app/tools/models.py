@@ -48,8 +48,9 @@ def _random_funasr_model(name: str) -> str:
 
 
 def resolve_model(name: str, overrides: dict[str, str]) -> ModelSpec:
-    """Known names: paraformer-large, paraformer-tiny (random weights), whisper-tiny.en."""
-    if name.startswith("paraformer"):
+    """Known names: paraformer-large, paraformer-tiny, sensevoice-small, sensevoice-tiny
+    (random weights unless ``overrides`` names a folder), whisper-tiny.en."""
+    if name.startswith(("paraformer", "sensevoice")):
         path = overrides.get(name) or _random_funasr_model(name)
         return ModelSpec(name=name, backend="funasr", path=path)
     if name.startswith("whisper"):
@@ -57,7 +58,10 @@ def resolve_model(name: str, overrides: dict[str, str]) -> ModelSpec:
         if not Path(path).is_dir():
             raise SystemExit(f"{path} missing: run python -m serve_app.tools.provision_models")
         return ModelSpec(name=name, backend="whisper", path=path, language="en")
-    raise SystemExit(f"unknown model {name!r} (paraformer-large, paraformer-tiny, whisper-tiny.en)")
+    raise SystemExit(
+        f"unknown model {name!r} (paraformer-large, paraformer-tiny, sensevoice-small, "
+        "sensevoice-tiny, whisper-tiny.en)"
+    )
 
 
 def default_precision(model: ModelSpec, device: str, precision: str | None) -> str:

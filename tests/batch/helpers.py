@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -132,19 +131,6 @@ def _test_config() -> JobConfig:
             "part_speech_s": 0.0,
         }
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports: every socket stays bound until all are picked (one
-    at a time, the OS may hand the same port out twice: a flaky `ray start`)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def _ray_workers(title_fragment: str) -> dict[int, str]:

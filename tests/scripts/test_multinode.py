@@ -16,13 +16,11 @@ import pytest
 import yaml
 
 from scripts import multinode
-from scripts.common.service import free_port
+from scripts.common.service import free_port, free_ports
 from serve_app.tools.speech import have_espeak
 from tests.conftest import file_path_only
 
 REPO = Path(__file__).resolve().parents[2]
-
-pytestmark = [pytest.mark.slow, pytest.mark.own_cluster]
 
 
 @pytest.fixture
@@ -33,6 +31,8 @@ def needs():
         pytest.skip("redis-server backs the GCS (GCS fault tolerance)")
 
 
+@pytest.mark.slow
+@pytest.mark.own_cluster
 def test_a_worker_node_killed_under_load_loses_nothing(needs, models_dir, tmp_path):
     out = tmp_path / "figures.json"
     # Ray's socket paths must fit in 107 bytes: pytest's tmp_path is too long for them.
@@ -72,3 +72,17 @@ def run(work: Path, out: Path, config: Path) -> int:
             "--json", str(out),
         ]
     )  # fmt: skip
+
+
+def test_ports_for_our_servers_are_outside_the_kernels_ephemeral_range():
+    """The GCS of this drill once failed to bind a port ``bind(0)`` had found free: the
+    kernel hands ephemeral ports to every new connection. Ours come from below that range
+    (``/proc/sys/net/ipv4/ip_local_port_range``), distinct and bindable."""
+    import socket
+
+    low, _ = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = free_ports(50)
+    assert len(set(ports)) == 50 and all(p < low for p in ports)
+    assert all(p > 19999 for p in ports)  # not Ray's worker ports either
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))

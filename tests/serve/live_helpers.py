@@ -4,7 +4,6 @@ a real server for the official clients), speech as PCM16 chunks, event collector
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -14,22 +13,17 @@ import numpy as np
 import soxr
 import uvicorn
 
+from scripts.common.service import free_port
 from serve_app.core.segmentation import SpeechSegment
 from serve_app.core.types import SegmentJob, SegmentTranscript
 from serve_app.online.ingress import IngressServer
 from tests.serve.fake_ingress import MODEL, FakeHandle, options
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def serve_in_thread(server: IngressServer) -> Iterator[str]:
     """``http://127.0.0.1:PORT`` of ``server``'s FastAPI app, until the block ends."""
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         server.http_app(), host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio"
     )

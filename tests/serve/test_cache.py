@@ -13,6 +13,7 @@ import time
 import pytest
 from starlette.datastructures import FormData
 
+from scripts.common.service import free_port
 from serve_app.core.transcript import Transcription, TranscriptSegment
 from serve_app.core.types import WordTiming
 from serve_app.online import cache as cache_module
@@ -217,17 +218,11 @@ def test_transcription_cache_hit_miss_and_corrupt_entry():
 # --- Redis --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path):
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh --test installs it)")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             REDIS_SERVER,
@@ -298,7 +293,7 @@ def test_redis_errors_are_misses_never_exceptions(redis_url):
         proc.wait(timeout=10)
         down_get = await cache.get("k")
         await cache.put("k2", b"v")  # must not raise
-        unreachable = RedisCache(f"redis://127.0.0.1:{_free_port()}/0", socket_timeout_s=0.5)
+        unreachable = RedisCache(f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.5)
         never = await unreachable.get("k")
         await cache.close()
         await unreachable.close()

@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,18 +24,13 @@ import pytest
 import soundfile as sf
 import yaml
 
+from scripts.common.service import free_port
 from tests.conftest import file_path_only, own_ray_env
 from tests.reference import assert_wer_near_reference
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
 pytestmark = [pytest.mark.slow, pytest.mark.own_cluster, requires_espeak]
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
@@ -66,7 +60,7 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir,
     buf = io.BytesIO()
     sf.write(buf, audio, 16000, format="WAV", subtype="PCM_16")
     data = buf.getvalue()
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "run.log"
     proc = _start_healthy(_config(tmp_path, port, models_dir), url, log_path)

@@ -12,7 +12,6 @@ import io
 import json
 import math
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from scripts.common.service import free_port
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,12 +45,6 @@ def concrete(expr: str) -> str:
     return expr.replace("$__rate_interval", "1m").replace('"$model"', '".*"')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory, asr_url):
     import ray
@@ -63,7 +57,7 @@ def prometheus(tmp_path_factory, asr_url):
         "scrape_configs:\n"
         f"  - job_name: ray\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             PROMETHEUS,

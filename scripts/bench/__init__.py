@@ -30,6 +30,7 @@ s), p50/p95/p99 latency, batch sizes, padding efficiency, peak memory, RTFx per 
     python -m scripts.bench --corpus-minutes 5 --models whisper-tiny.en --rows 1,4,6
     python -m scripts.bench --device cuda --precision fp16 --concurrency 64
     python -m scripts.bench --models paraformer-large --rows 6q,6o,6,7q,8q,4,4o,4q,5q
+    python -m scripts.bench --models sensevoice-small --rows 6q,6,7q,8q,2,4,4q,5q
 
     cli.py       flags, every model x row, the child process of a row (run_worker)
     settings.py  the batch settings and the app / job configs of the rows

@@ -233,12 +233,12 @@ def test_a_long_file_in_parts_gives_the_same_row(ray_cluster, models_dir, tmp_pa
 
 
 _ONE_CALL_BLOCKS = """
-import json, os, sys, threading
+import json, os, threading
 import pyarrow as pa, ray, ray.data
 from serve_app.batch.job import blocks_of_one_call
 
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-threading.Timer(90, lambda: (print("HUNG", flush=True), os._exit(3))).start()
+threading.Timer(120, lambda: (print("HUNG", flush=True), os._exit(3))).start()
 
 class Parts:  # one input row -> one block of 20 rows, like a long file's parts
     def __call__(self, b):
@@ -249,23 +249,28 @@ class Rows:  # batch_size=None: each call sees exactly one input block
         return pa.table({"n": [b.num_rows]})
 
 pool = lambda: ray.data.ActorPoolStrategy(size=1)
-ds = ray.data.from_arrow([pa.table({"i": [k]}) for k in range(3)])
-ds = ds.map_batches(Parts, batch_size=1, batch_format="pyarrow", compute=pool(), num_cpus=0.5)
-if sys.argv[1] == "cut":
-    ds = blocks_of_one_call(ds, 4)
-ds = ds.map_batches(Rows, batch_size=None, batch_format="pyarrow", compute=pool(), num_cpus=0.5)
-print(json.dumps(sorted(ds.to_pandas()["n"].tolist())), flush=True)
+seen = {}
+for mode in ("whole", "cut"):
+    ds = ray.data.from_arrow([pa.table({"i": [k]}) for k in range(3)])
+    ds = ds.map_batches(Parts, batch_size=1, batch_format="pyarrow", compute=pool(), num_cpus=0.5)
+    if mode == "cut":
+        ds = blocks_of_one_call(ds, 4)
+    ds = ds.map_batches(Rows, batch_size=None, batch_format="pyarrow", compute=pool(), num_cpus=0.5)
+    seen[mode] = sorted(ds.to_pandas()["n"].tolist())
+print(json.dumps(seen), flush=True)
 os._exit(0)
 """
 
 
-def _block_sizes_seen(mode: str) -> list[int]:
+def _block_sizes_seen() -> dict[str, list[int]]:
+    """Block sizes the second pool's calls got, without (``whole``) and with (``cut``)
+    ``blocks_of_one_call``: one Ray of its own (in a subprocess) for both pipelines."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
-        [sys.executable, "-c", _ONE_CALL_BLOCKS, mode],
+        [sys.executable, "-c", _ONE_CALL_BLOCKS],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=240,
         env=env,
         cwd=REPO,
     )
@@ -280,8 +285,9 @@ def test_long_files_parts_reach_the_recognizers_as_blocks_of_one_call():
     block) all ran on one recognizer actor. ``blocks_of_one_call`` cuts them into blocks
     of one call each, and its tasks reserve no CPU: here the two actor pools hold the
     cluster's only CPU, where Ray Data's default 1-CPU repartition task never runs."""
-    assert _block_sizes_seen("whole") == [20, 20, 20]  # what the recognizers got before
-    cut = _block_sizes_seen("cut")
+    seen = _block_sizes_seen()
+    assert seen["whole"] == [20, 20, 20]  # what the recognizers got before
+    cut = seen["cut"]
     assert sum(cut) == 60 and max(cut) <= 4 and len(cut) >= 15
 
 

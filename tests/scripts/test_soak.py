@@ -1,4 +1,4 @@
-"""``python -m scripts.soak``: its figures (unit), and a 20 s run against a small deployed
+"""``python -m scripts.soak``: its figures (unit), and a 20 s run against the served test
 app that must write parseable CSVs, a summary and a PNG, with an RSS series for every
 replica."""
 
@@ -12,11 +12,7 @@ import pytest
 
 from scripts import soak
 from scripts.common.http import Answer
-from tests.conftest import deploy
 from tests.speech import have_espeak
-
-APP_NAME = "soak_smoke"
-ROUTE = "/soak"
 
 
 def test_slope_is_least_squares_in_mb_per_hour():
@@ -77,28 +73,17 @@ def test_figures_per_process_and_window():
     assert summary.p95_drift == pytest.approx(2.0 / 2.9)
 
 
-@pytest.fixture(scope="module")
-def soak_url(serve_instance, models_dir, random_models_dir):
-    from ray import serve
-
-    from tests.served_apps import default_app_config
-
-    config = default_app_config(models_dir, random_models_dir)
-    config["recognizers"] = config["recognizers"][:1]  # Whisper tiny.en only
-    deploy(config, name=APP_NAME, route_prefix=ROUTE)
-    yield serve_instance + ROUTE
-    serve.delete(APP_NAME)
-
-
 @pytest.mark.slow
-def test_short_soak_writes_csv_png_and_figures(soak_url, tmp_path):
+def test_short_soak_writes_csv_png_and_figures(asr_url, tmp_path):
+    """Against the served test app (Whisper tiny.en its default model): a soak of its own
+    app would cost four more replica starts for the same checks."""
     if not have_espeak():
         pytest.skip("espeak-ng and sox are needed")
     corpus = soak.make_corpus(tmp_path, num_short=2, num_long=1, long_max_s=20)
     assert [f.kind for f in corpus] == ["short", "short", "long"]
     assert 14 <= corpus[-1].duration_s <= 26
     summary, records, samples = soak.soak(
-        url=soak_url,
+        url=asr_url,
         corpus=corpus,
         clients=2,
         duration_s=20,

@@ -198,7 +198,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model",
         default="whisper-tiny.en",
-        help="paraformer-large, paraformer-tiny (random weights) or whisper-tiny.en",
+        help="paraformer-large, paraformer-tiny, sensevoice-small, sensevoice-tiny (random "
+        "weights) or whisper-tiny.en",
     )
     p.add_argument("--model-path", default=None, help="model folder (default: by name)")
     p.add_argument(

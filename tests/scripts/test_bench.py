@@ -28,10 +28,9 @@ from tests.speech import requires_espeak
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-@requires_espeak
-def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
-    out = tmp_path / "result.json"
+def run_bench(tmp_path: Path, corpus_dir: Path, models: str, rows: str) -> dict:
+    """``python -m scripts.bench`` on the 15 s corpus; its JSON report."""
+    out = tmp_path / f"result-{models}.json"
     cmd = [
         sys.executable,
         "-m",
@@ -39,11 +38,11 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
         "--corpus-minutes",
         "0.25",
         "--corpus-dir",
-        str(tmp_path / "corpus"),
+        str(corpus_dir),
         "--models",
-        "paraformer-tiny",
+        models,
         "--rows",
-        "1,2,6,6q",
+        rows,
         "--max-load",
         "1000",  # a smoke test never waits for a quiet machine, nor reruns a row
         "--retries",
@@ -56,10 +55,22 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "ratios (RTFx / RTFx)" in proc.stdout
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench-corpus")
+
+
+@pytest.mark.slow
+@requires_espeak
+def test_benchmark_runs_and_reports_every_figure(tmp_path, corpus_dir, models_dir):
+    """Rows 1, 2, 6, 6q and 7q (funasr-onnx's Paraformer, installed by the test set-up)."""
+    report = run_bench(tmp_path, corpus_dir, "paraformer-tiny", "1,2,6,6q,7q")
     assert report["corpus"]["audio_s"] >= 14.5
     rows = {r["row"]: r for r in report["results"]}
-    assert set(rows) == {"1", "2", "6", "6q"}
+    assert set(rows) == {"1", "2", "6", "6q", "7q"}
     for row in rows.values():
         assert row["status"] == "ok", row["reason"]
         assert row["rtfx"] > 0 and row["wall_s"] > 0 and row["audio_s"] > 0
@@ -74,6 +85,20 @@ def test_benchmark_runs_and_reports_every_figure(tmp_path, models_dir):
     ratios = {q["ratio"]: q for q in report["ratios"]}
     assert ratios["4/6"]["value"] is None
     assert ratios["6q/6"]["value"] > 0 and ratios["4q/6q"]["value"] is None
+    # funasr-onnx's own batch_size=1: one forward per segment.
+    assert rows["7q"]["batch_size_counts"] == {"1": rows["7q"]["extra"]["segments"]}
+
+
+@pytest.mark.slow
+@requires_espeak
+def test_funasr_onnx_peer_rows_run_sensevoice(tmp_path, corpus_dir, models_dir):
+    """Row 8q on SenseVoice: funasr-onnx's ``SenseVoiceSmall`` (its sentencepiece file
+    beside the same exported graph), batch_size 8 in segment order."""
+    report = run_bench(tmp_path, corpus_dir, "sensevoice-tiny", "8q")
+    (row,) = report["results"]
+    assert row["status"] == "ok", row["reason"]
+    assert row["rtfx"] > 0 and row["extra"]["segments"] >= 1
+    assert "SenseVoiceSmall(batch_size=8" in " ".join(row["notes"])
 
 
 def _point(items, forward_s, rtfx, mem_gib, ok=True):

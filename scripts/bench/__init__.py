@@ -15,8 +15,9 @@ recordings with pauses, 30 min by default, cached) and the same model files:
 
 A suffix runs a FunASR row on ONNX Runtime (``runtime: onnx``): ``o`` fp32, ``q`` int8
 (FunASR's own export and dynamic quantization, cached): 4o/4q, 5o/5q, 6o/6q, 7o/7q, 8o/8q.
-Rows 7 and 8 need ``pip install funasr-onnx==0.4.3 --no-deps`` (its numpy<=1.26.4 pin
-clashes with the project's numpy; it runs with it) and are n/a without it. Run 6q first:
+Rows 7 and 8 need ``pip install funasr-onnx==0.4.3 --no-deps`` (``scripts/setup.sh --test``
+does it; its numpy<=1.26.4 pin clashes with the project's numpy, it runs with it) and are
+n/a without it. Run 6q first:
 it exports both graphs once (about a minute for Paraformer-large), later rows load them.
 
 Each row runs in a child process of its own (its own Ray cluster where it needs one, never

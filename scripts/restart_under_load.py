@@ -43,6 +43,7 @@ from scripts.common.service import (
     RAY_ENV,
     REPO,
     free_port,
+    free_ports,
     group_pids,
     healthy,
     stop_group,
@@ -103,7 +104,7 @@ class Cluster:
     def start_head(self, num_cpus: int | None) -> None:
         if self.kind != "head":
             return
-        gcs_port, dash_port = free_port(), free_port()
+        gcs_port, dash_port = free_ports(2)
         cmd = [
             str(BIN / "ray"),
             "start",

@@ -15,7 +15,7 @@ import httpx
 import psutil
 import yaml
 
-from scripts.common.service import BIN, RAY_ENV, REPO, free_port, stop_group, wait_until
+from scripts.common.service import BIN, RAY_ENV, REPO, free_ports, stop_group, wait_until
 
 APP = "asr"
 WORKER_RESOURCE = "mn_worker"
@@ -90,7 +90,9 @@ class Cluster:
         # in 107 bytes: keep ``workdir`` short (/tmp/mn_...).
         self.temp_dir = workdir / "ray"
         self.http_port = http_port
-        self.gcs_port, self.dashboard_port, self.redis_port = free_port(), free_port(), free_port()
+        # Every port the cluster needs, drawn at once so no two are the same.
+        ports = iter(free_ports(5 + 2 * workers))
+        self.gcs_port, self.dashboard_port, self.redis_port = next(ports), next(ports), next(ports)
         self.redis: subprocess.Popen | None = None
         self.env = {**os.environ, **RAY_ENV, "RAY_REDIS_ADDRESS": f"127.0.0.1:{self.redis_port}"}
         self.env.pop("RAY_ADDRESS", None)
@@ -103,20 +105,20 @@ class Cluster:
             f"--port={self.gcs_port}", "--num-cpus=0", "--num-gpus=0",
             "--include-dashboard=true", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={next(ports)}",
+            f"--ray-client-server-port={next(ports)}",
             f"--temp-dir={self.temp_dir}",
         ]  # fmt: skip
         self.head = Node("head", head_cmd, self.env, workdir / "head.log", http_port)
         self.workers = []
         for i in range(workers):
             name = "worker-" + "abcdefgh"[i]
-            port = free_port()
+            port = next(ports)
             cmd = [
                 str(BIN / "ray"), "start", f"--address=127.0.0.1:{self.gcs_port}", *common,
                 f"--num-cpus={worker_cpus}", "--num-gpus=0",
                 f"--resources={json.dumps({WORKER_RESOURCE: 100, name: 1})}",
-                f"--dashboard-agent-listen-port={free_port()}",
+                f"--dashboard-agent-listen-port={next(ports)}",
                 f"--temp-dir={self.temp_dir}",
             ]  # fmt: skip
             env = {**self.env, "RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(port)}

@@ -156,6 +156,19 @@ class BatchSettings(Strict):
     # waits for it. None: a quarter of max_batch_audio_s. On a CPU, where every item
     # adds its own time, one item (e.g. Whisper's 30 s window) keeps that wait short.
     background_batch_audio_s: float | None = Field(None, gt=0)
+    # What one forward costs besides its padded audio, in audio seconds: the items of a
+    # dynamic batch are split into forwards with the least padded seconds + this x forwards
+    # (serve_app.core.batching.plan_batches). "auto": the backend's own figure (FunASR on
+    # a CPU: 1.0 s, where padding is pure waste); null: fewest forwards, each filled up
+    # to max_forward_audio_s (the GPU choice, and Whisper's, whose windows are all 30 s).
+    forward_overhead_s: float | Literal["auto"] | None = "auto"
+
+    @field_validator("forward_overhead_s")
+    @classmethod
+    def _overhead_not_negative(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float | int) and value < 0:
+            raise ValueError("forward_overhead_s must be >= 0, 'auto' or null")
+        return value
 
 
 class PunctuationSettings(Strict):

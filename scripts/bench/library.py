@@ -197,8 +197,7 @@ def floor_row(spec: dict) -> dict:
     """Row 6, the floor: the backend's forward alone on pre-decoded VAD segments, sorted
     and packed by ``BatchedRecognizer``. Timed: one ``transcribe_batch`` over all segments
     (features + forward). ``6o``/``6q``: the same on ONNX Runtime (fp32 / int8)."""
-    from serve_app.recognizers.base import BatchedRecognizer
-    from serve_app.recognizers.factory import build_backend
+    from serve_app.recognizers.factory import batched, build_backend
     from serve_app.tools.models import models_dir
 
     model = ModelSpec(**spec["model"])
@@ -207,11 +206,7 @@ def floor_row(spec: dict) -> dict:
         backend = build_backend(settings, models_dir())
         set_threads(spec["threads"])
         backend.warmup()  # type: ignore[attr-defined]
-    runner = BatchedRecognizer(
-        backend,
-        max_forward_audio_s=settings.batch.max_forward_audio_s,
-        max_batch_items=settings.batch.max_batch_items,
-    )
+    runner = batched(backend, settings.batch)  # planned as served
     if spec["device"] == "cuda":
         import torch
 

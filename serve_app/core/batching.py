@@ -46,16 +46,33 @@ def plan_batches(
     *,
     max_forward_cost: float,
     max_batch_items: int,
+    forward_overhead_s: float | None = None,
 ) -> BatchPlan:
     """Pack items into forward passes whose padded cost stays within ``max_forward_cost``.
 
-    Items are taken longest first (FunASR's AutoModel does the same); a batch closes when
-    adding the next item would push ``longest x count`` over the budget or the count over
-    ``max_batch_items``. An item longer than the budget runs alone.
+    Items are taken longest first (FunASR's AutoModel does the same). With
+    ``forward_overhead_s`` unset, a batch closes when adding the next item would push
+    ``longest x count`` over the budget or the count over ``max_batch_items`` (fewest
+    forwards). With it set, the sorted items are split where the estimated compute
+    ``padded seconds + forward_overhead_s x forwards`` is least (:func:`_least_cost_cuts`):
+    a device where a forward's fixed cost is small next to padding (a CPU: measured, one
+    segment at a time is as fast as sorted batches, and padding is pure waste) gets
+    batches of like lengths only. An item longer than the budget runs alone.
     """
     if max_forward_cost <= 0 or max_batch_items < 1:
         raise ValueError("max_forward_cost must be > 0 and max_batch_items >= 1")
     order = sorted(range(len(durations_s)), key=lambda i: durations_s[i], reverse=True)
+    if forward_overhead_s is not None:
+        if forward_overhead_s < 0:
+            raise ValueError("forward_overhead_s must be >= 0")
+        sorted_s = [float(durations_s[i]) for i in order]
+        cuts = _least_cost_cuts(sorted_s, max_forward_cost, max_batch_items, forward_overhead_s)
+        spans = list(zip(cuts, cuts[1:]))
+        return BatchPlan(
+            batches=[order[start:end] for start, end in spans],
+            real_s=float(sum(sorted_s)),
+            padded_s=sum(sorted_s[start] * (end - start) for start, end in spans),
+        )
     batches: list[list[int]] = []
     current: list[int] = []
     longest_s = 0.0
@@ -80,6 +97,33 @@ def plan_batches(
         padded_s += longest_s * len(current)
     real_s = float(sum(float(d) for d in durations_s))
     return BatchPlan(batches=batches, real_s=real_s, padded_s=padded_s)
+
+
+def _least_cost_cuts(
+    sorted_s: Sequence[float], max_cost: float, max_items: int, overhead_s: float
+) -> list[int]:
+    """Boundaries ``[0, ..., n]`` splitting longest-first durations into contiguous
+    batches (each within ``max_cost`` padded and ``max_items``, or one item alone) with
+    the least ``sum(longest x count) + overhead_s x batches``; ties: fewer batches.
+    Dynamic programming over end positions, O(n x max_items)."""
+    n = len(sorted_s)
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(float("inf"), 0)] * n
+    start_of = [0] * (n + 1)
+    for end in range(1, n + 1):
+        for start in range(end - 1, max(-1, end - 1 - max_items), -1):
+            count = end - start
+            padded_s = sorted_s[start] * count  # the batch's first item is its longest
+            if count > 1 and padded_s > max_cost:
+                break  # longer batches ending here only cost more
+            cost, forwards = best[start]
+            candidate = (cost + padded_s + overhead_s, forwards + 1)
+            if candidate < best[end]:
+                best[end] = candidate
+                start_of[end] = start
+    cuts = [n]
+    while cuts[-1] > 0:
+        cuts.append(start_of[cuts[-1]])
+    return cuts[::-1]
 
 
 def group_indices(keys: Sequence[Hashable]) -> list[list[int]]:
@@ -194,8 +238,11 @@ class BatchedRunner(Generic[ItemT, ResultT, ErrorT]):
         max_batch_items: int,
         on_item_error: Callable[[ItemT, Exception], ErrorT],
         group_key: Callable[[ItemT], Hashable] | None = None,
+        forward_overhead_s: float | None = None,
     ) -> None:
         self.backend = backend
+        # A forward's fixed cost in audio seconds (None: fewest forwards): plan_batches.
+        self.forward_overhead_s = forward_overhead_s
         self.cost_s = cost_s
         self.max_forward_cost = max_forward_cost
         self.max_batch_items = max_batch_items
@@ -216,6 +263,7 @@ class BatchedRunner(Generic[ItemT, ResultT, ErrorT]):
                     [self.cost_s(items[i]) for i in group],
                     max_forward_cost=self.max_forward_cost,
                     max_batch_items=self.max_batch_items,
+                    forward_overhead_s=self.forward_overhead_s,
                 ),
             )
             for group in groups

@@ -83,6 +83,7 @@ class BatchedRecognizer(BatchedRunner[SegmentJob, SegmentTranscript, AsrError]):
         *,
         max_forward_audio_s: float,
         max_batch_items: int,
+        forward_overhead_s: float | None = None,
     ) -> None:
         super().__init__(
             backend,
@@ -91,6 +92,7 @@ class BatchedRecognizer(BatchedRunner[SegmentJob, SegmentTranscript, AsrError]):
             max_batch_items=max_batch_items,
             on_item_error=_recognition_error,
             group_key=lambda job: backend.group_key(job.options),
+            forward_overhead_s=forward_overhead_s,
         )
         self.max_forward_audio_s = max_forward_audio_s
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serve_app.config import RecognizerSettings
+from serve_app.config import BatchSettings, RecognizerSettings
 from serve_app.core.modelref import model_cpu_threads
 from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
 
@@ -72,8 +72,18 @@ def build_recognizer(settings: RecognizerSettings, models_dir: Path | None) -> B
     backend = build_backend(settings, models_dir)
     if settings.warmup:
         backend.warmup()  # type: ignore[attr-defined]
+    return batched(backend, settings.batch)
+
+
+def batched(backend: AsrBackend, batch: BatchSettings) -> BatchedRecognizer:
+    """``backend`` behind the batch runner, planned as ``batch`` says (``"auto"``
+    overhead: the backend's own ``forward_overhead_s``, none when it declares none)."""
+    overhead_s = batch.forward_overhead_s
+    if overhead_s == "auto":
+        overhead_s = getattr(backend, "forward_overhead_s", None)
     return BatchedRecognizer(
         backend,
-        max_forward_audio_s=settings.batch.max_forward_audio_s,
-        max_batch_items=settings.batch.max_batch_items,
+        max_forward_audio_s=batch.max_forward_audio_s,
+        max_batch_items=batch.max_batch_items,
+        forward_overhead_s=None if overhead_s is None else float(overhead_s),
     )

@@ -184,6 +184,12 @@ class FunAsrBackend:
         self.word_timestamps = (
             self.family != "sensevoice" if word_timestamps is None else word_timestamps
         )
+        # A forward's fixed cost in audio seconds, for the batch plan (plan_batches). On
+        # a CPU a forward costs about its padded audio: Serve's batches filled greedily
+        # padded arrival-order segments to 0.81 and ran ~25 % slower than planned with
+        # 1.0 (docs/BENCHMARKS.md, "Batch plan"; 0.5-4 s measured alike). On CUDA (not
+        # measured here): fewest forwards.
+        self.forward_overhead_s: float | None = 1.0 if device == "cpu" else None
 
     @property
     def name(self) -> str:

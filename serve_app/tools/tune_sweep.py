@@ -255,7 +255,12 @@ def measure(
     """
     from serve_app.recognizers.base import BatchedRecognizer, BatchStats, is_out_of_memory
 
-    runner = BatchedRecognizer(backend, max_forward_audio_s=budget_s, max_batch_items=items)
+    runner = BatchedRecognizer(
+        backend,
+        max_forward_audio_s=budget_s,
+        max_batch_items=items,
+        forward_overhead_s=getattr(backend, "forward_overhead_s", None),  # as served ("auto")
+    )
     calls: Sequence[Sequence[Any]] = [jobs]
     if mode == "serve":
         calls = dynamic_batches(jobs, items=items, capacity_s=dynamic_s)

@@ -58,3 +58,71 @@ def test_item_cost_enforces_item_cap_through_seconds():
     assert short == pytest.approx(budget / cap)
     assert int(budget // short) == cap  # at most `cap` short items fit the budget
     assert item_cost_s(20.0, max_batch_audio_s=budget, max_batch_items=cap) == 20.0
+
+
+# -- the least-cost plan (forward_overhead_s set) -----------------------------------------
+
+
+def _brute_force_cost(sorted_s, max_cost, max_items, overhead_s):
+    """Least sum(longest x count) + overhead x forwards over every contiguous split."""
+    n = len(sorted_s)
+    best = float("inf")
+    for mask in range(2 ** (n - 1)):
+        cuts = [0] + [i + 1 for i in range(n - 1) if mask >> i & 1] + [n]
+        cost = 0.0
+        for start, end in zip(cuts, cuts[1:]):
+            count = end - start
+            padded = sorted_s[start] * count
+            if count > max_items or (count > 1 and padded > max_cost):
+                break
+            cost += padded + overhead_s
+        else:
+            best = min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("overhead_s", [0.0, 0.5, 2.0, 10.0])
+def test_least_cost_plan_is_optimal_and_within_the_limits(overhead_s):
+    rng = random.Random(7)
+    for _ in range(40):
+        durations = [round(rng.uniform(0.5, 25.0), 1) for _ in range(rng.randint(1, 9))]
+        plan = plan_batches(
+            durations, max_forward_cost=40, max_batch_items=4, forward_overhead_s=overhead_s
+        )
+        assert sorted(i for b in plan.batches for i in b) == list(range(len(durations)))
+        for batch in plan.batches:
+            assert len(batch) <= 4
+            assert max(durations[i] for i in batch) * len(batch) <= 40 or len(batch) == 1
+        cost = plan.padded_s + overhead_s * len(plan.batches)
+        ordered = sorted(durations, reverse=True)
+        assert cost == pytest.approx(_brute_force_cost(ordered, 40, 4, overhead_s))
+
+
+def test_least_cost_plan_does_not_pad_where_a_forward_costs_little():
+    # An arrival-order handful, as a coalesced Serve batch holds: greedy filling pads the
+    # short ones to the longest; with a small per-forward cost they go on their own.
+    durations = [20.0, 19.0, 5.0, 4.0, 4.0]
+    greedy = plan_batches(durations, max_forward_cost=60, max_batch_items=8)
+    least = plan_batches(durations, max_forward_cost=60, max_batch_items=8, forward_overhead_s=1)
+    assert greedy.batches == [[0, 1, 2], [3, 4]]
+    # 20+19 | 5 | 4+4: 53 s padded in 3 forwards (56), where 20 | 19 | 5 | 4+4 costs
+    # 52 + 4 (a tie: fewer forwards win) and greedy's 60 + 8 in 2 costs 70.
+    assert least.batches == [[0, 1], [2], [3, 4]]
+    assert least.padded_s == pytest.approx(53)
+    assert greedy.padded_s == pytest.approx(68)
+    # Ties go to fewer forwards: equal lengths share one (no padding to lose).
+    same = plan_batches([3.0] * 6, max_forward_cost=60, max_batch_items=4, forward_overhead_s=1)
+    assert [len(b) for b in same.batches] == [4, 2]
+
+
+def test_a_large_overhead_needs_no_more_forwards_than_greedy():
+    rng = random.Random(3)
+    durations = [rng.uniform(0.5, 30) for _ in range(120)]
+    greedy = plan_batches(durations, max_forward_cost=120, max_batch_items=16)
+    least = plan_batches(
+        durations, max_forward_cost=120, max_batch_items=16, forward_overhead_s=1e6
+    )
+    assert len(least.batches) == len(greedy.batches)
+    assert least.padded_s <= greedy.padded_s + 1e-9
+    with pytest.raises(ValueError):
+        plan_batches([1.0], max_forward_cost=10, max_batch_items=2, forward_overhead_s=-1)

@@ -170,3 +170,26 @@ def test_oom_split_frees_the_failed_forward_before_the_halves_run() -> None:
     # Retrying inside the except block would keep the failed batch's frame (and its
     # activations) alive through the traceback while the halves run.
     assert backend.alive_at_retry == [False] * len(backend.alive_at_retry)
+
+
+def test_the_batch_plan_takes_the_backends_forward_overhead(paraformer: FunAsrBackend) -> None:
+    """``forward_overhead_s: auto`` (the default) plans with the backend's own figure (FunASR
+    on a CPU declares one: arrival-order segments are not padded to the longest); a number
+    overrides it; null keeps the fewest-forwards plan."""
+    from serve_app.config import BatchSettings
+    from serve_app.recognizers.factory import batched
+
+    assert paraformer.forward_overhead_s == 1.0  # CPU
+    batch = {"max_forward_audio_s": 60.0, "max_batch_items": 8}
+    lengths_s = [20.0, 19.0, 5.0, 4.0, 4.0]
+    jobs = [SegmentJob(audio=np.zeros(int(s * 16000), dtype=np.float32)) for s in lengths_s]
+    plans = {}
+    for overhead in ("auto", 2.5, None):
+        runner = batched(paraformer, BatchSettings(**batch, forward_overhead_s=overhead))
+        plans[overhead] = [len(b) for _, plan in runner.plan(jobs) for b in plan.batches]
+    assert runner.forward_overhead_s is None
+    assert plans["auto"] == [2, 1, 2]  # 20+19 | 5 | 4+4
+    assert plans[None] == [3, 2]  # filled up to 60 s: 5 s padded to 20, 4 s to 4
+    assert batched(paraformer, BatchSettings(**batch)).forward_overhead_s == 1.0
+    explicit = BatchSettings(**batch, forward_overhead_s=2.5)
+    assert batched(paraformer, explicit).forward_overhead_s == 2.5

@@ -55,9 +55,9 @@ def plan_batches(
     ``longest x count`` over the budget or the count over ``max_batch_items`` (fewest
     forwards). With it set, the sorted items are split where the estimated compute
     ``padded seconds + forward_overhead_s x forwards`` is least (:func:`_least_cost_cuts`):
-    a device where a forward's fixed cost is small next to padding (a CPU: measured, one
-    segment at a time is as fast as sorted batches, and padding is pure waste) gets
-    batches of like lengths only. An item longer than the budget runs alone.
+    a device where a forward's fixed cost is small next to padding (FunASR on a CPU,
+    docs/BENCHMARKS.md "Batch plan") gets batches of like lengths only. An item longer
+    than the budget runs alone.
     """
     if max_forward_cost <= 0 or max_batch_items < 1:
         raise ValueError("max_forward_cost must be > 0 and max_batch_items >= 1")

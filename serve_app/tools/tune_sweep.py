@@ -253,14 +253,12 @@ def measure(
     ``mode="offline"``: the whole workload in one ``transcribe_batch``, globally sorted
     (the Ray Data path, and the benchmark's floor).
     """
-    from serve_app.recognizers.base import BatchedRecognizer, BatchStats, is_out_of_memory
+    from serve_app.config import BatchSettings
+    from serve_app.recognizers.base import BatchStats, is_out_of_memory
+    from serve_app.recognizers.factory import batched
 
-    runner = BatchedRecognizer(
-        backend,
-        max_forward_audio_s=budget_s,
-        max_batch_items=items,
-        forward_overhead_s=getattr(backend, "forward_overhead_s", None),  # as served ("auto")
-    )
+    # Planned as served (forward_overhead_s "auto": the backend's own figure).
+    runner = batched(backend, BatchSettings(max_forward_audio_s=budget_s, max_batch_items=items))
     calls: Sequence[Sequence[Any]] = [jobs]
     if mode == "serve":
         calls = dynamic_batches(jobs, items=items, capacity_s=dynamic_s)

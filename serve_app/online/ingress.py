@@ -268,18 +268,23 @@ class IngressServer:
         """
         if self._in_flight.draining:
             return 503, {"status": "draining"}
-        app_name = serve.get_replica_context().app_name
+        watch = self._replica_watch()
+        if watch is None:
+            return 503, {"status": "unavailable", "error": "not in a Serve replica"}
         try:
-            running = await asyncio.wait_for(
-                asyncio.to_thread(serve_running_replicas, app_name),
-                timeout=self._options.settings.health_timeout_s,
-            )
+            running, age_s = await watch.running()
         except Exception as exc:
             return 503, {"status": "unavailable", "error": repr(exc)}
         running.pop(INGRESS_DEPLOYMENT, None)
         checks = {name: {"running_replicas": n} for name, n in running.items()}
         ok = bool(running) and all(n > 0 for n in running.values())
-        return (200 if ok else 503), {"status": "ok" if ok else "unavailable", "checks": checks}
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "checks": checks,
+            # Above health_timeout_s: the controller was slow, its last read answered.
+            "read_age_s": round(age_s, 1),
+        }
+        return (200 if ok else 503), body
 
     # -- replicas to send to ----------------------------------------------------------------
 
@@ -287,24 +292,34 @@ class IngressServer:
         """A 503 naming the stage when the request's stages have had no running replica
         for ``unavailable_after_s`` (serve_app.online.availability). Outside Serve (tests
         with fake handles) there is no controller to ask: nothing is checked."""
-        if self._watch is None:
-            try:
-                app_name = serve.get_replica_context().app_name
-            except Exception:
-                return
-            settings = self._options.settings
-            self._watch = ReplicaWatch(
-                lambda: serve_running_replicas(app_name),
-                unavailable_after_s=settings.unavailable_after_s,
-                timeout_s=settings.health_timeout_s,
-                started=self._started_monotonic,
-            )
+        watch = self._replica_watch()
+        if watch is None:
+            return
         stages = ["VadDeployment", f"Recognizer-{model}"]
         if diarize and self._service.can_diarize:
             stages.append("SpeakerDeployment")
         if model in self._punctuators:
             stages.append(f"Punctuation-{model}")
-        await self._watch.check(stages, f"model {model!r}")
+        await watch.check(stages, f"model {model!r}")
+
+    def _replica_watch(self) -> ReplicaWatch | None:
+        """The controller's replica counts, shared by /healthz and every request of this
+        replica (serve_app.online.availability); None outside Serve (tests with fake
+        handles have no controller to ask)."""
+        if self._watch is None:
+            try:
+                app_name = serve.get_replica_context().app_name
+            except Exception:
+                return None
+            settings = self._options.settings
+            self._watch = ReplicaWatch(
+                lambda: serve_running_replicas(app_name),
+                unavailable_after_s=settings.unavailable_after_s,
+                timeout_s=settings.health_timeout_s,
+                stale_ok_s=settings.unavailable_after_s,
+                started=self._started_monotonic,
+            )
+        return self._watch
 
     # -- capabilities --------------------------------------------------------------------
 

@@ -33,18 +33,27 @@ def _watch(controller: _Controller, now: list[float]) -> ReplicaWatch:
     )
 
 
+async def request(watch: ReplicaWatch, stages: list[str], what: str = "m") -> None:
+    """One request's check, then the pause before the next: the read it started (in the
+    background: a request is checked against the last read) lands meanwhile."""
+    try:
+        await watch.check(stages, what)
+    finally:
+        await watch.settled()
+
+
 def test_a_stage_that_never_ran_is_named_after_the_grace_period():
     controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1, "SpeakerDeployment": 0})
     now = [0.0]
 
     async def scenario() -> str:
         watch = _watch(controller, now)
-        await watch.check(STAGES, "model 'm'")  # at start: the replica may be loading
+        await request(watch, STAGES, "model 'm'")  # at start: the replica may be loading
         now[0] = 31.0
         with pytest.raises(ModelUnavailableError) as caught:
-            await watch.check(STAGES, "model 'm'")
+            await request(watch, STAGES, "model 'm'")
         # Requests that do not need the speaker stage still go through.
-        await watch.check(STAGES[:2], "model 'm'")
+        await request(watch, STAGES[:2], "model 'm'")
         return caught.value.message
 
     message = asyncio.run(scenario())
@@ -60,18 +69,23 @@ def test_a_replica_restart_shorter_than_the_grace_period_is_waited_for():
 
     async def scenario() -> None:
         watch = _watch(controller, now)
-        await watch.check(STAGES, "m")
+        await request(watch, STAGES)
         controller.running["Recognizer-m"] = 0  # killed; Serve starts a new one
         now[0] += 1.0
-        await watch.check(STAGES, "m")  # first seen down: requests still wait
+        await request(watch, STAGES)  # its read: first seen down; requests still wait
         now[0] += 20.0
-        await watch.check(STAGES, "m")  # 20 s without: still waits (in-flight retried)
+        await request(watch, STAGES)  # 20 s without: still waits (in-flight retried)
         now[0] += 11.0
         with pytest.raises(ModelUnavailableError, match="Recognizer-m"):
-            await watch.check(STAGES, "m")
+            await request(watch, STAGES)
         controller.running["Recognizer-m"] = 1  # back
         now[0] += 1.0
-        await watch.check(STAGES, "m")
+        # This request is still judged by the read before (at most refresh_s old); its
+        # own read sees the replica back, and the next request passes.
+        with pytest.raises(ModelUnavailableError):
+            await request(watch, STAGES)
+        now[0] += 1.0
+        await request(watch, STAGES)
 
     asyncio.run(scenario())
 
@@ -90,7 +104,10 @@ def test_the_controller_is_read_at_most_once_per_refresh_and_its_failure_lets_re
             raise TimeoutError("controller busy")
 
         watch._status = broken
-        await watch.check(STAGES[:2], "m")  # unknown: not refused
+        await request(watch, STAGES[:2])  # the read fails: the last one still counts
+        fresh = _watch(controller, now)
+        fresh._status = broken
+        await request(fresh, STAGES[:2])  # nothing ever read: not refused either
 
     asyncio.run(scenario())
 
@@ -113,12 +130,57 @@ def test_a_replica_that_died_while_no_request_came_gets_its_grace_period():
 
     async def scenario() -> None:
         watch = _watch(controller, now)
-        await watch.check(STAGES[:2], "m")
+        await request(watch, STAGES[:2])
         now[0] = 1000.0  # a quiet night; the recognizer was just killed
         controller.running["Recognizer-m"] = 0
-        await watch.check(STAGES[:2], "m")  # waits for the restart
+        await request(watch, STAGES[:2])  # waits for the restart
         now[0] += 31.0
         with pytest.raises(ModelUnavailableError):
-            await watch.check(STAGES[:2], "m")
+            await request(watch, STAGES[:2])
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_controller_delays_neither_requests_nor_readiness():
+    """The CI failure this fixes: on a loaded machine ``serve.status()`` took over
+    ``timeout_s``; every request of a burst waited for it (its 503 came after 5.6 s) and
+    ``/healthz`` answered 503 with every replica running. Now a request is checked
+    against the last read, and readiness takes the last good read while it is younger
+    than ``stale_ok_s``; older than that, or never read, readiness fails."""
+    import threading
+    import time
+
+    controller = _Controller(VadDeployment=1, **{"Recognizer-m": 1})
+    release = threading.Event()
+    now = [0.0]
+
+    def slow() -> dict[str, int]:
+        release.wait(10)
+        return controller.status()
+
+    async def scenario() -> None:
+        watch = ReplicaWatch(
+            controller.status,
+            unavailable_after_s=30.0,
+            refresh_s=1.0,
+            timeout_s=0.2,
+            stale_ok_s=30.0,
+            clock=lambda: now[0],
+        )
+        running, age_s = await watch.running()
+        assert running == {"VadDeployment": 1, "Recognizer-m": 1} and age_s == 0.0
+        watch._status = slow  # the controller stops answering in time
+        now[0] += 5.0
+        t0 = time.monotonic()
+        await asyncio.gather(*(watch.check(STAGES[:2], "m") for _ in range(8)))
+        assert time.monotonic() - t0 < 0.1  # not one waited for the read
+        running, age_s = await watch.running()  # waited timeout_s, then the last read
+        assert running["Recognizer-m"] == 1 and age_s == 5.0
+        now[0] += 30.0
+        with pytest.raises(TimeoutError):
+            await watch.running()  # 35 s old: not ready
+        release.set()
+        await watch.settled()
+        assert (await watch.running())[1] == 0.0  # answered: fresh again
 
     asyncio.run(scenario())

@@ -206,6 +206,27 @@ class PunctuationSettings(Strict):
         return self
 
 
+class StreamingSettings(Strict):
+    """Live partials from a FunASR streaming model, the final from the recognizer: FunASR's
+    "2pass" (serve_app/recognizers/funasr_streaming.py). Its own deployment; a session's
+    streaming state travels with each call (no replica keeps it), so any replica serves
+    any session and a replica lost costs no state."""
+
+    # Folder (absolute or under models_dir) or hub id ("paraformer-zh-streaming").
+    model: str = "paraformer-zh-streaming"
+    device: Literal["cpu", "cuda"] = "cpu"
+    cpu_threads: int = Field(1, ge=0)
+    # FunASR's [0, 10, 5]: 600 ms chunks (10 encoder frames) with 300 ms of look-ahead.
+    chunk_size: tuple[int, int, int] = (0, 10, 5)
+    encoder_chunk_look_back: int = Field(4, ge=0)
+    decoder_chunk_look_back: int = Field(1, ge=0)
+    # A dynamic batch: audio seconds of new samples, items (they run one after another).
+    max_batch_audio_s: float = Field(30.0, gt=0)
+    max_batch_items: int = Field(32, ge=1)
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=128)
+
+
 class RecognizerSettings(Strict):
     """One served model: its backend, weights, precision, batching and replicas."""
 
@@ -248,6 +269,9 @@ class RecognizerSettings(Strict):
     # themselves (Paraformer, SeACo-Paraformer); Whisper is rejected here, SenseVoice
     # (which punctuates with its ITN) is skipped with a warning when the app is built.
     punctuation: PunctuationSettings | None = None
+    # Live sessions' partial text from a FunASR streaming model (2pass; null: partials are
+    # the utterance so far decoded again by this model, as low-priority items).
+    streaming: StreamingSettings | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RecognizerSettings:

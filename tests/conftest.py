@@ -23,7 +23,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_SERVE_LOG_TO_STDERR", "0")
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODELS = ("paraformer-tiny", "seaco-paraformer-tiny", "sensevoice-tiny")
+TINY_MODELS = (
+    "paraformer-tiny",
+    "seaco-paraformer-tiny",
+    "sensevoice-tiny",
+    "paraformer-streaming-tiny",
+)
 # A test that needs any of these runs on a Ray cluster (a Serve app, a Ray Data job): it
 # is slow whatever its own marks say, so ``-m "not slow"`` stays a fast path by
 # construction (tests/core/test_layout.py checks the fast path holds one HTTP request).

@@ -199,6 +199,11 @@ def caps_app_config(models_dir, random_models_dir, ct_punc_tiny_dir, whisper_bas
                 "batch": _caps_batch(),
                 "deployment": replica_options(max_ongoing_requests=64),
                 "punctuation": {"model": str(ct_punc_tiny_dir), **CAPS_PUNCTUATION},
+                # Live partials from the streaming Paraformer (2pass).
+                "streaming": {
+                    "model": str(random_models_dir / "paraformer-streaming-tiny"),
+                    "deployment": replica_options(max_ongoing_requests=64),
+                },
             },
             {
                 "name": CAPS_WHISPER_BASE,

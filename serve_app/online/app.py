@@ -19,6 +19,7 @@ from serve_app.online.cache import model_version
 from serve_app.online.deployments.punctuation import PunctuationDeployment
 from serve_app.online.deployments.recognizer import RecognizerDeployment
 from serve_app.online.deployments.speakers import SpeakerDeployment
+from serve_app.online.deployments.streaming import StreamingDeployment
 from serve_app.online.deployments.vad import VadDeployment
 from serve_app.online.ingress import AsrIngress, IngressOptions
 from serve_app.punctuation.stage import punctuation_for
@@ -77,7 +78,20 @@ def build_app(args: AppConfig) -> Application:
         options,
         speakers,
         punctuators=_punctuators(config, models_dir),
+        streamers=_streamers(config, models_dir),
     )
+
+
+def _streamers(config: AppConfig, models_dir: str) -> dict:
+    """One streaming deployment per recognizer with a ``streaming`` section (live 2pass
+    partials: serve_app.recognizers.funasr_streaming)."""
+    return {
+        rec.name: _deployment(StreamingDeployment)
+        .options(name=f"Streaming-{rec.name}", **rec.streaming.deployment.serve_options())
+        .bind(rec.streaming, models_dir, rec.name)
+        for rec in config.recognizers
+        if rec.streaming is not None
+    }
 
 
 def _punctuators(config: AppConfig, models_dir: str) -> dict:

@@ -98,6 +98,7 @@ class IngressServer:
         options: IngressOptions,
         speakers: DeploymentHandle | None = None,
         punctuators: dict[str, DeploymentHandle] | None = None,
+        streamers: dict[str, DeploymentHandle] | None = None,
     ) -> None:
         self._vad = vad
         self._recognizers = recognizers
@@ -152,6 +153,7 @@ class IngressServer:
                 service=self._service,
                 admission=self._admission,
                 partial_calls={n: _remote_call(h, "transcribe") for n, h in recognizers.items()},
+                stream_calls={n: _remote_call(h, "step") for n, h in (streamers or {}).items()},
                 request_timeout_s=options.settings.request_timeout_s,
                 publish=self._publish,
             )

@@ -165,7 +165,8 @@ def resolve_model_dir(model_ref: str, models_dir: Path | None) -> Path | None:
 
 # The modules that register (with FunASR's ``tables``) the model, encoder, decoder,
 # predictor, frontend, tokenizer and specaug classes of the model families served here:
-# Paraformer, BiCif, SeACo, SenseVoiceSmall, FSMN-VAD, CT-Transformer, CAM++.
+# Paraformer, BiCif, SeACo, streaming Paraformer, SenseVoiceSmall, FSMN-VAD,
+# CT-Transformer, CAM++.
 # e_paraformer after paraformer: both register an identical ParaformerSANMDecoder and
 # FunASR's own import leaves e_paraformer's (tests/recognizers/test_funasr_lean_import.py).
 _LEAN_MODULES = (
@@ -182,6 +183,8 @@ _LEAN_MODULES = (
     "funasr.models.bicif_paraformer.model",
     "funasr.models.contextual_paraformer.decoder",
     "funasr.models.seaco_paraformer.model",
+    "funasr.models.scama.encoder",
+    "funasr.models.paraformer_streaming.model",
     "funasr.models.sense_voice.model",
     "funasr.models.fsmn_vad_streaming.encoder",
     "funasr.models.fsmn_vad_streaming.model",
@@ -248,11 +251,14 @@ def _import_all_of_funasr() -> None:
 def load_with_funasr(build: Callable[[], T]) -> T:
     """``build()`` (FunASR's model construction) after :func:`import_funasr`; once more
     after FunASR's full import when a class it needs was not registered (FunASR raises an
-    AssertionError "... is not registered" or calls ``None``: a TypeError)."""
+    AssertionError or a RuntimeError "... is not registered", or calls ``None``: a
+    TypeError)."""
     import_funasr()
     try:
         return build()
-    except (AssertionError, TypeError):
+    except (AssertionError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "is not registered" not in str(exc):
+            raise
         package = sys.modules.get("funasr")
         if package is None or not package.__dict__.get("_lean"):
             raise

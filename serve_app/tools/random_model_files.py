@@ -123,6 +123,30 @@ def paraformer_config(*, size: int, heads: int, units: int, enc: int, dec: int) 
     }
 
 
+def paraformer_streaming_config(*, size: int, heads: int, units: int, enc: int, dec: int) -> dict:
+    """config.yaml of the streaming Paraformer (``paraformer-zh-streaming``,
+    ``iic/speech_paraformer-large_asr_nat-zh-cn-16k-common-vocab8404-online``): the offline
+    one's predictor and decoder (shifted SANM memory, ``sanm_shfit`` 5) over a chunked
+    encoder (``SANMEncoderChunkOpt``, chunks of 15 frames with 5 of look-ahead) and the
+    online frontend that keeps its fbank state between chunks."""
+    config = paraformer_config(size=size, heads=heads, units=units, enc=enc, dec=dec)
+    config["model"] = "ParaformerStreaming"
+    config["encoder"] = "SANMEncoderChunkOpt"
+    config["encoder_conf"].update(
+        {
+            "input_layer": "pe_online",
+            "chunk_size": [12, 15],
+            "stride": [8, 10],
+            "pad_left": [0, 0],
+            "encoder_att_look_back_factor": [4, 4],
+            "decoder_att_look_back_factor": [1, 1],
+        }
+    )
+    config["decoder_conf"]["sanm_shfit"] = 5
+    config["frontend"] = "WavFrontendOnline"
+    return config
+
+
 def seaco_config(*, size: int, heads: int, units: int, enc: int, dec: int, no_bias: int) -> dict:
     """config.yaml of SeACo-Paraformer: Paraformer + CifPredictorV3 + bias LSTM + SeACo decoder."""
     config = paraformer_config(size=size, heads=heads, units=units, enc=enc, dec=dec)

@@ -27,6 +27,9 @@ Models (``--models``, default all):
 - ``paraformer-tiny``, ``seaco-paraformer-tiny``, ``sensevoice-tiny``: the same classes
   (SeACo with CifPredictorV3 and its bias LSTM / SeACo decoder) at toy size (2 blocks,
   64 dims, about 200 tokens) so tests load them in well under a second.
+- ``paraformer-streaming-tiny``: ``ParaformerStreaming`` as in ``paraformer-zh-streaming``
+  (chunked SANM encoder, online frontend, shifted decoder memory) at the tiny size: the
+  live sessions' 2pass partials (serve_app/recognizers/funasr_streaming.py) in tests.
 - ``campplus-random``: the speaker encoder ``CAMPPlus`` as in
   ``iic/speech_campplus_sv_zh-cn_16k-common`` (FunASR's ``cam++``): 80-dim fbank, FCM head,
   D-TDNN blocks of 12/24/16 CAM layers (growth 32, bn_size 4, 128 initial channels),
@@ -78,6 +81,7 @@ from serve_app.tools.random_model_files import (
     configuration_json,
     ct_punc_config,
     paraformer_config,
+    paraformer_streaming_config,
     punc_token_list,
     seaco_config,
     seg_dict_lines,
@@ -149,6 +153,11 @@ def _specs() -> dict[str, RandomModelSpec]:
         "paraformer-tiny": RandomModelSpec(
             "paraformer-tiny",
             paraformer_config(size=64, heads=4, units=128, enc=2, dec=2),
+            _char_tokenizer_writer(200, num_cjk=120),
+        ),
+        "paraformer-streaming-tiny": RandomModelSpec(
+            "paraformer-streaming-tiny",
+            paraformer_streaming_config(size=64, heads=4, units=128, enc=2, dec=2),
             _char_tokenizer_writer(200, num_cjk=120),
         ),
         "seaco-paraformer-tiny": RandomModelSpec(

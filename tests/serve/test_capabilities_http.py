@@ -283,3 +283,47 @@ def test_language_detected_right_on_recorded_speech(caps_http, recorded, whisper
     # Agreement with the reference library on this machine is exact; the accuracy bound
     # (the issue's 90 %) allows one file of nine to flip on another CPU's int8 kernels.
     assert agree == total and right >= total - 1
+
+
+def test_live_2pass_partials_come_from_the_streaming_deployment(caps_url, english_files):
+    """Through Serve: FunASR's protocol in 2pass mode on the Paraformer with a ``streaming``
+    section. "2pass-online" text is the streaming deployment's (its state crosses the
+    handle with each call), "2pass-offline" the recognizer's final."""
+    import asyncio
+
+    import websockets
+    from ray import serve
+
+    from tests.serve.live_helpers import chunks, pcm16
+
+    samples = sf.read(io.BytesIO(english_files[0]), dtype="float32")[0]
+    handle = serve.get_deployment_handle(f"Streaming-{PARAFORMER}", app_name=apps.CAPS_APP_NAME)
+    before = handle.batch_stats.remote().result()["items"]
+
+    async def main() -> list[dict]:
+        url = caps_url.replace("http", "ws") + "/funasr"
+        async with websockets.connect(url, subprotocols=["binary"]) as ws:
+            start = {
+                "mode": "2pass",
+                "wav_name": "c",
+                "wav_format": "pcm",
+                "is_speaking": True,
+                "chunk_size": [5, 10, 5],
+                "audio_fs": 16000,
+            }
+            await ws.send(json.dumps(start))
+            for chunk in chunks(pcm16(samples, 16_000), 16_000, chunk_ms=100):
+                await ws.send(chunk)
+                await asyncio.sleep(0.05)  # twice real time
+            await ws.send(json.dumps({"is_speaking": False}))
+            messages = []
+            while not (messages and messages[-1].get("is_end")):
+                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
+            return messages
+
+    messages = asyncio.run(main())
+    online = [m["text"] for m in messages if m.get("mode") == "2pass-online"]
+    offline = [m["text"] for m in messages if m.get("mode") == "2pass-offline" and m["text"]]
+    assert online and offline, messages
+    after = handle.batch_stats.remote().result()["items"]
+    assert after - before >= len(online)  # every online text came from a streaming call

@@ -319,6 +319,115 @@ def test_funasr_protocol_2pass_offline_messages_and_the_end(speech):
     assert messages[-1]["is_final"] is True and messages[-1]["is_end"] is True
 
 
+def test_funasr_online_mode_never_loses_an_utterances_last_word(speech):
+    """``online`` mode sends only new words, never taking text back: a partial's last word
+    is held back (it may still change), and when the final reads differently from the
+    partials (another model, a re-decode) the held-back word comes from the last partial
+    instead of being lost. The fake recognizer's partials say ``partial <s>`` and its
+    finals ``final <s>``: each utterance must end with a duration, not stop at
+    ``partial``."""
+    import re
+
+    stages = FakeStages()
+
+    async def main(url: str):
+        async with websockets.connect(url, subprotocols=["binary"]) as ws:
+            start = {
+                "mode": "online",
+                "wav_name": "o",
+                "wav_format": "pcm",
+                "is_speaking": True,
+                "chunk_size": [5, 10, 5],
+                "audio_fs": 16000,
+            }
+            await ws.send(json.dumps(start))
+            for chunk in chunks(pcm16(speech, 16_000), 16_000, chunk_ms=60):
+                await ws.send(chunk)
+                await asyncio.sleep(0.03)
+            await ws.send(json.dumps({"is_speaking": False}))
+            messages = []
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                messages.append(message)
+                if message.get("is_final"):
+                    return messages
+
+    with serve_in_thread(stages.ingress()) as base:
+        messages = asyncio.run(main(base.replace("http", "ws") + "/funasr"))
+    assert {m["mode"] for m in messages} == {"online"}
+    text = "".join(m["text"] for m in messages)
+    assert "final" not in text  # nothing the partials did not say
+    assert re.fullmatch(r"partial \d+\.\ds partial \d+\.\ds", text.strip()), text
+
+
+def test_funasr_2pass_online_text_comes_from_the_streaming_model(speech, random_models_dir):
+    """With a streaming model configured (2pass), FunASR's "2pass-online" messages carry
+    what the real streaming Paraformer (random weights) says for the audio so far, fed
+    each sample once; "2pass-offline" is still the recognizer's final; no state is left
+    once the session ends."""
+    import asyncio as aio
+
+    from serve_app.online.ingress import IngressServer
+    from serve_app.recognizers.funasr_streaming import FunAsrStreamingRecognizer
+    from tests.serve.fake_ingress import MODEL, FakeHandle
+
+    model = FunAsrStreamingRecognizer("paraformer-streaming-tiny", models_dir=random_models_dir)
+    stages = FakeStages()
+    steps: list[tuple[int, int, str]] = []  # (samples before, new samples, text after)
+
+    async def step(chunk):
+        state = await aio.to_thread(model.step, chunk.state, chunk.samples)
+        steps.append((chunk.state.fed_samples, len(chunk.samples), state.text))
+        return state
+
+    plain = stages.ingress()
+    server = IngressServer(
+        plain._vad,
+        plain._recognizers,
+        plain._options,
+        streamers={MODEL: FakeHandle(step=step)},
+    )
+
+    async def main(url: str):
+        async with websockets.connect(url, subprotocols=["binary"]) as ws:
+            start = {
+                "mode": "2pass",
+                "wav_name": "s",
+                "wav_format": "pcm",
+                "is_speaking": True,
+                "chunk_size": [5, 10, 5],
+                "audio_fs": 16000,
+            }
+            await ws.send(json.dumps(start))
+            for chunk in chunks(pcm16(speech, 16_000), 16_000, chunk_ms=60):
+                await ws.send(chunk)
+                await asyncio.sleep(0.03)  # twice real time: partials have time to come
+            await ws.send(json.dumps({"is_speaking": False}))
+            messages = []
+            while True:
+                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                messages.append(message)
+                if message.get("is_final"):
+                    return messages
+
+    with serve_in_thread(server) as base:
+        messages = asyncio.run(main(base.replace("http", "ws") + "/funasr"))
+    online = [m["text"] for m in messages if m.get("mode") == "2pass-online"]
+    offline = [m["text"] for m in messages if m.get("mode") == "2pass-offline" and m["text"]]
+    assert steps and online, messages
+    # Each call starts where the utterance's state before it ended (no sample twice), or
+    # at 0 for the next utterance.
+    for (before, size, _), (after, _, _) in zip(steps, steps[1:]):
+        assert after in (0, before + size), steps
+    assert sum(before == 0 for before, _, _ in steps) == 2  # one state per utterance
+    # What the client was sent online is the streaming model's text (its stable part: a
+    # partial's last character may still change), never the recognizer's.
+    assert any(text.startswith(online[0].strip()) for _, _, text in steps), (online, steps)
+    assert not any("partial" in text for text in online)
+    assert [t.split()[0] for t in offline] == ["final", "final"]
+    assert not server.live.streams  # freed with the utterances
+
+
 def test_a_thousand_sessions_opened_and_closed_leave_nothing_behind(speech):
     """Each session streams a second of speech (its VAD state and buffer made, a turn
     started) and leaves mid-utterance; afterwards no session object survives and the

@@ -43,6 +43,10 @@ class LiveBackend(Protocol):
         self, samples: np.ndarray, *, model: str, options: RecognitionOptions, key: str
     ) -> str | None: ...
 
+    def end_partial(self, key: str) -> None:
+        """The utterance ``key`` of ``decode_partial`` ended: free what its partials kept."""
+        ...
+
     def session_slot(self) -> contextlib.AbstractContextManager[None]:
         """Held for a session's life; raises OverloadedError past the replica's cap."""
         ...

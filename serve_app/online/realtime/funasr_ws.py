@@ -72,6 +72,7 @@ class FunasrSession:
         self.live: LiveSession | None = None
         self.outbox: Outbox | None = None
         self.sent_online: dict[str, str] = {}  # item -> online text already sent
+        self.last_partial: dict[str, str] = {}  # item -> its latest partial, whole
         # The last character of the text the client holds (finals, and the online
         # words of an utterance after them): clients append, so a spaced script needs
         # the space between utterances from us.
@@ -141,6 +142,7 @@ class FunasrSession:
         self.options = RecognitionOptions(hotwords=_hotwords(message.get("hotwords")))
         self.decoder = LiveDecoder(LiveFormat("pcm16", rate))
         self.sent_online.clear()
+        self.last_partial.clear()
         self.tail = ""
         self.live = LiveSession(
             decode_final=self._final,
@@ -148,6 +150,7 @@ class FunasrSession:
             emit=self._on_event,
             limits=session_limits(self.settings),
             turns=default_turns(self.settings),
+            end_partial=lambda item_id: self.backend.end_partial(self._partial_key(item_id)),
         )
 
     async def _audio(self, data: bytes) -> None:
@@ -195,13 +198,17 @@ class FunasrSession:
 
     async def _partial(self, samples, item_id: str):
         return await self.backend.decode_partial(
-            samples, model=self.model, options=self.options, key=f"funasr/{id(self)}/{item_id}"
+            samples, model=self.model, options=self.options, key=self._partial_key(item_id)
         )
+
+    def _partial_key(self, item_id: str) -> str:
+        return f"funasr/{id(self)}/{item_id}"
 
     async def _on_event(self, event: LiveEvent) -> None:
         online_mode = "2pass-online" if self.mode == "2pass" else "online"
         if event.kind == "partial":
             sent = self.sent_online.get(event.item_id, "")
+            self.last_partial[event.item_id] = event.text
             stable = stable_prefix(event.text)
             if stable.startswith(sent) and len(stable) > len(sent):
                 self.sent_online[event.item_id] = stable
@@ -216,9 +223,14 @@ class FunasrSession:
                 )
         elif event.kind == "final":
             sent = self.sent_online.pop(event.item_id, "")
+            last_partial = self.last_partial.pop(event.item_id, "")
             if self.mode == "online":
-                if event.text.startswith(sent) and len(event.text) > len(sent):
-                    rest = event.text[len(sent) :]
+                # The final's words after those sent; when the final reads differently
+                # (a streaming model's partials, or a re-decode), the last partial's
+                # held-back word instead: sent text is never taken back, nor the end lost.
+                whole = event.text if event.text.startswith(sent) else last_partial
+                if whole.startswith(sent) and len(whole) > len(sent):
+                    rest = whole[len(sent) :]
                     self._send(
                         {
                             "mode": "online",
@@ -243,6 +255,7 @@ class FunasrSession:
                 self.tail = event.text[-1]
         elif event.kind == "failed":
             self.sent_online.pop(event.item_id, None)
+            self.last_partial.pop(event.item_id, None)
             error = event.error
             self._send(
                 {

@@ -9,6 +9,11 @@
   file segment or final waits, in small forwards of its own, and a newer partial of the
   same utterance replaces a queued older one. It is not retried and not charged to
   admission: a partial lost under load is just skipped.
+- With a streaming model configured for the model (its ``streaming`` section: FunASR's
+  2pass), a partial is instead the utterance's new samples fed to the streaming
+  deployment with the utterance's state, which comes back advanced and is kept here,
+  per utterance, until the utterance ends (``end_partial``). A call that fails keeps the
+  state before it: its audio is fed again with the next.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from serve_app.online import request_scope
 from serve_app.online.admission import AdmissionController
 from serve_app.online.realtime.backend import SessionSlots
 from serve_app.online.service import TranscriptionService
+from serve_app.recognizers.funasr_streaming import StreamChunk, StreamState
 
 PartialCall = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
+StreamCall = Callable[[StreamChunk], Awaitable[StreamState]]
 
 
 class IngressLive:
@@ -45,11 +52,15 @@ class IngressLive:
         partial_calls: Mapping[str, PartialCall],
         request_timeout_s: float,
         publish: Callable[[str], None] = lambda model: None,
+        stream_calls: Mapping[str, StreamCall] | None = None,
     ) -> None:
         self.settings = settings
         self._service = service
         self._admission = admission
         self._partial_calls = partial_calls
+        self._stream_calls = dict(stream_calls or {})
+        # Utterance key -> its streaming state (2pass models only), until end_partial.
+        self.streams: dict[str, StreamState] = {}
         self._request_timeout_s = request_timeout_s
         self._publish = publish
         self.slots = SessionSlots(settings.max_sessions)
@@ -103,6 +114,8 @@ class IngressLive:
         if len(samples) == 0:
             return None
         route = self._service.route(model)
+        if route.name in self._stream_calls:
+            return await self._stream_partial(samples, route.name, key)
         max_s = self.settings.max_turn_s
         if len(samples) > max_s * SAMPLE_RATE_HZ:
             samples = samples[-int(max_s * SAMPLE_RATE_HZ) :]
@@ -116,3 +129,25 @@ class IngressLive:
         )
         result = await self._partial_calls[model](job)
         return result.text
+
+    async def _stream_partial(self, samples: np.ndarray, model: str, key: str) -> str | None:
+        """The utterance so far -> its streaming text: only the samples after the state's
+        are sent (one call in flight per utterance: the session waits for each)."""
+        state = self.streams.get(key) or StreamState()
+        new = samples[state.fed_samples :]
+        if len(new) == 0:
+            return state.text or None
+        chunk = StreamChunk(
+            state,
+            np.ascontiguousarray(new, dtype=np.float32),
+            deadline_unix_s=time.time() + self.settings.partial_timeout_s,
+            request_id=key,
+        )
+        advanced = await self._stream_calls[model](chunk)
+        self.streams[key] = advanced
+        return advanced.text or None
+
+    def end_partial(self, key: str) -> None:
+        """The utterance ``key`` ended (committed, cleared, its session closed): its
+        streaming state, if any, is dropped now."""
+        self.streams.pop(key, None)

@@ -108,6 +108,7 @@ class OpenAIRealtimeSession:
             emit=self._on_event,
             limits=session_limits(self.settings),
             turns=self.turns,
+            end_partial=lambda item_id: self.backend.end_partial(self._partial_key(item_id)),
         )
         self._send({"type": "session.created", "event_id": _event_id(), "session": self._session()})
         try:
@@ -360,8 +361,11 @@ class OpenAIRealtimeSession:
         if PARTIAL_INCLUDE not in self.include:
             return None
         return await self.backend.decode_partial(
-            samples, model=self.model, options=self.options, key=f"{self.session_id}/{item_id}"
+            samples, model=self.model, options=self.options, key=self._partial_key(item_id)
         )
+
+    def _partial_key(self, item_id: str) -> str:
+        return f"{self.session_id}/{item_id}"
 
     async def _on_event(self, event: LiveEvent) -> None:
         base = {"event_id": _event_id(), "item_id": event.item_id}

@@ -86,6 +86,9 @@ class LiveSession:
     # None: manual commits only (OpenAI's turn_detection null).
     turns: TurnSettings | None = field(default_factory=TurnSettings)
     make_vad: Callable[[], Any] | None = None
+    # Called with an utterance's item id when it ends (committed, cleared, the session
+    # closed): what its partials kept (a streaming model's state) is freed at once.
+    end_partial: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self._stream_ms = 0.0  # audio received, in ms (fractional: 24 kHz chunks)
@@ -186,8 +189,8 @@ class LiveSession:
 
     async def clear(self) -> None:
         """Drop the buffered audio and the utterance in progress."""
-        if self._utterance is not None and self._utterance.partial_task is not None:
-            self._utterance.partial_task.cancel()
+        if self._utterance is not None:
+            self._end_partials(self._utterance)
         self._utterance = None
         self._drop_oldest(self._buffered)
         if self._detector is not None:
@@ -207,6 +210,8 @@ class LiveSession:
         tasks = list(self._finals)
         if self._utterance is not None and self._utterance.partial_task is not None:
             tasks.append(self._utterance.partial_task)
+        if self._utterance is not None:
+            self._end_partials(self._utterance)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -223,8 +228,7 @@ class LiveSession:
         utterance = self._utterance
         assert utterance is not None
         self._utterance = None
-        if utterance.partial_task is not None:
-            utterance.partial_task.cancel()  # its queued item is dropped, not decoded
+        self._end_partials(utterance)  # a queued partial item is dropped, not decoded
         start_ms = max(0, utterance.start_ms - utterance.pad_ms)
         samples = self._slice_ms(start_ms, end_ms)
         self._keep_from_ms(end_ms)
@@ -312,6 +316,12 @@ class LiveSession:
         utterance.last_partial_ms = now_ms
         samples = self._slice_ms(utterance.start_ms - utterance.pad_ms, now_ms)
         utterance.partial_task = asyncio.create_task(self._partial(utterance, samples))
+
+    def _end_partials(self, utterance: _Utterance) -> None:
+        if utterance.partial_task is not None:
+            utterance.partial_task.cancel()
+        if self.end_partial is not None:
+            self.end_partial(utterance.item_id)
 
     async def _partial(self, utterance: _Utterance, samples: np.ndarray) -> None:
         assert self.decode_partial is not None

@@ -1,0 +1,89 @@
+"""Streaming deployment: live sessions' 2pass partials through the shared batch queue.
+
+A call of :meth:`StreamingDeployment.step` carries one utterance's
+:class:`~serve_app.recognizers.funasr_streaming.StreamState` and the samples that came
+since; it is one item of the same :class:`~serve_app.online.batch_queue.BatchQueue` the
+recognizer uses (cost = the new audio's seconds, deadlines, cancelled calls dropped), and
+the plain :class:`~serve_app.recognizers.funasr_streaming.FunAsrStreamingRecognizer` runs
+a batch's items (one after another: FunASR's streaming model takes one cache per call).
+The state goes back to the caller: no replica keeps a session's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+
+from ray import serve
+
+from serve_app.config import StreamingSettings
+from serve_app.core import observability
+from serve_app.core.batching import item_cost_s
+from serve_app.online.batch_queue import BatchQueue, QueuedItem
+from serve_app.recognizers.funasr_streaming import (
+    FunAsrStreamingRecognizer,
+    StreamChunk,
+    StreamState,
+)
+
+
+@serve.deployment
+class StreamingDeployment:
+    def __init__(self, settings: StreamingSettings, models_dir: str, model: str) -> None:
+        self._settings = settings
+        self._streaming = FunAsrStreamingRecognizer(
+            settings.model,
+            models_dir=Path(models_dir),
+            device=settings.device,
+            cpu_threads=settings.cpu_threads,
+            chunk_size=settings.chunk_size,
+            encoder_chunk_look_back=settings.encoder_chunk_look_back,
+            decoder_chunk_look_back=settings.decoder_chunk_look_back,
+        )
+        self._streaming.warmup()
+        self._queue: BatchQueue[StreamChunk] = BatchQueue(
+            self._forward,
+            capacity=settings.max_batch_audio_s,
+            batch_wait_timeout_s=settings.batch_wait_timeout_s,
+            on_drop=self._dropped,
+        )
+        self._tags = {"model": f"{model}/streaming"}
+        self._batch_size_counts: Counter[int] = Counter()
+        self._totals = {"items": 0, "audio_s": 0.0, "busy_s": 0.0, "forwards": 0}
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Live tuning without restart: ``batch_wait_timeout_s`` and ``max_batch_audio_s``."""
+        self._queue.reconfigure(user_config, capacity_key="max_batch_audio_s")
+
+    async def step(self, chunk: StreamChunk) -> StreamState:
+        """``chunk.state`` advanced by ``chunk.samples`` (raises the item's own error)."""
+        cost_s = item_cost_s(
+            min(chunk.duration_s, self._queue.capacity),
+            max_batch_audio_s=self._queue.capacity,
+            max_batch_items=self._settings.max_batch_items,
+        )
+        return await self._queue.submit(chunk, cost_s)
+
+    def _dropped(self, reason: str) -> None:
+        observability.deadline_drops_total().inc(tags={**self._tags, "reason": reason})
+
+    async def _forward(self, items: list[QueuedItem[StreamChunk]]) -> list:
+        started = time.perf_counter()
+        chunks = [item.job for item in items]
+        # Blocking model call: a thread keeps the event loop (arrivals, health) responsive.
+        results = await asyncio.to_thread(self._streaming.run, chunks)
+        self._totals["busy_s"] += time.perf_counter() - started
+        self._totals["forwards"] += 1
+        self._totals["items"] += len(chunks)
+        self._totals["audio_s"] += sum(chunk.duration_s for chunk in chunks)
+        self._batch_size_counts[len(chunks)] += 1
+        return results
+
+    def batch_stats(self) -> dict:
+        """Items per dynamic batch seen by this replica (tests, the load tool)."""
+        return {"batch_size_counts": dict(sorted(self._batch_size_counts.items())), **self._totals}
+
+    def ready(self) -> bool:
+        return True

@@ -1,0 +1,168 @@
+"""The streaming Paraformer for live 2pass partials, against FunASR's own streaming loop.
+
+Reference: ``AutoModel.generate(input=<the audio's whole chunks>, cache={}, is_final=False,
+chunk_size=[0, 10, 5], encoder_chunk_look_back=4, decoder_chunk_look_back=1)``, FunASR's own
+chunk loop over one cache, on the same random-weight ``paraformer-streaming-tiny`` and the
+same audio. The plain class is fed the audio in
+uneven pieces (as a live session's partials come): FunASR keeps samples short of a chunk in
+its cache, so the chunks, and the text, must be the same exactly (same machine, same
+weights, the same float operations in the same order: no tolerance is needed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serve_app.recognizers.funasr_streaming import (
+    CHUNK_SIZE,
+    FunAsrStreamingRecognizer,
+    StreamChunk,
+    StreamState,
+)
+
+MODEL = "paraformer-streaming-tiny"
+
+
+@pytest.fixture(scope="module")
+def audio() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return (rng.standard_normal(16000 * 5) * 0.1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def streaming(random_models_dir) -> FunAsrStreamingRecognizer:
+    return FunAsrStreamingRecognizer(MODEL, models_dir=random_models_dir)
+
+
+def funasr_reference(folder, audio: np.ndarray) -> str:
+    """FunASR's own streaming text of ``audio`` (whole chunks; one call, its own loop)."""
+    from funasr import AutoModel
+
+    model = AutoModel(model=str(folder), disable_update=True, device="cpu", disable_pbar=True)
+    result = model.generate(
+        input=audio,
+        cache={},
+        is_final=False,
+        chunk_size=list(CHUNK_SIZE),
+        encoder_chunk_look_back=4,
+        decoder_chunk_look_back=1,
+    )
+    return result[0]["text"]
+
+
+def test_uneven_pieces_give_funasrs_own_streaming_text(streaming, random_models_dir, audio):
+    whole = len(audio) // streaming.chunk_samples * streaming.chunk_samples
+    reference = funasr_reference(random_models_dir / MODEL, audio[:whole])
+    assert len(reference) > 10  # the random weights do fire tokens: the check means something
+
+    state = StreamState()
+    cuts = [0, 5000, 5100, 17000, 30000, 41000, 64000, len(audio)]
+    for start, end in zip(cuts, cuts[1:]):
+        state = streaming.step(state, audio[start:end])
+    assert state.fed_samples == len(audio)
+    assert state.text == reference
+
+
+def test_a_step_leaves_its_input_state_as_it_was(streaming, audio):
+    """A call that fails or times out costs nothing: the caller still holds the state
+    before it, and the same audio fed again gives the same text."""
+    first = streaming.step(StreamState(), audio[:20000])
+    again = streaming.step(first, audio[20000:50000])
+    snapshot = (first.fed_samples, first.text, sorted(first.cache))
+    retried = streaming.step(first, audio[20000:50000])
+    assert (first.fed_samples, first.text, sorted(first.cache)) == snapshot
+    assert retried.text == again.text and retried.fed_samples == again.fed_samples == 50000
+
+
+def test_a_batch_isolates_a_failed_item(streaming, audio):
+    good = StreamChunk(StreamState(), audio[:20000])
+    bad = StreamChunk(StreamState(cache={"encoder": None}), audio[:20000])  # broken cache
+    results = streaming.run([good, bad, good])
+    assert isinstance(results[1], Exception)
+    assert isinstance(results[0], StreamState) and isinstance(results[2], StreamState)
+    assert results[0].text == results[2].text
+
+
+def test_an_offline_model_is_refused(random_models_dir):
+    with pytest.raises(ValueError, match="streaming model"):
+        FunAsrStreamingRecognizer("paraformer-tiny", models_dir=random_models_dir)
+
+
+def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, audio):
+    """A live session with a streaming model (2pass): each partial sends only the samples
+    after the utterance's state, the last partial's text is the plain class's text for the
+    audio fed, and the state is gone once the utterance is committed (or the session is
+    closed mid-utterance)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from serve_app.config import RealtimeSettings
+    from serve_app.core.types import RecognitionOptions
+    from serve_app.online.realtime.ingress_live import IngressLive
+    from serve_app.online.realtime.session import LiveSession, SessionLimits
+    from tests.serve.test_live_session import LoudnessVad, Recorder, feed, quiet, transcription
+
+    fed: list[tuple[int, int]] = []  # (state's samples before, new samples) per call
+
+    async def step(chunk: StreamChunk) -> StreamState:
+        fed.append((chunk.state.fed_samples, len(chunk.samples)))
+        return await asyncio.to_thread(streaming.step, chunk.state, chunk.samples)
+
+    service = SimpleNamespace(route=lambda model: SimpleNamespace(name="m"))
+    live = IngressLive(
+        settings=RealtimeSettings(),
+        service=service,  # type: ignore[arg-type]
+        admission={},
+        partial_calls={},
+        request_timeout_s=30.0,
+        stream_calls={"m": step},
+    )
+
+    async def main(close_mid_utterance: bool) -> Recorder:
+        rec = Recorder()
+
+        async def final(samples):
+            return transcription(samples)
+
+        async def partial(samples, item_id):
+            return await live.decode_partial(
+                samples, model="m", options=RecognitionOptions(), key=item_id
+            )
+
+        session = LiveSession(
+            decode_final=final,
+            decode_partial=partial,
+            emit=rec,
+            make_vad=LoudnessVad,
+            limits=SessionLimits(partial_interval_s=0.5),
+            end_partial=live.end_partial,
+        )
+        speech = audio[: 16000 * 4]
+        for start in range(0, len(speech), 1600):  # real-time pace, 100 ms frames
+            await session.append(speech[start : start + 1600])
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # the partial in flight lands
+        assert len(live.streams) == 1
+        if close_mid_utterance:
+            await session.close()
+        else:
+            await feed(session, quiet(1.0))
+            await session.finish()
+        return rec
+
+    rec = asyncio.run(main(close_mid_utterance=False))
+    assert live.streams == {}  # committed: freed
+    partials = [e for e in rec.events if e.kind == "partial"]
+    assert len(partials) >= 2 and len(fed) >= 2
+    # Every sample once, in order: each call starts where the state before it ended.
+    for (before, size), (after, _) in zip(fed, fed[1:]):
+        assert after == before + size
+    # The last partial is the streaming text of the audio fed so far, as one call gives it.
+    # (The speech starts at the stream's first sample, so the utterance does too.)
+    total = fed[-1][0] + fed[-1][1]
+    assert partials[-1].text == streaming.step(StreamState(), audio[:total]).text
+
+    fed.clear()
+    asyncio.run(main(close_mid_utterance=True))
+    assert live.streams == {}  # the client left mid-utterance: freed at once

@@ -80,3 +80,44 @@ def pcm16(samples: np.ndarray, rate_hz: int = 24_000) -> bytes:
 def chunks(data: bytes, rate_hz: int, chunk_ms: int = 100) -> list[bytes]:
     size = rate_hz * 2 * chunk_ms // 1000
     return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+async def funasr_client(
+    url: str,
+    samples: np.ndarray,
+    *,
+    mode: str = "2pass",
+    chunk_ms: int = 60,
+    pace_s: float = 0.0,
+    timeout_s: float = 20.0,
+) -> list[dict]:
+    """FunASR's runtime protocol as its Python client speaks it: the start message, binary
+    PCM16 (16 kHz) in ``chunk_ms`` frames ``pace_s`` apart, the end; every answer up to the
+    one with ``is_final``."""
+    import json
+
+    import websockets
+
+    async with websockets.connect(url, subprotocols=["binary"]) as ws:
+        start = {
+            "mode": mode,
+            "wav_name": "demo",
+            "wav_format": "pcm",
+            "is_speaking": True,
+            "chunk_size": [5, 10, 5],
+            "audio_fs": 16000,
+            "hotwords": "",
+            "itn": True,
+        }
+        await ws.send(json.dumps(start))
+        for chunk in chunks(pcm16(samples, 16_000), 16_000, chunk_ms=chunk_ms):
+            await ws.send(chunk)
+            if pace_s:
+                await asyncio.sleep(pace_s)
+        await ws.send(json.dumps({"is_speaking": False}))
+        messages = []
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), timeout_s))
+            messages.append(message)
+            if message.get("is_final"):
+                return messages

@@ -291,37 +291,17 @@ def test_live_2pass_partials_come_from_the_streaming_deployment(caps_url, englis
     handle with each call), "2pass-offline" the recognizer's final."""
     import asyncio
 
-    import websockets
     from ray import serve
 
-    from tests.serve.live_helpers import chunks, pcm16
+    from tests.serve.live_helpers import funasr_client
 
     samples = sf.read(io.BytesIO(english_files[0]), dtype="float32")[0]
     handle = serve.get_deployment_handle(f"Streaming-{PARAFORMER}", app_name=apps.CAPS_APP_NAME)
     before = handle.batch_stats.remote().result()["items"]
 
-    async def main() -> list[dict]:
-        url = caps_url.replace("http", "ws") + "/funasr"
-        async with websockets.connect(url, subprotocols=["binary"]) as ws:
-            start = {
-                "mode": "2pass",
-                "wav_name": "c",
-                "wav_format": "pcm",
-                "is_speaking": True,
-                "chunk_size": [5, 10, 5],
-                "audio_fs": 16000,
-            }
-            await ws.send(json.dumps(start))
-            for chunk in chunks(pcm16(samples, 16_000), 16_000, chunk_ms=100):
-                await ws.send(chunk)
-                await asyncio.sleep(0.05)  # twice real time
-            await ws.send(json.dumps({"is_speaking": False}))
-            messages = []
-            while not (messages and messages[-1].get("is_end")):
-                messages.append(json.loads(await asyncio.wait_for(ws.recv(), 60)))
-            return messages
-
-    messages = asyncio.run(main())
+    url = caps_url.replace("http", "ws") + "/funasr"
+    # Twice real time, 100 ms frames: partials have time to come.
+    messages = asyncio.run(funasr_client(url, samples, chunk_ms=100, pace_s=0.05, timeout_s=60))
     online = [m["text"] for m in messages if m.get("mode") == "2pass-online"]
     offline = [m["text"] for m in messages if m.get("mode") == "2pass-offline" and m["text"]]
     assert online and offline, messages

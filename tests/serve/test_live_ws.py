@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from serve_app.config import IngressSettings, RealtimeSettings
-from tests.serve.live_helpers import FakeStages, chunks, pcm16, serve_in_thread
+from tests.serve.live_helpers import FakeStages, chunks, funasr_client, pcm16, serve_in_thread
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, silence, synthesize
 
 pytestmark = requires_espeak
@@ -286,27 +286,7 @@ def test_funasr_protocol_2pass_offline_messages_and_the_end(speech):
     stages = FakeStages()
 
     async def main(url: str):
-        async with websockets.connect(url, subprotocols=["binary"]) as ws:
-            start = {
-                "mode": "2pass",
-                "wav_name": "demo",
-                "wav_format": "pcm",
-                "is_speaking": True,
-                "chunk_size": [5, 10, 5],
-                "audio_fs": 16000,
-                "hotwords": "",
-                "itn": True,
-            }
-            await ws.send(json.dumps(start))
-            for chunk in chunks(pcm16(speech, 16_000), 16_000, chunk_ms=60):
-                await ws.send(chunk)
-            await ws.send(json.dumps({"is_speaking": False}))
-            messages = []
-            while True:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 20))
-                messages.append(message)
-                if message.get("is_final"):
-                    return messages
+        return await funasr_client(url, speech, mode="2pass", timeout_s=20)
 
     with serve_in_thread(stages.ingress()) as base:
         messages = asyncio.run(main(base.replace("http", "ws") + "/"))
@@ -331,26 +311,7 @@ def test_funasr_online_mode_never_loses_an_utterances_last_word(speech):
     stages = FakeStages()
 
     async def main(url: str):
-        async with websockets.connect(url, subprotocols=["binary"]) as ws:
-            start = {
-                "mode": "online",
-                "wav_name": "o",
-                "wav_format": "pcm",
-                "is_speaking": True,
-                "chunk_size": [5, 10, 5],
-                "audio_fs": 16000,
-            }
-            await ws.send(json.dumps(start))
-            for chunk in chunks(pcm16(speech, 16_000), 16_000, chunk_ms=60):
-                await ws.send(chunk)
-                await asyncio.sleep(0.03)
-            await ws.send(json.dumps({"is_speaking": False}))
-            messages = []
-            while True:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 20))
-                messages.append(message)
-                if message.get("is_final"):
-                    return messages
+        return await funasr_client(url, speech, mode="online", pace_s=0.03, timeout_s=20)
 
     with serve_in_thread(stages.ingress()) as base:
         messages = asyncio.run(main(base.replace("http", "ws") + "/funasr"))
@@ -389,26 +350,7 @@ def test_funasr_2pass_online_text_comes_from_the_streaming_model(speech, random_
     )
 
     async def main(url: str):
-        async with websockets.connect(url, subprotocols=["binary"]) as ws:
-            start = {
-                "mode": "2pass",
-                "wav_name": "s",
-                "wav_format": "pcm",
-                "is_speaking": True,
-                "chunk_size": [5, 10, 5],
-                "audio_fs": 16000,
-            }
-            await ws.send(json.dumps(start))
-            for chunk in chunks(pcm16(speech, 16_000), 16_000, chunk_ms=60):
-                await ws.send(chunk)
-                await asyncio.sleep(0.03)  # twice real time: partials have time to come
-            await ws.send(json.dumps({"is_speaking": False}))
-            messages = []
-            while True:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                messages.append(message)
-                if message.get("is_final"):
-                    return messages
+        return await funasr_client(url, speech, mode="2pass", pace_s=0.03, timeout_s=30)
 
     with serve_in_thread(server) as base:
         messages = asyncio.run(main(base.replace("http", "ws") + "/funasr"))

@@ -71,14 +71,27 @@ class StreamingDeployment:
 
     async def _forward(self, items: list[QueuedItem[StreamChunk]]) -> list:
         started = time.perf_counter()
+        for item in items:
+            observability.queue_wait_s().observe(started - item.enqueued_at, tags=self._tags)
         chunks = [item.job for item in items]
         # Blocking model call: a thread keeps the event loop (arrivals, health) responsive.
         results = await asyncio.to_thread(self._streaming.run, chunks)
-        self._totals["busy_s"] += time.perf_counter() - started
+        elapsed_s = time.perf_counter() - started
+        audio_s = sum(chunk.duration_s for chunk in chunks)
+        self._totals["busy_s"] += elapsed_s
         self._totals["forwards"] += 1
         self._totals["items"] += len(chunks)
-        self._totals["audio_s"] += sum(chunk.duration_s for chunk in chunks)
+        self._totals["audio_s"] += audio_s
         self._batch_size_counts[len(chunks)] += 1
+        # The recognizer's metrics, tagged model=<name>/streaming (docs/DEPLOY.md).
+        observability.batch_items().observe(len(chunks), tags=self._tags)
+        observability.forward_s().observe(elapsed_s, tags=self._tags)
+        observability.audio_processed_s().inc(audio_s, tags=self._tags)
+        failed = sum(isinstance(result, Exception) for result in results)
+        if failed:
+            observability.errors_total().inc(
+                failed, tags={"kind": "recognition_failed", "stage": "streaming"}
+            )
         return results
 
     def batch_stats(self) -> dict:

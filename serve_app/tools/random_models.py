@@ -27,9 +27,10 @@ Models (``--models``, default all):
 - ``paraformer-tiny``, ``seaco-paraformer-tiny``, ``sensevoice-tiny``: the same classes
   (SeACo with CifPredictorV3 and its bias LSTM / SeACo decoder) at toy size (2 blocks,
   64 dims, about 200 tokens) so tests load them in well under a second.
-- ``paraformer-streaming-tiny``: ``ParaformerStreaming`` as in ``paraformer-zh-streaming``
-  (chunked SANM encoder, online frontend, shifted decoder memory) at the tiny size: the
-  live sessions' 2pass partials (serve_app/recognizers/funasr_streaming.py) in tests.
+- ``paraformer-streaming-large``, ``-tiny``: ``ParaformerStreaming`` as in
+  ``paraformer-zh-streaming`` (chunked SANM encoder, online frontend, shifted decoder
+  memory) at the large model's size and at the tiny size: the live sessions' 2pass
+  partials (serve_app/recognizers/funasr_streaming.py), timed and tested.
 - ``campplus-random``: the speaker encoder ``CAMPPlus`` as in
   ``iic/speech_campplus_sv_zh-cn_16k-common`` (FunASR's ``cam++``): 80-dim fbank, FCM head,
   D-TDNN blocks of 12/24/16 CAM layers (growth 32, bn_size 4, 128 initial channels),
@@ -154,6 +155,11 @@ def _specs() -> dict[str, RandomModelSpec]:
             "paraformer-tiny",
             paraformer_config(size=64, heads=4, units=128, enc=2, dec=2),
             _char_tokenizer_writer(200, num_cjk=120),
+        ),
+        "paraformer-streaming-large": RandomModelSpec(
+            "paraformer-streaming-large",
+            paraformer_streaming_config(size=512, heads=4, units=2048, enc=50, dec=16),
+            _char_tokenizer_writer(8404, num_cjk=6000),
         ),
         "paraformer-streaming-tiny": RandomModelSpec(
             "paraformer-streaming-tiny",

@@ -139,9 +139,9 @@ def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, a
             end_partial=live.end_partial,
         )
         speech = audio[: 16000 * 4]
-        for start in range(0, len(speech), 1600):  # real-time pace, 100 ms frames
+        for start in range(0, len(speech), 1600):  # 100 ms frames
             await session.append(speech[start : start + 1600])
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)  # twice real time: partials land meanwhile
         await asyncio.sleep(0.5)  # the partial in flight lands
         assert len(live.streams) == 1
         if close_mid_utterance:

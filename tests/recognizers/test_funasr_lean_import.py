@@ -95,3 +95,26 @@ print(json.dumps({"built": load_with_funasr(build), "calls": len(calls),
                   "lean": sys.modules["funasr"].__dict__["_lean"]}))
 """
     assert _run(code) == {"built": "Conformer", "calls": 2, "lean": False}
+
+
+def test_funasrs_runtime_error_for_an_unregistered_model_also_falls_back() -> None:
+    """AutoModel raises ``RuntimeError("model 'X' is not registered.")`` for a model class
+    the lean import did not register (seen with the streaming Paraformer before it joined
+    the lean modules): the full import follows, as for the assertion."""
+    code = """
+import json, sys
+from serve_app.recognizers.funasr_loader import import_funasr, load_with_funasr
+import_funasr()
+from funasr.register import tables
+calls = []
+
+def build():
+    calls.append(1)
+    cls = tables.model_classes.get("Conformer")
+    if cls is None:
+        raise RuntimeError("model 'Conformer' is not registered.")
+    return cls.__name__
+
+print(json.dumps({"built": load_with_funasr(build), "calls": len(calls)}))
+"""
+    assert _run(code) == {"built": "Conformer", "calls": 2}

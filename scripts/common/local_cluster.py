@@ -176,12 +176,37 @@ class Cluster:
             raise TimeoutError  # exited: refused
         return _get(f"{self.dashboard}/api/version")
 
-    def start_worker(self, node: Node) -> None:
-        # A node id that was not alive before: a count can miss the join while the killed
-        # node still reads ALIVE (the dashboard's summary lags the GCS's health checks).
-        before = self.alive_node_ids()
-        node.start()
-        wait_until(lambda: self.alive_node_ids() - before, 120, f"{node.name} to join")
+    def start_worker(self, node: Node, tries: int = 2) -> None:
+        """Start ``node`` and wait until it has joined: its own ``ray start`` said so and
+        a node id that was not alive before is (a count can miss the join while a killed
+        node still reads ALIVE: the dashboard's summary lags the GCS's health checks).
+
+        Started one after the other, as here, two raylets in one temp dir once picked the
+        same socket name and the second's bind failed ("Address already in use"): its
+        ``ray start`` exits after a timeout. Judged by the node list alone, that node
+        had "joined" (the list was read before the head was in it), and the drill ran
+        with one worker. Such a start is tried again."""
+        wait_until(self.alive_node_ids, 60, "the head in the node list")
+        for attempt in range(tries):
+            before = self.alive_node_ids()
+            offset = node.log.stat().st_size if node.log.exists() else 0
+            node.start()
+
+            def joined(offset: int = offset, before: set[str] = before) -> bool:
+                assert node.proc is not None
+                log = node.log.read_bytes()[offset:].decode(errors="replace")
+                if node.proc.poll() is not None:
+                    raise RuntimeError(f"ray start of {node.name} exited; see {node.log}")
+                return "Ray runtime started" in log and bool(self.alive_node_ids() - before)
+
+            try:
+                wait_until(joined, 120, f"{node.name} to join")
+                return
+            except RuntimeError:
+                if attempt + 1 == tries:
+                    raise
+                print(f"cluster: {node.name} failed to start; starting it again")
+                node.stop()
 
     def alive_node_ids(self) -> set[str]:
         nodes = _get(f"{self.dashboard}/nodes?view=summary")

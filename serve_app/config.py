@@ -208,9 +208,8 @@ class PunctuationSettings(Strict):
 
 class StreamingSettings(Strict):
     """Live partials from a FunASR streaming model, the final from the recognizer: FunASR's
-    "2pass" (serve_app/recognizers/funasr_streaming.py). Its own deployment; a session's
-    streaming state travels with each call (no replica keeps it), so any replica serves
-    any session and a replica lost costs no state."""
+    "2pass" (serve_app/recognizers/funasr_streaming.py). Its own deployment, which keeps
+    each session's states (routed by session); a state lost is rebuilt from the start."""
 
     # Folder (absolute or under models_dir) or hub id ("paraformer-zh-streaming").
     model: str = "paraformer-zh-streaming"

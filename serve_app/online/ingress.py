@@ -54,6 +54,7 @@ from serve_app.online.retry import call_with_retries
 from serve_app.online.routes import build_http_app
 from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.online.transcription import TranscriptionEndpoint
+from serve_app.recognizers.funasr_streaming import StreamReply, StreamStep
 from serve_app.vad import streaming as streaming_vad
 
 logger = logging.getLogger("serve_app.ingress")
@@ -153,7 +154,7 @@ class IngressServer:
                 service=self._service,
                 admission=self._admission,
                 partial_calls={n: _remote_call(h, "transcribe") for n, h in recognizers.items()},
-                stream_calls={n: _remote_call(h, "step") for n, h in (streamers or {}).items()},
+                stream_calls={n: _StreamHandle(h) for n, h in (streamers or {}).items()},
                 request_timeout_s=options.settings.request_timeout_s,
                 publish=self._publish,
             )
@@ -493,6 +494,26 @@ def _remote_call(handle: DeploymentHandle, method: str):
             raise
 
     return call
+
+
+class _StreamHandle:
+    """A streaming deployment (serve_app.online.deployments.streaming) called with the
+    session as Serve's multiplexed model id: a session's calls go where its states are."""
+
+    def __init__(self, handle: DeploymentHandle) -> None:
+        self._handle = handle
+
+    async def step(self, call: StreamStep) -> StreamReply | None:
+        response = self._handle.options(multiplexed_model_id=call.session_id).step.remote(call)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
+
+    def end(self, session_id: str, key: str) -> None:
+        """Fire and forget: a lost end only leaves the state to the replica's LRU."""
+        self._handle.options(multiplexed_model_id=session_id).end.remote(session_id, key)
 
 
 def _count_retry(stage: str) -> Callable[[BaseException], None]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,57 @@ class StreamChunk:
     @property
     def duration_s(self) -> float:
         return len(self.samples) / SAMPLE_RATE_HZ
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """A live partial's call: ``samples`` are the utterance ``key``'s samples from
+    ``start_sample`` on, for the replica that keeps the utterance's state."""
+
+    session_id: str
+    key: str
+    samples: np.ndarray
+    start_sample: int
+    deadline_unix_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamReply:
+    """The utterance's text so far, and how many of its samples the state has been fed."""
+
+    text: str
+    fed_samples: int
+
+
+class SessionStreams:
+    """The streaming states of one live session's utterances, kept where its partials
+    are decoded (the state is ~13 MB for Paraformer-large: the encoder's look-back), so a
+    call carries only the new samples. :meth:`state_for` hands out an utterance's state
+    only when the caller's ``start_sample`` is where that state stands, a new state for
+    ``start_sample == 0``, else None: the state is not here (another replica, a restart,
+    an eviction) or is not where the caller thinks, and the caller sends the utterance
+    from its start again. An utterance ended while its last call ran is not kept."""
+
+    def __init__(self, remember_ended: int = 16) -> None:
+        self._states: dict[str, StreamState] = {}
+        self._ended: deque[str] = deque(maxlen=remember_ended)
+
+    def state_for(self, key: str, start_sample: int) -> StreamState | None:
+        state = self._states.get(key)
+        if state is not None and state.fed_samples == start_sample:
+            return state
+        return StreamState() if start_sample == 0 else None
+
+    def keep(self, key: str, state: StreamState) -> None:
+        if key not in self._ended:
+            self._states[key] = state
+
+    def end(self, key: str) -> None:
+        self._states.pop(key, None)
+        self._ended.append(key)
+
+    def __len__(self) -> int:
+        return len(self._states)
 
 
 class FunAsrStreamingRecognizer:

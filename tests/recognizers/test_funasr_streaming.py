@@ -17,8 +17,11 @@ import pytest
 from serve_app.recognizers.funasr_streaming import (
     CHUNK_SIZE,
     FunAsrStreamingRecognizer,
+    SessionStreams,
     StreamChunk,
+    StreamReply,
     StreamState,
+    StreamStep,
 )
 
 MODEL = "paraformer-streaming-tiny"
@@ -89,11 +92,56 @@ def test_an_offline_model_is_refused(random_models_dir):
         FunAsrStreamingRecognizer("paraformer-tiny", models_dir=random_models_dir)
 
 
-def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, audio):
+def test_session_streams_hand_out_a_state_only_where_the_caller_expects_it():
+    streams = SessionStreams()
+    assert streams.state_for("s/1", 0) == StreamState()  # a new utterance
+    assert streams.state_for("s/1", 4800) is None  # not here: send it from the start
+    streams.keep("s/1", StreamState(fed_samples=4800, text="a"))
+    assert streams.state_for("s/1", 4800) == StreamState(fed_samples=4800, text="a")
+    assert streams.state_for("s/1", 9600) is None  # the caller is ahead: rebuild
+    assert streams.state_for("s/1", 0) == StreamState()  # rebuilt from the start
+    streams.end("s/1")
+    assert len(streams) == 0
+    streams.keep("s/1", StreamState(fed_samples=9600))  # a call that ended after the end
+    assert len(streams) == 0
+
+
+class LocalStreaming:
+    """The streaming deployment's step/end (serve_app.online.deployments.streaming), no
+    Ray: the states kept per session, each call's (start, new samples) recorded."""
+
+    def __init__(self, streaming) -> None:
+        self.streaming = streaming
+        self.sessions: dict[str, SessionStreams] = {}
+        self.fed: list[tuple[int, int]] = []
+
+    async def step(self, call: StreamStep) -> StreamReply | None:
+        import asyncio
+
+        session = self.sessions.setdefault(call.session_id, SessionStreams())
+        state = session.state_for(call.key, call.start_sample)
+        if state is None:
+            return None
+        self.fed.append((call.start_sample, len(call.samples)))
+        advanced = await asyncio.to_thread(self.streaming.step, state, call.samples)
+        session.keep(call.key, advanced)
+        return StreamReply(advanced.text, advanced.fed_samples)
+
+    def end(self, session_id: str, key: str) -> None:
+        self.sessions[session_id].end(key)
+
+    def states(self) -> int:
+        return sum(len(s) for s in self.sessions.values())
+
+
+@pytest.mark.parametrize("lose_state", [False, True])
+def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, audio, lose_state):
     """A live session with a streaming model (2pass): each partial sends only the samples
-    after the utterance's state, the last partial's text is the plain class's text for the
-    audio fed, and the state is gone once the utterance is committed (or the session is
-    closed mid-utterance)."""
+    after those the utterance's state (kept by the streaming side) was fed, the last
+    partial's text is the plain class's text for the audio fed, and the state is gone
+    once the utterance is committed (or the session is closed mid-utterance). A state
+    lost mid-utterance (another replica, a restart) is rebuilt from the utterance's start,
+    and the text is the same."""
     import asyncio
     from types import SimpleNamespace
 
@@ -103,12 +151,7 @@ def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, a
     from serve_app.online.realtime.session import LiveSession, SessionLimits
     from tests.serve.test_live_session import LoudnessVad, Recorder, feed, quiet, transcription
 
-    fed: list[tuple[int, int]] = []  # (state's samples before, new samples) per call
-
-    async def step(chunk: StreamChunk) -> StreamState:
-        fed.append((chunk.state.fed_samples, len(chunk.samples)))
-        return await asyncio.to_thread(streaming.step, chunk.state, chunk.samples)
-
+    local = LocalStreaming(streaming)
     service = SimpleNamespace(route=lambda model: SimpleNamespace(name="m"))
     live = IngressLive(
         settings=RealtimeSettings(),
@@ -116,7 +159,7 @@ def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, a
         admission={},
         partial_calls={},
         request_timeout_s=30.0,
-        stream_calls={"m": step},
+        stream_calls={"m": local},
     )
 
     async def main(close_mid_utterance: bool) -> Recorder:
@@ -127,7 +170,7 @@ def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, a
 
         async def partial(samples, item_id):
             return await live.decode_partial(
-                samples, model="m", options=RecognitionOptions(), key=item_id
+                samples, model="m", options=RecognitionOptions(), key=f"sess/{item_id}"
             )
 
         session = LiveSession(
@@ -136,14 +179,16 @@ def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, a
             emit=rec,
             make_vad=LoudnessVad,
             limits=SessionLimits(partial_interval_s=0.5),
-            end_partial=live.end_partial,
+            end_partial=lambda item_id: live.end_partial(f"sess/{item_id}"),
         )
         speech = audio[: 16000 * 4]
         for start in range(0, len(speech), 1600):  # 100 ms frames
             await session.append(speech[start : start + 1600])
             await asyncio.sleep(0.05)  # twice real time: partials land meanwhile
+            if lose_state and start == 16000 * 2 and local.states():
+                local.sessions.clear()  # the streaming replica restarted
         await asyncio.sleep(0.5)  # the partial in flight lands
-        assert len(live.streams) == 1
+        assert len(live.streams) == 1 and local.states() == 1
         if close_mid_utterance:
             await session.close()
         else:
@@ -152,17 +197,23 @@ def test_live_partials_feed_each_sample_once_and_the_state_is_freed(streaming, a
         return rec
 
     rec = asyncio.run(main(close_mid_utterance=False))
-    assert live.streams == {}  # committed: freed
+    assert live.streams == {} and local.states() == 0  # committed: freed, on both sides
     partials = [e for e in rec.events if e.kind == "partial"]
-    assert len(partials) >= 2 and len(fed) >= 2
-    # Every sample once, in order: each call starts where the state before it ended.
-    for (before, size), (after, _) in zip(fed, fed[1:]):
-        assert after == before + size
+    assert len(partials) >= 2 and len(local.fed) >= 2
+    # Every sample once, in order: each call starts where the state before it ended
+    # (after a lost state, once more from the utterance's start).
+    restarts = 0
+    for (before, size), (after, _) in zip(local.fed, local.fed[1:]):
+        if after == 0:
+            restarts += 1
+        else:
+            assert after == before + size
+    assert restarts == int(lose_state)
     # The last partial is the streaming text of the audio fed so far, as one call gives it.
     # (The speech starts at the stream's first sample, so the utterance does too.)
-    total = fed[-1][0] + fed[-1][1]
+    total = local.fed[-1][0] + local.fed[-1][1]
     assert partials[-1].text == streaming.step(StreamState(), audio[:total]).text
 
-    fed.clear()
+    local.fed.clear()
     asyncio.run(main(close_mid_utterance=True))
-    assert live.streams == {}  # the client left mid-utterance: freed at once
+    assert live.streams == {} and local.states() == 0  # the client left mid-utterance

@@ -54,6 +54,10 @@ class FakeHandle:
     def __init__(self, **methods: Callable[..., Awaitable[Any]]) -> None:
         self._methods = methods
 
+    def options(self, **_: Any) -> FakeHandle:
+        """``handle.options(multiplexed_model_id=...)``: the same fake."""
+        return self
+
     def __getattr__(self, name: str) -> _Method:
         if name.startswith("_"):
             raise AttributeError(name)

@@ -287,9 +287,11 @@ def test_language_detected_right_on_recorded_speech(caps_http, recorded, whisper
 
 def test_live_2pass_partials_come_from_the_streaming_deployment(caps_url, english_files):
     """Through Serve: FunASR's protocol in 2pass mode on the Paraformer with a ``streaming``
-    section. "2pass-online" text is the streaming deployment's (its state crosses the
-    handle with each call), "2pass-offline" the recognizer's final."""
+    section. "2pass-online" text is the streaming deployment's (the utterance's state kept
+    there, found by each call: no state missed), "2pass-offline" the recognizer's final;
+    the states are freed when the utterances end."""
     import asyncio
+    import time
 
     from ray import serve
 
@@ -305,5 +307,11 @@ def test_live_2pass_partials_come_from_the_streaming_deployment(caps_url, englis
     online = [m["text"] for m in messages if m.get("mode") == "2pass-online"]
     offline = [m["text"] for m in messages if m.get("mode") == "2pass-offline" and m["text"]]
     assert online and offline, messages
-    after = handle.batch_stats.remote().result()["items"]
-    assert after - before >= len(online)  # every online text came from a streaming call
+    stats = handle.batch_stats.remote().result()
+    assert stats["items"] - before >= len(online)  # every online text from a streaming call
+    assert stats["state_misses"] == 0 and stats["sessions"] >= 1, stats
+    deadline = time.monotonic() + 10  # the ends are fire-and-forget calls
+    while stats["states"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stats = handle.batch_stats.remote().result()
+    assert stats["states"] == 0, stats

@@ -329,24 +329,35 @@ def test_funasr_2pass_online_text_comes_from_the_streaming_model(speech, random_
     import asyncio as aio
 
     from serve_app.online.ingress import IngressServer
-    from serve_app.recognizers.funasr_streaming import FunAsrStreamingRecognizer
+    from serve_app.recognizers.funasr_streaming import (
+        FunAsrStreamingRecognizer,
+        SessionStreams,
+        StreamReply,
+    )
     from tests.serve.fake_ingress import MODEL, FakeHandle
 
     model = FunAsrStreamingRecognizer("paraformer-streaming-tiny", models_dir=random_models_dir)
     stages = FakeStages()
     steps: list[tuple[int, int, str]] = []  # (samples before, new samples, text after)
+    sessions: dict[str, SessionStreams] = {}  # what the streaming replica keeps
 
-    async def step(chunk):
-        state = await aio.to_thread(model.step, chunk.state, chunk.samples)
-        steps.append((chunk.state.fed_samples, len(chunk.samples), state.text))
-        return state
+    async def step(call):
+        session = sessions.setdefault(call.session_id, SessionStreams())
+        state = session.state_for(call.key, call.start_sample)
+        advanced = await aio.to_thread(model.step, state, call.samples)
+        session.keep(call.key, advanced)
+        steps.append((call.start_sample, len(call.samples), advanced.text))
+        return StreamReply(advanced.text, advanced.fed_samples)
+
+    async def end(session_id, key):
+        sessions[session_id].end(key)
 
     plain = stages.ingress()
     server = IngressServer(
         plain._vad,
         plain._recognizers,
         plain._options,
-        streamers={MODEL: FakeHandle(step=step)},
+        streamers={MODEL: FakeHandle(step=step, end=end)},
     )
 
     async def main(url: str):
@@ -367,7 +378,8 @@ def test_funasr_2pass_online_text_comes_from_the_streaming_model(speech, random_
     assert any(text.startswith(online[0].strip()) for _, _, text in steps), (online, steps)
     assert not any("partial" in text for text in online)
     assert [t.split()[0] for t in offline] == ["final", "final"]
-    assert not server.live.streams  # freed with the utterances
+    assert not server.live.streams  # freed with the utterances, here
+    assert sum(len(s) for s in sessions.values()) == 0  # and where they were kept
 
 
 def test_a_thousand_sessions_opened_and_closed_leave_nothing_behind(speech):

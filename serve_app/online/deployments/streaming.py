@@ -1,12 +1,18 @@
 """Streaming deployment: live sessions' 2pass partials through the shared batch queue.
 
-A call of :meth:`StreamingDeployment.step` carries one utterance's
-:class:`~serve_app.recognizers.funasr_streaming.StreamState` and the samples that came
-since; it is one item of the same :class:`~serve_app.online.batch_queue.BatchQueue` the
-recognizer uses (cost = the new audio's seconds, deadlines, cancelled calls dropped), and
-the plain :class:`~serve_app.recognizers.funasr_streaming.FunAsrStreamingRecognizer` runs
-a batch's items (one after another: FunASR's streaming model takes one cache per call).
-The state goes back to the caller: no replica keeps a session's state.
+A call of :meth:`StreamingDeployment.step` carries one utterance's new samples
+(:class:`~serve_app.recognizers.funasr_streaming.StreamStep`); the utterance's state
+(FunASR's cache, ~13 MB for Paraformer-large) stays on this replica, in its session's
+:class:`~serve_app.recognizers.funasr_streaming.SessionStreams`, and only the text comes
+back. The session is Serve's multiplexed model id, so its calls go to the replica that
+holds its states (Serve keeps up to ``MAX_SESSIONS_PER_REPLICA`` sessions per replica,
+least recently used out first). A call that finds no state where it expects one (another
+replica, a restart, an eviction) is answered None and the ingress sends the utterance from
+its start: a lost state costs one re-feed, never text. Each advance is one item of the
+same :class:`~serve_app.online.batch_queue.BatchQueue` the recognizer uses (cost = the
+new audio's seconds, deadlines, cancelled calls dropped), run by the plain
+:class:`~serve_app.recognizers.funasr_streaming.FunAsrStreamingRecognizer` (a batch's
+items one after another: FunASR's streaming model takes one cache per call).
 """
 
 from __future__ import annotations
@@ -24,9 +30,15 @@ from serve_app.core.batching import item_cost_s
 from serve_app.online.batch_queue import BatchQueue, QueuedItem
 from serve_app.recognizers.funasr_streaming import (
     FunAsrStreamingRecognizer,
+    SessionStreams,
     StreamChunk,
-    StreamState,
+    StreamReply,
+    StreamStep,
 )
+
+# Sessions whose states one replica keeps (Serve's multiplexing LRU): above the sessions
+# its ingress replicas admit (RealtimeSettings.max_sessions, 32 each by default).
+MAX_SESSIONS_PER_REPLICA = 256
 
 
 @serve.deployment
@@ -51,20 +63,38 @@ class StreamingDeployment:
         )
         self._tags = {"model": f"{model}/streaming"}
         self._batch_size_counts: Counter[int] = Counter()
-        self._totals = {"items": 0, "audio_s": 0.0, "busy_s": 0.0, "forwards": 0}
+        self._totals = {"items": 0, "audio_s": 0.0, "busy_s": 0.0, "forwards": 0, "state_misses": 0}
 
     def reconfigure(self, user_config: dict) -> None:
         """Live tuning without restart: ``batch_wait_timeout_s`` and ``max_batch_audio_s``."""
         self._queue.reconfigure(user_config, capacity_key="max_batch_audio_s")
 
-    async def step(self, chunk: StreamChunk) -> StreamState:
-        """``chunk.state`` advanced by ``chunk.samples`` (raises the item's own error)."""
+    @serve.multiplexed(max_num_models_per_replica=MAX_SESSIONS_PER_REPLICA)
+    async def _session(self, session_id: str) -> SessionStreams:
+        return SessionStreams()
+
+    async def step(self, call: StreamStep) -> StreamReply | None:
+        """The utterance's text once its state here has been fed ``call.samples``; None
+        if its state is not here at ``call.start_sample`` (send it from the start).
+        Raises the item's own error (the state stays as it was)."""
+        session = await self._session(call.session_id)
+        state = session.state_for(call.key, call.start_sample)
+        if state is None:
+            self._totals["state_misses"] += 1
+            return None
+        chunk = StreamChunk(state, call.samples, call.deadline_unix_s, call.key)
         cost_s = item_cost_s(
             min(chunk.duration_s, self._queue.capacity),
             max_batch_audio_s=self._queue.capacity,
             max_batch_items=self._settings.max_batch_items,
         )
-        return await self._queue.submit(chunk, cost_s)
+        advanced = await self._queue.submit(chunk, cost_s)
+        session.keep(call.key, advanced)
+        return StreamReply(advanced.text, advanced.fed_samples)
+
+    async def end(self, session_id: str, key: str) -> None:
+        """The utterance ``key`` ended: its state is freed."""
+        (await self._session(session_id)).end(key)
 
     def _dropped(self, reason: str) -> None:
         observability.deadline_drops_total().inc(tags={**self._tags, "reason": reason})
@@ -96,7 +126,14 @@ class StreamingDeployment:
 
     def batch_stats(self) -> dict:
         """Items per dynamic batch seen by this replica (tests, the load tool)."""
-        return {"batch_size_counts": dict(sorted(self._batch_size_counts.items())), **self._totals}
+        wrapper = getattr(self, "__serve_multiplex_wrapper", None)  # Serve's LRU of sessions
+        sessions = list(wrapper.models.values()) if wrapper is not None else []
+        return {
+            "batch_size_counts": dict(sorted(self._batch_size_counts.items())),
+            **self._totals,
+            "sessions": len(sessions),
+            "states": sum(len(session) for session in sessions),
+        }
 
     def ready(self) -> bool:
         return True

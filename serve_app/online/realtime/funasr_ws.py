@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -66,6 +67,8 @@ class FunasrSession:
         self.settings = backend.settings
         self.model = backend.resolve_model(websocket.query_params.get("model"))
         self.mode = "2pass"
+        # Unique across ingress replicas: the streaming replica keeps states by it.
+        self.session_id = "funasr_" + uuid.uuid4().hex[:20]
         self.wav_name = "microphone"
         self.options = RecognitionOptions()
         self.decoder = LiveDecoder(LiveFormat("pcm16", 16_000))
@@ -202,7 +205,7 @@ class FunasrSession:
         )
 
     def _partial_key(self, item_id: str) -> str:
-        return f"funasr/{id(self)}/{item_id}"
+        return f"{self.session_id}/{item_id}"
 
     async def _on_event(self, event: LiveEvent) -> None:
         online_mode = "2pass-online" if self.mode == "2pass" else "online"

@@ -11,9 +11,11 @@
   admission: a partial lost under load is just skipped.
 - With a streaming model configured for the model (its ``streaming`` section: FunASR's
   2pass), a partial is instead the utterance's new samples fed to the streaming
-  deployment with the utterance's state, which comes back advanced and is kept here,
-  per utterance, until the utterance ends (``end_partial``). A call that fails keeps the
-  state before it: its audio is fed again with the next.
+  deployment, which keeps the utterance's state (routed by session: Serve's multiplexed
+  model id) until the utterance ends (``end_partial``). Here only the count of samples fed
+  and the text are kept. A call that fails leaves the state as it was (its audio is fed
+  again with the next); a state that is not where it was (another replica, a restart) is
+  rebuilt from the utterance's start.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import numpy as np
 
@@ -36,10 +39,17 @@ from serve_app.online import request_scope
 from serve_app.online.admission import AdmissionController
 from serve_app.online.realtime.backend import SessionSlots
 from serve_app.online.service import TranscriptionService
-from serve_app.recognizers.funasr_streaming import StreamChunk, StreamState
+from serve_app.recognizers.funasr_streaming import StreamReply, StreamStep
 
 PartialCall = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
-StreamCall = Callable[[StreamChunk], Awaitable[StreamState]]
+
+
+class StreamClient(Protocol):
+    """A streaming deployment as the ingress calls it (serve_app.online.ingress)."""
+
+    async def step(self, call: StreamStep) -> StreamReply | None: ...
+
+    def end(self, session_id: str, key: str) -> None: ...
 
 
 class IngressLive:
@@ -52,15 +62,16 @@ class IngressLive:
         partial_calls: Mapping[str, PartialCall],
         request_timeout_s: float,
         publish: Callable[[str], None] = lambda model: None,
-        stream_calls: Mapping[str, StreamCall] | None = None,
+        stream_calls: Mapping[str, StreamClient] | None = None,
     ) -> None:
         self.settings = settings
         self._service = service
         self._admission = admission
         self._partial_calls = partial_calls
         self._stream_calls = dict(stream_calls or {})
-        # Utterance key -> its streaming state (2pass models only), until end_partial.
-        self.streams: dict[str, StreamState] = {}
+        # Utterance key -> (model, samples its streaming state was fed, its text), 2pass
+        # models only, until end_partial; the state itself is on the streaming replica.
+        self.streams: dict[str, tuple[str, int, str]] = {}
         self._request_timeout_s = request_timeout_s
         self._publish = publish
         self.slots = SessionSlots(settings.max_sessions)
@@ -131,23 +142,31 @@ class IngressLive:
         return result.text
 
     async def _stream_partial(self, samples: np.ndarray, model: str, key: str) -> str | None:
-        """The utterance so far -> its streaming text: only the samples after the state's
-        are sent (one call in flight per utterance: the session waits for each)."""
-        state = self.streams.get(key) or StreamState()
-        new = samples[state.fed_samples :]
-        if len(new) == 0:
-            return state.text or None
-        chunk = StreamChunk(
-            state,
-            np.ascontiguousarray(new, dtype=np.float32),
-            deadline_unix_s=time.time() + self.settings.partial_timeout_s,
-            request_id=key,
-        )
-        advanced = await self._stream_calls[model](chunk)
-        self.streams[key] = advanced
-        return advanced.text or None
+        """The utterance so far -> its streaming text: only the samples after those its
+        state was fed are sent (one call in flight per utterance: the session waits for
+        each); from the start again if the state is not where it was."""
+        _, fed, text = self.streams.get(key, (model, 0, ""))
+        session_id = key.rsplit("/", 1)[0]
+        for start in (fed, 0) if fed else (0,):
+            if start >= len(samples):
+                return text or None
+            call = StreamStep(
+                session_id,
+                key,
+                np.ascontiguousarray(samples[start:], dtype=np.float32),
+                start,
+                deadline_unix_s=time.time() + self.settings.partial_timeout_s,
+            )
+            reply = await self._stream_calls[model].step(call)
+            if reply is not None:
+                self.streams[key] = (model, reply.fed_samples, reply.text)
+                return reply.text or None
+            observability.retries_total().inc(tags={"stage": "streaming", "kind": "state_missing"})
+        return None
 
     def end_partial(self, key: str) -> None:
         """The utterance ``key`` ended (committed, cleared, its session closed): its
-        streaming state, if any, is dropped now."""
-        self.streams.pop(key, None)
+        streaming state, if any, is dropped now, here and on the streaming replica."""
+        stream = self.streams.pop(key, None)
+        if stream is not None:
+            self._stream_calls[stream[0]].end(key.rsplit("/", 1)[0], key)

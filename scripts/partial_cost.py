@@ -9,7 +9,8 @@ One utterance of ``--seconds`` gets a partial every ``--interval-s`` (the ingres
   partials, as low-priority recognizer items).
 
 Prints core-ms per second of audio for both and the streaming state's pickled size (what
-each call carries through Ray). Random-weight folders of the real sizes
+each call would carry through Ray if the state travelled; it stays on the streaming
+replica). Random-weight folders of the real sizes
 (:mod:`serve_app.tools.random_models`; written to ``--models-dir`` when missing):
 
     python -m scripts.partial_cost --seconds 8 16 --rounds 2

@@ -12,9 +12,9 @@ environment: one machine, one port per proxy). Drills:
 
 - ``node``: clients post real speech (espeak-ng) through the head's proxy in a loop; one
   worker node is killed whole (SIGKILL of its process group: ``ray start``, raylet, every
-  worker process). Counted: requests sent / failed at the first attempt / lost after the
-  client's own retries (2, on a connection error or a 5xx, as OpenAI's SDK does), wrong
-  text; the seconds until every deployment has its replicas RUNNING on the surviving node.
+  worker process). Counted: requests sent / failed at the first attempt / shed (503 with
+  Retry-After: admission said "later") or lost after the client's own retries (2, on a
+  connection error or a 5xx, waiting as OpenAI's SDK does), wrong text; the seconds until every deployment has its replicas RUNNING on the surviving node.
   The killed node is started again afterwards.
 - ``head``: the head node (GCS, Serve controller, head proxy) is killed; the clients post
   through the worker nodes' proxies while it is down; the head is started again on the
@@ -77,6 +77,18 @@ class Request:
     @property
     def ok(self) -> bool:
         return bool(self.attempts) and self.attempts[-1].ok
+
+
+def _backoff_s(answer: Answer, attempt: int, rng: random.Random) -> float:
+    """As OpenAI's SDK waits before a retry: the answer's Retry-After when it gives one of
+    at most 60 s, else 0.5 s doubling, jittered."""
+    try:
+        retry_after_s = float(answer.retry_after or "")
+    except ValueError:
+        retry_after_s = 0.0
+    if 0 < retry_after_s <= 60:
+        return retry_after_s
+    return 0.5 * 2**attempt * rng.uniform(0.75, 1.25)
 
 
 def _retryable(answer: Answer) -> bool:
@@ -143,7 +155,7 @@ class Load:
                         answer.error = f"wrong text: {answer.text[:80]!r}"
                     if answer.ok or not _retryable(answer) or attempt == self.retries:
                         break
-                    await asyncio.sleep(0.5 * 2**attempt * rng.uniform(0.75, 1.25))
+                    await asyncio.sleep(_backoff_s(answer, attempt, rng))
                 request.done = True
 
     def count(
@@ -164,7 +176,10 @@ class Load:
             "ok_first_attempt": sum(a.ok for a in firsts),
             "shed_first_attempt": sum(a.rejected for a in firsts),
             "failed_first_attempt": sum(a.failed for a in firsts),
-            "lost_after_client_retries": sum(not r.ok for r in rs),
+            # Still a 503 with Retry-After after the client's retries: told to come back
+            # later (admission on a machine that lost half its replicas), not lost.
+            "shed_after_client_retries": sum(r.attempts[-1].rejected for r in rs),
+            "lost_after_client_retries": sum(not r.ok and not r.attempts[-1].rejected for r in rs),
             "failures": failures[:6],
         }
 

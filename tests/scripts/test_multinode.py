@@ -51,9 +51,11 @@ def test_a_worker_node_killed_under_load_loses_nothing(needs, models_dir, tmp_pa
     assert node["processes_killed"] >= 3  # ray start, raylet, at least one replica
     # Every deployment's replicas on the surviving worker node, and nothing lost there:
     # a request whose ingress died with the node is answered 500 by the proxy (it may or
-    # may not have run), so the client's retry (OpenAI's SDK does two) is part of it.
+    # may not have run), so the client's retry (OpenAI's SDK does two) is part of it. A
+    # 503 with Retry-After (admission: half the replicas, on a busy CI machine) is "come
+    # back later", counted as shed, not lost; the survivor must still answer.
     assert all(set(n) == {"worker-a"} for n in node["layout_after"].values())
-    assert node["started_after_kill"]["sent"] > 0
+    assert node["started_after_kill"]["ok_first_attempt"] > 0
     for phase in ("started_before_kill", "started_after_kill"):
         assert node[phase]["lost_after_client_retries"] == 0, node[phase]
 

@@ -224,6 +224,18 @@ def has_repetition_loop(text: str, settings: CoverageSettings = DEFAULT_SETTINGS
     return False
 
 
+def repeats_a_phrase(text: str, min_units: int = 4) -> bool:
+    """A run of at least ``min_units`` words (characters of unspaced scripts) immediately
+    followed by itself: "call the team tomorrow call the team tomorrow". Whisper does this
+    on a prefix that ends mid-sentence (a live partial); read speech all but never does."""
+    units = _units(text)
+    for n in range(min_units, len(units) // 2 + 1):
+        for i in range(len(units) - 2 * n + 1):
+            if units[i : i + n] == units[i + n : i + 2 * n]:
+                return True
+    return False
+
+
 def degenerate_reason(
     result: SegmentTranscript, speech_ms: int, settings: CoverageSettings = DEFAULT_SETTINGS
 ) -> str | None:

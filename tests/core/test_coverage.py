@@ -27,6 +27,7 @@ from serve_app.core.coverage import (
     check_item,
     compression_ratio,
     has_repetition_loop,
+    repeats_a_phrase,
     retime_only,
     retime_spans,
     speech_frames,
@@ -286,6 +287,18 @@ def test_repetition_detector_spares_normal_text():
     assert not has_repetition_loop("no, no, no. I said it three times")
     assert has_repetition_loop("thank you thank you thank you thank you")
     assert has_repetition_loop("我我我我")
+
+
+def test_a_phrase_said_twice_in_a_row_is_found_and_normal_speech_is_not():
+    # What Whisper tiny.en returned for a live partial here (2026-12-07).
+    said = "Please call the customer service team tomorrow"
+    seen = f"{said} {said.lower()}"
+    assert repeats_a_phrase(seen)
+    assert repeats_a_phrase("我们明天开会我们明天开会")
+    assert not repeats_a_phrase("The quick brown fox jumps over the lazy dog.")
+    assert not repeats_a_phrase("no, no, no. I said it three times")  # short words: spared
+    assert not repeats_a_phrase("I think that I think that is right")  # a 3-word restart
+    assert not repeats_a_phrase("")
 
 
 def test_splice_orders_shifts_and_drops_a_repeated_edge_word():

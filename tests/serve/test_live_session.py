@@ -257,3 +257,44 @@ def test_a_partial_cut_short_to_a_prefix_of_the_last_one_is_not_shown():
 
     shown = asyncio.run(main())
     assert shown[:3] == ["one two three", "one two three four", "one too"], shown
+
+
+def test_a_partial_that_repeats_a_phrase_is_skipped_not_shown():
+    """The re-decoded partial of a prefix cut mid-sentence: Whisper tiny.en once said the
+    utterance twice ("... team tomorrow please call the customer service team tomorrow").
+    ``IngressLive.decode_partial`` skips such a partial (None: nothing is shown, and
+    FunASR's append-only online text does not get the repeat); others pass as they are."""
+    from types import SimpleNamespace
+
+    from serve_app.config import RealtimeSettings
+    from serve_app.core.types import RecognitionOptions, SegmentTranscript
+    from serve_app.online.realtime.ingress_live import IngressLive
+
+    said: list[str] = []
+
+    async def partial_call(job):
+        return SegmentTranscript(text=said[-1])
+
+    live = IngressLive(
+        settings=RealtimeSettings(),
+        service=SimpleNamespace(  # type: ignore[arg-type]
+            route=lambda model: SimpleNamespace(name="m", default_options=RecognitionOptions())
+        ),
+        admission={},
+        partial_calls={"m": partial_call},
+        request_timeout_s=30.0,
+    )
+
+    def decode(text: str) -> str | None:
+        said.append(text)
+        samples = np.zeros(16000, np.float32)
+        return asyncio.run(
+            live.decode_partial(samples, model="m", options=RecognitionOptions(), key="s/1")
+        )
+
+    assert (
+        decode("Please call the customer service team") == "Please call the customer service team"
+    )
+    phrase = "Please call the customer service team tomorrow"
+    doubled = f"{phrase} {phrase.lower()}"
+    assert decode(doubled) is None

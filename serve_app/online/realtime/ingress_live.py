@@ -8,7 +8,8 @@
   ``coalesce_key`` (the session and item): the recognizer's queue runs it only when no
   file segment or final waits, in small forwards of its own, and a newer partial of the
   same utterance replaces a queued older one. It is not retried and not charged to
-  admission: a partial lost under load is just skipped.
+  admission: a partial lost under load is just skipped, as is one that repeats a phrase
+  (Whisper on a prefix cut mid-sentence).
 - With a streaming model configured for the model (its ``streaming`` section: FunASR's
   2pass), a partial is instead the utterance's new samples fed to the streaming
   deployment, which keeps the utterance's state (routed by session: Serve's multiplexed
@@ -31,6 +32,7 @@ import numpy as np
 from serve_app.config import RealtimeSettings
 from serve_app.core import observability
 from serve_app.core.audio import SAMPLE_RATE_HZ, DecodedAudio
+from serve_app.core.coverage import repeats_a_phrase
 from serve_app.core.errors import OverloadedError
 from serve_app.core.pipeline import merge_options
 from serve_app.core.transcript import Transcription
@@ -139,6 +141,12 @@ class IngressLive:
             coalesce_key=key,
         )
         result = await self._partial_calls[model](job)
+        if repeats_a_phrase(result.text):
+            # A prefix cut mid-sentence makes Whisper repeat itself; a partial is optional
+            # and revisable, and FunASR's online modes would send the repeat as new words:
+            # skipped (the final, decoded whole with the re-decode coverage, is unaffected).
+            observability.errors_total().inc(tags={"kind": "partial_repeats", "stage": "live"})
+            return None
         return result.text
 
     async def _stream_partial(self, samples: np.ndarray, model: str, key: str) -> str | None:

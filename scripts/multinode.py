@@ -14,7 +14,8 @@ environment: one machine, one port per proxy). Drills:
   worker node is killed whole (SIGKILL of its process group: ``ray start``, raylet, every
   worker process). Counted: requests sent / failed at the first attempt / shed (503 with
   Retry-After: admission said "later") or lost after the client's own retries (2, on a
-  connection error or a 5xx, waiting as OpenAI's SDK does), wrong text; the seconds until every deployment has its replicas RUNNING on the surviving node.
+  connection error or a 5xx, waiting as OpenAI's SDK does), wrong text; the seconds
+  until every deployment has its replicas RUNNING on the surviving node.
   The killed node is started again afterwards.
 - ``head``: the head node (GCS, Serve controller, head proxy) is killed; the clients post
   through the worker nodes' proxies while it is down; the head is started again on the

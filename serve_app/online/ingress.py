@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI
@@ -480,18 +480,22 @@ class AsrIngress(IngressServer):
         return self.http_app()
 
 
+async def _answer(response: Any) -> Any:
+    """A handle call's answer; cancelled here (deadline, client disconnect), the replica's
+    work is cancelled too (Serve only does that by itself for a disconnect of the parent
+    HTTP request)."""
+    try:
+        return await response
+    except asyncio.CancelledError:
+        response.cancel()
+        raise
+
+
 def _remote_call(handle: DeploymentHandle, method: str):
     bound = getattr(handle, method)
 
     async def call(arg):
-        response = bound.remote(arg)
-        try:
-            return await response
-        except asyncio.CancelledError:
-            # Deadline or client disconnect: cancel the replica's work too (Serve only
-            # does that by itself for a disconnect of the parent HTTP request).
-            response.cancel()
-            raise
+        return await _answer(bound.remote(arg))
 
     return call
 
@@ -504,12 +508,8 @@ class _StreamHandle:
         self._handle = handle
 
     async def step(self, call: StreamStep) -> StreamReply | None:
-        response = self._handle.options(multiplexed_model_id=call.session_id).step.remote(call)
-        try:
-            return await response
-        except asyncio.CancelledError:
-            response.cancel()
-            raise
+        handle = self._handle.options(multiplexed_model_id=call.session_id)
+        return await _answer(handle.step.remote(call))
 
     def end(self, session_id: str, key: str) -> None:
         """Fire and forget: a lost end only leaves the state to the replica's LRU."""

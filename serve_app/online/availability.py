@@ -58,6 +58,7 @@ class ReplicaWatch:
         # When each stage was first seen without a running replica (by this ingress).
         self._down_since: dict[str, float] = {}
         self._fetched_at: float | None = None  # the last successful read
+        self._read_started: float | None = None  # when the read in force began
         self._attempted_at: float | None = None  # the last read started
         self._fetch: asyncio.Task | None = None
         self._last_error: BaseException | None = None
@@ -68,27 +69,57 @@ class ReplicaWatch:
         """Raise :class:`ModelUnavailableError` when one of ``deployments`` has had no
         running replica for ``unavailable_after_s`` (``what``: the model, for the message).
 
-        Only the first check waits for a read; later ones use the last read and start
-        the next in the background. An unknown state (no read has succeeded yet) lets the
-        request through."""
+        A request that passes is checked against the last read (only the first check
+        waits for one; each starts the next in the background). A refusal is confirmed
+        by a read begun after the request arrived (up to ``timeout_s``): a replica that
+        came up since the last read (at start, after a restart) must not cost a 503,
+        and /healthz may already have said ready from another ingress replica's read.
+        An unknown state (no read has succeeded yet) lets the request through."""
+        arrived = self._clock()
         try:
             await self._refresh(wait=self._fetched_at is None)
         except Exception as exc:  # never fail a request on the watch itself
             logger.warning("replica states unknown (%r)", exc)
         if self._fetched_at is None:
             return
+        down = self._down(deployments)
+        stale = self._read_started is None or self._read_started < arrived
+        if down is not None and stale:
+            try:
+                await self._read_since(arrived)
+            except Exception as exc:  # the controller is slow: refuse on the last read
+                logger.warning("refusal not confirmed by a fresh read (%r)", exc)
+            down = self._down(deployments)
+        if down is not None:
+            name, for_s = down
+            raise ModelUnavailableError(
+                f"{what}: deployment {name} has no running replica (for {for_s:.0f} "
+                "s: starting, failing, or it cannot be scheduled; see /healthz and "
+                "`serve status`); retry later",
+                retry_after_s=min(self._unavailable_after_s, 30.0),
+            )
+
+    def _down(self, deployments: Sequence[str]) -> tuple[str, float] | None:
+        """(a deployment without a running replica for the grace period, for how long)."""
         now = self._clock()
         for name in deployments:
             if self._running.get(name, 0) > 0:
                 continue
             since = self._down_since.get(name, self._started)
             if now - since >= self._unavailable_after_s:
-                raise ModelUnavailableError(
-                    f"{what}: deployment {name} has no running replica (for {now - since:.0f} "
-                    "s: starting, failing, or it cannot be scheduled; see /healthz and "
-                    "`serve status`); retry later",
-                    retry_after_s=min(self._unavailable_after_s, 30.0),
-                )
+                return name, now - since
+        return None
+
+    async def _read_since(self, arrived: float) -> None:
+        """Wait for a read that began at or after ``arrived`` (the one in flight if it
+        did, else the next; reads stay shared, one at a time)."""
+        if self._fetch is not None and not self._fetch.done():
+            started = self._attempted_at
+            await asyncio.wait_for(asyncio.shield(self._fetch), self._timeout_s)
+            if started is not None and started >= arrived:
+                return
+        self._attempted_at = None  # not "at most one per refresh_s": this one is owed
+        await self._refresh(wait=True)
 
     async def running(self) -> tuple[dict[str, int], float]:
         """(running replicas per deployment, age of that read in s) for readiness: a
@@ -127,6 +158,7 @@ class ReplicaWatch:
 
     async def _read(self) -> None:
         loop = asyncio.get_running_loop()
+        started = self._clock()
         try:
             running = await loop.run_in_executor(self._executor, self._status)
         except Exception as exc:
@@ -144,6 +176,7 @@ class ReplicaWatch:
                 # was running at an earlier one: a restart began in between).
                 self._down_since[name] = self._started if name not in self._seen_running else now
         self._fetched_at = now
+        self._read_started = started
 
 
 def serve_running_replicas(app_name: str) -> dict[str, int]:

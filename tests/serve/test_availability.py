@@ -79,12 +79,9 @@ def test_a_replica_restart_shorter_than_the_grace_period_is_waited_for():
         with pytest.raises(ModelUnavailableError, match="Recognizer-m"):
             await request(watch, STAGES)
         controller.running["Recognizer-m"] = 1  # back
-        now[0] += 1.0
-        # This request is still judged by the read before (at most refresh_s old); its
-        # own read sees the replica back, and the next request passes.
-        with pytest.raises(ModelUnavailableError):
-            await request(watch, STAGES)
-        now[0] += 1.0
+        now[0] += 0.5
+        # The last read (0.5 s old) says down: a refusal waits for a read begun after
+        # the request came, which sees the replica back.
         await request(watch, STAGES)
 
     asyncio.run(scenario())
@@ -182,5 +179,37 @@ def test_a_slow_controller_delays_neither_requests_nor_readiness():
         release.set()
         await watch.settled()
         assert (await watch.running())[1] == 0.0  # answered: fresh again
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_up_since_the_last_read_costs_no_503():
+    """CI's graceful-stop failure: /healthz (another ingress replica's read) said ready,
+    the request went to an ingress whose last read predated the VAD replica's start, and
+    it was refused "no running replica (for 37 s)". A refusal is now confirmed by a read
+    begun after the request arrived; only a stage still down at that read is refused."""
+    controller = _Controller(VadDeployment=0, **{"Recognizer-m": 1, "SpeakerDeployment": 0})
+    now = [0.0]
+
+    async def scenario() -> None:
+        watch = _watch(controller, now)
+        await request(watch, STAGES[:2])  # at start: VAD still loading, within grace
+        now[0] = 40.0
+        controller.running["VadDeployment"] = 1  # started since that read
+        reads = controller.reads
+        await watch.check(STAGES[:2], "m")  # the stale read alone would refuse
+        assert controller.reads == reads + 1
+        # A stage still down at the confirming read is refused; the read is owed even
+        # within refresh_s of the last one.
+        now[0] += 0.2
+        reads = controller.reads
+        with pytest.raises(ModelUnavailableError, match="SpeakerDeployment"):
+            await watch.check(STAGES, "m")
+        assert controller.reads == reads + 1
+        # A passing request never waits for a read.
+        now[0] += 0.2
+        reads = controller.reads
+        await watch.check(STAGES[:2], "m")
+        assert controller.reads == reads
 
     asyncio.run(scenario())

@@ -101,7 +101,10 @@ def recognizer_config(random_models_dir, name: str, replicas: int, **settings) -
 
 
 def app_config(models_dir, random_models_dir, *, replicas: int) -> dict:
-    recognizers = [recognizer_config(random_models_dir, MODEL, replicas)]
+    # The kill drills are about losing nothing, not admission (ADMISSION_MODEL's tests):
+    # a generous queue bound, or on a starved CI machine a live final during the
+    # replacement was shed ("expected queue wait 64 s exceeds 60 s").
+    recognizers = [recognizer_config(random_models_dir, MODEL, replicas, max_queue_wait_s=600)]
     if replicas == 1:
         recognizers.append(
             recognizer_config(random_models_dir, ADMISSION_MODEL, replicas, **ADMISSION)

@@ -55,6 +55,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # (Handing the served apps' group out first instead, the longest chain, measured no
     # better: 998 s, against 965 s this way in the same hour, fresh clones.)
     items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
+    # Within the served apps' group (its place in the list, which decides when xdist
+    # hands it out, unchanged), the tests of one session app run together: each app is
+    # deleted after its last test (tests/served_apps.py). A module's tests stay together
+    # unless one uses another app; the tests deploying apps of their own (the kill drills
+    # among them) go last, when no session app is up and the other worker is likely done.
+    from tests.served_apps import SESSION_APPS, app_rank
+
+    served = [i for i, item in enumerate(items) if "serve_instance" in item.fixturenames]
+    module_rank: dict[str, int] = {}
+    for i in served:
+        module = items[i].nodeid.split("::", 1)[0]
+        module_rank[module] = module_rank.get(module) or app_rank(items[i])
+
+    def rank(item: pytest.Item) -> int:
+        own = app_rank(item) or module_rank[item.nodeid.split("::", 1)[0]]
+        return own or len(SESSION_APPS) + 1
+
+    for i, item in zip(served, sorted((items[i] for i in served), key=rank), strict=True):
+        items[i] = item
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ from serve_app.tools.provision_models import provision_whisper_base
 from tests.conftest import deploy, replica_options
 
 APP_NAME = "asr_test"
+KEYED_APP_NAME = "asr_auth_test"  # with API keys
+CAPS_APP_NAME = "asr_capabilities"  # punctuation, 2pass, Whisper base
 ROUTE = "/asr"
 # Deliberately small limits so the over-limit tests need little data.
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
@@ -75,8 +77,60 @@ def _served(base_url: str, config: dict, name: str, route: str):
     from ray import serve
 
     deploy(config, name=name, route_prefix=route)
+    _deployed[name] = (config, route)
     yield base_url + route
-    serve.delete(name)
+    if _deployed.pop(name, None) is not None:
+        serve.delete(name)
+
+
+# -- a session app lives from its first test to its last -------------------------------
+# An idle app is not free: its replicas (Serve's metrics and health loops, the stats
+# pusher) and its stats board cost a few % of a core each, and the served apps' tests all
+# run in one worker on 2 cores. The tests of each session app run together (tests/
+# conftest.py orders them by ``app_rank``), and the app is deleted after its last test
+# in the run order; a test after that (another order: ``-p no:randomly``, ``--lf``)
+# deploys it again.
+SESSION_APPS = {"keyed_url": KEYED_APP_NAME, "caps_url": CAPS_APP_NAME, "asr_url": APP_NAME}
+_deployed: dict[str, tuple[dict, str]] = {}  # app -> (config, route): up now
+_retired: dict[str, tuple[dict, str]] = {}  # deleted after what was its last test
+_last_user: dict[str, str] = {}  # app -> node id of its last test in the run order
+
+
+def app_rank(item: pytest.Item) -> int:
+    """0: no session app; else 1 + the index in SESSION_APPS of the first one it uses."""
+    names = getattr(item, "fixturenames", ())
+    for rank, fixture in enumerate(SESSION_APPS, start=1):
+        if fixture in names:
+            return rank
+    return 0
+
+
+@pytest.hookimpl(trylast=True)  # after tests/conftest.py has ordered the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _last_user.clear()
+    for item in items:
+        for fixture, app in SESSION_APPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                _last_user[app] = item.nodeid
+
+
+@pytest.hookimpl(trylast=True)  # after the item's own fixtures are torn down
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    for app, nodeid in _last_user.items():
+        if nodeid == item.nodeid and app in _deployed:
+            from ray import serve
+
+            _retired[app] = _deployed.pop(app)
+            serve.delete(app)
+
+
+@pytest.fixture(autouse=True)
+def _session_apps_back(request: pytest.FixtureRequest) -> None:
+    for fixture, app in SESSION_APPS.items():
+        if app in _retired and fixture in request.fixturenames:
+            config, route = _retired.pop(app)
+            deploy(config, name=app, route_prefix=route)
+            _deployed[app] = (config, route)
 
 
 ONNX_MODEL = "paraformer-tiny-onnx"  # the same random weights on ONNX Runtime (fp32)
@@ -108,7 +162,6 @@ def http(asr_url):
 
 
 # -- one app with API keys, shared by the HTTP and the browser auth tests ---------------
-KEYED_APP_NAME = "asr_auth_test"
 KEYED_ROUTE = "/asr-auth"
 ENV_KEY = "sk-test-env-4f9c"
 FILE_KEY = "sk-test-file-77a1"
@@ -153,7 +206,6 @@ def keyed_url(serve_instance, models_dir, random_models_dir, tmp_path_factory):
 
 # -- the capabilities app (issue 10): punctuation stage + the multilingual Whisper base ---
 # Shared by tests/serve/test_capabilities_http.py and the browser's translation test.
-CAPS_APP_NAME = "asr_capabilities"
 CAPS_ROUTE = "/caps"
 CAPS_PARAFORMER = "paraformer-punc"
 CAPS_WHISPER_BASE = "whisper-base"

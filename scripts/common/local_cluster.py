@@ -96,6 +96,8 @@ class Cluster:
         self.redis: subprocess.Popen | None = None
         self.env = {**os.environ, **RAY_ENV, "RAY_REDIS_ADDRESS": f"127.0.0.1:{self.redis_port}"}
         self.env.pop("RAY_ADDRESS", None)
+        # Ray waits 60 s for the dashboard by default: not enough on a starved machine.
+        self.env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"] = "180"
         # A worker node outlives a head that is down for this long.
         self.env["RAY_gcs_rpc_server_reconnect_timeout_s"] = "180"
         self.env["RAY_external_storage_namespace"] = f"multinode-{os.getpid()}"
@@ -144,15 +146,27 @@ class Cluster:
         for node in self.workers:
             self.start_worker(node)
 
-    def start_head(self) -> None:
-        self.head.start()
+    def start_head(self, tries: int = 2) -> None:
+        """Start the head and wait for its dashboard. A ``ray start --head`` that exits
+        (in the suite under load average 18 its dashboard missed Ray's startup wait,
+        here 180 s) is killed whole and started once more."""
+        for attempt in range(tries):
+            self.head.start()
 
-        def up() -> bool:
-            if self.head.proc is not None and self.head.proc.poll() is not None:
-                raise RuntimeError(f"ray start --head exited; see {self.head.log}")
-            return _get(f"{self.dashboard}/api/version") is not None
+            def up() -> bool:
+                if self.head.proc is not None and self.head.proc.poll() is not None:
+                    raise RuntimeError(f"ray start --head exited; see {self.head.log}")
+                return _get(f"{self.dashboard}/api/version") is not None
 
-        wait_until(up, 180, "the head")
+            try:
+                wait_until(up, 180, "the head")
+                return
+            except RuntimeError:
+                if attempt + 1 == tries:
+                    raise
+                print(f"head: ray start --head exited; started again (see {self.head.log})")
+                self.head.kill()
+                (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
 
     def restart_head(self) -> str | None:
         """Start the head again (same port, same Redis). On one machine ``ray start --head``

@@ -71,7 +71,8 @@ class ReplicaWatch:
 
         A request that passes is checked against the last read (only the first check
         waits for one; each starts the next in the background). A refusal is confirmed
-        by a read begun after the request arrived (up to ``timeout_s``): a replica that
+        by a read begun after the request arrived (a read in flight that began earlier
+        is awaited first: up to 2 x ``timeout_s`` in all): a replica that
         came up since the last read (at start, after a restart) must not cost a 503,
         and /healthz may already have said ready from another ingress replica's read.
         An unknown state (no read has succeeded yet) lets the request through."""

@@ -12,7 +12,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
+
+# Each check imports FunASR whole in a fresh interpreter: 15-25 s apiece on 2 cores.
+pytestmark = pytest.mark.slow
 
 _REGISTRY = """
 import json, sys

@@ -382,6 +382,7 @@ def test_funasr_2pass_online_text_comes_from_the_streaming_model(speech, random_
     assert sum(len(s) for s in sessions.values()) == 0  # and where they were kept
 
 
+@pytest.mark.slow  # ~20 s on 2 cores
 def test_a_thousand_sessions_opened_and_closed_leave_nothing_behind(speech):
     """Each session streams a second of speech (its VAD state and buffer made, a turn
     started) and leaves mid-utterance; afterwards no session object survives and the

@@ -40,6 +40,7 @@ def _findings(report: openapi_fuzz.Report) -> str:
     return "\n".join(lines)
 
 
+@pytest.mark.slow  # ~17 s on 2 cores
 def test_every_answer_is_a_2xx_or_an_openai_4xx_as_the_schema_declares(app, speech):
     report = openapi_fuzz.fuzz(
         openapi_fuzz.load_schema(app=app), max_examples=MAX_EXAMPLES, speech=speech

@@ -230,8 +230,12 @@ def repeats_a_phrase(text: str, min_units: int = 4) -> bool:
     on a prefix that ends mid-sentence (a live partial); read speech all but never does."""
     units = _units(text)
     for n in range(min_units, len(units) // 2 + 1):
-        for i in range(len(units) - 2 * n + 1):
-            if units[i : i + n] == units[i + n : i + 2 * n]:
+        # Runs of positions where a unit equals the one n later: a run of n is a repeat
+        # (linear per n; a live partial is checked on the ingress's event loop).
+        run = 0
+        for i in range(len(units) - n):
+            run = run + 1 if units[i] == units[i + n] else 0
+            if run >= n:
                 return True
     return False
 

@@ -151,3 +151,25 @@ class PunctuationRequest:
     segment_texts: tuple[str, ...]
     request_id: str | None = None
     deadline_unix_s: float | None = None
+
+
+# The live partials' wire types (ingress -> streaming deployment): here, not beside the
+# streaming recognizer, so the ingress imports no torch.
+@dataclass(frozen=True)
+class StreamStep:
+    """A live partial's call: ``samples`` are the utterance ``key``'s samples from
+    ``start_sample`` on, for the replica that keeps the utterance's state."""
+
+    session_id: str
+    key: str
+    samples: np.ndarray
+    start_sample: int
+    deadline_unix_s: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamReply:
+    """The utterance's text so far, and how many of its samples the state has been fed."""
+
+    text: str
+    fed_samples: int

@@ -38,7 +38,7 @@ from serve_app.core import observability
 from serve_app.core.memory import HeapTrimmer
 from serve_app.core.punctuate import PunctuateFn
 from serve_app.core.speaker_request import EmbedFn
-from serve_app.core.types import RecognitionOptions, SegmentJob
+from serve_app.core.types import RecognitionOptions, SegmentJob, StreamReply, StreamStep
 from serve_app.online import request_scope, system, ui
 from serve_app.online.admission import (
     AdmissionController,
@@ -54,7 +54,6 @@ from serve_app.online.retry import call_with_retries
 from serve_app.online.routes import build_http_app
 from serve_app.online.service import ModelRoute, TranscriptionService
 from serve_app.online.transcription import TranscriptionEndpoint
-from serve_app.recognizers.funasr_streaming import StreamReply, StreamStep
 from serve_app.vad import streaming as streaming_vad
 
 logger = logging.getLogger("serve_app.ingress")

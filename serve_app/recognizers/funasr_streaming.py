@@ -68,26 +68,6 @@ class StreamChunk:
         return len(self.samples) / SAMPLE_RATE_HZ
 
 
-@dataclass(frozen=True)
-class StreamStep:
-    """A live partial's call: ``samples`` are the utterance ``key``'s samples from
-    ``start_sample`` on, for the replica that keeps the utterance's state."""
-
-    session_id: str
-    key: str
-    samples: np.ndarray
-    start_sample: int
-    deadline_unix_s: float | None = None
-
-
-@dataclass(frozen=True)
-class StreamReply:
-    """The utterance's text so far, and how many of its samples the state has been fed."""
-
-    text: str
-    fed_samples: int
-
-
 class SessionStreams:
     """The streaming states of one live session's utterances, kept where its partials
     are decoded (the state is ~13 MB for Paraformer-large: the encoder's look-back), so a

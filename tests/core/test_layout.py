@@ -125,3 +125,24 @@ def test_no_module_over_600_lines(top: str) -> None:
         if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+
+
+def test_the_ingress_loads_no_model_runtime() -> None:
+    """The ingress decodes, routes and batches requests; it runs no model, so its process
+    must not pay for torch's import (2-6 CPU-s, on every ingress replica's start: measured
+    on the 2-core dev machine, 2026-12-07), nor FunASR's. A replica imports its class's
+    module (and its arguments' types), not the app builder. Run in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, serve_app.online.ingress; "
+        "print(sorted(m for m in ('torch', 'funasr', 'faster_whisper', 'onnxruntime') "
+        "if m in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=PACKAGE.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

@@ -123,3 +123,32 @@ def build():
 print(json.dumps({"built": load_with_funasr(build), "calls": len(calls)}))
 """
     assert _run(code) == {"built": "Conformer", "calls": 2}
+
+
+def test_automodel_leaves_the_clustering_and_class_sources_for_later() -> None:
+    """``AutoModel``'s import would bring scikit-learn, scipy.stats and pandas (CAM++
+    clustering, for ``AutoModel(spk_model=...)`` only) and registration would parse the
+    source of every registered class's module (a class's source lines: its whole module
+    parsed; torch's functions are cheap and not counted): neither happens at a replica's start, and
+    the clustering class still works when called."""
+    code = """
+import inspect, json, sys
+parsed = []
+real = inspect.getsourcelines
+inspect.getsourcelines = lambda obj: (isinstance(obj, type) and parsed.append(obj)) or real(obj)
+from serve_app.recognizers.funasr_loader import import_funasr
+import_funasr()
+from funasr import AutoModel
+import funasr.auto.auto_model as auto_model
+heavy = sorted(m for m in ("sklearn", "scipy.stats", "pandas") if m in sys.modules)
+backend = type(auto_model.ClusterBackend())
+from funasr.register import tables
+print(json.dumps({"heavy": heavy, "parsed": len(parsed), "backend": backend.__module__,
+                  "clustering_after": "sklearn" in sys.modules,
+                  "line": tables.model_classes_meta["Paraformer"][2]}))
+"""
+    out = _run(code)
+    assert out["heavy"] == [] and out["parsed"] == 0, out
+    assert out["backend"] == "funasr.models.campplus.cluster_backend"
+    assert out["clustering_after"] is True
+    assert out["line"].startswith("funasr/models/paraformer/model.py:"), out

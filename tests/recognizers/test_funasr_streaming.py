@@ -14,14 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from serve_app.core.types import StreamReply, StreamStep
 from serve_app.recognizers.funasr_streaming import (
     CHUNK_SIZE,
     FunAsrStreamingRecognizer,
     SessionStreams,
     StreamChunk,
-    StreamReply,
     StreamState,
-    StreamStep,
 )
 
 MODEL = "paraformer-streaming-tiny"

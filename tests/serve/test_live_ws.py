@@ -328,11 +328,11 @@ def test_funasr_2pass_online_text_comes_from_the_streaming_model(speech, random_
     once the session ends."""
     import asyncio as aio
 
+    from serve_app.core.types import StreamReply
     from serve_app.online.ingress import IngressServer
     from serve_app.recognizers.funasr_streaming import (
         FunAsrStreamingRecognizer,
         SessionStreams,
-        StreamReply,
     )
     from tests.serve.fake_ingress import MODEL, FakeHandle
 

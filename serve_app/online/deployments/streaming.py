@@ -1,7 +1,7 @@
 """Streaming deployment: live sessions' 2pass partials through the shared batch queue.
 
 A call of :meth:`StreamingDeployment.step` carries one utterance's new samples
-(:class:`~serve_app.recognizers.funasr_streaming.StreamStep`); the utterance's state
+(:class:`~serve_app.core.types.StreamStep`); the utterance's state
 (FunASR's cache, ~13 MB for Paraformer-large) stays on this replica, in its session's
 :class:`~serve_app.recognizers.funasr_streaming.SessionStreams`, and only the text comes
 back. The session is Serve's multiplexed model id, so its calls go to the replica that
@@ -27,13 +27,12 @@ from ray import serve
 from serve_app.config import StreamingSettings
 from serve_app.core import observability
 from serve_app.core.batching import item_cost_s
+from serve_app.core.types import StreamReply, StreamStep
 from serve_app.online.batch_queue import BatchQueue, QueuedItem
 from serve_app.recognizers.funasr_streaming import (
     FunAsrStreamingRecognizer,
     SessionStreams,
     StreamChunk,
-    StreamReply,
-    StreamStep,
 )
 
 # Sessions whose states one replica keeps (Serve's multiplexing LRU): above the sessions

@@ -36,12 +36,17 @@ from serve_app.core.coverage import repeats_a_phrase
 from serve_app.core.errors import OverloadedError
 from serve_app.core.pipeline import merge_options
 from serve_app.core.transcript import Transcription
-from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscript
+from serve_app.core.types import (
+    RecognitionOptions,
+    SegmentJob,
+    SegmentTranscript,
+    StreamReply,
+    StreamStep,
+)
 from serve_app.online import request_scope
 from serve_app.online.admission import AdmissionController
 from serve_app.online.realtime.backend import SessionSlots
 from serve_app.online.service import TranscriptionService
-from serve_app.recognizers.funasr_streaming import StreamReply, StreamStep
 
 PartialCall = Callable[[SegmentJob], Awaitable[SegmentTranscript]]
 

@@ -153,6 +153,17 @@ def deploy(config_dict: dict, *, name: str, route_prefix: str, timeout_s: float 
     raise TimeoutError(f"{name} not running after {timeout_s} s")
 
 
+def undeploy(name: str) -> None:
+    """Delete app ``name`` and its stats board (a detached actor that outlives the app
+    otherwise, costing a little CPU for the rest of the session)."""
+    from ray import serve
+
+    from serve_app.online.system import delete_board
+
+    serve.delete(name)
+    delete_board(name)
+
+
 def own_ray_env() -> dict[str, str]:
     """The environment for a ``python -m serve_app.online.run`` that starts a Ray of its
     own: never the address of another cluster."""

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from serve_app.tools.provision_models import provision_whisper_base
-from tests.conftest import deploy, replica_options
+from tests.conftest import deploy, replica_options, undeploy
 
 APP_NAME = "asr_test"
 KEYED_APP_NAME = "asr_auth_test"  # with API keys
@@ -74,13 +74,12 @@ def default_app_config(models_dir, random_models_dir) -> dict:
 
 def _served(base_url: str, config: dict, name: str, route: str):
     """Deploy ``config`` as app ``name`` at ``route``; yield its URL; delete it after."""
-    from ray import serve
 
     deploy(config, name=name, route_prefix=route)
     _deployed[name] = (config, route)
     yield base_url + route
     if _deployed.pop(name, None) is not None:
-        serve.delete(name)
+        undeploy(name)
 
 
 # -- a session app lives from its first test to its last -------------------------------
@@ -119,10 +118,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     for app, nodeid in _last_user.items():
         if nodeid == item.nodeid and app in _deployed:
-            from ray import serve
-
             _retired[app] = _deployed.pop(app)
-            serve.delete(app)
+            undeploy(app)
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import soundfile as sf
 
-from tests.conftest import replica_options
+from tests.conftest import replica_options, undeploy
 from tests.speech import SENTENCES, requires_espeak, synthesize
 
 pytestmark = [pytest.mark.slow, requires_espeak]
@@ -94,12 +94,11 @@ def _target_user_config() -> dict | None:
 
 @pytest.fixture(scope="module")
 def declarative_app(serve_instance, models_dir, random_models_dir):
-    from ray import serve
 
     _apply(_app_config(models_dir, random_models_dir, None))
     _wait_running()
     yield serve_instance + ROUTE
-    serve.delete(APP_NAME)
+    undeploy(APP_NAME)
 
 
 def test_user_config_update_under_load_reconfigures_in_place(

@@ -26,7 +26,7 @@ from serve_app.core.errors import DeadlineExceededError
 from serve_app.core.types import SegmentJob
 from serve_app.online.batch_queue import Coalescer as _Coalescer
 from serve_app.online.batch_queue import QueuedItem as _QueuedItem
-from tests.conftest import deploy, replica_options
+from tests.conftest import deploy, replica_options, undeploy
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, synthesize
 
 MODEL = "paraformer-tiny-random"
@@ -138,7 +138,6 @@ def speech_wav(tmp_path_factory) -> bytes:
 def served(serve_instance, models_dir, random_models_dir):
     """``served(replicas)``: the URL of that app, deployed on first use (the kill tests
     leave it healthy again); both are deleted at the end."""
-    from ray import serve
 
     urls: dict[int, str] = {}
 
@@ -152,7 +151,7 @@ def served(serve_instance, models_dir, random_models_dir):
 
     yield start
     for replicas in urls:
-        serve.delete(f"resilience{replicas}")
+        undeploy(f"resilience{replicas}")
 
 
 def transcribe(

@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import replica_options
+from tests.conftest import replica_options, undeploy
 from tests.serve.fake_ingress import wav
 
 pytestmark = pytest.mark.slow
@@ -96,4 +96,4 @@ def test_a_stage_without_a_replica_is_a_503_naming_it(
             )
             assert served.status_code == 200, served.text
     finally:
-        serve.delete(APP_NAME)
+        undeploy(APP_NAME)

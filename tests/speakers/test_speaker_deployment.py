@@ -14,7 +14,7 @@ from serve_app.config import SpeakerSettings
 from serve_app.core.errors import InvalidRequestError
 from serve_app.core.types import EmbeddingJob
 from serve_app.online.deployments.speakers import SpeakerDeployment
-from tests.conftest import replica_options
+from tests.conftest import replica_options, undeploy
 from tests.speakers.test_embedders import ACROSS_BATCH_SHAPES_ATOL
 
 APP = "speakers_campplus_test"
@@ -40,7 +40,7 @@ def speakers(serve_instance, campplus_models_dir):
     )
     handle = serve.run(app, name=APP, route_prefix=None)
     yield handle
-    serve.delete(APP)
+    undeploy(APP)
 
 
 def test_batched_equals_one_at_a_time_through_the_deployment(speakers):

@@ -396,21 +396,28 @@ def decode_case(case: Case, limits: AudioSettings, timeout_s: float) -> Outcome:
 
 
 def http_check(
-    client, case: Case, model: str | None = None, timeout_s: float = 120.0
+    client, case: Case, model: str | None = None, timeout_s: float = 120.0, retries: int = 3
 ) -> tuple[int, str]:
-    """POST one case; returns (status, problem or "")."""
+    """POST one case; returns (status, problem or ""). A 503 "overloaded" with a
+    Retry-After (admission on a busy machine) is "come back later", not a finding: the
+    case is sent again after the wait, as OpenAI's client would, ``retries`` times."""
     import httpx
 
     data = {"model": model} if model else {}
-    try:
-        r = client.post(
-            "/v1/audio/transcriptions",
-            files={"file": ("fuzz.bin", case.data, "application/octet-stream")},
-            data=data,
-            timeout=timeout_s,
-        )
-    except httpx.TimeoutException:
-        return 0, "client timeout"
+    for attempt in range(retries + 1):
+        try:
+            r = client.post(
+                "/v1/audio/transcriptions",
+                files={"file": ("fuzz.bin", case.data, "application/octet-stream")},
+                data=data,
+                timeout=timeout_s,
+            )
+        except httpx.TimeoutException:
+            return 0, "client timeout"
+        retry_after = r.headers.get("retry-after")
+        if r.status_code != 503 or retry_after is None or attempt == retries:
+            break
+        time.sleep(min(float(retry_after), 30.0))
     if r.status_code == 200:
         return 200, ""
     if not 400 <= r.status_code < 500:

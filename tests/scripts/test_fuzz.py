@@ -150,3 +150,28 @@ def test_http_sample_gets_200_or_4xx_json_and_replicas_survive(http, seeds, outc
 
     assert _replicas() == before_replicas  # no replica died and was replaced
     assert _transcribe(http, good) == before_text
+
+
+def test_an_overloaded_answer_is_sent_again_after_its_retry_after() -> None:
+    """A 503 with Retry-After (admission on a starved machine) is "come back later": the
+    case goes again; a 503 that never clears is still reported."""
+    import httpx
+
+    def client(answers: list[httpx.Response]):
+        class Client:
+            calls = 0
+
+            def post(self, *args, **kwargs) -> httpx.Response:
+                Client.calls += 1
+                return answers.pop(0) if len(answers) > 1 else answers[0]
+
+        return Client()
+
+    error = {"error": {"code": "invalid_audio", "message": "bad"}}
+    busy = httpx.Response(503, headers={"retry-after": "0"}, json={"error": {"code": "x"}})
+    once = client([busy, httpx.Response(400, json=error)])
+    assert fuzz.http_check(once, fuzz.Case("x/y#0", b"RIFF")) == (400, "")
+    assert once.calls == 2
+    always = client([busy])
+    status, problem = fuzz.http_check(always, fuzz.Case("x/y#0", b"RIFF"), retries=2)
+    assert status == 503 and problem and always.calls == 3

@@ -63,11 +63,15 @@ def test_the_fuzzer_reports_a_route_that_fails(app):
         else:
             await app(scope, receive, send)
 
-    report = openapi_fuzz.fuzz(
-        openapi_fuzz.load_schema(app=app), max_examples=2, negative=False, speech=None
-    )
-    broken = openapi_fuzz.load_schema(app=broken_stats)
-    failing = openapi_fuzz.fuzz(broken, max_examples=2, negative=False, speech=None)
-    assert report.server_errors == 0
+    # Only the broken route: the other routes' answers are the test above's (under a
+    # starved CI machine one of their uploads once made this test's set of findings
+    # wider than the one route it breaks).
+    def others(operation: str, case) -> str | None:
+        return None if operation == "GET /v1/stats" else "not this test's route"
+
+    kwargs = {"max_examples": 2, "negative": False, "speech": None, "skip": others}
+    report = openapi_fuzz.fuzz(openapi_fuzz.load_schema(app=app), **kwargs)
+    failing = openapi_fuzz.fuzz(openapi_fuzz.load_schema(app=broken_stats), **kwargs)
+    assert report.server_errors == 0 and not report.findings, _findings(report)
     assert failing.server_errors > 0 and failing.counts[("GET /v1/stats", "5xx")] > 0
-    assert {f.operation for f in failing.findings} == {"GET /v1/stats"}
+    assert {f.operation for f in failing.findings} == {"GET /v1/stats"}, _findings(failing)

@@ -19,8 +19,9 @@ and gets back the tuning the operator asked for. The board
 
 What survives: the tuning lives in the detached board, so replicas that start later
 (autoscaling, a restarted replica) get it on their first report, within a second of
-starting. It does not survive a restart of the Ray cluster (nor the stop of
-``serve_app.online.run``, which deletes the board with the app), and a redeploy whose
+starting. It does not survive a restart of the Ray cluster, the stop of
+``serve_app.online.run`` (which deletes the board with the app), nor an hour in which no
+replica reported (:data:`BOARD_EXPIRE_AFTER_S`: the app is gone), and a redeploy whose
 ``user_config`` sets the same fields overrides it until the next tune (last writer wins);
 make a setting permanent in the config file. A redeploy that changes a replica's
 configured batch settings (the ``args`` or the ``user_config``) clears the tuning: replicas
@@ -87,6 +88,7 @@ class StatsBoard:
         self._forget_after_s = max(forget_after_s, stale_after_s)
         self._models: dict[str, _ModelTotals] = {}
         self._replicas: dict[tuple[str, str], tuple[float, dict]] = {}  # -> (seen, stats)
+        self._last_publish_s = clock()
 
     def _model(self, model: str) -> _ModelTotals:
         return self._models.setdefault(model, _ModelTotals())
@@ -94,6 +96,7 @@ class StatsBoard:
     def publish(self, model: str, replica_id: str, stats: dict) -> dict:
         """Record one replica's cumulative stats; answer the tuning it should run."""
         now = self._clock()
+        self._last_publish_s = now
         totals = self._model(model)
         previous = self._replicas.get((model, replica_id))
         for key in ("audio_s", "busy_s"):
@@ -124,6 +127,10 @@ class StatsBoard:
         gone = [k for k, (seen, _) in self._replicas.items() if now - seen > self._forget_after_s]
         for key in gone:
             del self._replicas[key]
+
+    def silent_s(self) -> float:
+        """Seconds since the last replica report (since creation before any)."""
+        return self._clock() - self._last_publish_s
 
     def num_replicas_known(self) -> int:
         return len(self._replicas)
@@ -232,17 +239,43 @@ def delete_board(app_name: str) -> bool:
     return True
 
 
-def get_board(app_name: str):
+# A board no replica has reported to for this long belongs to an app that is gone (deleted
+# other than by serve_app.online.run, e.g. left out of a redeployed config): it ends
+# itself. Its tuning goes with it; a replica reporting later starts a new board.
+BOARD_EXPIRE_AFTER_S = 3600.0
+
+
+class _BoardActor(StatsBoard):
+    """The board as a detached actor that ends itself after ``expire_after_s`` of silence."""
+
+    def __init__(self, expire_after_s: float = BOARD_EXPIRE_AFTER_S, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._expire_after_s = expire_after_s
+        watch = threading.Thread(target=self._expire, name="asr-board-expiry", daemon=True)
+        watch.start()
+
+    def _expire(self) -> None:
+        import ray
+
+        while True:
+            time.sleep(min(60.0, self._expire_after_s / 4))
+            if self.silent_s() > self._expire_after_s:
+                logger.info("no replica reported for %.0f s: the stats board ends", self.silent_s())
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+
+def get_board(app_name: str, expire_after_s: float = BOARD_EXPIRE_AFTER_S):
     """The app's board actor, created by whichever replica asks first."""
     import ray
 
-    actor_cls = ray.remote(num_cpus=0)(StatsBoard)
+    actor_cls = ray.remote(num_cpus=0)(_BoardActor)
     return actor_cls.options(  # type: ignore[attr-defined]
         name=board_name(app_name),
         namespace=BOARD_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-    ).remote()
+    ).remote(expire_after_s=expire_after_s)
 
 
 class StatsPusher:

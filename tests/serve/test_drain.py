@@ -63,3 +63,39 @@ def test_the_board_of_a_gone_app_is_deleted(ray_cluster):
         assert time.monotonic() < deadline, "the board is still alive"
         time.sleep(0.2)
     assert not delete_board("asr_board_cleanup_test")  # nothing left to delete
+
+
+def test_a_board_nobody_reports_to_ends_itself(ray_cluster):
+    """An app deleted other than by the runner (left out of a redeployed config) leaves
+    its board behind: after ``expire_after_s`` without a report it ends itself, and a
+    replica reporting later gets a new one. A board still reported to lives on."""
+    import ray
+
+    from serve_app.online.system import BOARD_NAMESPACE, board_name, delete_board, get_board
+
+    quiet, busy = "asr_board_expiry_quiet", "asr_board_expiry_busy"
+    get_board(quiet, expire_after_s=2.0)
+    kept = get_board(busy, expire_after_s=2.0)
+    deadline = time.monotonic() + 60
+    while True:
+        ray.get(kept.publish.remote("m", "r1", {"audio_s": 1.0}))
+        try:
+            ray.get_actor(board_name(quiet), namespace=BOARD_NAMESPACE)
+        except ValueError:
+            break  # gone
+        assert time.monotonic() < deadline, "the silent board is still alive"
+        time.sleep(0.5)
+    assert ray.get(kept.num_replicas_known.remote()) == 1  # reported to: alive
+    again = get_board(quiet, expire_after_s=2.0)
+    assert ray.get(again.num_replicas_known.remote()) == 0  # a new board
+    assert delete_board(quiet) and delete_board(busy)
+
+
+def test_silence_is_counted_from_the_last_report():
+    now = [100.0]
+    board = StatsBoard(clock=lambda: now[0])
+    now[0] = 130.0
+    assert board.silent_s() == 30.0  # since creation
+    board.publish("m", "r1", {})
+    now[0] = 135.0
+    assert board.silent_s() == 5.0

@@ -18,20 +18,55 @@ initializers, external data) rather than produce a different graph.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import AttributeProto, TensorProto, helper
-from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
-from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.AttributeType import (
+
+
+def _tools_without_torch() -> None:
+    """``onnxruntime.tools``' ``__init__`` imports torch whenever it is installed, only to
+    re-export ``infer_input_info``: 1-2 CPU-s and ~190 MB in every Moonshine replica, which
+    runs no torch. The package is installed without running it (its submodules import as
+    usual); ``infer_input_info`` is still there, imported when first asked for."""
+    if "onnxruntime.tools" in sys.modules:
+        return
+    spec = importlib.util.find_spec("onnxruntime.tools")
+    if spec is None or spec.submodule_search_locations is None:
+        return  # the imports below say what is missing
+    package = types.ModuleType("onnxruntime.tools")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    package.__file__ = spec.origin
+    package.__package__ = "onnxruntime.tools"
+
+    def lazy(name: str) -> Any:
+        if name == "infer_input_info":
+            from onnxruntime.tools.pytorch_export_helpers import infer_input_info
+
+            return infer_input_info
+        raise AttributeError(f"module 'onnxruntime.tools' has no attribute {name!r}")
+
+    package.__dict__["__getattr__"] = lazy
+    sys.modules["onnxruntime.tools"] = package
+    sys.modules["onnxruntime"].tools = package  # type: ignore[attr-defined]
+
+
+_tools_without_torch()
+
+from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs  # noqa: E402
+from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.AttributeType import (  # noqa: E402
     AttributeType,
 )
-from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.DimensionValueType import (
+from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.DimensionValueType import (  # noqa: E402
     DimensionValueType,
 )
-from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.NodeType import NodeType
-from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.TypeInfoValue import (
+from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.NodeType import NodeType  # noqa: E402
+from onnxruntime.tools.ort_format_model.ort_flatbuffers_py.fbs.TypeInfoValue import (  # noqa: E402
     TypeInfoValue,
 )
 

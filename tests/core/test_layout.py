@@ -127,19 +127,26 @@ def test_no_module_over_600_lines(top: str) -> None:
     assert long == {}
 
 
-def test_the_ingress_loads_no_model_runtime() -> None:
-    """The ingress decodes, routes and batches requests; it runs no model, so its process
-    must not pay for torch's import (2-6 CPU-s, on every ingress replica's start: measured
-    on the 2-core dev machine, 2026-12-07), nor FunASR's. A replica imports its class's
-    module (and its arguments' types), not the app builder. Run in a fresh interpreter."""
+@pytest.mark.parametrize(
+    ("modules", "runtimes"),
+    [
+        ("serve_app.online.ingress", ("torch", "funasr", "faster_whisper", "onnxruntime")),
+        # Moonshine runs on ONNX Runtime: its .ort reader (onnxruntime.tools) must not bring
+        # torch in (onnxruntime.tools' own __init__ would).
+        ("serve_app.recognizers.moonshine_backend, serve_app.recognizers.ort_format", ("torch",)),
+    ],
+    ids=["ingress", "moonshine"],
+)
+def test_a_replica_loads_no_model_runtime_it_does_not_run(modules: str, runtimes: tuple) -> None:
+    """The ingress decodes, routes and batches requests and runs no model; the Moonshine
+    replica runs ONNX Runtime. Neither process may pay for torch's import (2-6 CPU-s and
+    ~190 MB on every replica's start: measured on the 2-core dev machine, 2026-12-07), nor
+    the ingress for FunASR's. A replica imports its class's module (and its arguments'
+    types), not the app builder. Run in a fresh interpreter."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, serve_app.online.ingress; "
-        "print(sorted(m for m in ('torch', 'funasr', 'faster_whisper', 'onnxruntime') "
-        "if m in sys.modules))"
-    )
+    code = f"import sys, {modules}; print(sorted(m for m in {runtimes!r} if m in sys.modules))"
     proc = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
         cwd=PACKAGE.parent,

@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 import torch
 
 from serve_app.core.modelref import OFFLINE_ENV_VARS, downloads_disabled
+from serve_app.recognizers.bare_package import bare_package
 
 logger = logging.getLogger(__name__)
 
@@ -208,25 +209,13 @@ def import_funasr() -> None:
     """
     if "funasr" in sys.modules:
         return
-    spec = importlib.util.find_spec("funasr")
-    if spec is None or spec.submodule_search_locations is None:
+    package = bare_package("funasr", {"AutoModel": _import_auto_model})
+    if package is None:
         raise ModuleNotFoundError("funasr is not installed", name="funasr")
-    package = types.ModuleType("funasr")
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__file__ = spec.origin
-    package.__spec__ = spec
-    package.__package__ = "funasr"
     package.__dict__["__version__"] = (
         (Path(package.__path__[0]) / "version.txt").read_text().strip()
     )
     package.__dict__["_lean"] = True
-
-    def lazy_export(name: str) -> Any:  # the real package's lazy AutoModel export
-        if name == "AutoModel":
-            return _import_auto_model()
-        raise AttributeError(f"module 'funasr' has no attribute {name!r}")
-
-    package.__dict__["__getattr__"] = lazy_export
     sys.modules["funasr"] = package
     try:
         _cheap_class_lines()

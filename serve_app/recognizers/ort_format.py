@@ -18,14 +18,14 @@ initializers, external data) rather than produce a different graph.
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import onnx
 from onnx import AttributeProto, TensorProto, helper
+
+from serve_app.recognizers.bare_package import bare_package
 
 
 def _tools_without_torch() -> None:
@@ -35,25 +35,17 @@ def _tools_without_torch() -> None:
     usual); ``infer_input_info`` is still there, imported when first asked for."""
     if "onnxruntime.tools" in sys.modules:
         return
-    spec = importlib.util.find_spec("onnxruntime.tools")
-    if spec is None or spec.submodule_search_locations is None:
+    package = bare_package("onnxruntime.tools", {"infer_input_info": _infer_input_info})
+    if package is None:
         return  # the imports below say what is missing
-    package = types.ModuleType("onnxruntime.tools")
-    package.__path__ = list(spec.submodule_search_locations)
-    package.__spec__ = spec
-    package.__file__ = spec.origin
-    package.__package__ = "onnxruntime.tools"
-
-    def lazy(name: str) -> Any:
-        if name == "infer_input_info":
-            from onnxruntime.tools.pytorch_export_helpers import infer_input_info
-
-            return infer_input_info
-        raise AttributeError(f"module 'onnxruntime.tools' has no attribute {name!r}")
-
-    package.__dict__["__getattr__"] = lazy
     sys.modules["onnxruntime.tools"] = package
     sys.modules["onnxruntime"].tools = package  # type: ignore[attr-defined]
+
+
+def _infer_input_info() -> Any:
+    from onnxruntime.tools.pytorch_export_helpers import infer_input_info
+
+    return infer_input_info
 
 
 _tools_without_torch()

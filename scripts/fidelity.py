@@ -28,12 +28,12 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from scripts.common.audio import wav_bytes
+from scripts.common.audio import wav_bytes, with_white_noise
 from scripts.common.service import REPO
 from serve_app.core.evaluation import normalize_words, word_error_rate
 from serve_app.tools.speech import SAMPLE_RATE_HZ
@@ -397,6 +397,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pauses", default=",".join(f"{p:g}" for p in DEFAULT_PAUSES_S))
     p.add_argument("--per-recording", type=int, default=10, help="files per joined recording")
     p.add_argument("--audioeval", action="store_true", help="add pytest-audioeval's samples")
+    p.add_argument("--snr-db", type=float, help="add white noise this far below the speech")
     p.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "fidelity")
     p.add_argument("--cpu-threads", type=int, default=0, help="model threads (0: config)")
     p.add_argument(
@@ -420,6 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         utterances += audioeval_utterances(args.cache_dir / "wheels")
     pauses = [float(p) for p in args.pauses.split(",") if p]
     recs = recordings(utterances, pauses, args.per_recording)
+    if args.snr_db is not None:
+        recs = [
+            replace(r, samples=with_white_noise(r.samples, args.snr_db, seed=k))
+            for k, r in enumerate(recs)
+        ]
     print(
         f"{len(recs)} recordings, {sum(r.duration_s for r in recs):.0f} s of audio",
         file=sys.stderr,
@@ -445,7 +451,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     print(
         f"model {settings.name} ({compute_type}), config {args.config.name}, "
-        f"voices {','.join(voices)}{' + audioeval' if args.audioeval else ''}, "
+        f"voices {','.join(voices)}{' + audioeval' if args.audioeval else ''}"
+        f"{'' if args.snr_db is None else f', white noise at {args.snr_db:g} dB SNR'}, "
         f"{elapsed:.0f} s wall"
     )
     print(render(table, recs))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from scripts.common.audio import with_white_noise
 from serve_app.config import VadSettings, resolve_models_dir
 from serve_app.core.segmentation import frame_energy_db
 
@@ -75,10 +76,8 @@ def join(
 
 def add_noise(rec: Recording, snr_db: float, seed: int) -> Recording:
     speech = np.concatenate([rec.samples[a * 16 : b * 16] for a, b in rec.utterances_ms])
-    noise_power = float(np.mean(np.square(speech, dtype=np.float64))) / 10 ** (snr_db / 10)
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(len(rec.samples)) * np.sqrt(noise_power)
-    noisy = (rec.samples + noise).astype(np.float32)
+    power = float(np.mean(np.square(speech, dtype=np.float64)))
+    noisy = with_white_noise(rec.samples, snr_db, seed, speech_power=power)
     return Recording(f"{rec.name}+snr{snr_db:g}", noisy, rec.utterances_ms, rec.pauses_ms)
 
 

@@ -44,6 +44,23 @@ def wav_bytes(samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ) -> bytes:
     return buf.getvalue()
 
 
+def with_white_noise(
+    samples: np.ndarray, snr_db: float, seed: int, speech_power: float | None = None
+) -> np.ndarray:
+    """``samples`` plus white noise ``snr_db`` below the speech's power (by default the
+    mean power of its 20 ms frames above -30 dB of the loudest: pauses do not count)."""
+    x = np.asarray(samples, dtype=np.float64)
+    if speech_power is None:
+        frames = x[: len(x) // 320 * 320].reshape(-1, 320)
+        power = np.mean(np.square(frames), axis=1) if len(frames) else np.zeros(1)
+        loud = power[power > 1e-3 * power.max()]
+        speech_power = float(loud.mean()) if len(loud) else 0.0
+    noise = np.random.default_rng(seed).standard_normal(len(x)) * np.sqrt(
+        speech_power / 10 ** (snr_db / 10)
+    )
+    return (x + noise).astype(np.float32)
+
+
 def spoken(name: str, samples: np.ndarray, text: str = "", kind: str = "") -> SpokenFile:
     return SpokenFile(name, wav_bytes(samples), len(samples) / SAMPLE_RATE_HZ, text, kind)
 

@@ -13,8 +13,9 @@ timestamp and decodes the rest. This module does the same for batched items, in 
    own speech level). It also flags degenerate output (a repetition loop, zlib compression
    ratio over 2.4 as faster-whisper uses, text far too long or short for the speech) and
    then plans the whole item again, split at its VAD segments or quiet points. Span times
-   that cannot be right (a span over no speech, spans advancing in whole-second steps) are
-   re-timed from the speech, order kept.
+   that say nothing (a span over no speech, spans all of one length) are re-timed from the
+   speech, order kept; whole-second times (tiny.en's, often, on noisy packed items) are
+   moved to the pauses nearest them and still say where speech is missing.
 2. :class:`Redecoder` drives the rounds for every item of a request (online) or a block of
    files (offline): :meth:`Redecoder.pending` gives the audio of *all* stretches of *all*
    items at once, so they ride in the same forward passes as ordinary items; the caller
@@ -57,6 +58,7 @@ TOO_SHORT = "too_short"
 EMPTY = "empty"  # nothing decoded (or only a sliver) from an item that has speech
 RETIME_OUTSIDE = "outside_speech"
 RETIME_STEPS = "fixed_steps"
+RETIME_WHOLE = "whole_seconds"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,13 @@ class CoverageSettings:
     absolute_floor_rms: float = 1e-3
     # Pauses shorter than this do not split speech islands (used for re-timing/splitting).
     island_gap_ms: int = 200
+    # Whole-second span times (tiny.en, often) are the speech's to about a second: each
+    # boundary moves to the pause nearest it within this distance.
+    whole_second_snap_ms: int = 1200
+    # Speech starting after a pause this close before the last span's end is not that
+    # span's: a decode that stopped early ends its last span where the next sentence
+    # (never decoded) starts.
+    tail_lookback_ms: int = 500
     # faster-whisper's compression_ratio_threshold.
     compression_ratio_threshold: float = 2.4
     # A word (or CJK character) n-gram repeated back to back this many times is a loop.
@@ -270,20 +279,84 @@ def degenerate_reason(
 def implausible_timing(
     spans: Sequence[TextSpan], mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
 ) -> str | None:
-    """Why the spans' times cannot follow the speech (None: they may)."""
+    """Why the spans' times cannot be taken as they are (None: they can).
+
+    ``fixed_steps``: every span as long as the next (times that say nothing).
+    ``whole_seconds``: whole-second times of varying steps, what tiny.en often returns for
+    a packed item: each start is its sentence's to about a second (the true start or just
+    before it), and the last end is often where the next sentence starts, decoded or not.
+    ``outside_speech``: a span over no speech.
+    """
     if not spans or not mask.any():
         return None
     inner = [t for s in spans for t in (s.start_s, s.end_s) if t > 0.01]
     if len(spans) >= 3 and len(inner) >= 4:
-        whole = all(abs(t - round(t)) < 0.011 for t in inner[:-1])
         steps = [round(s.end_s - s.start_s, 2) for s in spans]
-        if whole or len(set(steps)) == 1:
+        if len(set(steps)) == 1:
             return RETIME_STEPS
+        if all(abs(t - round(t)) < 0.011 for t in inner[:-1]):
+            return RETIME_WHOLE
     for span in spans:
         lo, hi = int(span.start_s * 1000) // FRAME_MS, -(-int(span.end_s * 1000) // FRAME_MS)
         if hi - lo >= 300 // FRAME_MS and mask[lo:hi].mean() < 0.05:
             return RETIME_OUTSIDE
     return None
+
+
+def snap_spans(
+    spans: Sequence[TextSpan], mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
+) -> tuple[TextSpan, ...]:
+    """Whole-second ``spans`` moved onto the speech, their own times kept as the guide.
+
+    Each boundary between two spans moves to the pause between speech islands nearest it
+    (within ``whole_second_snap_ms``; pauses in time order, each used once): the span
+    before ends where that pause starts, the next starts where it ends. The first start
+    moves to the speech starting near it; the last end to a pause near it, or to the end
+    of the speech it runs past. Text and order are kept; a boundary with no pause near it
+    stays where it was. Unlike :func:`retime_spans` this never matches spans to segments
+    by count, which shifts every text by one when the VAD joined two sentences and the
+    decode skipped one.
+    """
+    islands = speech_islands(mask, settings)
+    if not spans or not islands:
+        return tuple(spans)
+    near = settings.whole_second_snap_ms
+    pauses = [(islands[k][1], islands[k + 1][0]) for k in range(len(islands) - 1)]
+
+    def distance(t_ms: float, pause: tuple[int, int]) -> float:
+        return max(pause[0] - t_ms, t_ms - pause[1], 0.0)
+
+    starts = [s.start_s * 1000 for s in spans]
+    ends = [s.end_s * 1000 for s in spans]
+    first_free = 0  # pauses before this one are taken by earlier boundaries
+    for i in range(len(spans)):
+        # The boundary after span i: the next span's start, or the last span's end.
+        t = starts[i + 1] if i + 1 < len(spans) else ends[i]
+        floor = starts[i]
+        options = [
+            k
+            for k in range(first_free, len(pauses))
+            if pauses[k][0] > floor and distance(t, pauses[k]) <= near
+        ]
+        if options:
+            k = min(options, key=lambda k: distance(t, pauses[k]))
+            ends[i] = float(pauses[k][0])
+            if i + 1 < len(spans):
+                starts[i + 1] = float(pauses[k][1])
+            first_free = k + 1
+        elif i + 1 == len(spans) and ends[i] > islands[-1][1]:
+            ends[i] = float(max(islands[-1][1], starts[i]))
+    first = next((a for a, b in islands if b > starts[0]), None)
+    if first is not None and abs(first - starts[0]) <= near:
+        starts[0] = float(first) if first < ends[0] else starts[0]
+    out: list[TextSpan] = []
+    last_ms = 0.0
+    for span, a, b in zip(spans, starts, ends, strict=True):
+        a = max(a, last_ms)
+        b = max(b, a)
+        out.append(TextSpan(a / 1000, b / 1000, span.text))
+        last_ms = b
+    return tuple(out)
 
 
 def retime_spans(
@@ -372,14 +445,28 @@ def uncovered_stretches(
     duration_ms: int,
     settings: CoverageSettings = DEFAULT_SETTINGS,
 ) -> list[Stretch]:
-    """Stretches of speech outside every span (tail and gaps; before the first span too)."""
+    """Stretches of speech outside every span (tail and gaps; before the first span too).
+
+    Each span covers ``span_slack_ms`` past its ends, except that the last span never
+    covers speech that starts after a pause within ``tail_lookback_ms`` of its end.
+    """
     covered = np.zeros(len(mask), dtype=bool)
     slack = settings.span_slack_ms
-    for span in spans:
-        lo = max(0, (int(span.start_s * 1000) - slack) // FRAME_MS)
-        hi = max(0, -(-(int(span.end_s * 1000) + slack) // FRAME_MS))
+    last = max(range(len(spans)), key=lambda i: spans[i].end_s, default=None)
+    islands = speech_islands(mask, settings) if spans else []
+    last_end_frame = 0  # where the last span's cover ends: speech after it is the tail
+    for i, span in enumerate(spans):
+        start_ms, end_ms = int(span.start_s * 1000), int(span.end_s * 1000)
+        hi_ms = end_ms + slack
+        if i == last:
+            after = end_ms - settings.tail_lookback_ms
+            nxt = next((a for a, _ in islands if a >= after and a > start_ms), None)
+            if nxt is not None:
+                hi_ms = min(hi_ms, nxt)
+            last_end_frame = max(0, hi_ms // FRAME_MS)
+        lo = max(0, (start_ms - slack) // FRAME_MS)
+        hi = max(0, -(-hi_ms // FRAME_MS))
         covered[lo:hi] = True
-    last_end_frame = max((-(-int(s.end_s * 1000) // FRAME_MS) for s in spans), default=0)
     out = []
     for lo, hi in _runs(~covered):
         speech = np.flatnonzero(mask[lo:hi])
@@ -443,16 +530,20 @@ def check_item(
         head_mask[head_ms // FRAME_MS :] = False
         head = [(a, b) for a, b in speech_ms or () if a < head_ms]
         spans = retime_spans(spans, head_mask, settings, head)
+    elif retimed == RETIME_WHOLE:
+        spans = snap_spans(spans, mask, settings)
     elif retimed is not None:
         spans = retime_spans(spans, mask, settings, speech_ms)
 
-    # Times that do not follow the speech cannot say where speech is missing, but the text
-    # is usually whole (measured: decoding such an item again in pieces cost more words
-    # than it found, scripts/fidelity.py): re-time it, and re-decode only if the text is
-    # also degenerate.
+    # Times that say nothing (fixed steps, spans over silence) cannot say where speech is
+    # missing, but the text is usually whole (measured: decoding such an item again in
+    # pieces cost more words than it found, scripts/fidelity.py): re-time it, and
+    # re-decode only if the text is also degenerate. Whole-second times, snapped to the
+    # pauses, do say it: a sentence the decode skipped or stopped before is a stretch.
+    trusted = retimed in (None, RETIME_WHOLE)
     degenerate = degenerate_reason(result, speech_total_ms, settings)
     stretches: list[Stretch] = []
-    if degenerate is None and retimed is None and (spans or not result.text.strip()):
+    if degenerate is None and trusted and (spans or not result.text.strip()):
         # Only trustworthy times say where speech is missing; results without spans
         # (backends without timestamps) carry their text for the whole item.
         stretches = uncovered_stretches(mask, spans, duration_ms, settings)
@@ -493,4 +584,6 @@ def retime_only(
     why = implausible_timing(spans, mask, settings)
     if why is None:
         return result, None
+    if why == RETIME_WHOLE:
+        return replace(result, spans=snap_spans(spans, mask, settings)), why
     return replace(result, spans=retime_spans(spans, mask, settings, speech_ms)), why

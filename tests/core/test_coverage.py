@@ -21,6 +21,7 @@ from serve_app.core.coverage import (
     GAP,
     REPETITION,
     RETIME_STEPS,
+    RETIME_WHOLE,
     TAIL,
     ItemCheck,
     Stretch,
@@ -37,7 +38,6 @@ from serve_app.core.redecode import ItemAudio, Redecoder, splice
 from serve_app.core.segmentation import SpeechSegment, pack_pieces
 from serve_app.core.types import RecognitionOptions, SegmentTranscript, TextSpan
 from serve_app.online.service import ModelRoute, TranscriptionService
-from tests.speech import requires_espeak
 
 SR = 16_000
 
@@ -222,7 +222,7 @@ def test_a_stepped_decode_that_stopped_early_gets_its_tail_decoded_again():
     samples, spans = _speech([3.2, 3.7, 3.9, 3.9], [3.7, 3.7, 3.7])
     assert spans[3][0] > 22_000  # the lost sentence starts after the last timestamp
     check = check_item(samples, _stepped_stop(samples), spans)
-    assert check.retimed == RETIME_STEPS and not check.replace
+    assert check.retimed == RETIME_WHOLE and not check.replace
     (tail,) = check.stretches
     assert tail.reason == TAIL
     assert tail.start_ms <= spans[3][0] and tail.end_ms >= spans[3][1]
@@ -252,6 +252,61 @@ def test_a_stepped_decode_that_stopped_early_gets_its_tail_decoded_again():
 
     _, final, redecoder, _ = _run_rounds(compressed, samples, spans)
     assert redecoder.redecodes[TAIL] == 1 and final.text == _words_of(4)
+
+
+def _whole_second_stop(audio: np.ndarray) -> SegmentTranscript:
+    """What tiny.en (int8, Intel, 2026-12-07) returned for a packed 28 s item of read speech
+    in 20 dB noise: whole-second times, each start its sentence's floored, the last of the
+    eight sentences never decoded and the last span ending where it starts. Shorter items
+    (a re-decoded stretch) are heard right."""
+    heard = _hear(audio)
+    if len(heard) < 5:
+        return FakeWhisper("ok")(audio)
+    starts = [float(int(a)) for a, _, _ in heard]
+    spans = tuple(
+        TextSpan(starts[k], starts[k + 1], _sentence_words(i))
+        for k, (_, _, i) in enumerate(heard[:-1])
+    )
+    return SegmentTranscript(text=" ".join(s.text for s in spans), spans=spans)
+
+
+def test_whole_second_times_stay_on_their_speech_and_what_was_not_decoded_is_again():
+    # The sentences of that item (s): 0.29-1.44, 5.15-8.04, 8.64-11.62, 12.01-13.15, ...
+    samples, spans = _speech(
+        [1.15, 2.9, 3.0, 1.15, 2.9, 3.0, 1.15, 2.9], [3.7, 0.6, 0.4, 2.35, 0.6, 1.3, 0.7], 0.29
+    )
+    # The VAD joined sentences 2 and 3 (a 0.4 s pause): 7 segments for 8 sentences, and
+    # the decode's 7 spans. Matching spans to segments by count put every text from the
+    # 4th on over the sentence after its own, and left nothing to decode again.
+    vad = spans[:2] + [(spans[2][0], spans[3][1])] + spans[4:]
+    result = _whole_second_stop(samples)
+    assert len(result.spans) == len(vad) == 7
+    check = check_item(samples, result, vad)
+    assert check.retimed == RETIME_WHOLE and not check.replace
+    said = {_sentence_words(i): spans[i] for i in range(8)}
+    for span in check.spans:
+        a, b = said[span.text]
+        assert a - 100 <= span.start_s * 1000 and span.end_s * 1000 <= b + 100, span
+    (tail,) = check.stretches
+    assert tail.reason == TAIL and tail.start_ms <= spans[7][0] and tail.end_ms >= spans[7][1] - 20
+    assert tail.start_ms >= spans[6][1]  # nothing already decoded is decoded again
+    _, final, redecoder, rounds = _run_rounds(_whole_second_stop, samples, vad)
+    assert final.text == _words_of(8) and rounds == 1 and redecoder.redecodes[TAIL] == 1
+
+
+def test_a_last_span_ending_where_an_undecoded_sentence_starts_leaves_it_a_tail():
+    samples, spans = _speech([2.0, 2.5, 1.0], [0.8, 0.6])
+    heard = [TextSpan(a / 1000, b / 1000, _sentence_words(i)) for i, (a, b) in enumerate(spans)]
+    # Fine times, the third sentence (1 s) never decoded: the second span's end is where
+    # the third starts, 0.1 s into it (seen on a 28 s item, last end 27.0 s, the undecoded
+    # "hello world" at 26.92-28.29 s). With 0.3 s of slack that left 0.6 s uncovered.
+    stopped = (heard[0], TextSpan(heard[1].start_s, spans[2][0] / 1000 + 0.1, heard[1].text))
+    result = SegmentTranscript(text=_words_of(2), spans=stopped)
+    (tail,) = check_item(samples, result, spans).stretches
+    assert tail.reason == TAIL and tail.start_ms <= spans[2][0] and tail.end_ms >= spans[2][1] - 20
+    # A complete decode whose last span ends at the speech's end leaves nothing.
+    done = SegmentTranscript(text=_words_of(3), spans=tuple(heard))
+    assert check_item(samples, done, spans).stretches == ()
 
 
 def test_splice_drops_a_stretch_that_repeats_what_came_before():
@@ -498,43 +553,3 @@ def test_offline_rows_redecode_in_one_second_batch():
         assert [r["text"] for r in out] == [expected, expected]
         assert rec.batches == ([2] if rounds == 0 else [2, 2])  # both tails in one call
     assert pa.types.is_list(DECODED_SCHEMA.field("speech").type)
-
-
-# -- real models ---------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@requires_espeak
-def test_long_recording_keeps_every_sentence_the_library_keeps(tmp_path, models_dir):
-    """FSMN-VAD + Whisper tiny.en (the plain classes, default config) on ten espeak-ng
-    sentences joined with 0.3 s pauses (two packed 30 s items): no sentence is lost that
-    faster-whisper's own sequential transcribe keeps, and the WER stays within 0.05 of
-    that reference. On the development machine the first item's decode stops after its
-    first sentence here (without the re-decode 8 of 10 sentences are lost, WER 0.79); the
-    assertion does not depend on that happening on another CPU."""
-    from scripts import fidelity
-    from tests.speech import SENTENCES, concat_with_pauses, synthesize
-
-    texts = SENTENCES[:10]
-    samples = concat_with_pauses([synthesize(t, tmp_path, voice="en-gb") for t in texts], 0.3)
-
-    logic = fidelity.ServiceLogic(fidelity.DEFAULT_CONFIG, cpu_threads=0)
-    from serve_app.recognizers.whisper_backend import resolve_compute_type, resolve_model_path
-
-    s = logic.settings
-    library = fidelity.LibraryReference(
-        resolve_model_path(s.model, logic.models_dir),
-        resolve_compute_type(s.precision, s.device),
-        s.cpu_threads,
-    )
-    reference = library(samples, s.language)
-    ours = logic.transcribe(samples, redecode_rounds=2)
-    lost = set(fidelity.dropped_sentences(texts, ours))
-    assert lost <= set(fidelity.dropped_sentences(texts, reference)), (ours, reference)
-    from serve_app.core.evaluation import word_error_rate
-
-    joined = " ".join(texts)
-    assert word_error_rate([joined], [ours]) <= word_error_rate([joined], [reference]) + 0.05, (
-        ours,
-        reference,
-    )

@@ -113,6 +113,10 @@ def splice(
             if drop:
                 span = replace(span, text=_drop_leading_units(span.text, drop))
         if span.text.strip():
+            if merged and merged[-1].end_s > span.start_s:
+                # A stretch starts (padded) before the span it follows ends: no two
+                # segments (subtitle cues) overlap.
+                merged[-1] = replace(merged[-1], end_s=max(merged[-1].start_s, span.start_s))
             merged.append(span)
     words.extend(
         w for w in new_words if not any(r.start_s <= w.start_s < r.end_s for r in repeated)

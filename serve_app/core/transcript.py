@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,11 +65,21 @@ def stitch_segments(
             text = str(getattr(result, "text", "")).strip()
             pieces.append(TranscriptSegment(len(pieces), offset_s, end_s, text, words))
             continue
+        bounds = []
         for span in timed:
             start = min(offset_s + max(span.start_s, 0.0), end_s)
-            stop = min(max(offset_s + span.end_s, start), end_s)
-            inside = tuple(w for w in words if start <= w.start_s < stop)
-            pieces.append(TranscriptSegment(len(pieces), start, stop, span.text.strip(), inside))
+            bounds.append((start, min(max(offset_s + span.end_s, start), end_s)))
+        # Every word of the item goes to one of its segments: the one whose time holds the
+        # word's middle, a word between two segments (aligned a little outside its span's
+        # edge, e.g. a span snapped to where the speech starts) to the nearer one.
+        cuts = [(stop + nxt) / 2 for (_, stop), (nxt, _) in zip(bounds, bounds[1:])]
+        owned: list[list[WordTiming]] = [[] for _ in timed]
+        for w in words:
+            owned[bisect.bisect_right(cuts, (w.start_s + w.end_s) / 2)].append(w)
+        for span, (start, stop), inside in zip(timed, bounds, owned, strict=True):
+            pieces.append(
+                TranscriptSegment(len(pieces), start, stop, span.text.strip(), tuple(inside))
+            )
     return join_texts([p.text for p in pieces]), tuple(pieces), language
 
 

@@ -319,7 +319,10 @@ def test_splice_drops_a_stretch_that_repeats_what_came_before():
         assert out.text == said and len(out.spans) == 1, again
     new = "fresh vegetables are delivered to the market every day"
     part = SegmentTranscript(text=new, spans=(TextSpan(0.5, 3.5, new),))
-    assert splice(item, check, [part]).text == f"{said} {new}"
+    out = splice(item, check, [part])
+    assert out.text == f"{said} {new}"
+    # The stretch starts at 3.5 s, inside the item's span (0-4 s): that span now ends there.
+    assert [(s.start_s, s.end_s) for s in out.spans] == [(0.0, 3.5), (3.5, 6.5)]
 
 
 def test_proportional_retiming_keeps_order_and_snaps_to_pauses():

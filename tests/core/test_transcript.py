@@ -68,6 +68,24 @@ def test_stitch_expands_timed_spans_into_segments():
     assert [w.word for w in segs[0].words] == ["one"] and segs[1].words[0].start_s == 12.1
 
 
+def test_stitch_keeps_every_word_even_one_aligned_outside_its_span():
+    # Word times come from the cross-attention alignment, span times from timestamp tokens
+    # (or the pauses they were moved to): a segment's first word may start just before it.
+    item = SegmentTranscript(
+        text="hello world. the fox.",
+        spans=(TextSpan(1.0, 2.0, "hello world."), TextSpan(3.0, 4.0, "the fox.")),
+        words=(
+            WordTiming(0.7, 1.1, "hello"),
+            WordTiming(1.2, 1.8, "world."),
+            WordTiming(2.6, 2.8, "the"),
+            WordTiming(3.1, 3.6, "fox."),
+            WordTiming(4.1, 4.3, "um"),
+        ),
+    )
+    _, segs, _ = stitch_segments([(0, 5000)], [item])
+    assert [[w.word for w in s.words] for s in segs] == [["hello", "world."], ["the", "fox.", "um"]]
+
+
 def test_stitch_raises_the_first_failure():
     with pytest.raises(RecognitionError):
         stitch_segments([(0, 1), (1, 2)], [SegmentTranscript("a"), RecognitionError("x")])

@@ -257,7 +257,10 @@ def _open_soundfile(data: bytes) -> _Source | None:
 
     def blocks() -> Iterator[np.ndarray]:
         try:
-            yield from f.blocks(BLOCK_FRAMES, dtype="float32", always_2d=True)
+            # read() in a loop, not f.blocks(): libsndfile opens some codecs (GSM 6.10 in
+            # WAV, telephony's) as not seekable, and blocks() refuses those.
+            while len(block := f.read(BLOCK_FRAMES, dtype="float32", always_2d=True)):
+                yield block
         except (sf.LibsndfileError, RuntimeError) as exc:  # e.g. "flac decoder lost sync"
             raise InvalidAudioError(f"corrupt or truncated {fmt} stream: {exc}") from exc
 

@@ -188,6 +188,18 @@ def test_round_trip(
     assert 0.85 < rms_ratio < 1.15
 
 
+@requires_espeak
+def test_gsm_wav_decodes_whole(speech_16k) -> None:
+    """GSM 6.10 in WAV (telephony recordings): libsndfile opens it as not seekable, which
+    its ``blocks()`` reader refuses (a ValueError, answered 500 before)."""
+    at_8k = soxr.resample(speech_16k, SAMPLE_RATE_HZ, 8000)
+    decoded = decode_audio(sf_bytes(at_8k, 8000, "WAV", "GSM610"))
+    assert decoded.source_format == "wav/gsm610" and decoded.source_sample_rate_hz == 8000
+    assert abs(decoded.duration_s - len(speech_16k) / SAMPLE_RATE_HZ) < 0.05
+    expected = soxr.resample(at_8k, 8000, SAMPLE_RATE_HZ)
+    assert best_lag_correlation(expected, decoded.samples) > 0.5  # a vocoder, not PCM
+
+
 def test_wav_16k_mono_is_bit_exact_and_not_resampled() -> None:
     pcm = (tone(1.0) * 32767).astype("<i2")
     decoded = decode_audio(wav_bytes(pcm.tobytes()))

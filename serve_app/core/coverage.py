@@ -68,6 +68,10 @@ class CoverageSettings:
     # Uncovered speech shorter than this (speech frames, not wall time) is ignored:
     # breaths, a word's tail past a slightly early timestamp.
     min_uncovered_speech_ms: int = 700
+    # ... unless it is a whole speech island (pauses on both sides, no span near): then
+    # this much is enough ("hello world" on an 8 kHz GSM call passes the energy test for
+    # 0.68 s; a 0.4 s click between two sentences still does not count).
+    min_uncovered_island_ms: int = 500
     # Whisper's timestamps are ~0.1-0.3 s off at sentence edges: a span covers this much
     # more on each side before speech next to it counts as uncovered.
     span_slack_ms: int = 300
@@ -470,7 +474,10 @@ def uncovered_stretches(
     out = []
     for lo, hi in _runs(~covered):
         speech = np.flatnonzero(mask[lo:hi])
-        if len(speech) * FRAME_MS < settings.min_uncovered_speech_ms:
+        lo_ms, hi_ms = lo * FRAME_MS, hi * FRAME_MS
+        whole = any(lo_ms <= a and b <= hi_ms for a, b in islands)
+        least = settings.min_uncovered_island_ms if whole else settings.min_uncovered_speech_ms
+        if len(speech) * FRAME_MS < least:
             continue
         first, last = lo + int(speech[0]), lo + int(speech[-1]) + 1
         start = max(0, first * FRAME_MS - settings.stretch_pad_ms)

@@ -170,6 +170,19 @@ def test_short_uncovered_noise_is_ignored():
     assert check_item(samples, result, spans).stretches == ()
 
 
+def test_a_short_sentence_alone_after_a_pause_is_not_noise():
+    # "Hello world" at the end of an 8 kHz GSM call: 0.6 s pass the energy test. A whole
+    # island no span comes near needs 0.5 s; a fragment next to a span still needs 0.7 s.
+    samples, spans = _speech([1.5, 2.0, 0.6], [0.8, 1.0])
+    heard = _hear(samples)
+    result = SegmentTranscript(
+        text=_words_of(2),
+        spans=tuple(TextSpan(a, b, _sentence_words(i)) for a, b, i in heard[:2]),
+    )
+    (tail,) = check_item(samples, result, spans).stretches
+    assert tail.reason == TAIL and tail.start_ms <= spans[2][0] and tail.end_ms >= spans[2][1] - 20
+
+
 def test_loop_is_degenerate_and_split_at_the_vad_segments():
     samples, spans = _speech([1.5, 2.0, 1.5, 1.8], [0.8, 1.2, 0.8])
     result = FakeWhisper("loop")(samples)

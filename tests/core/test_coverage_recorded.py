@@ -5,10 +5,13 @@ the default config) against faster-whisper's own sequential transcribe of the sa
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+import soxr
 
 from tests.speech import requires_espeak
 
@@ -53,7 +56,8 @@ def test_long_recording_keeps_every_sentence_the_library_keeps(tmp_path, models_
 
 
 @pytest.mark.slow
-def test_recorded_speech_in_noise_keeps_its_sentences_and_their_times(models_dir):
+@pytest.mark.parametrize("telephone", [False, True], ids=["16k-wav", "8k-gsm-wav"])
+def test_recorded_speech_in_noise_keeps_its_sentences_and_their_times(models_dir, telephone):
     """Recorded English (pytest-audioeval's three samples) in white noise at 20 dB SNR, 12
     rounds of fox / counting / hello with 0.3-4 s pauses (134 s, 5 packed items), through
     FSMN-VAD + Whisper tiny.en (default config): no sentence lost that faster-whisper's own
@@ -64,7 +68,7 @@ def test_recorded_speech_in_noise_keeps_its_sentences_and_their_times(models_dir
     segments over the wrong speech (seeds 1 and 2 alike); the assertions do not depend on
     that happening on another CPU."""
     from scripts import fidelity
-    from serve_app.core.audio import DecodedAudio
+    from serve_app.core.audio import decode_audio
 
     cache = Path.home() / ".cache" / "ray-funasr-serve" / "test-data"
     try:
@@ -86,6 +90,14 @@ def test_recorded_speech_in_noise_keeps_its_sentences_and_their_times(models_dir
             t += len(clip) + int(SR * pause)
     x = np.concatenate(parts)
     x = (x + rng.standard_normal(len(x)) * 0.1 * np.sqrt(np.mean(x**2))).astype(np.float32)
+    x = np.clip(x / np.abs(x).max() * 0.9, -1, 1)
+    upload = io.BytesIO()
+    if telephone:  # a call-centre file: 8 kHz GSM 6.10 in WAV
+        sf.write(upload, soxr.resample(x, SR, 8000), 8000, format="WAV", subtype="GSM610")
+    else:
+        sf.write(upload, x, SR, format="WAV", subtype="PCM_16")
+    audio = decode_audio(upload.getvalue())  # as the ingress does
+    x = audio.samples
 
     def misplaced(segments) -> list:
         return [
@@ -96,7 +108,6 @@ def test_recorded_speech_in_noise_keeps_its_sentences_and_their_times(models_dir
         ]
 
     logic = fidelity.ServiceLogic(fidelity.DEFAULT_CONFIG, cpu_threads=0)
-    audio = DecodedAudio(x, SR, "wav")
     ours = asyncio.run(logic.service(redecode_rounds=2).transcribe(audio, model=None))
     s = logic.settings
     from faster_whisper import WhisperModel

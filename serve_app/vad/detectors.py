@@ -119,7 +119,13 @@ class FsmnSpans:
     def speech_spans_ms(self, samples: np.ndarray) -> list[tuple[int, int]]:
         if len(samples) == 0:
             return []
-        with self._lock:
+        import torch
+
+        # No autograd: FunASR's ``AutoModel.generate`` wraps ``inference`` in no_grad,
+        # calling it directly did not, and every 60 s chunk's activations stayed alive
+        # through the encoder's cache until the call ended (~80 MB per minute of audio:
+        # 5 GB for one hour-long upload).
+        with self._lock, torch.no_grad():
             self._frames.reset()
             # A fresh cache per call: FSMN-VAD is a streaming model and would otherwise
             # carry state from one request into the next.

@@ -72,6 +72,23 @@ def test_fsmn_loader_uses_the_configured_threads(vads) -> None:
     assert threads["fsmn-onnx"] == 1
 
 
+def test_fsmn_keeps_no_autograd_history_across_chunks(vads) -> None:
+    """Each 60 s chunk's encoder output must not carry autograd history: the encoder's
+    cache links chunk to chunk, so with history every chunk's activations lived until the
+    call ended (RSS +80 MB per minute of audio; 5 GB for an hour-long upload)."""
+    loaded, _ = vads
+    vad = loaded["fsmn-torch"]
+    encoder = vad._detector._auto.model.encoder
+    seen: list[bool] = []
+    hook = encoder.register_forward_hook(lambda _m, _in, out: seen.append(out.requires_grad))
+    try:
+        rng = np.random.default_rng(0)
+        vad.speech_spans_ms((rng.standard_normal(16_000 * 130) * 0.05).astype(np.float32))
+    finally:
+        hook.remove()
+    assert len(seen) >= 3 and not any(seen)
+
+
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
 def test_speech_between_pauses_is_found_and_silence_is_empty(vads, backend, tmp_path) -> None:
     if not have_espeak():

@@ -13,10 +13,15 @@ in each ingress replica tracks
   configured ``initial_rate_audio_s_per_s`` stands in for it, which bounds how much a cold
   start admits at once.
 
-A new request's expected wait is ``(queued + its own audio) / rate``; over
-``max_queue_wait_s`` it is rejected with a ``Retry-After`` of the time the queue needs to
-drain to the point where it would fit. An idle model (empty queue) always admits, so a
-stale or collapsed rate can never lock the service.
+The rate is in speech seconds (what the recognizer is given), so audio the VAD has not seen
+yet (a new request, requests reserved but not through the VAD) is counted at the share of
+speech the VAD found in recent requests (an EWMA over requests; 1.0 before any): a
+call-centre file is half silence, and counting it whole refused twice the traffic it should
+and answered a ``Retry-After`` twice too long (over OpenAI's client's 120 s, so it never
+retried). A new request's expected wait is ``(queued speech + unseen audio x speech share)
+/ rate``; over ``max_queue_wait_s`` it is rejected with a ``Retry-After`` of the time the
+queue needs to drain to the point where it would fit. An idle model (empty queue) always
+admits, so a stale or collapsed rate can never lock the service.
 
 Several ingress replicas each run their own controllers over their own share of the
 traffic: each sees the queue it sent and the rate at which its own requests drain, which
@@ -40,6 +45,8 @@ class AdmissionPolicy:
     rate_window_s: float = 30.0
     min_busy_s: float = 5.0
     max_retry_after_s: float = 600.0
+    # Weight of one request's speech share in the running estimate.
+    speech_share_alpha: float = 0.2
 
 
 class AdmissionController:
@@ -54,6 +61,8 @@ class AdmissionController:
         self.model = model
         self._clock = clock
         self._queued_s = 0.0
+        self._unseen_s = 0.0  # the part of _queued_s still waiting for the VAD (audio s)
+        self.speech_share = 1.0  # speech / audio of recent requests, by their VAD
         self._decayed_sum_s = 0.0  # sum of released audio, each decayed by exp(-age/window)
         self._busy_s = 0.0
         self._drained_any = False
@@ -92,8 +101,11 @@ class AdmissionController:
         return self.policy.initial_rate_audio_s_per_s if measured is None else measured
 
     def expected_wait_s(self, audio_s: float = 0.0) -> float:
+        """Seconds until ``audio_s`` more audio (not through the VAD yet) would drain."""
         self._advance()
-        queued_s = self._queued_s + audio_s
+        unseen_s = self._unseen_s + audio_s
+        seen_s = max(0.0, self._queued_s - self._unseen_s)
+        queued_s = seen_s + unseen_s * self.speech_share
         if queued_s <= 0:
             return 0.0
         rate = self.rate()
@@ -119,16 +131,28 @@ class AdmissionController:
             retry_after_s=retry_after_s,
         )
 
-    def admit(self, audio_s: float) -> AdmissionTicket:
-        """Check, then reserve ``audio_s`` in the queue; the ticket releases it."""
+    def admit(self, audio_s: float, *, speech: bool = False) -> AdmissionTicket:
+        """Check, then reserve ``audio_s`` in the queue; the ticket releases it.
+        ``speech``: the audio is speech already (a live utterance), no VAD will shrink it."""
         self.check(audio_s)
         self._advance()
         self._queued_s += audio_s
-        return AdmissionTicket(self, audio_s)
+        if not speech:
+            self._unseen_s += audio_s
+        return AdmissionTicket(self, audio_s, unseen=not speech)
 
-    def _release(self, audio_s: float, *, completed: bool) -> None:
+    def _seen(self, audio_s: float, speech_s: float) -> None:
+        """The VAD ran on a request reserved as ``audio_s``: ``speech_s`` of it is speech."""
+        self._unseen_s = max(0.0, self._unseen_s - audio_s)
+        if audio_s > 0:
+            share = min(1.0, max(0.0, speech_s / audio_s))
+            self.speech_share += self.policy.speech_share_alpha * (share - self.speech_share)
+
+    def _release(self, audio_s: float, *, completed: bool, unseen: bool = False) -> None:
         self._advance()
         self._queued_s = max(0.0, self._queued_s - audio_s)
+        if unseen:
+            self._unseen_s = max(0.0, self._unseen_s - audio_s)
         if completed:
             self._decayed_sum_s += audio_s
             self._drained_any = self._drained_any or audio_s > 0
@@ -137,12 +161,18 @@ class AdmissionController:
 class AdmissionTicket:
     """One admitted request's share of the queue."""
 
-    def __init__(self, controller: AdmissionController, audio_s: float) -> None:
+    def __init__(
+        self, controller: AdmissionController, audio_s: float, *, unseen: bool = True
+    ) -> None:
         self._controller = controller
         self.reserved_s = audio_s
+        self._unseen = unseen  # not through the VAD yet
 
     def shrink_to(self, audio_s: float) -> None:
         """The VAD found ``audio_s`` of speech: release the rest (silence costs nothing)."""
+        if self._unseen:
+            self._unseen = False
+            self._controller._seen(self.reserved_s, audio_s)
         if audio_s < self.reserved_s:
             self._controller._release(self.reserved_s - audio_s, completed=False)
             self.reserved_s = audio_s
@@ -152,13 +182,14 @@ class AdmissionTicket:
         released = min(audio_s, self.reserved_s)
         if released > 0:
             self.reserved_s -= released
-            self._controller._release(released, completed=True)
+            self._controller._release(released, completed=True, unseen=self._unseen)
 
     def close(self) -> None:
         """The request ended (done, failed or cancelled): release what it still holds."""
         if self.reserved_s > 0:
-            self._controller._release(self.reserved_s, completed=False)
+            self._controller._release(self.reserved_s, completed=False, unseen=self._unseen)
             self.reserved_s = 0.0
+        self._unseen = False
 
 
 def _fmt_s(seconds: float) -> str:

@@ -241,9 +241,12 @@ class TranscriptionEndpoint:
         """Raise OverloadedError (503 + Retry-After) when the expected wait is too long.
 
         With ``model`` None (before the form is read) the request is refused only when
-        every model's queue is already too long. The requests still uploading or decoding
-        (``pending_audio_s``) are not known per model yet: each model is charged all of
-        them, which is exact with one model and errs towards refusing with several."""
+        every model's queue is already too long, with the soonest ``Retry-After`` of them
+        (not the last model's: an idle model with a cold rate guess answered 308 s for a
+        request to a model that could take it in 2, and OpenAI's client does not retry
+        past 120 s). The requests still uploading or decoding (``pending_audio_s``) are
+        not known per model yet: each model is charged all of them, which is exact with
+        one model and errs towards refusing with several."""
         names = [self._service.route(model).name] if model is not None else list(self._admission)
         error: OverloadedError | None = None
         for name in names:
@@ -251,7 +254,8 @@ class TranscriptionEndpoint:
                 self._admission[name].check(audio_s, pending_audio_s=pending_audio_s)
                 return
             except OverloadedError as exc:
-                error = exc
+                if error is None or (exc.retry_after_s or 0.0) < (error.retry_after_s or 0.0):
+                    error = exc
         if error is not None:
             observability.admission_rejections_total().inc(
                 tags={"model": names[0] if len(names) == 1 else "any", "stage": stage}

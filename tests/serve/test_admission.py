@@ -101,6 +101,37 @@ def test_silence_released_after_vad_does_not_count_as_drained():
     assert ctl.measured_rate() == pytest.approx(20.0, rel=0.1)
 
 
+def test_audio_not_through_the_vad_yet_counts_at_the_speech_share_seen():
+    # Files of half silence: the recognizer drains 10 speech-s/s, i.e. 20 audio-s/s.
+    ctl, clock = controller(max_queue_wait_s=60.0, min_busy_s=1.0, speech_share_alpha=1.0)
+    first = ctl.admit(400.0)
+    first.shrink_to(200.0)  # the VAD: half of it is speech
+    for _ in range(10):
+        clock.now += 1.0
+        first.completed(10.0)
+    assert ctl.measured_rate() == pytest.approx(10.0, rel=0.1)  # speech-s per second
+    # Queued: 100 s of speech (10 s of work). A new 800 s file is ~400 s of speech, 40 s
+    # of work: 50 s in all, admitted; counted whole (800 s) it waited 90 s and was refused.
+    second = ctl.admit(800.0)
+    assert ctl.speech_share == pytest.approx(0.5)
+    with pytest.raises(OverloadedError) as info:
+        ctl.check(400.0)  # 100 + 400 + 200 s of speech: ~70 s
+    assert info.value.retry_after_s == pytest.approx(10.0, rel=0.15)
+    # A ticket closed before its VAD ran (a failed decode) leaves nothing unseen behind.
+    second.close()
+    first.close()
+    assert ctl.queued_audio_s == 0.0 and ctl.expected_wait_s() == 0.0
+
+
+def test_live_utterances_are_speech_already():
+    ctl, _ = controller(speech_share_alpha=1.0)
+    ctl.admit(100.0).shrink_to(20.0)  # files so far: a fifth speech
+    ticket = ctl.admit(10.0, speech=True)  # a live final: all of it is speech
+    assert ctl.expected_wait_s() == pytest.approx((20.0 + 10.0) / 10.0)  # the initial rate
+    ticket.completed(10.0)
+    assert ctl.expected_wait_s() == pytest.approx(20.0 / 10.0)
+
+
 def test_a_stuck_recognizer_rejects_until_its_queue_empties_then_admits():
     ctl, clock = controller(max_queue_wait_s=10.0, min_busy_s=1.0, rate_window_s=5.0)
     drain(ctl, clock, rate=10.0, seconds=5.0).close()
@@ -160,3 +191,29 @@ def test_busy_time_before_anything_drained_is_no_measurement():
     ctl.check(20.0)  # (20 + 20) / 10 = 4 s: admitted
     ticket.completed(20.0)
     assert ctl.measured_rate() is not None  # measured from the first release on
+
+
+def test_a_request_of_no_model_yet_gets_the_soonest_retry_after():
+    """Before the form is read every model's queue is asked; refused by all, the answer is
+    the soonest Retry-After (an idle model with a cold rate guess said 308 s for a request
+    another model could take in 2 s, and OpenAI's client does not retry past 120 s)."""
+    from serve_app.online.admission import InFlight, PendingRequests
+    from serve_app.online.transcription import TranscriptionEndpoint
+
+    busy, _ = controller(max_queue_wait_s=60.0, initial_rate_audio_s_per_s=10.0)
+    busy.admit(600.0)  # 60 s of work queued
+    cold, _ = controller(max_queue_wait_s=60.0, initial_rate_audio_s_per_s=1.0)
+    endpoint = TranscriptionEndpoint(
+        service=None,  # type: ignore[arg-type]
+        options=None,  # type: ignore[arg-type]
+        admission={"busy": busy, "cold": cold},
+        pending=PendingRequests(),
+        cache=None,
+        in_flight=InFlight(),
+        capabilities=None,  # type: ignore[arg-type]
+        publish=lambda _model: None,
+    )
+    with pytest.raises(OverloadedError) as info:
+        endpoint._admission_check(None, 20.0, "before_body", pending_audio_s=100.0)
+    # busy: (600 + 120) / 10 = 72 s, 12 s over; cold: 120 / 1 = 120 s, 60 s over.
+    assert info.value.retry_after_s == pytest.approx(12.0)

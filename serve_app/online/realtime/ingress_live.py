@@ -105,7 +105,7 @@ class IngressLive:
         audio = DecodedAudio(samples, SAMPLE_RATE_HZ, "live/pcm_f32")
         controller = self._admission[model]
         try:
-            ticket = controller.admit(audio.duration_s)
+            ticket = controller.admit(audio.duration_s, speech=True)
         except OverloadedError:
             observability.admission_rejections_total().inc(tags={"model": model, "stage": "live"})
             raise

@@ -353,6 +353,14 @@ def snap_spans(
     first = next((a for a, b in islands if b > starts[0]), None)
     if first is not None and abs(first - starts[0]) <= near:
         starts[0] = float(first) if first < ends[0] else starts[0]
+    return _in_order(spans, starts, ends)
+
+
+def _in_order(
+    spans: Sequence[TextSpan], starts: Sequence[float], ends: Sequence[float]
+) -> tuple[TextSpan, ...]:
+    """``spans`` with new times (ms), made monotone: no span starts before the one before
+    it ends, none ends before it starts."""
     out: list[TextSpan] = []
     last_ms = 0.0
     for span, a, b in zip(spans, starts, ends, strict=True):
@@ -404,14 +412,7 @@ def retime_spans(
             bounds.append((t, t))
     starts = [float(islands[0][0])] + [b[1] for b in bounds]
     ends = [b[0] for b in bounds] + [float(islands[-1][1])]
-    out: list[TextSpan] = []
-    last_ms = 0.0
-    for span, a, b in zip(spans, starts, ends, strict=True):
-        a = max(a, last_ms)
-        b = max(b, a)
-        out.append(TextSpan(a / 1000, b / 1000, span.text))
-        last_ms = b
-    return tuple(out)
+    return _in_order(spans, starts, ends)
 
 
 # -- the check --------------------------------------------------------------------------

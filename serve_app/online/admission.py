@@ -49,6 +49,10 @@ class AdmissionPolicy:
     speech_share_alpha: float = 0.2
 
 
+# The least share of speech assumed for audio the VAD has not seen.
+MIN_SPEECH_SHARE = 0.1
+
+
 class AdmissionController:
     def __init__(
         self,
@@ -145,7 +149,9 @@ class AdmissionController:
         """The VAD ran on a request reserved as ``audio_s``: ``speech_s`` of it is speech."""
         self._unseen_s = max(0.0, self._unseen_s - audio_s)
         if audio_s > 0:
-            share = min(1.0, max(0.0, speech_s / audio_s))
+            # Floored: files of silence still cost the VAD, and one burst of them must not
+            # let anything through unweighed.
+            share = min(1.0, max(MIN_SPEECH_SHARE, speech_s / audio_s))
             self.speech_share += self.policy.speech_share_alpha * (share - self.speech_share)
 
     def _release(self, audio_s: float, *, completed: bool, unseen: bool = False) -> None:

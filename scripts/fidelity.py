@@ -246,6 +246,13 @@ class LibraryReference:
     def __call__(self, samples: np.ndarray, language: str | None) -> str:
         return self.transcribe(samples, language)[1]
 
+    def segments(self, samples: np.ndarray, language: str | None) -> list[tuple[float, float, str]]:
+        """Its timed segments, (start_s, end_s, text)."""
+        segments, _ = self._model.transcribe(
+            np.ascontiguousarray(samples, dtype=np.float32), language=language, beam_size=1
+        )
+        return [(s.start, s.end, s.text) for s in segments]
+
 
 class ServiceLogic:
     """``TranscriptionService`` over the plain FsmnVad and recognizer classes."""

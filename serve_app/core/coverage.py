@@ -424,13 +424,15 @@ def stepped_tail(
     duration_ms: int,
     settings: CoverageSettings = DEFAULT_SETTINGS,
 ) -> Stretch | None:
-    """The VAD segments a decode with whole-second (stepped) timestamps never reached.
+    """The VAD segments a decode with fixed-step timestamps (every span one length)
+    never reached.
 
-    Stepped times cannot say where inside the item speech is missing, so such items are
-    re-timed, not searched for gaps. But when the item has more VAD segments than spans
-    and the segments left over all start after the last timestamp, the decode stopped
-    before them (seen: four sentences, three spans at 0/7/15/22 s, the fourth sentence at
-    22.1-26.0 s lost). Those segments are the item's tail, decoded again.
+    Such times cannot say where inside the item speech is missing, so the item is
+    re-timed, not searched for gaps. But when it has more VAD segments than spans and the
+    segments left over all start after the last timestamp, the decode stopped before them:
+    those segments are the item's tail, decoded again. (Whole-second times of varying
+    steps, e.g. three spans at 0/7/15/22 s with a fourth sentence at 22.1-26.0 s lost, are
+    snapped to the pauses and searched like fine times: :func:`snap_spans`.)
     """
     if not spans or not speech_ms or len(spans) >= len(speech_ms):
         return None

@@ -110,18 +110,14 @@ def test_recorded_speech_in_noise_keeps_its_sentences_and_their_times(models_dir
     logic = fidelity.ServiceLogic(fidelity.DEFAULT_CONFIG, cpu_threads=0)
     ours = asyncio.run(logic.service(redecode_rounds=2).transcribe(audio, model=None))
     s = logic.settings
-    from faster_whisper import WhisperModel
-
     from serve_app.recognizers.whisper_backend import resolve_compute_type, resolve_model_path
 
-    library = WhisperModel(
-        str(resolve_model_path(s.model, logic.models_dir)),
-        device="cpu",
-        compute_type=resolve_compute_type(s.precision, s.device),
-        cpu_threads=s.cpu_threads,
+    library = fidelity.LibraryReference(
+        resolve_model_path(s.model, logic.models_dir),
+        resolve_compute_type(s.precision, s.device),
+        s.cpu_threads,
     )
-    ref, _ = library.transcribe(x, beam_size=1, language=s.language)
-    ref_segments = [(seg.start, seg.end, seg.text) for seg in ref]
+    ref_segments = library.segments(x, s.language)
     ref_text = " ".join(text for _, _, text in ref_segments).lower()
     for key in keys.values():
         said = sum(1 for k, _, _ in truth if k == key)

@@ -139,12 +139,19 @@ def speaker_text(tr: Transcription) -> str:
     )
 
 
+def _usage(tr: Transcription) -> dict:
+    """OpenAI's usage of a model billed by audio duration (whisper-1's): the seconds of
+    audio the request sent, silence included."""
+    return {"type": "duration", "seconds": round(tr.duration_s, 3)}
+
+
 def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
     body: dict = {
         "task": tr.task,
         "language": tr.language or "unknown",
         "duration": round(tr.duration_s, 3),
         "text": tr.text,
+        "usage": _usage(tr),
         "segments": [
             {
                 "id": seg.id,
@@ -179,6 +186,7 @@ def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
+
 def render(
     tr: Transcription,
     response_format: str,
@@ -190,7 +198,8 @@ def render(
     ``text`` of json/text is :func:`speaker_text` (``[speaker] ...`` lines)."""
     text = speaker_text(tr) if speaker_prefixed else tr.text
     if response_format == "json":
-        return json.dumps({"text": text}, ensure_ascii=False), "application/json"
+        body = {"text": text, "usage": _usage(tr)}
+        return json.dumps(body, ensure_ascii=False), "application/json"
     if response_format == "text":
         return text, "text/plain; charset=utf-8"
     if response_format == "srt":

@@ -5,7 +5,7 @@ Routes (below the app's route prefix):
 - ``POST /v1/audio/transcriptions``, ``/v1/audio/translations``: OpenAI's multipart upload
   (serve_app.online.forms documents the fields); JSON or text, or Server-Sent Events with
   ``stream=true``;
-- ``GET /v1/models``; ``GET /healthz`` and ``/health`` (readiness, no key);
+- ``GET /v1/models`` and ``/v1/models/{id}``; ``GET /healthz`` and ``/health`` (readiness, no key);
 - ``GET /v1/stats``, ``GET /v1/system``, ``GET``/``POST /v1/tune``;
 - ``GET /`` and ``/ui/...``: the web UI's static files (no key: a browser cannot send one
   for a page load; every API call the page makes carries it);
@@ -39,7 +39,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serve_app.core import observability
-from serve_app.core.errors import InvalidRequestError, PermissionDeniedError, UnauthorizedError
+from serve_app.core.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    UnauthorizedError,
+    UnknownModelError,
+)
 from serve_app.online import system, ui
 from serve_app.online.auth import ApiKeys
 from serve_app.online.forms import openapi_request_body
@@ -244,6 +249,21 @@ def _api_router(server: IngressApi) -> APIRouter:
     )
     async def models() -> JSONResponse:
         return JSONResponse(await server.models())
+
+    @router.get(
+        "/v1/models/{model_id:path}",
+        summary="One served model, with capabilities (OpenAI's retrieveModel)",
+        responses={404: {"description": "the model is not served"}, **_KEYED},
+    )
+    async def model(model_id: str) -> JSONResponse:
+        listed = (await server.models())["data"]
+        for entry in listed:
+            if entry["id"] == model_id:
+                return JSONResponse(entry)
+        raise UnknownModelError(
+            f"model {model_id!r} is not served; available: {[e['id'] for e in listed]}",
+            param="model",
+        )
 
     async def health() -> JSONResponse:
         status, body = await server.health()

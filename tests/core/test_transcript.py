@@ -43,10 +43,11 @@ def test_srt_and_vtt_clock():
 
 def test_render_formats():
     body, media = render(TR, "json")
-    assert json.loads(body) == {"text": TR.text} and media == "application/json"
+    usage = {"type": "duration", "seconds": 3663.0}  # OpenAI's duration-billed usage
+    assert json.loads(body) == {"text": TR.text, "usage": usage} and media == "application/json"
     body, _ = render(TR, "verbose_json")
     parsed = json.loads(body)
-    assert parsed["duration"] == 3663.0
+    assert parsed["duration"] == 3663.0 and parsed["usage"] == usage
     assert [s["start"] for s in parsed["segments"]] == [0.0, 3661.25]
     assert render(TR, "text")[0] == TR.text
 

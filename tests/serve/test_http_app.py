@@ -214,7 +214,7 @@ def test_a_transcription_through_the_app_as_json_and_as_events():
     files = {"file": ("a.wav", wav(), "audio/wav")}
     first = client.post(f"/asr{AUDIO}", files=files, headers={"x-request-id": "req-1"})
     assert first.status_code == 200, first.text
-    assert first.json() == {"text": "hello"}
+    assert first.json() == {"text": "hello", "usage": {"type": "duration", "seconds": 1.0}}
     assert first.headers["x-request-id"] == "req-1"
     assert first.headers["x-cache"] == "miss"
     assert float(first.headers["x-audio-duration-s"]) == pytest.approx(1.0)
@@ -237,6 +237,11 @@ def test_a_transcription_through_the_app_as_json_and_as_events():
     assert [(m["id"], m["default"], m["capabilities"]["translation"]) for m in models] == [
         (MODEL, True, False)
     ]
+    # OpenAI's retrieveModel: one entry, the listed one; an unknown id is its 404.
+    assert client.get(f"/asr/v1/models/{MODEL}").json() == models[0]
+    missing = client.get("/asr/v1/models/gpt-4o-transcribe")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "model_not_found"
 
 
 def test_ui_is_served_under_the_bare_prefix_and_with_a_trailing_slash():

@@ -41,6 +41,8 @@ def test_json(client, speech_file):
     data, ref, library = speech_file
     result = _create(client, data, response_format="json")
     assert_wer_near_reference([ref], [result.text], [library])
+    assert result.usage.type == "duration"
+    assert result.usage.seconds == pytest.approx(sf.info(io.BytesIO(data)).duration, abs=0.01)
 
 
 def test_text(client, speech_file):
@@ -77,3 +79,4 @@ def test_verbose_json_with_segments(client, speech_file):
 def test_models_list(client):
     ids = {m.id for m in client.models.list()}
     assert "whisper-tiny.en" in ids
+    assert client.models.retrieve("whisper-tiny.en").id == "whisper-tiny.en"

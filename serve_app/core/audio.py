@@ -304,10 +304,12 @@ def _open_pyav(data: bytes, container: str, wav: _WavHeader | None) -> _Source:
     else:
         declared = None
 
+    frames = _decoded_frames(handle, stream)
+
     def blocks() -> Iterator[np.ndarray]:
         to_float = av.AudioResampler(format="fltp")  # sample-format conversion only
         try:
-            for frame in handle.decode(stream):
+            for frame in frames():
                 if frame.sample_rate != rate:
                     raise InvalidAudioError(
                         f"{fmt}: sample rate changes mid-stream ({rate} -> {frame.sample_rate} Hz)"
@@ -320,6 +322,29 @@ def _open_pyav(data: bytes, container: str, wav: _WavHeader | None) -> _Source:
             raise InvalidAudioError(f"{fmt}: stream layout changes mid-stream: {exc}") from exc
 
     return _Source(blocks(), rate, fmt, declared, check_truncation=True, close=handle.close)
+
+
+# ffmpeg's own AMR decoders stop at frame types they do not implement ("Not yet
+# implemented in FFmpeg": the comfort-noise frames of phones' and sox's discontinuous
+# transmission); the opencore decoders that PyAV's wheels bundle decode every AMR frame.
+_PREFERRED_DECODERS = {"amrnb": "libopencore_amrnb", "amrwb": "libopencore_amrwb"}
+
+
+def _decoded_frames(handle, stream) -> Callable[[], Iterator]:
+    """The stream's frames, through :data:`_PREFERRED_DECODERS`' decoder where PyAV has it."""
+    import av
+
+    preferred = _PREFERRED_DECODERS.get(stream.codec_context.codec.name)
+    if preferred is None or preferred not in av.codecs_available:
+        return lambda: handle.decode(stream)
+    context = av.CodecContext.create(preferred, "r")
+    context.sample_rate = stream.codec_context.sample_rate
+
+    def frames() -> Iterator:
+        for packet in handle.demux(stream):
+            yield from context.decode(packet)  # the last, empty packet flushes
+
+    return frames
 
 
 def _to_mono_16k(

@@ -200,6 +200,41 @@ def test_gsm_wav_decodes_whole(speech_16k) -> None:
     assert best_lag_correlation(expected, decoded.samples) > 0.5  # a vocoder, not PCM
 
 
+def _amr_nb_with_dtx(samples_8k: np.ndarray) -> bytes:
+    """AMR-NB (.amr) as phones record it: discontinuous transmission, so the pauses are
+    comfort-noise (SID) and no-data frames."""
+    buf = io.BytesIO()
+    out = av.open(buf, "w", format="amr")
+    stream = out.add_stream("libopencore_amrnb", rate=8000, options={"dtx": "1"})
+    stream.layout, stream.bit_rate = "mono", 4750
+    pcm = (np.clip(samples_8k, -1, 1) * 32767).astype(np.int16)
+    for start in range(0, len(pcm) - 159, 160):
+        frame = av.AudioFrame.from_ndarray(pcm[None, start : start + 160], layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
+    out.close()
+    return buf.getvalue()
+
+
+@requires_espeak
+@pytest.mark.skipif(
+    "libopencore_amrnb" not in av.codecs_available, reason="PyAV without opencore-amr"
+)
+def test_amr_nb_with_comfort_noise_frames_decodes_whole(speech_16k) -> None:
+    """ffmpeg's own AMR-NB decoder stops at the first SID frame ("Not yet implemented in
+    FFmpeg"): a phone recording with a pause was a 400 (corrupt or truncated)."""
+    at_8k = soxr.resample(speech_16k, SAMPLE_RATE_HZ, 8000)
+    with_pause = np.concatenate([at_8k, np.zeros(8000, np.float32), at_8k])
+    decoded = decode_audio(_amr_nb_with_dtx(with_pause))
+    assert decoded.source_format.startswith("amr")
+    assert abs(decoded.duration_s - len(with_pause) / 8000) < 0.05
+    second = decoded.samples[-len(speech_16k) :]
+    assert best_lag_correlation(speech_16k, second) > 0.5  # a vocoder, not PCM
+
+
 def test_wav_16k_mono_is_bit_exact_and_not_resampled() -> None:
     pcm = (tone(1.0) * 32767).astype("<i2")
     decoded = decode_audio(wav_bytes(pcm.tobytes()))

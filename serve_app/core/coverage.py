@@ -31,15 +31,13 @@ Times here are integer milliseconds relative to the item (spans: seconds, as ret
 from __future__ import annotations
 
 import logging
-import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from serve_app.core.audio import SAMPLE_RATE_HZ
-from serve_app.core.text import is_unspaced, is_wide
+from serve_app.core.text import compression_ratio, has_repetition_loop, text_weight
 from serve_app.core.types import SegmentTranscript, TextSpan
 
 logger = logging.getLogger(__name__)
@@ -77,6 +75,10 @@ class CoverageSettings:
     span_slack_ms: int = 300
     # Audio kept around the speech of a stretch (the model needs onset context).
     stretch_pad_ms: int = 200
+    # A span edge over a pause longer than this (times that run on through silence, e.g.
+    # whole seconds of two spans, too few to tell) moves to ``stretch_pad_ms`` from the
+    # speech it holds: a subtitle cue, or a speaker's turn, does not cover the pause.
+    max_edge_silence_ms: int = 1000
     # A frame is speech when it lies in a VAD segment and its RMS is within this many dB
     # of the item's speech level (95th percentile of its frames) and above the floor.
     relative_floor_db: float = 25.0
@@ -199,60 +201,6 @@ def speech_islands(
 # -- text checks ------------------------------------------------------------------------
 
 
-def text_weight(text: str) -> float:
-    """Letters and digits count 1, wide characters (Han, kana, Hangul) 3: one ~ a short
-    word of speech."""
-    return float(sum(3 if is_wide(ch) else 1 for ch in text if ch.isalnum()))
-
-
-def compression_ratio(text: str) -> float:
-    """faster-whisper's measure: len(utf-8) / len(zlib(utf-8))."""
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
-
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def _units(text: str) -> list[str]:
-    """Words; characters of unspaced scripts (Chinese, Japanese) one unit each."""
-    units: list[str] = []
-    for word in _WORD.findall(text.lower()):
-        if any(is_unspaced(ch) for ch in word):
-            units.extend(word)
-        else:
-            units.append(word)
-    return units
-
-
-def has_repetition_loop(text: str, settings: CoverageSettings = DEFAULT_SETTINGS) -> bool:
-    """An n-gram (n <= ``max_loop_ngram``) repeated back to back ``min_loop_repeats`` times."""
-    units = _units(text)
-    repeats = settings.min_loop_repeats
-    for n in range(1, settings.max_loop_ngram + 1):
-        for i in range(len(units) - n * repeats + 1):
-            gram = units[i : i + n]
-            if all(units[i + k * n : i + (k + 1) * n] == gram for k in range(1, repeats)):
-                return True
-    return False
-
-
-def repeats_a_phrase(text: str, min_units: int = 4) -> bool:
-    """A run of at least ``min_units`` words (characters of unspaced scripts) immediately
-    followed by itself: "call the team tomorrow call the team tomorrow". Whisper does this
-    on a prefix that ends mid-sentence (a live partial); read speech all but never does."""
-    units = _units(text)
-    for n in range(min_units, len(units) // 2 + 1):
-        # Runs of positions where a unit equals the one n later: a run of n is a repeat
-        # (linear per n; a live partial is checked on the ingress's event loop).
-        run = 0
-        for i in range(len(units) - n):
-            run = run + 1 if units[i] == units[i + n] else 0
-            if run >= n:
-                return True
-    return False
-
-
 def degenerate_reason(
     result: SegmentTranscript, speech_ms: int, settings: CoverageSettings = DEFAULT_SETTINGS
 ) -> str | None:
@@ -263,7 +211,7 @@ def degenerate_reason(
         ratio = compression_ratio(text)
     if text and ratio > settings.compression_ratio_threshold:
         return COMPRESSION
-    if text and has_repetition_loop(text, settings):
+    if text and has_repetition_loop(text, settings.min_loop_repeats, settings.max_loop_ngram):
         return REPETITION
     weight = text_weight(text)
     speech_s = speech_ms / 1000
@@ -305,6 +253,36 @@ def implausible_timing(
         if hi - lo >= 300 // FRAME_MS and mask[lo:hi].mean() < 0.05:
             return RETIME_OUTSIDE
     return None
+
+
+def trim_to_speech(
+    spans: Sequence[TextSpan], mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
+) -> tuple[TextSpan, ...]:
+    """``spans`` with each edge that lies over more than ``max_edge_silence_ms`` of
+    non-speech moved to ``stretch_pad_ms`` from the speech the span holds. A span over no
+    speech at all is kept (its text says something was there)."""
+    out = []
+    for span in spans:
+        lo = max(0, int(span.start_s * 1000) // FRAME_MS)
+        hi = min(len(mask), -(-int(span.end_s * 1000) // FRAME_MS))
+        inside = np.flatnonzero(mask[lo:hi]) if hi > lo else np.zeros(0, dtype=np.int64)
+        if not len(inside):
+            out.append(span)
+            continue
+        first_s = (lo + int(inside[0])) * FRAME_MS / 1000
+        last_s = (lo + int(inside[-1]) + 1) * FRAME_MS / 1000
+        limit_s, pad_s = settings.max_edge_silence_ms / 1000, settings.stretch_pad_ms / 1000
+        start_s, end_s = span.start_s, span.end_s
+        if first_s - start_s > limit_s:
+            start_s = first_s - pad_s
+        if end_s - last_s > limit_s:
+            end_s = last_s + pad_s
+        out.append(
+            span
+            if (start_s, end_s) == (span.start_s, span.end_s)
+            else replace(span, start_s=round(start_s, 3), end_s=round(end_s, 3))
+        )
+    return tuple(out)
 
 
 def snap_spans(
@@ -544,6 +522,7 @@ def check_item(
         spans = snap_spans(spans, mask, settings)
     elif retimed is not None:
         spans = retime_spans(spans, mask, settings, speech_ms)
+    spans = trim_to_speech(spans, mask, settings)
 
     # Times that say nothing (fixed steps, spans over silence) cannot say where speech is
     # missing, but the text is usually whole (measured: decoding such an item again in
@@ -592,8 +571,11 @@ def retime_only(
         return result, None
     mask = speech_frames(samples, speech_ms, settings)
     why = implausible_timing(spans, mask, settings)
-    if why is None:
-        return result, None
     if why == RETIME_WHOLE:
-        return replace(result, spans=snap_spans(spans, mask, settings)), why
-    return replace(result, spans=retime_spans(spans, mask, settings, speech_ms)), why
+        spans = snap_spans(spans, mask, settings)
+    elif why is not None:
+        spans = retime_spans(spans, mask, settings, speech_ms)
+    trimmed = trim_to_speech(spans, mask, settings)
+    if why is None and trimmed == tuple(s for s in result.spans if s.text.strip()):
+        return result, None
+    return replace(result, spans=trimmed), why

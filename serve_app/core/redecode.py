@@ -14,15 +14,13 @@ import numpy as np
 
 from serve_app.core.coverage import (
     _SAMPLES_PER_MS,
-    _WORD,
     DEFAULT_SETTINGS,
     CoverageSettings,
     ItemCheck,
-    _units,
     check_item,
     retime_only,
 )
-from serve_app.core.text import is_unspaced, join_texts
+from serve_app.core.text import WORD, is_unspaced, join_texts, units
 from serve_app.core.types import SegmentTranscript, TextSpan, WordTiming
 
 logger = logging.getLogger(__name__)
@@ -34,7 +32,7 @@ logger = logging.getLogger(__name__)
 def _overlap_units(previous: str, text: str, max_units: int = 4) -> int:
     """How many leading words of ``text`` repeat the trailing words of ``previous``
     (a stretch that starts a little early re-decodes the last word before it)."""
-    prev, cur = _units(previous), _units(text)
+    prev, cur = units(previous), units(text)
     for k in range(min(max_units, len(prev), len(cur)), 0, -1):
         if prev[-k:] == cur[:k]:
             return k
@@ -49,20 +47,21 @@ REPEAT_SIMILARITY = 0.8
 
 def _repeats(previous: str, text: str) -> bool:
     """Whether ``text`` only repeats the end of ``previous`` (a stretch decoded again
-    over speech its item had already decoded, e.g. under compressed stepped times)."""
+    over speech its item had already decoded, e.g. under compressed stepped times).
+    :func:`splice` asks only where that can be the case: see ``may_repeat`` there."""
     from difflib import SequenceMatcher
 
-    prev, cur = _units(previous), _units(text)
+    prev, cur = units(previous), units(text)
     if len(cur) < REPEAT_MIN_UNITS or len(cur) > len(prev):
         return False
     return SequenceMatcher(None, prev[-len(cur) :], cur).ratio() >= REPEAT_SIMILARITY
 
 
 def _drop_leading_units(text: str, count: int) -> str:
-    """``text`` without its first ``count`` units (as :func:`_units` counts them)."""
+    """``text`` without its first ``count`` units (as ``serve_app.core.text.units`` counts)."""
     pos = 0
     for _ in range(count):
-        match = _WORD.search(text, pos)
+        match = WORD.search(text, pos)
         if match is None:
             return ""
         word = match.group(0)
@@ -81,7 +80,7 @@ def splice(
     item's time, in time order; one text made of them."""
     if len(parts) != len(check.stretches):
         raise ValueError(f"{len(parts)} results for {len(check.stretches)} stretches")
-    # (start_s, is_new, order, span)
+    # (start_s, is_new, order, span); order // 10_000 - 1 is a new span's stretch
     timed: list[tuple[float, bool, int, TextSpan]] = []
     words: list[WordTiming] = [] if check.replace else list(item.words)
     new_words: list[WordTiming] = []  # the stretches' words
@@ -98,15 +97,26 @@ def splice(
         for i, span in enumerate(spans):
             start = min(offset_s + max(span.start_s, 0.0), end_s)
             shifted = TextSpan(start, min(max(offset_s + span.end_s, start), end_s), span.text)
-            timed.append((start, True, k * 10_000 + i, shifted))
+            timed.append((start, True, (k + 1) * 10_000 + i, shifted))
         new_words.extend(
             WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word) for w in part.words
         )
     timed.sort(key=lambda t: (t[0], t[1], t[2]))
     merged: list[TextSpan] = []
-    for _, is_new, _, span in timed:
+    merged_new: list[bool] = []  # whether each merged span came from a stretch
+    for _, is_new, order, span in timed:
         if is_new and merged:
-            if _repeats(merged[-1].text, span.text):
+            # A stretch's text can only say again what the item's span before it said
+            # when that span's times were estimates (the item decoded the stretch's
+            # speech and put it earlier) or reach into the stretch. Spans of stretches
+            # are decoded from disjoint audio, and fine times are trusted: a sentence
+            # said twice there is said twice (a hold message, a caller repeating).
+            previous_new = merged_new[-1]
+            stretch_start_s = check.stretches[order // 10_000 - 1].start_ms / 1000
+            may_repeat = not previous_new and (
+                check.retimed is not None or merged[-1].end_s > stretch_start_s
+            )
+            if may_repeat and _repeats(merged[-1].text, span.text):
                 repeated.append(span)
                 continue
             drop = _overlap_units(merged[-1].text, span.text)
@@ -118,6 +128,7 @@ def splice(
                 # segments (subtitle cues) overlap.
                 merged[-1] = replace(merged[-1], end_s=max(merged[-1].start_s, span.start_s))
             merged.append(span)
+            merged_new.append(is_new)
     words.extend(
         w for w in new_words if not any(r.start_s <= w.start_s < r.end_s for r in repeated)
     )
@@ -273,6 +284,8 @@ class Redecoder:
         for part in parts:
             if not isinstance(part, SegmentTranscript):
                 return part
-        if not node.children and node.check.retimed is None:
-            return result
+        if not node.children and node.check.spans == tuple(
+            s for s in result.spans if s.text.strip()
+        ):
+            return result  # nothing re-decoded, re-timed or trimmed
         return splice(result, node.check, parts)  # type: ignore[arg-type]

@@ -10,7 +10,9 @@ spaces between words although Hangul is East-Asian-wide: a rule on
 
 from __future__ import annotations
 
+import re
 import unicodedata
+import zlib
 from collections.abc import Sequence
 
 # (first, last) code points of scripts written without spaces between words.
@@ -73,3 +75,60 @@ def join_tokens(tokens: Sequence[str]) -> str:
             out += " "
         out += token
     return out
+
+
+# -- checks of decoded text (serve_app.core.coverage, live partials) ---------------------
+
+
+def text_weight(text: str) -> float:
+    """Letters and digits count 1, wide characters (Han, kana, Hangul) 3: one ~ a short
+    word of speech."""
+    return float(sum(3 if is_wide(ch) else 1 for ch in text if ch.isalnum()))
+
+
+def compression_ratio(text: str) -> float:
+    """faster-whisper's measure: len(utf-8) / len(zlib(utf-8))."""
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def units(text: str) -> list[str]:
+    """Words; characters of unspaced scripts (Chinese, Japanese) one unit each."""
+    out: list[str] = []
+    for word in WORD.findall(text.lower()):
+        if any(is_unspaced(ch) for ch in word):
+            out.extend(word)
+        else:
+            out.append(word)
+    return out
+
+
+def has_repetition_loop(text: str, min_repeats: int = 4, max_ngram: int = 6) -> bool:
+    """An n-gram (n <= ``max_ngram``) repeated back to back ``min_repeats`` times."""
+    words = units(text)
+    repeats = min_repeats
+    for n in range(1, max_ngram + 1):
+        for i in range(len(words) - n * repeats + 1):
+            gram = words[i : i + n]
+            if all(words[i + k * n : i + (k + 1) * n] == gram for k in range(1, repeats)):
+                return True
+    return False
+
+
+def repeats_a_phrase(text: str, min_units: int = 4) -> bool:
+    """A run of at least ``min_units`` words (characters of unspaced scripts) immediately
+    followed by itself: "call the team tomorrow call the team tomorrow". Whisper does this
+    on a prefix that ends mid-sentence (a live partial); read speech all but never does."""
+    words = units(text)
+    for n in range(min_units, len(words) // 2 + 1):
+        # Runs of positions where a unit equals the one n later: a run of n is a repeat
+        # (linear per n; a live partial is checked on the ingress's event loop).
+        run = 0
+        for i in range(len(words) - n):
+            run = run + 1 if words[i] == words[i + n] else 0
+            if run >= n:
+                return True
+    return False

@@ -186,7 +186,6 @@ def to_verbose_json(tr: Transcription, *, include_words: bool = False) -> dict:
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 
 
-
 def render(
     tr: Transcription,
     response_format: str,

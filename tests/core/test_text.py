@@ -1,7 +1,13 @@
 """The one text rule: which scripts are joined without spaces (serve_app/core/text.py)."""
 
-from serve_app.core.coverage import text_weight
-from serve_app.core.text import is_unspaced, join_texts, join_tokens
+from serve_app.core.text import (
+    has_repetition_loop,
+    is_unspaced,
+    join_texts,
+    join_tokens,
+    repeats_a_phrase,
+    text_weight,
+)
 from serve_app.core.transcript import stitch_segments
 from serve_app.core.types import SegmentTranscript
 
@@ -42,3 +48,22 @@ def test_density_weight_still_counts_hangul_as_wide() -> None:
     # Coverage weighs text per second of speech: a Hangul syllable is a wide character.
     assert text_weight("한국") == text_weight("中文") == 6.0
     assert text_weight("ab") == 2.0
+
+
+def test_repetition_detector_spares_normal_text():
+    assert not has_repetition_loop("The quick brown fox jumps over the lazy dog. " * 1)
+    assert not has_repetition_loop("no, no, no. I said it three times")
+    assert has_repetition_loop("thank you thank you thank you thank you")
+    assert has_repetition_loop("我我我我")
+
+
+def test_a_phrase_said_twice_in_a_row_is_found_and_normal_speech_is_not():
+    # What Whisper tiny.en returned for a live partial here (2026-12-07).
+    said = "Please call the customer service team tomorrow"
+    seen = f"{said} {said.lower()}"
+    assert repeats_a_phrase(seen)
+    assert repeats_a_phrase("我们明天开会我们明天开会")
+    assert not repeats_a_phrase("The quick brown fox jumps over the lazy dog.")
+    assert not repeats_a_phrase("no, no, no. I said it three times")  # short words: spared
+    assert not repeats_a_phrase("I think that I think that is right")  # a 3-word restart
+    assert not repeats_a_phrase("")

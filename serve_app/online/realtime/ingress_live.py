@@ -32,9 +32,9 @@ import numpy as np
 from serve_app.config import RealtimeSettings
 from serve_app.core import observability
 from serve_app.core.audio import SAMPLE_RATE_HZ, DecodedAudio
-from serve_app.core.coverage import repeats_a_phrase
 from serve_app.core.errors import OverloadedError
 from serve_app.core.pipeline import merge_options
+from serve_app.core.text import repeats_a_phrase
 from serve_app.core.transcript import Transcription
 from serve_app.core.types import (
     RecognitionOptions,

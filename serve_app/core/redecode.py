@@ -73,6 +73,21 @@ def _drop_leading_units(text: str, count: int) -> str:
     return text[pos:].lstrip(" ,.;:!?" + "\uff0c\u3002\u3001\uff1b\uff1a\uff01\uff1f")
 
 
+def _may_say_again(check: ItemCheck, previous: int | None, previous_span: TextSpan, k: int) -> bool:
+    """Whether stretch ``k``'s text can repeat what the span before it (of stretch
+    ``previous``, or the item's own when None) said: only where their audio can overlap.
+    That is a stretch padded into the speech of the span before it (Whisper's span ends
+    are ~0.3 s off), or any item span whose times were estimates (the item decoded the
+    stretch's speech and put it earlier). Stretches are decoded from their own audio,
+    and fine times are trusted: a word or a sentence said again there was said again
+    (a hold message, a caller's "okay ... okay")."""
+    start_ms = check.stretches[k].start_ms
+    if previous is None:
+        slack_ms = DEFAULT_SETTINGS.span_slack_ms
+        return check.retimed is not None or previous_span.end_s * 1000 + slack_ms > start_ms
+    return previous != k and check.stretches[previous].end_ms > start_ms
+
+
 def splice(
     item: SegmentTranscript, check: ItemCheck, parts: Sequence[SegmentTranscript]
 ) -> SegmentTranscript:
@@ -103,20 +118,11 @@ def splice(
         )
     timed.sort(key=lambda t: (t[0], t[1], t[2]))
     merged: list[TextSpan] = []
-    merged_new: list[bool] = []  # whether each merged span came from a stretch
+    sources: list[int | None] = []  # each merged span's stretch (None: the item's own)
     for _, is_new, order, span in timed:
-        if is_new and merged:
-            # A stretch's text can only say again what the item's span before it said
-            # when that span's times were estimates (the item decoded the stretch's
-            # speech and put it earlier) or reach into the stretch. Spans of stretches
-            # are decoded from disjoint audio, and fine times are trusted: a sentence
-            # said twice there is said twice (a hold message, a caller repeating).
-            previous_new = merged_new[-1]
-            stretch_start_s = check.stretches[order // 10_000 - 1].start_ms / 1000
-            may_repeat = not previous_new and (
-                check.retimed is not None or merged[-1].end_s > stretch_start_s
-            )
-            if may_repeat and _repeats(merged[-1].text, span.text):
+        k = order // 10_000 - 1 if is_new else None
+        if k is not None and merged and _may_say_again(check, sources[-1], merged[-1], k):
+            if _repeats(merged[-1].text, span.text):
                 repeated.append(span)
                 continue
             drop = _overlap_units(merged[-1].text, span.text)
@@ -128,7 +134,7 @@ def splice(
                 # segments (subtitle cues) overlap.
                 merged[-1] = replace(merged[-1], end_s=max(merged[-1].start_s, span.start_s))
             merged.append(span)
-            merged_new.append(is_new)
+            sources.append(k)
     words.extend(
         w for w in new_words if not any(r.start_s <= w.start_s < r.end_s for r in repeated)
     )

@@ -57,4 +57,14 @@ def test_splice_orders_shifts_and_drops_a_repeated_edge_word():
     assert out.text == "one two three four six"
 
 
-# -- rounds -----------------------------------------------------------------------------
+def test_splice_keeps_a_word_said_again_after_a_pause():
+    """ "Okay." ... "Okay, thanks.": the second, decoded again as a gap 2 s later, is not
+    the first one's edge word (the old splice dropped it)."""
+    item = SegmentTranscript(text="okay", spans=(TextSpan(0.2, 0.8, "Okay."),))
+    check = ItemCheck(spans=item.spans, stretches=(Stretch(2600, 4000, GAP),))
+    part = SegmentTranscript(text="Okay, thanks.", spans=(TextSpan(0.2, 1.2, "Okay, thanks."),))
+    assert splice(item, check, [part]).text == "Okay. Okay, thanks."
+    # Two gaps' stretches are disjoint audio as well.
+    two = ItemCheck(spans=(), stretches=(Stretch(0, 1000, GAP), Stretch(2600, 4000, GAP)))
+    okay = SegmentTranscript(text="Okay.", spans=(TextSpan(0.2, 0.8, "Okay."),))
+    assert splice(SegmentTranscript(text=""), two, [okay, part]).text == "Okay. Okay, thanks."

@@ -51,6 +51,12 @@ def needs_space(left: str, right: str) -> bool:
     return not (is_unspaced(left[-1]) and is_unspaced(right[0]))
 
 
+def has_words(text: str) -> bool:
+    """Whether ``text`` has a letter or digit of any script: what Whisper says for music
+    or a cough ("." or "♪") is no text."""
+    return any(ch.isalnum() for ch in text)
+
+
 def join_texts(texts: Sequence[str]) -> str:
     """Segment texts -> one text: a space between them, none between two unspaced
     characters ("你好" + "世界" -> "你好世界", "안녕하세요" + "감사합니다" with a space)."""

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from serve_app.core.text import join_texts
+from serve_app.core.text import has_words, join_texts
 from serve_app.core.types import WordTiming
 
 
@@ -60,9 +60,10 @@ def stitch_segments(
             WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word)
             for w in getattr(result, "words", ())
         )
-        timed = [s for s in getattr(result, "spans", ()) if s.text.strip()]
+        timed = [s for s in getattr(result, "spans", ()) if has_words(s.text)]
         if not timed:
             text = str(getattr(result, "text", "")).strip()
+            text = text if has_words(text) else ""
             pieces.append(TranscriptSegment(len(pieces), offset_s, end_s, text, words))
             continue
         bounds = []

@@ -87,6 +87,17 @@ def test_stitch_keeps_every_word_even_one_aligned_outside_its_span():
     assert [[w.word for w in s.words] for s in segs] == [["hello", "world."], ["the", "fox.", "um"]]
 
 
+def test_what_whisper_says_for_music_is_no_segment():
+    # Hold music between two sentences came back as two segments of "." (2026-12-07).
+    music = SegmentTranscript(text=" . ♪", spans=(TextSpan(0.9, 1.7, "."), TextSpan(2, 3, "♪")))
+    said = SegmentTranscript(text="Hello world.", spans=(TextSpan(0.1, 1.2, "Hello world."),))
+    text, segs, _ = stitch_segments([(0, 3000), (4000, 6000)], [music, said])
+    assert text == "Hello world."
+    assert [s.text for s in segs if s.text] == ["Hello world."]
+    text, _, _ = stitch_segments([(0, 3000)], [SegmentTranscript(text="...")])
+    assert text == ""
+
+
 def test_stitch_raises_the_first_failure():
     with pytest.raises(RecognitionError):
         stitch_segments([(0, 1), (1, 2)], [SegmentTranscript("a"), RecognitionError("x")])

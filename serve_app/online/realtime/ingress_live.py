@@ -34,7 +34,7 @@ from serve_app.core import observability
 from serve_app.core.audio import SAMPLE_RATE_HZ, DecodedAudio
 from serve_app.core.errors import OverloadedError
 from serve_app.core.pipeline import merge_options
-from serve_app.core.text import repeats_a_phrase
+from serve_app.core.text import has_words, repeats_a_phrase
 from serve_app.core.transcript import Transcription
 from serve_app.core.types import (
     RecognitionOptions,
@@ -152,7 +152,7 @@ class IngressLive:
             # skipped (the final, decoded whole with the re-decode coverage, is unaffected).
             observability.errors_total().inc(tags={"kind": "partial_repeats", "stage": "live"})
             return None
-        return result.text
+        return result.text if has_words(result.text) else None  # not "." for a cough
 
     async def _stream_partial(self, samples: np.ndarray, model: str, key: str) -> str | None:
         """The utterance so far -> its streaming text: only the samples after those its

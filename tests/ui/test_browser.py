@@ -64,8 +64,13 @@ def open_ui(browser, url: str, model: str):
     )
     pg = context.new_page()
     pg.set_default_timeout(240_000)  # a loaded 2-core machine: recognition takes its time
+    errors: list[str] = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.goto(url + "/ui")
     pg.wait_for_selector(f"#single-model option[value='{model}']", state="attached")
+    pg.wait_for_load_state("networkidle")
+    assert not errors, errors  # the page loads clean (a missing favicon was a 404 once)
     try:
         yield pg
     finally:

@@ -463,7 +463,9 @@ class RealtimeSettings(Strict):
     # Manual commits (turn_detection null): audio held before a commit.
     max_buffer_s: float = Field(300.0, gt=0)
     # One client message (OpenAI's own limit is 15 MiB), events queued for a client that
-    # does not read (then the session is closed), utterances decoding at once per session.
+    # does not read (then the session is closed), utterances decoding at once per session
+    # (at the cap the session reads no more audio until one ends: a client streaming
+    # faster than real time is slowed down, not dropped).
     max_event_bytes: int = Field(15 * 1024 * 1024, gt=0)
     max_queued_events: int = Field(1024, gt=0)
     max_pending_finals: int = Field(8, gt=0)

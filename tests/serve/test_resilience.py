@@ -118,7 +118,7 @@ def app_config(models_dir, random_models_dir, *, replicas: int) -> dict:
             "deployment": replica_options(max_ongoing_requests=64),
             # LiveLoad commits an utterance every 0.7 s, several times real time: with the
             # default cap (8 decoding per session) a slow replacement on a loaded machine
-            # fails the newest as over the cap, which is not what these tests are about.
+            # would hold its sending back, which is not what these tests are about.
             "realtime": {"max_pending_finals": 256},
         },
         "recognizers": recognizers,

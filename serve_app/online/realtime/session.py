@@ -74,7 +74,7 @@ class _Utterance:
 class SessionLimits:
     partial_interval_s: float = 0.8
     max_buffer_s: float = 300.0  # manual commits: audio held before a commit
-    max_pending_finals: int = 8  # utterances decoding at once (more: the newest fails)
+    max_pending_finals: int = 8  # utterances decoding at once (more: reading waits)
 
 
 @dataclass
@@ -242,20 +242,13 @@ class LiveSession:
                 previous_item_id=previous,
             )
         )
-        if self.pending_finals >= self.limits.max_pending_finals:
-            from serve_app.core.errors import OverloadedError
-
-            await self._emit(
-                LiveEvent(
-                    "failed",
-                    utterance.item_id,
-                    error=OverloadedError(
-                        f"{self.limits.max_pending_finals} utterances of this session are "
-                        "still decoding: this one was not"
-                    ),
-                )
-            )
-            return
+        while self.pending_finals >= self.limits.max_pending_finals:
+            # Audio faster than real time (a file streamed as fast as it is read): the
+            # session reads no more of the client's messages until a decode ends, so the
+            # socket slows the client down. Nothing is dropped (each decode has its
+            # deadline: the wait ends).
+            running = [task for task in self._finals if not task.done()]
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
         self._finals = [task for task in self._finals if not task.done()]
         previous_done = self._last_emitted
         done: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -310,6 +310,12 @@ class RecognizerSettings(Strict):
     def segment_pack_ms(self) -> int:
         return round(self.segment_pack_s * 1000)
 
+    @property
+    def redecode_rounds(self) -> int:
+        """Coverage-check and re-decode rounds (serve_app.core.coverage): for packed items,
+        which are decoded with timestamps (gaps and tails are found from them)."""
+        return 2 if self.segment_pack_s > 0 else 0
+
 
 class ChannelSettings(Strict):
     """Multi-channel files (``channels`` request option): ``mix`` averages the channels
@@ -462,10 +468,8 @@ class RealtimeSettings(Strict):
     max_turn_s: float = Field(28.0, ge=2, le=30)
     # Manual commits (turn_detection null): audio held before a commit.
     max_buffer_s: float = Field(300.0, gt=0)
-    # One client message (OpenAI's own limit is 15 MiB), events queued for a client that
-    # does not read (then the session is closed), utterances decoding at once per session
-    # (at the cap the session reads no more audio until one ends: a client streaming
-    # faster than real time is slowed down, not dropped).
+    # One client message (OpenAI's limit: 15 MiB), events queued for a client that does not
+    # read (then it is closed), utterances decoding at once per session (then it waits).
     max_event_bytes: int = Field(15 * 1024 * 1024, gt=0)
     max_queued_events: int = Field(1024, gt=0)
     max_pending_finals: int = Field(8, gt=0)

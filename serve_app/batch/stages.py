@@ -378,8 +378,8 @@ class RecognizeStage:
             capabilities is not None and capabilities().language_detection
         )
         self._model_name = settings.name
-        # As the online route: packed (timestamped) items are checked and re-decoded.
-        self._redecode_rounds = 2 if settings.segment_pack_s > 0 else 0
+        # As the online route: which items are checked and re-decoded.
+        self._redecode_rounds = settings.redecode_rounds
         self._default_options = RecognitionOptions(
             language=settings.language, hotwords=settings.hotwords
         )

@@ -557,25 +557,3 @@ def check_item(
         retimed=retimed,
         degenerate=degenerate,
     )
-
-
-def retime_only(
-    samples: np.ndarray,
-    result: SegmentTranscript,
-    speech_ms: Sequence[tuple[int, int]] | None = None,
-    settings: CoverageSettings = DEFAULT_SETTINGS,
-) -> tuple[SegmentTranscript, str | None]:
-    """``result`` with its spans re-timed when implausible (for items not checked again)."""
-    spans = tuple(s for s in result.spans if s.text.strip())
-    if not spans:
-        return result, None
-    mask = speech_frames(samples, speech_ms, settings)
-    why = implausible_timing(spans, mask, settings)
-    if why == RETIME_WHOLE:
-        spans = snap_spans(spans, mask, settings)
-    elif why is not None:
-        spans = retime_spans(spans, mask, settings, speech_ms)
-    trimmed = trim_to_speech(spans, mask, settings)
-    if why is None and trimmed == tuple(s for s in result.spans if s.text.strip()):
-        return result, None
-    return replace(result, spans=trimmed), why

@@ -15,10 +15,15 @@ import numpy as np
 from serve_app.core.coverage import (
     _SAMPLES_PER_MS,
     DEFAULT_SETTINGS,
+    RETIME_WHOLE,
     CoverageSettings,
     ItemCheck,
     check_item,
-    retime_only,
+    implausible_timing,
+    retime_spans,
+    snap_spans,
+    speech_frames,
+    trim_to_speech,
 )
 from serve_app.core.text import WORD, is_unspaced, join_texts, units
 from serve_app.core.types import SegmentTranscript, TextSpan, WordTiming
@@ -145,6 +150,28 @@ def splice(
         language=language,
         spans=tuple(merged),
     )
+
+
+def retime_only(
+    samples: np.ndarray,
+    result: SegmentTranscript,
+    speech_ms: Sequence[tuple[int, int]] | None = None,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> tuple[SegmentTranscript, str | None]:
+    """``result`` with its spans re-timed when implausible (for items not checked again)."""
+    spans = tuple(s for s in result.spans if s.text.strip())
+    if not spans:
+        return result, None
+    mask = speech_frames(samples, speech_ms, settings)
+    why = implausible_timing(spans, mask, settings)
+    if why == RETIME_WHOLE:
+        spans = snap_spans(spans, mask, settings)
+    elif why is not None:
+        spans = retime_spans(spans, mask, settings, speech_ms)
+    trimmed = trim_to_speech(spans, mask, settings)
+    if why is None and trimmed == tuple(s for s in result.spans if s.text.strip()):
+        return result, None
+    return replace(result, spans=trimmed), why
 
 
 # -- rounds -----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ def build_app(args: AppConfig) -> Application:
         },
         settings=config.ingress,
         pack_segments_ms={rec.name: rec.segment_pack_ms for rec in config.recognizers},
+        redecode_rounds={rec.name: rec.redecode_rounds for rec in config.recognizers},
         admission={
             rec.name: AdmissionPolicy(
                 max_queue_wait_s=rec.max_queue_wait_s,

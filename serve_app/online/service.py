@@ -56,9 +56,9 @@ class ModelRoute:
     default_options: RecognitionOptions = field(default_factory=RecognitionOptions)
     # Join consecutive segments into pieces up to this long (0: keep the VAD's segments).
     pack_segments_ms: int = 0
-    # Re-decode rounds for speech a packed item's decode did not account for (see
-    # serve_app.core.coverage); only with packing, whose items are decoded with timestamps.
-    redecode_rounds: int = 2
+    # Re-decode rounds for what an item's decode did not account for or said wrongly (see
+    # serve_app.core.coverage; RecognizerSettings.redecode_rounds says for which models).
+    redecode_rounds: int = 0
     # The punctuation stage after stitching (serve_app/punctuation/); None: none.
     punctuate: PunctuateFn | None = None
     # Whether the model detects the language itself (asked once, then cached by the
@@ -181,7 +181,7 @@ class TranscriptionService:
             detects = await route.detects_language()
         spec = Route(
             route.name,
-            redecode_rounds=route.redecode_rounds if route.pack_segments_ms > 0 else 0,
+            redecode_rounds=route.redecode_rounds,
             detects_language=detects,
             punctuates=route.punctuate is not None,
         )

@@ -142,7 +142,11 @@ def test_offline_matches_the_online_request_logic(corpus, job_result, models_dir
         segment=segment,
         routes={
             rec.name: ModelRoute(
-                rec.name, recognize, defaults, pack_segments_ms=rec.segment_pack_ms
+                rec.name,
+                recognize,
+                defaults,
+                pack_segments_ms=rec.segment_pack_ms,
+                redecode_rounds=rec.redecode_rounds,
             )
         },
         default_model=rec.name,

@@ -73,6 +73,15 @@ def test_segment_packing_defaults_by_backend_and_fits_the_window():
     )
     with pytest.raises(ValidationError, match="Whisper's window"):
         AppConfig.model_validate(_minimal(backend="whisper", pack_segments_s=45))
+
+
+def test_which_models_get_the_coverage_check_and_re_decode():
+    rounds = {
+        backend: AppConfig.model_validate(_minimal(backend=backend)).recognizers[0].redecode_rounds
+        for backend in ("whisper", "moonshine", "funasr")
+    }
+    # Only packed items: timestamps say where speech is missing (Moonshine has none).
+    assert rounds == {"whisper": 2, "moonshine": 0, "funasr": 0}
     with pytest.raises(ValidationError, match="its window"):
         AppConfig.model_validate({**_minimal(backend="whisper"), "vad": {"max_segment_s": 40}})
 

@@ -24,12 +24,11 @@ from serve_app.core.coverage import (
     RETIME_WHOLE,
     TAIL,
     check_item,
-    retime_only,
     retime_spans,
     speech_frames,
     speech_islands,
 )
-from serve_app.core.redecode import ItemAudio, Redecoder
+from serve_app.core.redecode import ItemAudio, Redecoder, retime_only
 from serve_app.core.segmentation import SpeechSegment, pack_pieces
 from serve_app.core.text import compression_ratio, has_repetition_loop
 from serve_app.core.types import RecognitionOptions, SegmentTranscript, TextSpan
@@ -488,7 +487,7 @@ def test_service_stretches_of_all_items_go_out_together():
 
     service = TranscriptionService(
         segment=segment,
-        routes={"w": ModelRoute("w", recognize, pack_segments_ms=30_000)},
+        routes={"w": ModelRoute("w", recognize, pack_segments_ms=30_000, redecode_rounds=2)},
         default_model="w",
         limits=AudioSettings(),
     )

@@ -194,11 +194,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     path = route_path(request.scope)
     if exc.status_code == 404:
-        # The body unknown paths have always had (no request id: nothing was run).
-        return JSONResponse(
-            {"error": {"message": f"no route {request.method} {path}", "code": "not_found"}},
-            status_code=404,
-        )
+        # OpenAI's error shape, as every answer (no request id: nothing was run). A path
+        # a route's pattern refuses (a model id with a newline) lands here too.
+        message = f"no route {request.method} {path}"
+        error = {"message": message, "type": "invalid_request_error", "param": None}
+        return JSONResponse({"error": {**error, "code": "not_found"}}, status_code=404)
     request_id = request_id_of(request.scope)
     if exc.status_code == 405:
         message, code = f"method {request.method} is not allowed on {path}", "method_not_allowed"

@@ -93,11 +93,16 @@ def test_wrong_method_on_a_known_path_is_405_in_openai_shape():
         assert allowed in response.headers["allow"]
 
 
-def test_unknown_path_keeps_its_404_body():
+def test_unknown_path_is_a_404_in_openai_shape():
     response = TestClient(fake_ingress().http_app()).get("/v1/nothing")
     assert response.status_code == 404
     assert response.json() == {
-        "error": {"message": "no route GET /v1/nothing", "code": "not_found"}
+        "error": {
+            "message": "no route GET /v1/nothing",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "not_found",
+        }
     }
 
 

@@ -85,6 +85,24 @@ def batch_cost_s(items: list[QueuedItem]) -> float:
 RunFn = Callable[[list[QueuedItem[Any]]], Awaitable[list[Any]]]
 
 
+def _fair_order(waiting: list[tuple[QueuedItem, Any]]) -> list[tuple[QueuedItem, Any]]:
+    """Items in rounds across requests: the first waiting item of every request (in
+    arrival order), then every request's second, ... A short file's item that reaches the
+    replica behind a long file's queued segments rides in the next forward, not after all
+    of them. Only what the replica holds is ordered: calls over its max_ongoing_requests
+    wait in Serve's router, first come first served. Items without a request id are each
+    their own request (arrival order among them)."""
+    seen: dict[object, int] = {}
+    ranked = []
+    for index, pair in enumerate(waiting):
+        key = getattr(pair[0].job, "request_id", None) or pair[0]
+        rank = seen.get(key, 0)
+        seen[key] = rank + 1
+        ranked.append((rank, index, pair))
+    ranked.sort(key=lambda entry: entry[:2])
+    return [pair for _, _, pair in ranked]
+
+
 class Coalescer:
     """One forward pass at a time; what arrives meanwhile joins the next, up to capacity."""
 
@@ -133,11 +151,12 @@ class Coalescer:
                 self._dropped("superseded")
 
     def _take(self) -> list[tuple[QueuedItem, asyncio.Future]]:
-        """The next forward: queued items in arrival order up to the capacity (an item
-        that does not fit ends it: arrival order is kept). Background items (live
+        """The next forward: queued items up to the capacity, in rounds across requests
+        (:func:`_fair_order`; an item that does not fit ends it). Background items (live
         partials) never ride with them (on a CPU every item costs the forward time), and
         run only when nothing else waits, up to ``background_capacity_s`` (at least one)."""
         batch: list[tuple[QueuedItem, asyncio.Future]] = []
+        waiting: list[tuple[QueuedItem, asyncio.Future]] = []  # foreground, arrival order
         background: list[tuple[QueuedItem, asyncio.Future]] = []
         kept: list[tuple[QueuedItem, asyncio.Future]] = []
         used_s = 0.0
@@ -158,14 +177,15 @@ class Coalescer:
                 )
                 self._dropped("deadline")
                 continue
-            if item.background:
-                background.append((item, future))
-            elif full or (batch and used_s + item.cost_s > self.capacity_s):
+            (background if item.background else waiting).append((item, future))
+        for item, future in _fair_order(waiting):
+            if full or (batch and used_s + item.cost_s > self.capacity_s):
                 full = True
-                kept.append((item, future))
             else:
                 batch.append((item, future))
                 used_s += item.cost_s
+        taken = {id(item) for item, _ in batch}
+        kept.extend(pair for pair in waiting if id(pair[0]) not in taken)  # arrival order
         room_s = self.background_capacity_s or self.capacity_s * BACKGROUND_SHARE
         only_background = not batch
         for item, future in background:

@@ -122,3 +122,12 @@ def test_foreground_waiting_is_set_while_a_normal_item_waits_behind_a_background
     before, during, seen, after = asyncio.run(main())
     assert (before, during, after) == (False, True, False)
     assert seen == [("p1", False), ("f1", False)]  # cleared when f1 was taken
+
+
+def test_a_short_request_behind_a_long_ones_items_rides_in_the_next_forward():
+    """Rounds across requests: a short file's item queued in the replica behind a long
+    file's segments waited for all of them (first come, first served)."""
+    later = [item(1.0, tag="long") for _ in range(6)] + [item(1.0, tag="short")]
+    forwards, _ = while_busy(later, capacity_s=2.0)
+    assert forwards[1] == ["long", "short"]
+    assert forwards[2:] == [["long", "long"], ["long", "long"], ["long"]]

@@ -149,24 +149,42 @@ class Cluster:
     def start_head(self, tries: int = 2) -> None:
         """Start the head and wait for its dashboard. A ``ray start --head`` that exits
         (in the suite under load average 18 its dashboard missed Ray's startup wait,
-        here 180 s) is killed whole and started once more."""
+        here 180 s), or whose dashboard found its port taken (between drawing it and
+        binding it, by the other suite worker's Ray: the head runs on without a dashboard),
+        is killed whole and started once more, on a new dashboard port."""
         for attempt in range(tries):
             self.head.start()
 
             def up() -> bool:
                 if self.head.proc is not None and self.head.proc.poll() is not None:
                     raise RuntimeError(f"ray start --head exited; see {self.head.log}")
+                if self._dashboard_port_taken():
+                    raise RuntimeError(f"the dashboard's port {self.dashboard_port} was taken")
                 return _get(f"{self.dashboard}/api/version") is not None
 
             try:
                 wait_until(up, 180, "the head")
                 return
-            except RuntimeError:
+            except RuntimeError as exc:
                 if attempt + 1 == tries:
                     raise
-                print(f"head: ray start --head exited; started again (see {self.head.log})")
+                print(f"head: {exc}; started again (see {self.head.log})")
                 self.head.kill()
                 (self.temp_dir / "ray_current_cluster").unlink(missing_ok=True)
+                self.dashboard_port = free_ports(1)[0]
+                self.head.cmd = [
+                    f"--dashboard-port={self.dashboard_port}"
+                    if arg.startswith("--dashboard-port=")
+                    else arg
+                    for arg in self.head.cmd
+                ]
+
+    def _dashboard_port_taken(self) -> bool:
+        err = self.temp_dir / "session_latest" / "logs" / "dashboard.err"
+        with contextlib.suppress(OSError):
+            text = err.read_text(errors="replace")
+            return "address already in use" in text and str(self.dashboard_port) in text
+        return False
 
     def restart_head(self) -> str | None:
         """Start the head again (same port, same Redis). On one machine ``ray start --head``

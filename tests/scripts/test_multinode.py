@@ -88,3 +88,21 @@ def test_ports_for_our_servers_are_outside_the_kernels_ephemeral_range():
     assert all(p > 19999 for p in ports)  # not Ray's worker ports either
     with socket.socket() as s:
         s.bind(("127.0.0.1", ports[0]))
+
+
+def test_a_dashboard_that_found_its_port_taken_is_seen(tmp_path):
+    """The head runs on when its dashboard cannot bind (the suite's other worker's Ray took
+    the port between drawing and binding): the drill waited 180 s and failed (2026-12-07).
+    Seen, the head is started again on a new port."""
+    from scripts.common.local_cluster import Cluster
+
+    cluster = Cluster(tmp_path, free_port(), workers=0, worker_cpus=1)
+    assert not cluster._dashboard_port_taken()
+    logs = tmp_path / "ray" / "session_latest" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "dashboard.err").write_text(
+        "Exception: Failed to find a valid port for dashboard after 0 retries: [Errno 98] "
+        f"error while attempting to bind on address ('127.0.0.1', {cluster.dashboard_port}): "
+        "address already in use\n"
+    )
+    assert cluster._dashboard_port_taken()

@@ -18,9 +18,11 @@ yet (a new request, requests reserved but not through the VAD) is counted at the
 speech the VAD found in recent requests (an EWMA over requests; 1.0 before any): a
 call-centre file is half silence, and counting it whole refused twice the traffic it should
 and answered a ``Retry-After`` twice too long (over OpenAI's client's 120 s, so it never
-retried). A new request's expected wait is ``(queued speech + unseen audio x speech share)
-/ rate``; over ``max_queue_wait_s`` it is rejected with a ``Retry-After`` of the time the
-queue needs to drain to the point where it would fit. An idle model (empty queue) always
+retried). A new request's expected wait is its speech plus, of each admitted request's
+queued speech, at most as much as its own (forwards take items in rounds across requests:
+processor sharing), plus the requests not admitted yet, over the rate; over
+``max_queue_wait_s`` it is rejected with a ``Retry-After`` of the time the queue needs to
+drain to the point where it would fit. An idle model (empty queue) always
 admits, so a stale or collapsed rate can never lock the service.
 
 Several ingress replicas each run their own controllers over their own share of the
@@ -71,6 +73,7 @@ class AdmissionController:
         self._busy_s = 0.0
         self._drained_any = False
         self._last_t = clock()
+        self._tickets: set[AdmissionTicket] = set()  # admitted, not closed
 
     # -- measurement ------------------------------------------------------------------
     def _advance(self) -> None:
@@ -104,19 +107,30 @@ class AdmissionController:
         measured = self.measured_rate()
         return self.policy.initial_rate_audio_s_per_s if measured is None else measured
 
-    def expected_wait_s(self, audio_s: float = 0.0) -> float:
-        """Seconds until ``audio_s`` more audio (not through the VAD yet) would drain."""
+    def expected_wait_s(
+        self, audio_s: float = 0.0, *, speech: bool = False, pending_audio_s: float = 0.0
+    ) -> float:
+        """Seconds until a new request of ``audio_s`` (not through the VAD yet, unless
+        ``speech``) would be done. A forward takes items in rounds across requests
+        (serve_app.online.batch_queue), so the recognizer's time is shared: an admitted
+        request delays it by at most its own size (processor sharing). A 3 s file behind
+        an hour-long upload waits for 3 s of it, not the hour (it was refused with
+        Retry-After 184 s). ``pending_audio_s`` (requests not admitted yet) counts whole.
+        ``audio_s`` 0: the whole queue."""
         self._advance()
-        unseen_s = self._unseen_s + audio_s
-        seen_s = max(0.0, self._queued_s - self._unseen_s)
-        queued_s = seen_s + unseen_s * self.speech_share
-        if queued_s <= 0:
+        own_s = audio_s * (1.0 if speech else self.speech_share)
+        queued = [ticket.speech_s for ticket in self._tickets]
+        total_s = own_s + sum(min(q, own_s) if own_s > 0 else q for q in queued)
+        total_s += pending_audio_s * self.speech_share
+        if total_s <= 0:
             return 0.0
         rate = self.rate()
-        return math.inf if rate <= 0 else queued_s / rate
+        return math.inf if rate <= 0 else total_s / rate
 
     # -- decisions --------------------------------------------------------------------
-    def check(self, audio_s: float = 0.0, *, pending_audio_s: float = 0.0) -> None:
+    def check(
+        self, audio_s: float = 0.0, *, pending_audio_s: float = 0.0, speech: bool = False
+    ) -> None:
         """Raise :class:`OverloadedError` (with ``retry_after_s``) if a request of
         ``audio_s`` would wait longer than allowed; reserves nothing. ``pending_audio_s``:
         the expected audio of requests that arrived before it and are not admitted yet
@@ -124,7 +138,7 @@ class AdmissionController:
         self._advance()
         if self._queued_s <= 1e-9 and pending_audio_s <= 0:
             return  # idle: always admit
-        wait_s = self.expected_wait_s(audio_s + pending_audio_s)
+        wait_s = self.expected_wait_s(audio_s, speech=speech, pending_audio_s=pending_audio_s)
         limit_s = self.policy.max_queue_wait_s
         if wait_s <= limit_s:
             return
@@ -138,12 +152,14 @@ class AdmissionController:
     def admit(self, audio_s: float, *, speech: bool = False) -> AdmissionTicket:
         """Check, then reserve ``audio_s`` in the queue; the ticket releases it.
         ``speech``: the audio is speech already (a live utterance), no VAD will shrink it."""
-        self.check(audio_s)
+        self.check(audio_s, speech=speech)
         self._advance()
         self._queued_s += audio_s
         if not speech:
             self._unseen_s += audio_s
-        return AdmissionTicket(self, audio_s, unseen=not speech)
+        ticket = AdmissionTicket(self, audio_s, unseen=not speech)
+        self._tickets.add(ticket)
+        return ticket
 
     def _seen(self, audio_s: float, speech_s: float) -> None:
         """The VAD ran on a request reserved as ``audio_s``: ``speech_s`` of it is speech."""
@@ -190,8 +206,15 @@ class AdmissionTicket:
             self.reserved_s -= released
             self._controller._release(released, completed=True, unseen=self._unseen)
 
+    @property
+    def speech_s(self) -> float:
+        """What it still holds, in speech seconds (unseen audio at the speech share)."""
+        share = self._controller.speech_share if self._unseen else 1.0
+        return self.reserved_s * share
+
     def close(self) -> None:
         """The request ended (done, failed or cancelled): release what it still holds."""
+        self._controller._tickets.discard(self)
         if self.reserved_s > 0:
             self._controller._release(self.reserved_s, completed=False, unseen=self._unseen)
             self.reserved_s = 0.0

@@ -43,6 +43,9 @@ from serve_app.online.service import SegmentCallback, TranscriptionService
 if TYPE_CHECKING:
     from serve_app.online.ingress import IngressOptions
 
+# The fewest bytes a second of audio takes (AMR-NB at 4.75 kbit/s; Opus can go lower,
+# rarely): a size's upper bound on its duration, for admission before decoding.
+MIN_AUDIO_BYTES_PER_S = 500
 # Multipart framing around the file: the upload limit is checked on Content-Length with
 # this allowance before the body is read, and on the file's own size after.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -83,10 +86,11 @@ class TranscriptionEndpoint:
         request_id = request_id_of(request.scope)
         deadline_unix_s = self._deadline_unix_s(request)
         # The queue (with the requests still uploading ahead of this one, and this one at
-        # their average length) may already be too long: answer before reading the body.
+        # their average length, or what its size can hold) may already be too long:
+        # answer before reading the body.
         self._admission_check(
             None,
-            self._pending.average_audio_s,
+            self._expected_audio_s(request.headers.get("content-length")),
             "before_body",
             pending_audio_s=self._pending.audio_s(),
         )
@@ -141,7 +145,8 @@ class TranscriptionEndpoint:
             if self._available is not None:  # 503 when its stages have no replica
                 await self._available(route.name, speakers.diarize)
             await self._check_capabilities(model, request_options.recognition)
-            self._admission_check(model, 0.0, "before_decode")
+            # Its own length is known once decoded: until then, what its size can hold.
+            self._admission_check(model, self._expected_audio_s(upload.size), "before_decode")
             data = await upload.read(limits.max_upload_bytes + 1)
         finally:
             await form.close()  # the spooled file, on every path
@@ -234,6 +239,14 @@ class TranscriptionEndpoint:
                 )
             timeout_s = min(timeout_s, value)
         return time.time() + timeout_s
+
+    def _expected_audio_s(self, size_bytes: object) -> float:
+        """A request's audio before it is decoded: the average of recent requests, but no
+        more than its size holds at 4 kbit/s (AMR's, the lowest codec rate): one hour-long
+        upload made the average an hour, and a 3 s file after it was refused as one."""
+        average_s = self._pending.average_audio_s
+        size = int(size_bytes) if str(size_bytes).isdigit() else None
+        return average_s if size is None else min(average_s, size / MIN_AUDIO_BYTES_PER_S)
 
     def _admission_check(
         self, model: str | None, audio_s: float, stage: str, *, pending_audio_s: float = 0.0

@@ -78,13 +78,28 @@ def test_expected_wait_rejects_with_retry_after_from_the_estimate():
     ctl, clock = controller(max_queue_wait_s=60.0, min_busy_s=1.0)
     drain(ctl, clock, rate=10.0, seconds=10.0).close()
     queued = ctl.admit(500.0)  # 50 s of work at 10 audio-s/s
-    ctl.check(100.0)  # (500 + 100) / 10 = 60 s: admitted
+    # Shared time: the queued request delays a new one by at most the new one's size.
+    ctl.check(300.0)  # (300 + 300) / 10 = 60 s: admitted
     with pytest.raises(OverloadedError) as info:
-        ctl.check(200.0)  # 70 s
-    # Discrete completions read the rate a little high (10.1 audio-s/s): about 9.4 s.
-    assert info.value.retry_after_s == pytest.approx(10.0, rel=0.1)
-    queued.completed(400.0)  # the queue drains: the same request fits now
-    ctl.check(200.0)
+        ctl.check(400.0)  # (400 + 400) / 10 = 80 s
+    # Discrete completions read the rate a little high (10.1 audio-s/s): about 19 s.
+    assert info.value.retry_after_s == pytest.approx(20.0, rel=0.1)
+    queued.completed(400.0)  # the queue drains: (400 + 100) / 10 fits now
+    ctl.check(400.0)
+
+
+def test_a_short_request_behind_a_long_one_waits_for_its_share_not_the_whole():
+    """One hour-long upload queued: a 3 s file was refused (Retry-After 184 s) though
+    forwards take items in rounds across requests; it waits for 3 s of the hour's."""
+    ctl, clock = controller(max_queue_wait_s=60.0, min_busy_s=1.0)
+    drain(ctl, clock, rate=10.0, seconds=10.0).close()
+    hour = ctl.admit(3600.0)
+    ctl.check(3.0)  # (3 + 3) / 10 s
+    assert ctl.expected_wait_s(3.0) == pytest.approx(0.6, rel=0.1)
+    with pytest.raises(OverloadedError):
+        ctl.check(600.0)  # a long one behind it still waits (600 + 600) / 10 s
+    assert ctl.expected_wait_s() == pytest.approx(360.0, rel=0.1)  # the whole queue
+    hour.close()
 
 
 def test_silence_released_after_vad_does_not_count_as_drained():
@@ -115,8 +130,8 @@ def test_audio_not_through_the_vad_yet_counts_at_the_speech_share_seen():
     second = ctl.admit(800.0)
     assert ctl.speech_share == pytest.approx(0.5)
     with pytest.raises(OverloadedError) as info:
-        ctl.check(400.0)  # 100 + 400 + 200 s of speech: ~70 s
-    assert info.value.retry_after_s == pytest.approx(10.0, rel=0.15)
+        ctl.check(800.0)  # 400 + 100 + 400 s of speech (each queued one up to 400): ~90 s
+    assert info.value.retry_after_s == pytest.approx(30.0, rel=0.15)
     # A ticket closed before its VAD ran (a failed decode) leaves nothing unseen behind.
     second.close()
     first.close()
@@ -201,7 +216,8 @@ def test_a_request_of_no_model_yet_gets_the_soonest_retry_after():
     from serve_app.online.transcription import TranscriptionEndpoint
 
     busy, _ = controller(max_queue_wait_s=60.0, initial_rate_audio_s_per_s=10.0)
-    busy.admit(600.0)  # 60 s of work queued
+    for _ in range(30):
+        busy.admit(20.0)  # 60 s of work queued, in requests as long as the new one
     cold, _ = controller(max_queue_wait_s=60.0, initial_rate_audio_s_per_s=1.0)
     endpoint = TranscriptionEndpoint(
         service=None,  # type: ignore[arg-type]

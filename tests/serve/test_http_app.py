@@ -5,6 +5,7 @@ request all the way through (JSON and Server-Sent Events), and websocket plumbin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -13,6 +14,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from serve_app.config import CacheSettings
+from serve_app.core.errors import OverloadedError
 from serve_app.core.transcript import RESPONSE_FORMATS
 from serve_app.online.auth import KEYS_ENV, KEYS_FILE_ENV
 from serve_app.online.forms import TranscriptionForm
@@ -195,10 +197,20 @@ def test_refusals_come_before_the_body_is_read(monkeypatch: pytest.MonkeyPatch):
     assert draining.drain_state() == {"draining": True, "in_flight": 0}
 
     overloaded = fake_ingress()
-    overloaded._admission[MODEL].admit(10_000.0)  # hours of audio queued already
-    status, headers, body, read = _asgi(overloaded.http_app(), AUDIO, MULTIPART)
+    # Requests as long as a new one is expected to be, queued until no more fit (one long
+    # request would not do: a short one behind it waits for its share only).
+    with contextlib.suppress(OverloadedError):
+        for _ in range(10_000):
+            overloaded._admission[MODEL].admit(30.0)
+    # Declared as a megabyte: it may hold 30 s (the average) as well as any queued request.
+    status, headers, body, read = _asgi(
+        overloaded.http_app(), AUDIO, {**MULTIPART, "content-length": str(1 << 20)}
+    )
     assert (status, body["error"]["code"], read) == (503, "overloaded", False)
     assert int(headers["retry-after"]) >= 1
+    # A few hundred bytes hold under a second of audio: its share of the queue fits.
+    status, _, body, read = _asgi(overloaded.http_app(), AUDIO, MULTIPART)
+    assert (status, body["error"]["param"], read) == (400, "file", True)
 
     monkeypatch.setenv(KEYS_ENV, "sk-a")
     status, headers, body, read = _asgi(fake_ingress().http_app(), AUDIO, MULTIPART)

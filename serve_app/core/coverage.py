@@ -285,6 +285,27 @@ def trim_to_speech(
     return tuple(out)
 
 
+def said_spans(result: SegmentTranscript) -> tuple[TextSpan, ...]:
+    """The result's spans that hold text."""
+    return tuple(s for s in result.spans if s.text.strip())
+
+
+def placed_spans(
+    spans: tuple[TextSpan, ...],
+    why: str | None,
+    mask: np.ndarray,
+    speech_ms: Sequence[tuple[int, int]] | None,
+    settings: CoverageSettings = DEFAULT_SETTINGS,
+) -> tuple[TextSpan, ...]:
+    """``spans`` put on the speech: re-timed for ``why`` (:func:`implausible_timing`'s
+    answer; whole seconds snapped to the pauses), then edges over long pauses trimmed."""
+    if why == RETIME_WHOLE:
+        spans = snap_spans(spans, mask, settings)
+    elif why is not None:
+        spans = retime_spans(spans, mask, settings, speech_ms)
+    return trim_to_speech(spans, mask, settings)
+
+
 def snap_spans(
     spans: Sequence[TextSpan], mask: np.ndarray, settings: CoverageSettings = DEFAULT_SETTINGS
 ) -> tuple[TextSpan, ...]:
@@ -506,7 +527,7 @@ def check_item(
     duration_ms = len(samples) // _SAMPLES_PER_MS
     mask = speech_frames(samples, speech_ms, settings)
     speech_total_ms = int(mask.sum()) * FRAME_MS
-    spans = tuple(s for s in result.spans if s.text.strip())
+    spans = said_spans(result)
     retimed = implausible_timing(spans, mask, settings)
     tail = None
     if retimed == RETIME_STEPS:
@@ -517,12 +538,9 @@ def check_item(
         head_mask = mask.copy()
         head_mask[head_ms // FRAME_MS :] = False
         head = [(a, b) for a, b in speech_ms or () if a < head_ms]
-        spans = retime_spans(spans, head_mask, settings, head)
-    elif retimed == RETIME_WHOLE:
-        spans = snap_spans(spans, mask, settings)
-    elif retimed is not None:
-        spans = retime_spans(spans, mask, settings, speech_ms)
-    spans = trim_to_speech(spans, mask, settings)
+        spans = trim_to_speech(retime_spans(spans, head_mask, settings, head), mask, settings)
+    else:
+        spans = placed_spans(spans, retimed, mask, speech_ms, settings)
 
     # Times that say nothing (fixed steps, spans over silence) cannot say where speech is
     # missing, but the text is usually whole (measured: decoding such an item again in

@@ -15,15 +15,13 @@ import numpy as np
 from serve_app.core.coverage import (
     _SAMPLES_PER_MS,
     DEFAULT_SETTINGS,
-    RETIME_WHOLE,
     CoverageSettings,
     ItemCheck,
     check_item,
     implausible_timing,
-    retime_spans,
-    snap_spans,
+    placed_spans,
+    said_spans,
     speech_frames,
-    trim_to_speech,
 )
 from serve_app.core.text import WORD, is_unspaced, join_texts, units
 from serve_app.core.types import SegmentTranscript, TextSpan, WordTiming
@@ -53,7 +51,7 @@ REPEAT_SIMILARITY = 0.8
 def _repeats(previous: str, text: str) -> bool:
     """Whether ``text`` only repeats the end of ``previous`` (a stretch decoded again
     over speech its item had already decoded, e.g. under compressed stepped times).
-    :func:`splice` asks only where that can be the case: see ``may_repeat`` there."""
+    :func:`splice` asks only where that can be the case (:func:`_may_say_again`)."""
     from difflib import SequenceMatcher
 
     prev, cur = units(previous), units(text)
@@ -100,14 +98,14 @@ def splice(
     item's time, in time order; one text made of them."""
     if len(parts) != len(check.stretches):
         raise ValueError(f"{len(parts)} results for {len(check.stretches)} stretches")
-    # (start_s, is_new, order, span); order // 10_000 - 1 is a new span's stretch
-    timed: list[tuple[float, bool, int, TextSpan]] = []
+    # (start_s, stretch, index, span); stretch -1: the item's own span (first at a tie)
+    timed: list[tuple[float, int, int, TextSpan]] = []
     words: list[WordTiming] = [] if check.replace else list(item.words)
     new_words: list[WordTiming] = []  # the stretches' words
     repeated: list[TextSpan] = []  # stretch spans dropped as repeats
     language = item.language
     if not check.replace:
-        timed.extend((s.start_s, False, i, s) for i, s in enumerate(check.spans))
+        timed.extend((s.start_s, -1, i, s) for i, s in enumerate(check.spans))
     for k, (stretch, part) in enumerate(zip(check.stretches, parts, strict=True)):
         offset_s, end_s = stretch.start_ms / 1000, stretch.end_ms / 1000
         language = language or part.language
@@ -117,15 +115,15 @@ def splice(
         for i, span in enumerate(spans):
             start = min(offset_s + max(span.start_s, 0.0), end_s)
             shifted = TextSpan(start, min(max(offset_s + span.end_s, start), end_s), span.text)
-            timed.append((start, True, (k + 1) * 10_000 + i, shifted))
+            timed.append((start, k, i, shifted))
         new_words.extend(
             WordTiming(w.start_s + offset_s, w.end_s + offset_s, w.word) for w in part.words
         )
-    timed.sort(key=lambda t: (t[0], t[1], t[2]))
+    timed.sort(key=lambda t: t[:3])
     merged: list[TextSpan] = []
     sources: list[int | None] = []  # each merged span's stretch (None: the item's own)
-    for _, is_new, order, span in timed:
-        k = order // 10_000 - 1 if is_new else None
+    for _, stretch, _, span in timed:
+        k = stretch if stretch >= 0 else None
         if k is not None and merged and _may_say_again(check, sources[-1], merged[-1], k):
             if _repeats(merged[-1].text, span.text):
                 repeated.append(span)
@@ -159,19 +157,15 @@ def retime_only(
     settings: CoverageSettings = DEFAULT_SETTINGS,
 ) -> tuple[SegmentTranscript, str | None]:
     """``result`` with its spans re-timed when implausible (for items not checked again)."""
-    spans = tuple(s for s in result.spans if s.text.strip())
+    spans = said_spans(result)
     if not spans:
         return result, None
     mask = speech_frames(samples, speech_ms, settings)
     why = implausible_timing(spans, mask, settings)
-    if why == RETIME_WHOLE:
-        spans = snap_spans(spans, mask, settings)
-    elif why is not None:
-        spans = retime_spans(spans, mask, settings, speech_ms)
-    trimmed = trim_to_speech(spans, mask, settings)
-    if why is None and trimmed == tuple(s for s in result.spans if s.text.strip()):
+    placed = placed_spans(spans, why, mask, speech_ms, settings)
+    if why is None and placed == spans:
         return result, None
-    return replace(result, spans=trimmed), why
+    return replace(result, spans=placed), why
 
 
 # -- rounds -----------------------------------------------------------------------------
@@ -317,8 +311,6 @@ class Redecoder:
         for part in parts:
             if not isinstance(part, SegmentTranscript):
                 return part
-        if not node.children and node.check.spans == tuple(
-            s for s in result.spans if s.text.strip()
-        ):
+        if not node.children and node.check.spans == said_spans(result):
             return result  # nothing re-decoded, re-timed or trimmed
         return splice(result, node.check, parts)  # type: ignore[arg-type]

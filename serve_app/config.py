@@ -235,25 +235,23 @@ class RecognizerSettings(Strict):
     model: str = Field(..., description="folder (absolute or under models_dir) or hub id")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    # FunASR only: ``onnx`` runs the graph FunASR's exporter writes (exported once per
-    # weights, cached under $ASR_ONNX_CACHE_DIR) on ONNX Runtime, CPU, fp32 or int8
-    # (FunASR's dynamic quantization); Paraformer and SenseVoiceSmall, no word timestamps
-    # (serve_app/recognizers/funasr_onnx.py).
+    # Moonshine only: the encoder of live partials' forwards (int8: half the time; finals
+    # and files keep ``precision``'s fp32 encoder). None: as ``precision``.
+    partial_precision: Literal["fp32", "int8"] | None = None
+    # FunASR only: ``onnx`` runs FunASR's exported graph (cached under $ASR_ONNX_CACHE_DIR) on
+    # ONNX Runtime, CPU, fp32 or int8: Paraformer, SenseVoiceSmall (recognizers/funasr_onnx.py).
     runtime: Literal["torch", "onnx"] = "torch"
     language: str | None = None
     hotwords: tuple[str, ...] = ()
     beam_size: int = Field(1, ge=1)
-    # Intra-op threads of the model on CPU. 0 keeps the library default, which inside a Ray
-    # actor is OMP_NUM_THREADS = the actor's num_cpus (1 for a fractional or 1-CPU actor):
-    # set it to the cores the replica may really use.
+    # Intra-op threads on CPU. 0: the library default, in a Ray actor OMP_NUM_THREADS = the
+    # actor's num_cpus (1 for a fractional actor): set it to the cores the replica may use.
     cpu_threads: int = Field(0, ge=0)
     warmup: bool = True
-    # Consecutive VAD segments of one file are joined, with the pause between them, while
-    # the joined piece stays within this many seconds, before they become batch items.
-    # Whisper's encoder runs a full 30 s window whatever the segment length, so packing
-    # short segments into one window is free compute (faster-whisper's batched pipeline
-    # does the same); FunASR's cost grows with length, so pauses would be paid for.
-    # null = the backend's default: whisper 30, funasr 0 (off).
+    # Consecutive VAD segments of a file are joined (pauses kept) up to this many seconds
+    # into one batch item: Whisper's encoder runs a 30 s window anyway (faster-whisper's
+    # batched pipeline packs too); FunASR's cost grows with length, so pauses would cost.
+    # null = the backend's default: whisper 30, funasr and moonshine 0 (off).
     pack_segments_s: float | None = Field(None, ge=0)
     batch: BatchSettings = BatchSettings()
     # Admission control (serve_app.online.admission): a request whose expected wait in this
@@ -279,6 +277,8 @@ class RecognizerSettings(Strict):
                 f"{self.name}: punctuation is for models without their own; Whisper's text is "
                 "already punctuated (remove the punctuation section)"
             )
+        if self.partial_precision is not None and self.backend != "moonshine":
+            raise ValueError(f"{self.name}: partial_precision is for the moonshine backend")
         if self.precision in ("fp16", "bf16") and self.device == "cpu":
             raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
         if self.runtime == "onnx" and (self.backend != "funasr" or self.device != "cpu"):

@@ -48,6 +48,10 @@ class SegmentJob:
     # A queued item with the same key is dropped when this one arrives (a newer partial
     # of the same utterance replaces the older one).
     coalesce_key: str | None = None
+    # The backend's tokens of what this audio was heard to say before (a live utterance's
+    # previous partial, ``SegmentTranscript.tokens``): a backend may decode faster by
+    # checking them in one pass (see ``MoonshineBackend``); its text must not depend on them.
+    draft_tokens: tuple[int, ...] = ()
 
     @property
     def duration_s(self) -> float:
@@ -89,6 +93,9 @@ class SegmentTranscript:
     # Probability of ``language`` where the backend detected it (Whisper's language
     # head); None when the language was given, fixed, or detected without a score.
     language_probability: float | None = None
+    # The backend's token ids of ``text`` where it exposes them (Moonshine): the next
+    # partial of the same utterance sends them back as its ``SegmentJob.draft_tokens``.
+    tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

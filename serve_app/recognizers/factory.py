@@ -54,6 +54,7 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             models_dir=models_dir,
             cpu_threads=model_cpu_threads(settings.cpu_threads),
             precision=settings.precision,
+            partial_precision=settings.partial_precision,
             name=settings.name,
         )
     raise ValueError(f"unknown backend {settings.backend!r}")

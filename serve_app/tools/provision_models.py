@@ -230,16 +230,22 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def build_derived(models_dir: Path) -> None:
     """Graphs the default config derives from the embedded weights, built now so that the
-    first start does not (Moonshine's int8 decoder, ~15 s on 2 cores; cached in the ONNX
-    cache, ``$ASR_ONNX_CACHE_DIR``). A failure here is not fatal: the replica builds them."""
-    from serve_app.recognizers.moonshine_backend import FILES, int8_decoder_files
+    first start does not (Moonshine's int8 decoder and partials' encoder, ~20 s on 2 cores;
+    cached in the ONNX cache, ``$ASR_ONNX_CACHE_DIR``). A failure here is not fatal: the
+    replica builds them."""
+    from serve_app.recognizers.moonshine_backend import (
+        FILES,
+        int8_decoder_files,
+        int8_encoder_file,
+    )
 
+    folder = models_dir / "moonshine-base-en"
     try:
-        paths = int8_decoder_files(models_dir / "moonshine-base-en" / FILES[1])
+        paths = [int8_decoder_files(folder / FILES[1])[True], int8_encoder_file(folder / FILES[0])]
     except Exception as exc:  # the replica builds them at its start
-        print(f"[provision] moonshine-base-en int8 decoder not built ({exc}); built at start")
+        print(f"[provision] moonshine-base-en int8 graphs not built ({exc}); built at start")
         return
-    print(f"[provision] moonshine-base-en int8 decoder: {paths[True].parent}")
+    print(f"[provision] moonshine-base-en int8 graphs: {', '.join(str(p) for p in paths)}")
 
 
 if __name__ == "__main__":

@@ -311,3 +311,53 @@ def test_a_partial_that_repeats_a_phrase_is_skipped_not_shown():
     phrase = "Please call the customer service team tomorrow"
     doubled = f"{phrase} {phrase.lower()}"
     assert decode(doubled) is None
+
+
+def test_each_partial_carries_the_previous_partials_tokens_until_the_utterance_ends():
+    """``IngressLive.decode_partial`` sends an utterance's last partial tokens as the next
+    partial item's draft (Moonshine checks them in one decoder pass), per utterance, and
+    ``end_partial`` forgets them (nothing kept per ended utterance). Finals take none."""
+    from types import SimpleNamespace
+
+    from serve_app.config import RealtimeSettings
+    from serve_app.core.types import RecognitionOptions, SegmentTranscript
+    from serve_app.online.realtime.ingress_live import IngressLive
+
+    drafts: list[tuple[str, tuple[int, ...]]] = []
+
+    async def partial_call(job):
+        drafts.append((job.coalesce_key, job.draft_tokens))
+        heard = len(job.audio) // 8000  # one token per half second heard
+        return SegmentTranscript(text="word " * heard, tokens=tuple(range(10, 10 + heard)))
+
+    live = IngressLive(
+        settings=RealtimeSettings(),
+        service=SimpleNamespace(  # type: ignore[arg-type]
+            route=lambda model: SimpleNamespace(name="m", default_options=RecognitionOptions())
+        ),
+        admission={},
+        partial_calls={"m": partial_call},
+        request_timeout_s=30.0,
+    )
+    options = RecognitionOptions()
+
+    async def main() -> None:
+        for seconds, key in [(1, "s/1"), (2, "s/1"), (1, "s/2"), (3, "s/1")]:
+            samples = np.zeros(16000 * seconds, np.float32)
+            await live.decode_partial(samples, model="m", options=options, key=key)
+        live.end_partial("s/1")
+        await live.decode_partial(
+            np.zeros(16000, np.float32), model="m", options=options, key="s/1"
+        )
+
+    asyncio.run(main())
+    assert drafts == [
+        ("s/1", ()),
+        ("s/1", (10, 11)),
+        ("s/2", ()),
+        ("s/1", (10, 11, 12, 13)),
+        ("s/1", ()),  # a new utterance with the same key starts without one
+    ]
+    live.end_partial("s/1")
+    live.end_partial("s/2")
+    assert live.drafts == {}

@@ -9,7 +9,12 @@
   file segment or final waits, in small forwards of its own, and a newer partial of the
   same utterance replaces a queued older one. It is not retried and not charged to
   admission: a partial lost under load is just skipped, as is one that repeats a phrase
-  (Whisper on a prefix cut mid-sentence).
+  (Whisper on a prefix cut mid-sentence). The previous partial's tokens ride along as the
+  item's draft (a backend that returns tokens, Moonshine, checks them in one decoder pass
+  instead of re-decoding the words already heard one step each), kept per utterance until
+  ``end_partial``. Finals take no draft: with the int8 decoder a draft moves near ties its
+  way (live counting came back "12345678910" for "1, 2, 3, ..." in 2 of 5 finals), and a
+  final must read as the same audio sent as a file does.
 - With a streaming model configured for the model (its ``streaming`` section: FunASR's
   2pass), a partial is instead the utterance's new samples fed to the streaming
   deployment, which keeps the utterance's state (routed by session: Serve's multiplexed
@@ -79,6 +84,8 @@ class IngressLive:
         # Utterance key -> (model, samples its streaming state was fed, its text), 2pass
         # models only, until end_partial; the state itself is on the streaming replica.
         self.streams: dict[str, tuple[str, int, str]] = {}
+        # Utterance key -> the tokens of its last partial (re-decoded partials only).
+        self.drafts: dict[str, tuple[int, ...]] = {}
         self._request_timeout_s = request_timeout_s
         self._publish = publish
         self.slots = SessionSlots(settings.max_sessions)
@@ -144,8 +151,11 @@ class IngressLive:
             request_id=key,
             priority=1,
             coalesce_key=key,
+            draft_tokens=self.drafts.get(key, ()),
         )
         result = await self._partial_calls[model](job)
+        if result.tokens:
+            self.drafts[key] = result.tokens
         if repeats_a_phrase(result.text):
             # A prefix cut mid-sentence makes Whisper repeat itself; a partial is optional
             # and revisable, and FunASR's online modes would send the repeat as new words:
@@ -180,6 +190,7 @@ class IngressLive:
     def end_partial(self, key: str) -> None:
         """The utterance ``key`` ended (committed, cleared, its session closed): its
         streaming state, if any, is dropped now, here and on the streaming replica."""
+        self.drafts.pop(key, None)
         stream = self.streams.pop(key, None)
         if stream is not None:
             self._stream_calls[stream[0]].end(key.rsplit("/", 1)[0], key)

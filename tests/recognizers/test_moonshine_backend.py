@@ -273,29 +273,34 @@ def test_a_decoding_loop_stops_past_the_loop_check_and_keeps_one_saying(
     assert int8_backend.forward([SegmentJob(speech[0])])[0].text == normal
 
 
-def test_recorded_counting_is_decoded_to_ten(int8_backend, backend):
-    """pytest-audioeval's recorded "one, two, ... ten" (2.99 s) is 22 tokens: a budget of
-    6.5 tokens a second (the one before) ended it at "nine," (live finals of digits lost
-    7 to 10)."""
+@pytest.fixture(scope="module")
+def recorded() -> dict[str, np.ndarray]:
+    """pytest-audioeval's recorded English utterances by name (provisioned by the set-up)."""
     from scripts import fidelity
-    from serve_app.core.text import units
 
     cache = Path.home() / ".cache" / "ray-funasr-serve" / "test-data"
     try:
-        clips = {u.name: u.samples for u in fidelity.audioeval_utterances(cache)}
+        return {u.name: u.samples for u in fidelity.audioeval_utterances(cache)}
     except Exception as exc:
         pytest.skip(f"pytest-audioeval samples unavailable: {exc}")
-    counting = clips["audioeval-counting"]
+
+
+def test_recorded_counting_is_decoded_to_ten(int8_backend, backend, recorded):
+    """pytest-audioeval's recorded "one, two, ... ten" (2.99 s) is 22 tokens: a budget of
+    6.5 tokens a second (the one before) ended it at "nine," (live finals of digits lost
+    7 to 10)."""
+    from serve_app.core.text import units
+
+    counting = recorded["audioeval-counting"]
     for model in (int8_backend, backend):
         text = model.forward([SegmentJob(counting)])[0].text
         assert units(text)[-1] in ("ten", "10"), text
 
 
-def test_a_short_noisy_utterance_cut_as_a_live_final_is_said_once(int8_backend):
+def test_a_short_noisy_utterance_cut_as_a_live_final_is_said_once(int8_backend, recorded):
     """Recorded "Hello world" (pytest-audioeval) in 20 dB white noise, cut as a live final
     is (0.3 s before the speech, 0.2 s after), decoded alone: without digital silence after
     it Moonshine said "Hello world hello world" for 7 of these 12 (Intel, 2026-12-07)."""
-    from scripts import fidelity
     from scripts.common.audio import with_white_noise
     from serve_app.core.text import units
 
@@ -303,12 +308,7 @@ def test_a_short_noisy_utterance_cut_as_a_live_final_is_said_once(int8_backend):
         words = units(text)
         return len(words) >= 4 and words[: len(words) // 2] * 2 == words
 
-    cache = Path.home() / ".cache" / "ray-funasr-serve" / "test-data"
-    try:
-        clips = {u.name: u.samples for u in fidelity.audioeval_utterances(cache)}
-    except Exception as exc:
-        pytest.skip(f"pytest-audioeval samples unavailable: {exc}")
-    hello = clips["audioeval-hello_world"]
+    hello = recorded["audioeval-hello_world"]
     power = float(np.mean(hello**2))
     cut = np.concatenate([np.zeros(4800, np.float32), hello, np.zeros(3200, np.float32)])
     texts = [

@@ -272,23 +272,16 @@ def test_a_partial_cut_short_to_a_prefix_of_the_last_one_is_not_shown():
     assert shown[:3] == ["one two three", "one two three four", "one too"], shown
 
 
-def test_a_partial_that_repeats_a_phrase_is_skipped_not_shown():
-    """The re-decoded partial of a prefix cut mid-sentence: Whisper tiny.en once said the
-    utterance twice ("... team tomorrow please call the customer service team tomorrow").
-    ``IngressLive.decode_partial`` skips such a partial (None: nothing is shown, and
-    FunASR's append-only online text does not get the repeat); others pass as they are."""
+def _ingress_live(partial_call):
+    """The ingress side of live sessions over one fake model "m" whose partials
+    ``partial_call`` answers (no Ray)."""
     from types import SimpleNamespace
 
     from serve_app.config import RealtimeSettings
-    from serve_app.core.types import RecognitionOptions, SegmentTranscript
+    from serve_app.core.types import RecognitionOptions
     from serve_app.online.realtime.ingress_live import IngressLive
 
-    said: list[str] = []
-
-    async def partial_call(job):
-        return SegmentTranscript(text=said[-1])
-
-    live = IngressLive(
+    return IngressLive(
         settings=RealtimeSettings(),
         service=SimpleNamespace(  # type: ignore[arg-type]
             route=lambda model: SimpleNamespace(name="m", default_options=RecognitionOptions())
@@ -297,6 +290,21 @@ def test_a_partial_that_repeats_a_phrase_is_skipped_not_shown():
         partial_calls={"m": partial_call},
         request_timeout_s=30.0,
     )
+
+
+def test_a_partial_that_repeats_a_phrase_is_skipped_not_shown():
+    """The re-decoded partial of a prefix cut mid-sentence: Whisper tiny.en once said the
+    utterance twice ("... team tomorrow please call the customer service team tomorrow").
+    ``IngressLive.decode_partial`` skips such a partial (None: nothing is shown, and
+    FunASR's append-only online text does not get the repeat); others pass as they are."""
+    from serve_app.core.types import RecognitionOptions, SegmentTranscript
+
+    said: list[str] = []
+
+    async def partial_call(job):
+        return SegmentTranscript(text=said[-1])
+
+    live = _ingress_live(partial_call)
 
     def decode(text: str) -> str | None:
         said.append(text)
@@ -317,11 +325,7 @@ def test_each_partial_carries_the_previous_partials_tokens_until_the_utterance_e
     """``IngressLive.decode_partial`` sends an utterance's last partial tokens as the next
     partial item's draft (Moonshine checks them in one decoder pass), per utterance, and
     ``end_partial`` forgets them (nothing kept per ended utterance). Finals take none."""
-    from types import SimpleNamespace
-
-    from serve_app.config import RealtimeSettings
     from serve_app.core.types import RecognitionOptions, SegmentTranscript
-    from serve_app.online.realtime.ingress_live import IngressLive
 
     drafts: list[tuple[str, tuple[int, ...]]] = []
 
@@ -330,15 +334,7 @@ def test_each_partial_carries_the_previous_partials_tokens_until_the_utterance_e
         heard = len(job.audio) // 8000  # one token per half second heard
         return SegmentTranscript(text="word " * heard, tokens=tuple(range(10, 10 + heard)))
 
-    live = IngressLive(
-        settings=RealtimeSettings(),
-        service=SimpleNamespace(  # type: ignore[arg-type]
-            route=lambda model: SimpleNamespace(name="m", default_options=RecognitionOptions())
-        ),
-        admission={},
-        partial_calls={"m": partial_call},
-        request_timeout_s=30.0,
-    )
+    live = _ingress_live(partial_call)
     options = RecognitionOptions()
 
     async def main() -> None:

@@ -94,12 +94,12 @@ def test_a_draft_saves_decoder_steps_and_never_changes_the_text(backend, speech,
         lambda t: t + t,
         lambda t: t[:3],
     ]
-    for make in drafts:
+    for make in drafts:  # three sentences each: the batch below has all six
         alone = [
             backend.forward([SegmentJob(a, draft_tokens=make(r.tokens))])[0].text
-            for a, r in zip(speech, plain)
+            for a, r in zip(speech[:3], plain[:3])
         ]
-        assert alone == [r.text for r in plain]
+        assert alone == [r.text for r in plain[:3]]
     batch_plain = [r.text for r in backend.forward([SegmentJob(a) for a in speech])]
     mixed = [
         SegmentJob(a, draft_tokens=make(r.tokens)) for a, r, make in zip(speech, plain, drafts)

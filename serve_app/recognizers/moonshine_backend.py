@@ -335,8 +335,8 @@ class MoonshineBackend:
             for draft, budget in zip(drafts or [()] * batch, budgets, strict=True)
         ]
         out: list[list[int]] = [[] for _ in range(batch)]
+        limits = (budgets, loop_checks)
         for rows, past, chosen in self._first_step(hidden, drafts, out):
-            limits = (budgets, loop_checks)
             if not self._greedy(rows, hidden[rows], past, chosen, out, limits, should_yield):
                 break
         return out

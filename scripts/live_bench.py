@@ -9,9 +9,9 @@ Per N it prints: final latency p50/p95 (from the true end of a sentence's speech
 ``speech_stopped``: the part before recognition), first-partial latency p50 (from the true
 start), partials per second of speech, WER of the finals against the spoken text, failed
 items, and the busiest recognizer's forwards (count, items per forward, busy seconds:
-``/v1/stats``), the cores each role of the service used (``cpu_<role>``: replicas of a
-deployment summed, ``cpu_client`` this script) and the ingress's RSS growth per session
-(its peak during the row over its RSS before, per session).
+``/v1/stats``), the cores each role of the service used (``cpu_<role>``, the roles of
+``scripts.bench``: replicas summed, this script as its clients) and the ingress's RSS
+growth per session (its peak during the row over its RSS before, per session).
 
 Modes: ``batched`` deploys the app as configured (``--config``, default
 ``ray_configs/serve.yaml``); ``serial`` deploys it with every recognizer at
@@ -44,6 +44,7 @@ import psutil
 import websockets
 import yaml
 
+from scripts.bench.measure import cpu_breakdown, cpu_by_process
 from scripts.common.audio import require_espeak
 from scripts.common.http import percentile
 from scripts.common.service import deploy_local, rss_mb, service_processes, shutdown_local
@@ -206,30 +207,16 @@ def forward_figures(before: dict[str, dict], after: dict[str, dict]) -> dict:
 
 
 class RoleSampler:
-    """Per role of the service: cores used during a row (CPU seconds over wall seconds),
+    """Per role of the service (``scripts.bench.measure``'s roles): cores used during a row,
     and the ingress's peak RSS (sampled every 0.5 s)."""
 
     def __init__(self, url: str) -> None:
         self.port = int(url.rsplit(":", 1)[1].split("/")[0])
-        self.roles = service_processes(self.port)
-        self.roles[psutil.Process().pid] = "client"
-        self.ingress = [pid for pid, label in self.roles.items() if label.endswith("Ingress")]
+        roles = service_processes(self.port)
+        self.pids = [psutil.Process().pid, *roles]
+        self.ingress = [pid for pid, label in roles.items() if label.endswith("Ingress")]
         self.rss_before_mb = sum(rss_mb(pid) or 0.0 for pid in self.ingress)
         self.peak_mb = self.rss_before_mb
-
-    @staticmethod
-    def _role(label: str) -> str:
-        return label.rsplit(":", 1)[-1].removeprefix("Recognizer-")
-
-    def _cpu(self) -> dict[int, float]:
-        times = {}
-        for pid in self.roles:
-            try:
-                cpu = psutil.Process(pid).cpu_times()
-            except psutil.Error:
-                continue
-            times[pid] = cpu.user + cpu.system
-        return times
 
     async def sample_rss(self) -> None:
         while True:
@@ -237,18 +224,16 @@ class RoleSampler:
             await asyncio.sleep(0.5)
 
     async def measure(self, work: Any) -> tuple[Any, dict]:
-        cpu0, t0 = self._cpu(), time.monotonic()
+        cpu0, t0 = cpu_by_process(self.pids), time.monotonic()
         sampler = asyncio.ensure_future(self.sample_rss())
         try:
             result = await work
         finally:
             sampler.cancel()
-        cpu1, wall_s = self._cpu(), time.monotonic() - t0
-        cores: dict[str, float] = {}
-        for pid, used in cpu1.items():
-            role = "cpu_" + self._role(self.roles[pid])
-            cores[role] = cores.get(role, 0.0) + (used - cpu0.get(pid, used)) / wall_s
-        return result, dict(sorted(cores.items()))
+        core_s = cpu_breakdown(cpu0, cpu_by_process(self.pids))
+        wall_s = time.monotonic() - t0
+        cores = {"cpu_" + role.replace(" ", "_"): s / wall_s for role, s in core_s.items()}
+        return result, cores
 
 
 async def measure_row(url: str, ws_url: str, streams: list[Stream], model: str | None) -> dict:

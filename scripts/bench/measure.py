@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,12 +188,17 @@ def _process_label(p: Any) -> str:
     return "other"
 
 
-def cpu_by_process() -> dict[int, tuple[str, float]]:
-    """pid -> (role, user+system CPU seconds) for this process and all its descendants."""
+def cpu_by_process(pids: Iterable[int] | None = None) -> dict[int, tuple[str, float]]:
+    """pid -> (role, user+system CPU seconds) for this process and all its descendants, or
+    for ``pids`` (a service this process did not start: ``scripts.live_bench --url``)."""
     ps = _psutil()
     me = ps.Process()
     out = {}
-    for p in [me, *me.children(recursive=True)]:
+    procs = [me, *me.children(recursive=True)] if pids is None else []
+    for pid in pids or ():
+        with contextlib.suppress(ps.Error):
+            procs.append(ps.Process(pid))
+    for p in procs:
         try:
             t = p.cpu_times()
         except ps.Error:

@@ -51,11 +51,9 @@ class DeploymentSettings(Strict):
     autoscaling_config: dict[str, Any] | None = None
     ray_actor_options: dict[str, Any] = Field(default_factory=dict)
     health_check_period_s: float | None = None
-    # A stopping replica (update, scale-down, shutdown) waits this long for its in-flight
-    # requests before it is killed (Serve's default: 20 s).
+    # A stopping replica waits this long for its in-flight requests before it is killed
+    # (Serve's default: 20 s), checking every wait_loop_s (2 s, paid by every stop).
     graceful_shutdown_timeout_s: float | None = Field(None, ge=0)
-    # ... checking every this many seconds (Serve's default: 2 s, paid by every replica at
-    # every stop even when idle).
     graceful_shutdown_wait_loop_s: float | None = Field(None, gt=0)
 
     @field_validator("autoscaling_config")
@@ -113,9 +111,8 @@ class VadSettings(Strict):
     # parameters) and gain nothing from more; FunASR's loader would otherwise set 4, which
     # on a shared node spins OpenMP threads against the recognizer's.
     cpu_threads: int = Field(1, ge=1)
-    # Files one VAD replica analyses at once (more wait their turn inside the replica).
-    # Each call holds a whole file's features: more at once adds memory, not speed, on
-    # a replica of 1-2 cores.
+    # Files one VAD replica analyses at once (more wait inside the replica). Each holds a
+    # whole file's features: more at once adds memory, not speed, on 1-2 cores.
     concurrent_calls: int = Field(2, ge=1)
     # A pause at least this long ends a span: FSMN-VAD's max_end_silence_time, Silero's
     # min_silence_duration_ms. Set explicitly because FunASR 1.4's FSMN-VAD otherwise
@@ -452,8 +449,8 @@ class RealtimeSettings(Strict):
     enabled: bool = True
     # The model a session gets when it names none (null: the ingress's default model).
     default_model: str | None = None
-    # Sessions one ingress replica holds; one more is refused (too_many_sessions, 1013).
-    # Each holds one of the ingress's max_ongoing_requests for its life.
+    # Sessions one ingress replica holds (each holds one of its max_ongoing_requests); one
+    # more is refused (too_many_sessions, 1013).
     max_sessions: int = Field(32, gt=0)
     # A session with no client event for this long, and no decode waiting, is closed.
     idle_timeout_s: float = Field(120.0, gt=0)
@@ -462,6 +459,9 @@ class RealtimeSettings(Strict):
     partials: bool = True
     partial_interval_s: float = Field(0.8, gt=0, le=5)
     partial_timeout_s: float = Field(5.0, gt=0)
+    # A turn's final decode starts after this much silence (>= 0.2 s, the end pad it keeps)
+    # while the rest of silence_duration_ms is awaited (speech resumes: cancelled). 0: off.
+    early_final_ms: int = Field(200, ge=0)
     # Turn detection: speech windows needed before a start counts (clicks are no turns),
     # and the longest turn (cut at its deepest pause: one utterance fits one batch item).
     min_speech_ms: int = Field(160, ge=32)

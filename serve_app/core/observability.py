@@ -156,6 +156,15 @@ def live_sessions():
     )
 
 
+def live_early_finals_total():
+    return counter(
+        "asr_live_early_finals_total",
+        "Live finals decoded at the end pad of silence: used (the turn ended there) or "
+        "dropped (speech resumed, settings changed, the session ended)",
+        ("outcome",),
+    )
+
+
 def admission_queued_audio_s():
     return gauge(
         "asr_admission_queued_audio_s",

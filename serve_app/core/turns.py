@@ -59,6 +59,16 @@ class TurnDetector:
         # This turn's probabilities (for a cut at the deepest pause).
         self._probs: list[float] = []
 
+    @property
+    def silence_ms(self) -> int:
+        """Silence heard since the current turn's last speech window (0 outside a turn)."""
+        return self._silence_ms if self.in_turn else 0
+
+    @property
+    def speech_end_ms(self) -> int:
+        """End of the current turn's last speech window: where it ends if it ends now."""
+        return self._last_speech_end_ms
+
     def reset(self) -> None:
         """Forget the current turn (``input_audio_buffer.clear``); time goes on."""
         self.in_turn = False

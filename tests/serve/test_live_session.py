@@ -70,10 +70,13 @@ def session(recorder: Recorder, final=None, partial=None, **kwargs) -> LiveSessi
     )
 
 
-async def feed(live: LiveSession, audio: np.ndarray, chunk_s: float = 0.1) -> None:
+async def feed(live: LiveSession, audio: np.ndarray, chunk_s: float = 0.1, pace_s=None) -> None:
+    """``pace_s``: wall seconds between chunks (None: as fast as it reads, no yield)."""
     step = int(chunk_s * RATE)
     for i in range(0, len(audio), step):
         await live.append(audio[i : i + step])
+        if pace_s is not None:
+            await asyncio.sleep(pace_s)
 
 
 def test_a_turn_is_started_stopped_committed_and_decoded_with_its_padding():
@@ -357,3 +360,80 @@ def test_each_partial_carries_the_previous_partials_tokens_until_the_utterance_e
     live.end_partial("s/1")
     live.end_partial("s/2")
     assert live.drafts == {}
+
+
+def _final_log(rec: Recorder, log: list, delay_s: float = 0.0):
+    """A final decoder that logs (samples, events reported when it started, cancelled?)."""
+
+    async def final(samples):
+        entry = {"samples": len(samples), "seen": rec.kinds(), "cancelled": False}
+        log.append(entry)
+        try:
+            await asyncio.sleep(delay_s)
+        except asyncio.CancelledError:
+            entry["cancelled"] = rec.kinds()  # what was reported when it was cancelled
+            raise
+        return transcription(samples)
+
+    return final
+
+
+def test_the_final_decode_starts_at_the_end_pad_of_silence_before_the_turn_ends():
+    async def main(early_final_ms):
+        rec, log = Recorder(), []
+        live = session(
+            rec,
+            final=_final_log(rec, log, delay_s=0.05),
+            limits=SessionLimits(early_final_ms=early_final_ms),
+        )
+        await feed(live, np.concatenate([quiet(0.5), sound(1.0), quiet(1.0)]), pace_s=0.0)
+        await live.finish()
+        return rec, log
+
+    rec, log = asyncio.run(main(END_PAD_MS))
+    assert rec.kinds() == ["started", "stopped", "committed", "final"]
+    # One decode, begun before the turn was known to end (0.3 s of silence early), and it
+    # is the final: the committed audio, no second decode.
+    assert len(log) == 1 and "stopped" not in log[0]["seen"]
+    final = rec.events[-1]
+    assert int(final.text) == log[0]["samples"] == (final.end_ms - final.at_ms) * 16
+    late_rec, late = asyncio.run(main(0))  # off: decoded once the turn has ended
+    assert len(late) == 1 and "committed" in late[0]["seen"]
+    assert late_rec.events[-1].text == final.text  # the same audio either way
+
+
+def test_speech_resuming_after_a_short_pause_cancels_the_early_decode():
+    async def main():
+        rec, log = Recorder(), []
+        live = session(rec, final=_final_log(rec, log, delay_s=1.0))
+        # A 0.35 s pause: past the end pad (a decode starts), short of the 0.5 s turn end.
+        audio = np.concatenate([sound(0.8), quiet(0.35), sound(0.8), quiet(1.0)])
+        await feed(live, audio, chunk_s=0.05, pace_s=0.0)
+        await live.finish()
+        return rec, log
+
+    rec, log = asyncio.run(main())
+    assert rec.kinds() == ["started", "stopped", "committed", "final"]
+    # The pause's guess was dropped as speech resumed, not left running to the turn's end.
+    assert log[0]["cancelled"] == ["started"] and log[1]["cancelled"] is False
+    final = rec.events[-1]
+    assert int(final.text) == log[1]["samples"] > log[0]["samples"] + 0.8 * RATE
+    assert int(final.text) == (final.end_ms - final.at_ms) * 16  # the whole turn
+
+
+def test_a_settings_change_drops_an_early_decode_and_close_cancels_it():
+    async def main():
+        rec, log = Recorder(), []
+        live = session(rec, final=_final_log(rec, log, delay_s=1.0))
+        await feed(live, np.concatenate([sound(0.8), quiet(0.3)]), pace_s=0.0)
+        assert len(log) == 1 and live.busy
+        live.options_changed()
+        await asyncio.sleep(0)
+        assert log[0]["cancelled"] is not False
+        await feed(live, quiet(0.1), pace_s=0.0)  # still silence: decoded again, new settings
+        assert len(log) == 2
+        await live.close()
+        return log
+
+    log = asyncio.run(main())
+    assert all(e["cancelled"] is not False for e in log)

@@ -78,6 +78,7 @@ class SessionSlots:
 def session_limits(settings: RealtimeSettings) -> SessionLimits:
     return SessionLimits(
         partial_interval_s=settings.partial_interval_s,
+        early_final_ms=settings.early_final_ms,
         max_buffer_s=settings.max_buffer_s,
         max_pending_finals=settings.max_pending_finals,
     )

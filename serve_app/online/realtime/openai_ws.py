@@ -270,6 +270,8 @@ class OpenAIRealtimeSession:
             prompt=str(prompt) if prompt else None,
             hotwords=hotwords,
         )
+        if self.live is not None:
+            self.live.options_changed()
 
     def _turn_detection(self, value: Any) -> TurnSettings | None:
         if value is None:

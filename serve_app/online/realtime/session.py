@@ -10,6 +10,13 @@ audio sent as a file returns. While speech goes on, the utterance so far goes to
 ``decode_partial`` every ``partial_interval_s`` of audio (one in flight per session; the
 ingress sends it as a low-priority item that a newer partial replaces in the queue).
 
+A turn ends after ``silence_duration_ms`` of silence, but the audio it commits (up to the
+last speech plus ``END_PAD_MS``) is known as soon as that pad of silence is heard: the final
+decode starts then (``early_final_ms``), while the detector waits for the rest of the
+silence. If speech resumes first, that decode is cancelled; if the turn ends where it was
+guessed, it is the final (the same audio, so the same text) and has had a head start of
+``silence_duration_ms - early_final_ms``: a live user's wait at a pause.
+
 What it reports goes to ``emit`` as :class:`LiveEvent` values, in order; finals of one
 session are reported in utterance order even when a later one finishes first. Nothing
 here knows the wire format (serve_app.online.realtime.openai_ws, .funasr_ws) or Ray.
@@ -26,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from serve_app.core import observability
 from serve_app.core.audio import SAMPLE_RATE_HZ
 from serve_app.core.errors import AsrError, InternalError, InvalidRequestError
 from serve_app.core.transcript import Transcription
@@ -68,6 +76,8 @@ class _Utterance:
     partial_task: asyncio.Task | None = None
     last_partial_ms: int = 0
     partial_text: str = ""
+    # The final decoded early, before the turn's end is sure: (its end_ms, the decode).
+    early: tuple[int, asyncio.Task] | None = None
 
 
 @dataclass
@@ -75,6 +85,9 @@ class SessionLimits:
     partial_interval_s: float = 0.8
     max_buffer_s: float = 300.0  # manual commits: audio held before a commit
     max_pending_finals: int = 8  # utterances decoding at once (more: reading waits)
+    # Silence heard before the final decode starts (at least END_PAD_MS; 0: at the turn's
+    # end, after silence_duration_ms).
+    early_final_ms: int = END_PAD_MS
 
 
 @dataclass
@@ -110,6 +123,7 @@ class LiveSession:
     def configure(self, turns: TurnSettings | None) -> None:
         """Turn detection on (with these settings) or off; audio and items are kept."""
         self.turns = turns
+        self.options_changed()
         if turns is None:
             self._vad = self._detector = None
             return
@@ -119,6 +133,12 @@ class LiveSession:
         self._detector = TurnDetector(turns, window_ms=WINDOW_MS)
         self._detector.position_ms = int(self._received / _PER_MS) // WINDOW_MS * WINDOW_MS
 
+    def options_changed(self) -> None:
+        """The decode's settings changed: a final decoded early with the old ones is dropped
+        (it is decoded again at the turn's end)."""
+        if self._utterance is not None:
+            _drop_early(self._utterance)
+
     @property
     def pending_finals(self) -> int:
         return sum(not task.done() for task in self._finals)
@@ -127,8 +147,10 @@ class LiveSession:
     def busy(self) -> bool:
         """A decode of this session is queued or running (the idle timeout waits)."""
         utterance = self._utterance
-        task = utterance.partial_task if utterance is not None else None
-        return self.pending_finals > 0 or (task is not None and not task.done())
+        if utterance is None:
+            return self.pending_finals > 0
+        tasks = [utterance.partial_task, utterance.early[1] if utterance.early else None]
+        return self.pending_finals > 0 or any(t is not None and not t.done() for t in tasks)
 
     # -- audio in ------------------------------------------------------------------------
 
@@ -158,6 +180,7 @@ class LiveSession:
             self._keep_from_ms(self._detector.position_ms - self.turns.prefix_padding_ms)  # type: ignore[union-attr]
         elif self._utterance is None and self._detector.in_turn:
             self._keep_from_ms(self._detector.turn_start_ms - self.turns.prefix_padding_ms)  # type: ignore[union-attr]
+        self._maybe_early_final()
         self._maybe_partial()
 
     async def _turn_event(self, event: TurnEvent) -> None:
@@ -170,7 +193,10 @@ class LiveSession:
             await self._emit(LiveEvent("started", self._utterance.item_id, at_ms=event.at_ms))
         elif event.kind == "stopped" and self._utterance is not None:
             await self._emit(LiveEvent("stopped", self._utterance.item_id, at_ms=event.at_ms))
-            await self._commit(event.at_ms + END_PAD_MS)
+            end_ms = event.at_ms + END_PAD_MS
+            early = self._utterance.early
+            decoded = early[1] if early is not None and early[0] == end_ms else None
+            await self._commit(end_ms, decoded)
         elif event.kind == "cut" and self._utterance is not None:
             await self._commit(event.at_ms)
             self._utterance = _Utterance(_new_item_id(), event.at_ms, last_partial_ms=event.at_ms)
@@ -210,6 +236,8 @@ class LiveSession:
         tasks = list(self._finals)
         if self._utterance is not None and self._utterance.partial_task is not None:
             tasks.append(self._utterance.partial_task)
+        if self._utterance is not None and self._utterance.early is not None:
+            tasks.append(self._utterance.early[1])
         if self._utterance is not None:
             self._end_partials(self._utterance)
         for task in tasks:
@@ -224,10 +252,14 @@ class LiveSession:
 
     # -- utterances ----------------------------------------------------------------------
 
-    async def _commit(self, end_ms: int) -> None:
+    async def _commit(self, end_ms: int, decoded: asyncio.Task | None = None) -> None:
+        """``decoded``: this very audio's final decode, started early (see the module)."""
         utterance = self._utterance
         assert utterance is not None
         self._utterance = None
+        if decoded is not None:
+            utterance.early = None  # taken: _end_partials must not cancel it
+            observability.live_early_finals_total().inc(tags={"outcome": "used"})
         self._end_partials(utterance)  # a queued partial item is dropped, not decoded
         start_ms = max(0, utterance.start_ms - utterance.pad_ms)
         samples = self._slice_ms(start_ms, end_ms)
@@ -254,14 +286,14 @@ class LiveSession:
         done: asyncio.Future = asyncio.get_running_loop().create_future()
         self._last_emitted = done
         task = asyncio.create_task(
-            self._final(utterance, samples, start_ms, end_ms, previous_done, done)
+            self._final(utterance, decoded or samples, start_ms, end_ms, previous_done, done)
         )
         self._finals.append(task)
 
     async def _final(
         self,
         utterance: _Utterance,
-        samples: np.ndarray,
+        samples: np.ndarray | asyncio.Task,
         start_ms: int,
         end_ms: int,
         previous_done: asyncio.Future | None,
@@ -269,7 +301,9 @@ class LiveSession:
     ) -> None:
         try:
             try:
-                result: Transcription | AsrError = await self.decode_final(samples)
+                result: Transcription | AsrError = await (
+                    self.decode_final(samples) if isinstance(samples, np.ndarray) else samples
+                )
             except AsrError as exc:
                 result = exc
             except asyncio.CancelledError:
@@ -297,10 +331,29 @@ class LiveSession:
             if not done.done():
                 done.set_result(None)
 
+    def _maybe_early_final(self) -> None:
+        utterance, detector = self._utterance, self._detector
+        if utterance is None or detector is None or self.limits.early_final_ms <= 0:
+            return
+        end_ms = detector.speech_end_ms + END_PAD_MS
+        if utterance.early is not None and utterance.early[0] != end_ms:
+            _drop_early(utterance)  # speech went on: not where the turn ends
+        wait_ms = max(END_PAD_MS, self.limits.early_final_ms)
+        if utterance.early is not None or not detector.confirmed or detector.silence_ms < wait_ms:
+            return
+        if self.pending_finals >= self.limits.max_pending_finals:
+            return  # audio faster than real time: the commit waits its turn, as ever
+        start_ms = max(0, utterance.start_ms - utterance.pad_ms)
+        decode = asyncio.ensure_future(self.decode_final(self._slice_ms(start_ms, end_ms)))
+        decode.add_done_callback(_consume)  # a cancelled or failed guess is nobody's error
+        utterance.early = (end_ms, decode)
+
     def _maybe_partial(self) -> None:
         utterance = self._utterance
         if self.decode_partial is None or utterance is None or self.turns is None:
             return
+        if utterance.early is not None:
+            return  # the final is on its way: no partial of the silence before it
         if utterance.partial_task is not None and not utterance.partial_task.done():
             return  # one in flight per session
         now_ms = self._sample_ms(self._received)
@@ -313,6 +366,7 @@ class LiveSession:
     def _end_partials(self, utterance: _Utterance) -> None:
         if utterance.partial_task is not None:
             utterance.partial_task.cancel()
+        _drop_early(utterance)
         if self.end_partial is not None:
             self.end_partial(utterance.item_id)
 
@@ -361,6 +415,18 @@ class LiveSession:
     async def _emit(self, event: LiveEvent) -> None:
         async with self._emit_lock:
             await self.emit(event)
+
+
+def _drop_early(utterance: _Utterance) -> None:
+    if utterance.early is not None:
+        utterance.early[1].cancel()
+        utterance.early = None
+        observability.live_early_finals_total().inc(tags={"outcome": "dropped"})
+
+
+def _consume(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _new_item_id() -> str:

@@ -232,36 +232,34 @@ class RecognizerSettings(Strict):
     model: str = Field(..., description="folder (absolute or under models_dir) or hub id")
     device: Literal["cpu", "cuda"] = "cpu"
     precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
-    # Moonshine only: the encoder of live partials' forwards (int8: half the time; finals
-    # and files keep ``precision``'s fp32 encoder). None: as ``precision``.
+    # Live partials' forwards, cheaper (finals and files keep the model as configured):
+    # Moonshine's encoder in int8 (half the time); Whisper's window in seconds (10: a third).
     partial_precision: Literal["fp32", "int8"] | None = None
+    partial_window_s: float | None = Field(None, ge=5, le=30)
     # FunASR only: ``onnx`` runs FunASR's exported graph (cached under $ASR_ONNX_CACHE_DIR) on
     # ONNX Runtime, CPU, fp32 or int8: Paraformer, SenseVoiceSmall (recognizers/funasr_onnx.py).
     runtime: Literal["torch", "onnx"] = "torch"
     language: str | None = None
     hotwords: tuple[str, ...] = ()
     beam_size: int = Field(1, ge=1)
-    # Intra-op threads on CPU. 0: the library default, in a Ray actor OMP_NUM_THREADS = the
-    # actor's num_cpus (1 for a fractional actor): set it to the cores the replica may use.
+    # Intra-op threads on CPU. 0: the library default (in a Ray actor OMP_NUM_THREADS =
+    # num_cpus, 1 for a fraction): set it to the cores the replica may use.
     cpu_threads: int = Field(0, ge=0)
     warmup: bool = True
-    # Consecutive VAD segments of a file are joined (pauses kept) up to this many seconds
-    # into one batch item: Whisper's encoder runs a 30 s window anyway (faster-whisper's
-    # batched pipeline packs too); FunASR's cost grows with length, so pauses would cost.
-    # null = the backend's default: whisper 30, funasr and moonshine 0 (off).
+    # Consecutive VAD segments of a file joined (pauses kept) into one item of up to this
+    # many seconds: Whisper runs a 30 s window anyway (faster-whisper's batched pipeline
+    # packs too); FunASR's cost grows with length. null: whisper 30, the others 0 (off).
     pack_segments_s: float | None = Field(None, ge=0)
     batch: BatchSettings = BatchSettings()
-    # Admission control (serve_app.online.admission): a request whose expected wait in this
-    # model's queue, (queued audio + its own) / measured drain rate, exceeds this many
-    # seconds is answered 503 with Retry-After at once instead of queueing.
+    # Admission (serve_app.online.admission): a request whose expected wait in this model's
+    # queue, (queued + its own audio) / drain rate, is over this is answered 503 at once.
     max_queue_wait_s: float = Field(60.0, gt=0)
-    # Drain rate assumed until one is measured (audio seconds per second): bounds what a
-    # cold start admits at once (max_queue_wait_s x this many seconds of audio).
+    # Drain rate (audio-s/s) assumed until one is measured: a cold start admits this x
+    # max_queue_wait_s seconds of audio at once.
     initial_drain_rate_audio_s_per_s: float = Field(10.0, gt=0)
     deployment: DeploymentSettings = DeploymentSettings(max_ongoing_requests=64)
-    # Punctuation after recognition (null: off). For FunASR models that do not punctuate
-    # themselves (Paraformer, SeACo-Paraformer); Whisper is rejected here, SenseVoice
-    # (which punctuates with its ITN) is skipped with a warning when the app is built.
+    # Punctuation after recognition (null: off), for FunASR models that do not punctuate
+    # (Paraformer); Whisper is rejected, SenseVoice (its ITN punctuates) skipped with a warning.
     punctuation: PunctuationSettings | None = None
     # Live sessions' partial text from a FunASR streaming model (2pass; null: partials are
     # the utterance so far decoded again by this model, as low-priority items).
@@ -276,6 +274,8 @@ class RecognizerSettings(Strict):
             )
         if self.partial_precision is not None and self.backend != "moonshine":
             raise ValueError(f"{self.name}: partial_precision is for the moonshine backend")
+        if self.partial_window_s is not None and self.backend != "whisper":
+            raise ValueError(f"{self.name}: partial_window_s is for the whisper backend")
         if self.precision in ("fp16", "bf16") and self.device == "cpu":
             raise ValueError(f"{self.name}: precision {self.precision} needs device cuda")
         if self.runtime == "onnx" and (self.backend != "funasr" or self.device != "cpu"):

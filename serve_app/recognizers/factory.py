@@ -45,6 +45,7 @@ def build_backend(settings: RecognizerSettings, models_dir: Path | None) -> AsrB
             name=settings.name,
             # Packed items hold several sentences: keep their times (timed spans).
             timestamps=settings.segment_pack_s > 0,
+            partial_window_s=settings.partial_window_s,
         )
     if settings.backend == "moonshine":
         from serve_app.recognizers.moonshine_backend import MoonshineBackend

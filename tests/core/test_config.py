@@ -86,6 +86,17 @@ def test_which_models_get_the_coverage_check_and_re_decode():
         AppConfig.model_validate({**_minimal(backend="whisper"), "vad": {"max_segment_s": 40}})
 
 
+def test_cheaper_partials_are_per_backend():
+    whisper = AppConfig.model_validate(_minimal(backend="whisper", partial_window_s=10))
+    assert whisper.recognizers[0].partial_window_s == 10
+    with pytest.raises(ValidationError, match="partial_window_s is for the whisper"):
+        AppConfig.model_validate(_minimal(backend="moonshine", partial_window_s=10))
+    with pytest.raises(ValidationError, match="partial_precision is for the moonshine"):
+        AppConfig.model_validate(_minimal(backend="whisper", partial_precision="int8"))
+    with pytest.raises(ValidationError, match="greater than or equal to 5"):
+        AppConfig.model_validate(_minimal(backend="whisper", partial_window_s=2))
+
+
 def test_half_precision_needs_gpu():
     with pytest.raises(ValidationError, match="cuda"):
         AppConfig.model_validate(_minimal(backend="funasr", precision="fp16"))

@@ -22,6 +22,7 @@ from serve_app.core.types import RecognitionOptions, SegmentJob, SegmentTranscri
 from serve_app.recognizers.base import AsrBackend, BatchedRecognizer
 from serve_app.recognizers.whisper_backend import (
     WhisperBackend,
+    partial_frames,
     resolve_compute_type,
     split_by_timestamps,
 )
@@ -118,6 +119,14 @@ def test_split_by_timestamps_pairs_and_edges() -> None:
     assert [(s.start_s, s.end_s) for s in split_by_timestamps([5, 6], _FakeTokenizer(), 3.0)] == [
         (0.0, 3.0)
     ]
+
+
+def test_partial_window_grows_with_the_longest_item_up_to_whisper_s_window() -> None:
+    assert partial_frames(3 * 16000, 10.0) == 1000  # the configured window
+    assert partial_frames(int(9.5 * 16000), 10.0) == 1500  # + 1 s of padding, in 5 s steps
+    assert partial_frames(12 * 16000, 10.0) == 1500
+    assert partial_frames(int(29.5 * 16000), 10.0) == 3000  # never over 30 s
+    assert partial_frames(3 * 16000, 20.0) == 2000
 
 
 def test_compute_type_mapping() -> None:
@@ -373,3 +382,30 @@ def test_capabilities_of_an_english_only_model(backend) -> None:
     assert caps.languages == ("en",) and not caps.translation and not caps.language_detection
     assert caps.word_timestamps and caps.punctuation and caps.hotwords == "prompt"
     assert caps.to_json()["diarization"] is False
+
+
+def test_live_partials_encode_a_shorter_window_and_read_as_well(
+    whisper_dir, sentences_16, batched_16
+) -> None:
+    """partial_window_s: a forward of live partials only (background items) encodes 10 s
+    instead of 30 (a third of the encoder's time); finals and files keep 30 s. Measured on
+    12 of these sentences: WER 0.103 at 10 s, 0.159 at 30 s; the bar is the 30 s WER + 0.1
+    (as Moonshine's int8 partial encoder's): a window that cut the audio would lose words
+    of every sentence, and a window of 5 s made Whisper loop."""
+    backend = WhisperBackend(
+        str(whisper_dir), compute_type="int8", cpu_threads=CPU_THREADS, partial_window_s=10.0
+    )
+    frames: list[int] = []
+    encode = backend._model.encode
+
+    def spy(features, *args, **kwargs):
+        frames.append(features.shape[-1])
+        return encode(features, *args, **kwargs)
+
+    backend._model.encode = spy
+    partials = texts(backend.forward([SegmentJob(a, priority=1) for a in sentences_16]))
+    backend.forward([SegmentJob(sentences_16[0]), SegmentJob(sentences_16[1], priority=1)])
+    assert frames == [1000, 3000]  # a batch with a final in it is a final's forward
+    references = SENTENCES[:16]
+    bar = word_error_rate(references, batched_16) + 0.1
+    assert word_error_rate(references, partials) <= bar, (partials, batched_16)

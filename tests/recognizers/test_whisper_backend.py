@@ -385,16 +385,14 @@ def test_capabilities_of_an_english_only_model(backend) -> None:
 
 
 def test_live_partials_encode_a_shorter_window_and_read_as_well(
-    whisper_dir, sentences_16, batched_16
+    backend, sentences_16, batched_16, monkeypatch
 ) -> None:
     """partial_window_s: a forward of live partials only (background items) encodes 10 s
     instead of 30 (a third of the encoder's time); finals and files keep 30 s. Measured on
     12 of these sentences: WER 0.103 at 10 s, 0.159 at 30 s; the bar is the 30 s WER + 0.1
     (as Moonshine's int8 partial encoder's): a window that cut the audio would lose words
     of every sentence, and a window of 5 s made Whisper loop."""
-    backend = WhisperBackend(
-        str(whisper_dir), compute_type="int8", cpu_threads=CPU_THREADS, partial_window_s=10.0
-    )
+    monkeypatch.setattr(backend, "partial_window_s", 10.0)  # as WhisperBackend(partial_window_s=10)
     frames: list[int] = []
     encode = backend._model.encode
 
@@ -402,7 +400,7 @@ def test_live_partials_encode_a_shorter_window_and_read_as_well(
         frames.append(features.shape[-1])
         return encode(features, *args, **kwargs)
 
-    backend._model.encode = spy
+    monkeypatch.setattr(backend._model, "encode", spy)
     partials = texts(backend.forward([SegmentJob(a, priority=1) for a in sentences_16]))
     backend.forward([SegmentJob(sentences_16[0]), SegmentJob(sentences_16[1], priority=1)])
     assert frames == [1000, 3000]  # a batch with a final in it is a final's forward

@@ -437,3 +437,14 @@ def test_a_settings_change_drops_an_early_decode_and_close_cancels_it():
 
     log = asyncio.run(main())
     assert all(e["cancelled"] is not False for e in log)
+
+
+def test_the_config_s_realtime_section_sets_each_session_s_limits():
+    from serve_app.config import RealtimeSettings
+    from serve_app.online.realtime.backend import session_limits
+
+    settings = RealtimeSettings(early_final_ms=300, partial_interval_s=0.5, max_pending_finals=3)
+    assert session_limits(settings) == SessionLimits(
+        partial_interval_s=0.5, early_final_ms=300, max_pending_finals=3
+    )
+    assert session_limits(RealtimeSettings()).early_final_ms == END_PAD_MS  # on by default

@@ -36,7 +36,7 @@ import numpy as np
 from scripts.common.audio import wav_bytes, with_white_noise
 from scripts.common.service import REPO
 from serve_app.core.evaluation import normalize_words, word_error_rate
-from serve_app.tools.speech import SAMPLE_RATE_HZ
+from serve_app.tools.speech import SAMPLE_RATE_HZ, concat_with_pauses
 
 DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
 DEFAULT_VOICES = ("en-us", "en-gb", "en-gb-scotland")
@@ -89,6 +89,10 @@ class Tally:
     @property
     def wer(self) -> float:
         return self.edits / max(self.words, 1)
+
+    def __add__(self, other: Tally) -> Tally:
+        keys = ("edits", "words", "dropped", "sentences")
+        return Tally(**{k: getattr(self, k) + getattr(other, k) for k in keys})
 
 
 # -- corpus -----------------------------------------------------------------------------
@@ -161,21 +165,17 @@ def recordings(
     for u in utterances:
         sources.setdefault(u.name.rsplit("-", 1)[0], []).append(u)
     for pause in pauses_s:
-        gap = np.zeros(int(pause * SAMPLE_RATE_HZ), np.float32)
         for source, items in sources.items():
             for k in range(0, len(items), per_recording):
                 run = items[k : k + per_recording]
                 if len(run) < 2:
                     continue
-                parts: list[np.ndarray] = []
-                for i, u in enumerate(run):
-                    parts.extend([gap, u.samples] if i else [u.samples])
                 out.append(
                     Recording(
                         f"{source}-{k // per_recording}-p{pause:g}",
                         f"joined p={pause:g}s",
                         tuple(u.text for u in run),
-                        np.concatenate(parts),
+                        concat_with_pauses([u.samples for u in run], pause),
                     )
                 )
     return out
@@ -372,24 +372,17 @@ def render(table: dict[str, dict[str, Tally]], recs: Sequence[Recording]) -> str
     for name in systems:
         head += f"{name + ' WER':>14}{'dropped':>9}"
     lines = [head, "-" * len(head)]
-    for group, row in table.items():
-        members = [r for r in recs if r.group == group]
-        line = f"{group:<16}{len(members):>6}{sum(r.duration_s for r in members):>9.0f}"
+    rows = [(group, [group], row) for group, row in table.items()]
+    joined = [g for g in table if g != "per-file"]
+    if joined:
+        total = {name: sum((table[g][name] for g in joined), Tally()) for name in systems}
+        rows.append(("joined, all", joined, total))
+    for label, groups, row in rows:
+        members = [r for r in recs if r.group in groups]
+        line = f"{label:<16}{len(members):>6}{sum(r.duration_s for r in members):>9.0f}"
         for name in systems:
             t = row[name]
             line += f"{100 * t.wer:>13.1f}%{t.dropped:>5}/{t.sentences:<3}"
-        lines.append(line)
-    joined = [g for g in table if g != "per-file"]
-    if joined:
-        line = f"{'joined, all':<16}"
-        members = [r for r in recs if r.group in joined]
-        line += f"{len(members):>6}{sum(r.duration_s for r in members):>9.0f}"
-        for name in systems:
-            edits = sum(table[g][name].edits for g in joined)
-            words = sum(table[g][name].words for g in joined)
-            dropped = sum(table[g][name].dropped for g in joined)
-            sentences = sum(table[g][name].sentences for g in joined)
-            line += f"{100 * edits / max(words, 1):>13.1f}%{dropped:>5}/{sentences:<3}"
         lines.append(line)
     return "\n".join(lines)
 
@@ -473,16 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for sentence in tally.examples:
                 print(f"  dropped [{group}, {name}]: {sentence}")
     if args.json:
+        keys = ("wer", "dropped", "sentences", "words")
         figures = {
-            group: {
-                name: {
-                    "wer": t.wer,
-                    "dropped": t.dropped,
-                    "sentences": t.sentences,
-                    "words": t.words,
-                }
-                for name, t in row.items()
-            }
+            group: {name: {k: getattr(t, k) for k in keys} for name, t in row.items()}
             for group, row in table.items()
         }
         args.json.write_text(

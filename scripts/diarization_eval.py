@@ -58,24 +58,19 @@ class FileCase:
     embeddings: np.ndarray
 
 
-def speech_spans_s(
-    conversation: Conversation,
-    vad: Any,
-    *,
-    service_segments: bool = False,
-    raw_segments: bool = False,
-) -> list[tuple[float, float]]:
+def speech_spans_s(conversation: Conversation, vad: Any, mode: str) -> list[tuple[float, float]]:
+    """The spans ``--vad mode`` diarizes (``vad`` is None for ``oracle``)."""
     if vad is None:
         return [(t.start_s, t.end_s) for t in conversation.turns]
-    if service_segments:
-        # What the service diarizes: the VAD deployment's segments (spans merged across
-        # short gaps, padded, long ones cut) cut at their pauses, as serve_app.core.pipeline
-        # does (raw_segments: without the cut).
-        segments = vad.segments(conversation.samples)
-        if raw_segments:
-            return [(s.start_ms / 1000, s.end_ms / 1000) for s in segments]
-        return dz.speech_spans_s(conversation.samples, [(s.start_ms, s.end_ms) for s in segments])
-    return [(a / 1000, b / 1000) for a, b in vad.speech_spans_ms(conversation.samples)]
+    if mode == "fsmn":
+        return [(a / 1000, b / 1000) for a, b in vad.speech_spans_ms(conversation.samples)]
+    # What the service diarizes: the VAD deployment's segments (spans merged across short
+    # gaps, padded, long ones cut) cut at their pauses, as serve_app.core.pipeline does
+    # ("segments": without the cut).
+    segments = [(s.start_ms, s.end_ms) for s in vad.segments(conversation.samples)]
+    if mode == "segments":
+        return [(a / 1000, b / 1000) for a, b in segments]
+    return dz.speech_spans_s(conversation.samples, segments)
 
 
 def hypothesis_annotation(diarization: dz.Diarization):
@@ -129,7 +124,7 @@ def build_cases(
     settings: dz.DiarizationSettings,
     timings: dict[str, float],
     *,
-    service_segments: str = "",
+    mode: str = "fsmn",
     shape: dict[str, Any] | None = None,
 ) -> list[FileCase]:
     """``shape``: keyword arguments of ``make_conversation`` (voices, pauses, overlaps)."""
@@ -137,12 +132,7 @@ def build_cases(
     for index in range(files):
         conversation = make_conversation(num_speakers, seed + index, tmp_dir, **(shape or {}))
         started = time.perf_counter()
-        spans = speech_spans_s(
-            conversation,
-            vad,
-            service_segments=service_segments != "",
-            raw_segments=service_segments == "segments",
-        )
+        spans = speech_spans_s(conversation, vad, mode)
         timings["vad_s"] += time.perf_counter() - started
         windows = dz.embedding_windows(spans, window_s=settings.window_s, hop_s=settings.hop_s)
         jobs = [EmbeddingJob(a) for a in dz.window_audio(conversation.samples, windows)]
@@ -231,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
                 embedder,
                 settings,
                 timings,
-                service_segments={"service": "cut", "segments": "segments"}.get(args.vad, ""),
+                mode=args.vad,
                 shape=shape,
             )
             for value in sweep:

@@ -68,13 +68,9 @@ class Outcome:
 
 def seed_files(speech_16k: np.ndarray) -> dict[str, bytes]:
     """The speech encoded in the containers clients send most, at several rates/layouts."""
-    import soundfile as sf
     import soxr
 
-    def sf_bytes(x: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes:
-        buf = io.BytesIO()
-        sf.write(buf, x, rate, format=fmt, subtype=subtype)
-        return buf.getvalue()
+    from scripts.common.audio import wav_bytes as sf_bytes
 
     def at(rate: int, stereo: bool) -> np.ndarray:
         x = soxr.resample(speech_16k, SAMPLE_RATE_HZ, rate).astype(np.float32)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import os
 import sys
 import time
@@ -165,17 +164,10 @@ def in_process_app(models_dir: Path | None = None) -> Iterator[Any]:
 
 def speech_wav(tmp_dir: Path) -> bytes | None:
     """A short spoken sentence as WAV bytes (espeak-ng); None where it is missing."""
-    import shutil
+    from scripts.common.audio import wav_bytes
+    from serve_app.tools.speech import SENTENCES, have_espeak, synthesize
 
-    import soundfile as sf
-
-    from serve_app.tools.speech import SENTENCES, synthesize
-
-    if shutil.which("espeak-ng") is None:
-        return None
-    buf = io.BytesIO()
-    sf.write(buf, synthesize(SENTENCES[0], tmp_dir), 16000, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+    return wav_bytes(synthesize(SENTENCES[0], tmp_dir)) if have_espeak() else None
 
 
 # -- the run --------------------------------------------------------------------------

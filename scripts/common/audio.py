@@ -37,10 +37,13 @@ class SpokenFile:
         return self.wav or Path(self.path).read_bytes()
 
 
-def wav_bytes(samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ) -> bytes:
-    """16-bit PCM WAV of float samples in [-1, 1]."""
+def wav_bytes(
+    samples: np.ndarray, rate_hz: int = SAMPLE_RATE_HZ, fmt: str = "WAV", subtype: str = "PCM_16"
+) -> bytes:
+    """A file of float samples in [-1, 1] (frames x channels for more than one): 16-bit PCM
+    WAV, or another soundfile ``fmt`` / ``subtype``."""
     buf = io.BytesIO()
-    sf.write(buf, np.asarray(samples, dtype=np.float32), rate_hz, format="WAV", subtype="PCM_16")
+    sf.write(buf, np.asarray(samples, dtype=np.float32), rate_hz, format=fmt, subtype=subtype)
     return buf.getvalue()
 
 

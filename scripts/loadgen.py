@@ -24,10 +24,6 @@ from scripts.common.http import percentile, run_closed, stats_delta
 from serve_app.core.evaluation import word_error_rate
 
 
-def _r(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000")
@@ -71,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         "audio_s": round(run.audio_s, 2),
         "wall_s": round(run.wall_s, 2),
         "rtfx": round(run.audio_s / run.wall_s, 2) if run.wall_s else None,
-        "latency_p50_s": _r(percentile(lat, 50)),
-        "latency_p95_s": _r(percentile(lat, 95)),
-        "latency_p99_s": _r(percentile(lat, 99)),
+        "latency_p50_s": percentile(lat, 50, digits=3),
+        "latency_p95_s": percentile(lat, 95, digits=3),
+        "latency_p99_s": percentile(lat, 99, digits=3),
         "latency_mean_s": round(statistics.fmean(lat), 3) if lat else None,
         "batch_size_counts": delta["batch_size_counts"],
         "padding_efficiency": round(delta["padding_efficiency"], 3),

@@ -39,6 +39,7 @@ from serve_app.tools.speech import SENTENCES
 from serve_app.tools.tune_sweep import machine
 
 SLOPE_TARGET_MB_PER_H = 20.0
+NAN = float("nan")
 DEFAULT_CONFIG = REPO / "ray_configs" / "serve.yaml"
 
 
@@ -68,14 +69,10 @@ def make_corpus(
 # -- figures -----------------------------------------------------------------------------
 
 
-def _nan_if_none(value: float | None) -> float:
-    return float("nan") if value is None else value
-
-
 def slope_mb_per_hour(times_s: list[float], values_mb: list[float]) -> float:
     """Least-squares slope of RSS against time, in MB per hour (nan with < 2 samples)."""
     if len(times_s) < 2 or max(times_s) - min(times_s) <= 0:
-        return float("nan")
+        return NAN
     slope_per_s = np.polyfit(np.asarray(times_s), np.asarray(values_mb), 1)[0]
     return float(slope_per_s * 3600.0)
 
@@ -92,7 +89,7 @@ class ProcessFigures:
     # Over the lowest sample of each window after the warm-up: what the process keeps
     # between its busiest moments. A leak raises it; a busy replica's transient working
     # set (a 2-minute file's features) only makes the plain slope noisy.
-    floor_slope_mb_per_h: float = float("nan")
+    floor_slope_mb_per_h: float = NAN
 
 
 @dataclass
@@ -126,8 +123,8 @@ class SoakSummary:
     machine: str = ""
     started_utc: str = ""
     error_samples: list[str] = field(default_factory=list)
-    load_avg_1m_mean: float = float("nan")  # the host's, during the run (shared machine)
-    load_avg_1m_max: float = float("nan")
+    load_avg_1m_mean: float = NAN  # the host's, during the run (shared machine)
+    load_avg_1m_max: float = NAN
 
 
 def floor_slope_mb_per_hour(after: list[tuple[float, float]], window_s: float) -> float:
@@ -136,7 +133,7 @@ def floor_slope_mb_per_hour(after: list[tuple[float, float]], window_s: float) -
     A window with fewer than half the samples of the fullest one (the run's tail) is left
     out: the minimum of two samples is not the minimum of ten."""
     if not after or window_s <= 0:
-        return float("nan")
+        return NAN
     start = after[0][0]
     windows: dict[int, list[float]] = {}
     for t, v in after:
@@ -188,8 +185,8 @@ def window_figures(
                 requests=len(inside),
                 errors=sum(1 for r in inside if r.failed),
                 rejected=sum(1 for r in inside if r.rejected),
-                p50_s=_nan_if_none(percentile(ok, 50)),
-                p95_s=_nan_if_none(percentile(ok, 95)),
+                p50_s=percentile(ok, 50, NAN),
+                p95_s=percentile(ok, 95, NAN),
             )
         )
     return windows
@@ -211,13 +208,13 @@ def summarize(
     windows = window_figures(records, window_s, duration_s)
     errors = sum(1 for r in records if r.failed)
     slopes = [p.slope_mb_per_h for p in processes if not math.isnan(p.slope_mb_per_h)]
-    max_slope = max(slopes) if slopes else float("nan")
+    max_slope = max(slopes) if slopes else NAN
     floors = [p.floor_slope_mb_per_h for p in processes]
     floors = [f for f in floors if not math.isnan(f)]
     steady = [w for w in windows if w.start_s >= warmup_s and not math.isnan(w.p95_s)]
     if len(steady) < 2:  # short runs: compare the first and last windows with requests
         steady = [w for w in windows if not math.isnan(w.p95_s)]
-    drift = steady[-1].p95_s / steady[0].p95_s if len(steady) >= 2 else float("nan")
+    drift = steady[-1].p95_s / steady[0].p95_s if len(steady) >= 2 else NAN
     summary = SoakSummary(
         url=url,
         clients=clients,

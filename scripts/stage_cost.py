@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     walls: dict[str, list[float]] = {"without": [], "with": []}
     for index, label, run in runs:
         walls[label].append(run.wall_s)
-        p50, p95 = (percentile(run.latencies, q) or 0.0 for q in (50, 95))
+        p50, p95 = (percentile(run.latencies, q, 0.0) for q in (50, 95))
         print(
             f"round {index} {label:>7} {args.stage}: wall {run.wall_s:7.1f} s  "
             f"RTFx {audio_s / run.wall_s:6.2f}  p50 {p50:.2f} s  p95 {p95:.2f} s"

@@ -28,11 +28,15 @@ TRANSCRIPTIONS = "/v1/audio/transcriptions"
 MAX_BACKOFF_S = 30.0
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The ``q``-th percentile, linear between ranks (numpy's default); None when empty."""
+def percentile(
+    values: Sequence[float], q: float, default: float | None = None, digits: int | None = None
+) -> float | None:
+    """The ``q``-th percentile, linear between ranks (numpy's default), rounded to
+    ``digits`` if given; ``default`` when there are no values."""
     if not len(values):
-        return None
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q))
+        return default
+    value = float(np.percentile(np.asarray(values, dtype=np.float64), q))
+    return value if digits is None else round(value, digits)
 
 
 @dataclass
@@ -66,6 +70,11 @@ class Answer:
     @property
     def failed(self) -> bool:
         return not self.ok and not self.rejected
+
+    @property
+    def verdict(self) -> str:
+        """``ok``, ``shed`` (503 with Retry-After: load shed, the client retries), ``failed``."""
+        return "ok" if self.ok else "shed" if self.rejected else "failed"
 
     @property
     def outcome(self) -> str:

@@ -291,22 +291,13 @@ def _print_config(label: str, cpu_s_per_h: float, rows: list[dict], pauses: list
         f"  {'group':28} {'pauses>=0.8s':>12} {'missed raw':>10} {'bridged final':>13}"
         f" {'cuts in sound':>13} {'speech lost':>11}"
     )
-    for key in sorted(groups):
-        g = groups[key]
-        total = sum(r["pauses"] for r in g)
-        lost = sum(r["lost_frames"] for r in g) / max(1, sum(r["sounding_frames"] for r in g))
+    for key, g in [*sorted(groups.items()), ("ALL", rows)]:
+        n = {k: sum(r[k] for r in g) for k in g[0] if k != "recording"}  # score()'s counts
+        lost = n["lost_frames"] / max(1, n["sounding_frames"])
         print(
-            f"  {key:28} {total:12d} {sum(r['missed_raw'] for r in g):10d}"
-            f" {sum(r['bridged_final'] for r in g):13d} {sum(r['cuts_in_sound'] for r in g):13d}"
-            f" {lost:10.2%}"
+            f"  {key:28} {n['pauses']:12d} {n['missed_raw']:10d} {n['bridged_final']:13d}"
+            f" {n['cuts_in_sound']:13d} {lost:10.2%}"
         )
-    total = sum(r["pauses"] for r in rows)
-    lost = sum(r["lost_frames"] for r in rows) / max(1, sum(r["sounding_frames"] for r in rows))
-    print(
-        f"  {'ALL':28} {total:12d} {sum(r['missed_raw'] for r in rows):10d}"
-        f" {sum(r['bridged_final'] for r in rows):13d}"
-        f" {sum(r['cuts_in_sound'] for r in rows):13d} {lost:10.2%}"
-    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import yaml
 
 from scripts.common.audio import SpokenFile, sentence_file
@@ -44,22 +43,17 @@ from scripts.common.service import (
     REPO,
     free_port,
     free_ports,
+    get_json,
     group_pids,
     healthy,
+    serve_application,
     stop_group,
     wait_until,
 )
-from scripts.common.service import (
-    serve_run as start_serve_run,
-)
+from scripts.common.service import serve_run as start_serve_run
 from serve_app.tools.speech import SENTENCES
 
 PHASES = ("steady", "reconfigure", "restart", "stop")
-
-
-def outcome(answer: Answer) -> str:
-    """ok, shed (503 with Retry-After: load shed, the client retries) or failed."""
-    return "ok" if answer.ok else "shed" if answer.rejected else "failed"
 
 
 def speech_file() -> SpokenFile:
@@ -106,26 +100,18 @@ class Cluster:
             return
         gcs_port, dash_port = free_ports(2)
         cmd = [
-            str(BIN / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs_port}",
-            f"--dashboard-port={dash_port}",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            "--disable-usage-stats",
-        ]
-        if num_cpus:
-            cmd.append(f"--num-cpus={num_cpus}")
+            str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+            f"--port={gcs_port}", f"--dashboard-port={dash_port}", "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1", "--disable-usage-stats",
+            *([f"--num-cpus={num_cpus}"] if num_cpus else []),
+        ]  # fmt: skip
         log = open(self.workdir / "ray_head.log", "wb")
         self.head = subprocess.Popen(
             cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{dash_port}"
-        wait_until(lambda: _get(f"{self.dashboard_url}/api/version") is not None, 180, "dashboard")
+        wait_until(lambda: get_json(f"{self.dashboard_url}/api/version"), 180, "dashboard")
 
     def find_dashboard(self, timeout_s: float) -> None:
         if self.dashboard_url:
@@ -149,23 +135,17 @@ class Cluster:
             capture_output=True,
         )
 
-    def replicas(self, app: str = "asr") -> dict[str, set[str]]:
+    def replicas(self) -> dict[str, set[str]]:
         """Deployment -> ids of its RUNNING replicas."""
-        details = _get(f"{self.dashboard_url}/api/serve/applications/")
-        if not details or app not in details.get("applications", {}):
-            return {}
-        deployments = details["applications"][app]["deployments"]
+        app = serve_application(str(self.dashboard_url)) or {}
         return {
             name: {r["replica_id"] for r in d["replicas"] if r["state"] == "RUNNING"}
-            for name, d in deployments.items()
+            for name, d in app.get("deployments", {}).items()
         }
 
-    def app_status(self, app: str = "asr") -> str | None:
-        details = _get(f"{self.dashboard_url}/api/serve/applications/")
-        if not details:
-            return None
-        entry = details.get("applications", {}).get(app)
-        return entry["status"] if entry else None
+    def app_status(self) -> str | None:
+        app = serve_application(str(self.dashboard_url))
+        return app["status"] if app else None
 
     def stop_head(self) -> float | None:
         """Stop ``ray start --block`` (it stops what it started); seconds it took."""
@@ -176,22 +156,14 @@ class Cluster:
         return time.monotonic() - started
 
 
-def _get(url: str) -> dict | None:
-    try:
-        r = httpx.get(url, timeout=10)
-        return r.json() if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
-
-
 def report(load: LoopedLoad, events: dict[str, list[Answer]]) -> list[str]:
     """Per phase (requests by the phase they started in) and per event (requests in flight
     at that moment): sent, ok, shed (503 + Retry-After), failed."""
     lines = [f"{'':<26} {'sent':>5} {'ok':>5} {'shed':>5} {'failed':>6}  failures"]
 
     def row(label: str, answers: list[Answer]) -> str:
-        n = {k: sum(outcome(a) == k for a in answers) for k in ("ok", "shed", "failed")}
-        kinds = sorted({f"{a.outcome}: {a.error[:70]}" for a in answers if outcome(a) == "failed"})
+        n = {k: sum(a.verdict == k for a in answers) for k in ("ok", "shed", "failed")}
+        kinds = sorted({f"{a.outcome}: {a.error[:70]}" for a in answers if a.verdict == "failed"})
         return (
             f"{label:<26} {len(answers):>5} {n['ok']:>5} {n['shed']:>5} {n['failed']:>6}  "
             f"{kinds[:3] if kinds else ''}"
@@ -327,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stop: service answers after stop: {healthy(url)}")
         print("\n".join(report(load, events)))
         in_flight_failed = [a for answers in events.values() for a in answers if not a.ok]
-        failed = [a for a in load.answers if outcome(a) == "failed"]
+        failed = [a for a in load.answers if a.verdict == "failed"]
         code = 0 if not failed and not in_flight_failed else 1
     finally:
         if load is not None:

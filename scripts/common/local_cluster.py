@@ -11,11 +11,19 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 import yaml
 
-from scripts.common.service import BIN, RAY_ENV, REPO, free_ports, stop_group, wait_until
+from scripts.common.service import (
+    BIN,
+    RAY_ENV,
+    REPO,
+    free_ports,
+    get_json,
+    serve_application,
+    stop_group,
+    wait_until,
+)
 
 APP = "asr"
 WORKER_RESOURCE = "mn_worker"
@@ -160,7 +168,7 @@ class Cluster:
                     raise RuntimeError(f"ray start --head exited; see {self.head.log}")
                 if self._dashboard_port_taken():
                     raise RuntimeError(f"the dashboard's port {self.dashboard_port} was taken")
-                return _get(f"{self.dashboard}/api/version") is not None
+                return get_json(f"{self.dashboard}/api/version", 5) is not None
 
             try:
                 wait_until(up, 180, "the head")
@@ -206,7 +214,7 @@ class Cluster:
     def _head_up(self) -> bool | None:
         if self.head.proc is not None and self.head.proc.poll() is not None:
             raise TimeoutError  # exited: refused
-        return _get(f"{self.dashboard}/api/version")
+        return get_json(f"{self.dashboard}/api/version", 5)
 
     def start_worker(self, node: Node, tries: int = 2) -> None:
         """Start ``node`` and wait until it has joined: its own ``ray start`` said so and
@@ -241,7 +249,7 @@ class Cluster:
                 node.stop()
 
     def alive_node_ids(self) -> set[str]:
-        nodes = _get(f"{self.dashboard}/nodes?view=summary")
+        nodes = get_json(f"{self.dashboard}/nodes?view=summary", 5)
         summary = (nodes or {}).get("data", {}).get("summary", [])
         return {
             n["raylet"]["nodeId"] for n in summary if n.get("raylet", {}).get("state") == "ALIVE"
@@ -264,15 +272,11 @@ class Cluster:
 
     def replicas(self) -> dict[str, list[dict]]:
         """Deployment -> its replicas (state, replica_id, pid, node_id)."""
-        details = _get(f"{self.dashboard}/api/serve/applications/")
-        app = (details or {}).get("applications", {}).get(APP)
-        if not app:
-            return {}
-        return {name: d["replicas"] for name, d in app["deployments"].items()}
+        app = serve_application(self.dashboard, APP, 5) or {}
+        return {name: d["replicas"] for name, d in app.get("deployments", {}).items()}
 
     def app_status(self) -> str | None:
-        details = _get(f"{self.dashboard}/api/serve/applications/")
-        app = (details or {}).get("applications", {}).get(APP)
+        app = serve_application(self.dashboard, APP, 5)
         return app["status"] if app else None
 
     def pid_nodes(self) -> dict[int, str]:
@@ -289,14 +293,6 @@ class Cluster:
                     out.setdefault(name, {}).setdefault(where, 0)
                     out[name][where] += 1
         return out
-
-
-def _get(url: str) -> dict | None:
-    try:
-        r = httpx.get(url, timeout=5)
-        return r.json() if r.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
-        return None
 
 
 def serve_config(base: Path, http_port: int, replicas: int) -> dict:

@@ -73,6 +73,22 @@ def wait_until(
     raise TimeoutError(f"{what}: not ready after {timeout_s:.0f} s")
 
 
+def get_json(url: str, timeout_s: float = 10.0) -> dict | None:
+    """A GET's JSON body; None unless it answered 200 with JSON."""
+    try:
+        r = httpx.get(url, timeout=timeout_s)
+        return r.json() if r.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def serve_application(dashboard: str, app: str = "asr", timeout_s: float = 10.0) -> dict | None:
+    """The dashboard's details of the Serve application ``app`` (its status, deployments
+    and their replicas); None while there is no such app."""
+    details = get_json(f"{dashboard}/api/serve/applications/", timeout_s)
+    return (details or {}).get("applications", {}).get(app)
+
+
 def healthy(url: str, path: str = "/healthz") -> bool:
     try:
         return httpx.get(url.rstrip("/") + path, timeout=10).status_code == 200

@@ -1,6 +1,6 @@
 """Starting and watching a service for a measurement: free ports, waiting, ``serve run`` of
-a config on a fresh local cluster, an app deployed from this process, and the memory of
-every process of a running service.
+a config on a fresh local cluster, an app deployed from this process, an app's state as the
+dashboard reports it, and the memory of every process of a running service.
 
 Every cluster started here is new (``address="local"``, token auth off): a script never
 attaches to another engineer's Ray on the same machine.

@@ -12,7 +12,13 @@ from typing import cast
 
 from ray.serve import Application, Deployment
 
-from serve_app.config import AppConfig, CacheSettings, DiarizationSettings, resolve_models_dir
+from serve_app.config import (
+    AppConfig,
+    CacheSettings,
+    DiarizationSettings,
+    RecognizerSettings,
+    resolve_models_dir,
+)
 from serve_app.core.types import RecognitionOptions
 from serve_app.online.admission import AdmissionPolicy
 from serve_app.online.cache import model_version
@@ -50,6 +56,7 @@ def build_app(args: AppConfig) -> Application:
         settings=config.ingress,
         pack_segments_ms={rec.name: rec.segment_pack_ms for rec in config.recognizers},
         redecode_rounds={rec.name: rec.redecode_rounds for rec in config.recognizers},
+        items_in_flight={rec.name: items_in_flight(rec) for rec in config.recognizers},
         admission={
             rec.name: AdmissionPolicy(
                 max_queue_wait_s=rec.max_queue_wait_s,
@@ -81,6 +88,27 @@ def build_app(args: AppConfig) -> Application:
         punctuators=_punctuators(config, models_dir),
         streamers=_streamers(config, models_dir),
     )
+
+
+# Items of one request on their way to a model at once, in forwards per replica: two
+# (one running, one queued) keep every replica busy with one long file, and a short
+# request's item waits in Serve's first-come-first-served router behind at most that many
+# of a long one's (a 3 s file behind an hour's re-decode round: 70 s with every item sent
+# at once, serve_app.online.service.ModelRoute.items_in_flight).
+IN_FLIGHT_FORWARDS_PER_REPLICA = 2
+SERVE_AUTO_MAX_REPLICAS = 100  # Serve's num_replicas="auto" default
+
+
+def items_in_flight(rec: RecognizerSettings) -> int:
+    deployment = rec.deployment
+    replicas = deployment.num_replicas if isinstance(deployment.num_replicas, int) else 1
+    if deployment.autoscaling_config or deployment.num_replicas == "auto":
+        autoscaling = deployment.autoscaling_config or {}
+        replicas = int(autoscaling.get("max_replicas", SERVE_AUTO_MAX_REPLICAS))
+    per_replica = IN_FLIGHT_FORWARDS_PER_REPLICA * rec.batch.max_batch_items
+    if deployment.max_ongoing_requests is not None:
+        per_replica = min(per_replica, deployment.max_ongoing_requests)
+    return per_replica * max(1, replicas)
 
 
 def _streamers(config: AppConfig, models_dir: str) -> dict:

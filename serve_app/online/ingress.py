@@ -75,6 +75,7 @@ class IngressOptions:
     settings: IngressSettings = field(default_factory=IngressSettings)
     pack_segments_ms: dict[str, int] = field(default_factory=dict)  # canonical name -> ms
     redecode_rounds: dict[str, int] = field(default_factory=dict)  # canonical name
+    items_in_flight: dict[str, int] = field(default_factory=dict)  # per request, 0: all
     admission: dict[str, AdmissionPolicy] = field(default_factory=dict)  # canonical name
     # The result cache (serve_app/online/cache.py), its model_versions filled in for every
     # model; disabled: every answer says x-cache: bypass.
@@ -133,6 +134,7 @@ class IngressServer:
                 default_options=options.default_options.get(name, RecognitionOptions()),
                 pack_segments_ms=options.pack_segments_ms.get(name, 0),
                 redecode_rounds=options.redecode_rounds.get(name, 0),
+                items_in_flight=options.items_in_flight.get(name, 0),
                 punctuate=self._punctuate_call(name),
                 detects_language=self._detects_language_call(name),
             )

@@ -59,6 +59,11 @@ class ModelRoute:
     # Re-decode rounds for what an item's decode did not account for or said wrongly (see
     # serve_app.core.coverage; RecognizerSettings.redecode_rounds says for which models).
     redecode_rounds: int = 0
+    # Items of one request on their way to the recognizer at once (0: all). What a replica
+    # holds is ordered fairly across requests (serve_app.online.batch_queue); what waits in
+    # Serve's router beyond its max_ongoing_requests is first come first served, so an
+    # hour's 150 items sent at once kept a 3 s request's one item waiting behind all of them.
+    items_in_flight: int = 0
     # The punctuation stage after stitching (serve_app/punctuation/); None: none.
     punctuate: PunctuateFn | None = None
     # Whether the model detects the language itself (asked once, then cached by the
@@ -249,7 +254,9 @@ class TranscriptionService:
                 for i, job in enumerate(call.jobs)
             ]
             report = on_segment if call.spans_ms is not None else None
-            return await _recognize_in_order(calls, call.spans_ms or (), report)
+            return await _recognize_in_order(
+                calls, call.spans_ms or (), report, window=route.items_in_flight
+            )
         try:
             if isinstance(call, Embed):
                 assert self._embed is not None
@@ -271,10 +278,21 @@ async def _recognize_in_order(
     calls: list[Awaitable[SegmentTranscript]],
     spans_ms: Sequence[tuple[int, int]],
     on_segment: SegmentCallback | None,
+    *,
+    window: int = 0,
 ) -> list[object]:
-    """Every item at once (they meet in the recognizer's batches), results (or errors)
-    in item order; with ``on_segment``, each item is reported as soon as it and every
-    earlier one are done, and reporting stops at the first failed item."""
+    """The items (they meet in the recognizer's batches), at most ``window`` of them on
+    their way at once (0: all), in item order; results (or errors) in item order; with
+    ``on_segment``, each item is reported as soon as it and every earlier one are done,
+    and reporting stops at the first failed item."""
+    if window > 0 and len(calls) > window:
+        gate = asyncio.Semaphore(window)
+
+        async def gated(call: Awaitable[SegmentTranscript]) -> SegmentTranscript:
+            async with gate:
+                return await call
+
+        calls = [gated(call) for call in calls]
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:
         if on_segment is not None:

@@ -28,6 +28,7 @@ from serve_app.online.deployments.speakers import SpeakerDeployment
 from serve_app.online.deployments.streaming import StreamingDeployment
 from serve_app.online.deployments.vad import VadDeployment
 from serve_app.online.ingress import AsrIngress, IngressOptions
+from serve_app.online.placement import max_replicas
 from serve_app.punctuation.stage import punctuation_for
 
 
@@ -96,19 +97,14 @@ def build_app(args: AppConfig) -> Application:
 # of a long one's (a 3 s file behind an hour's re-decode round: 70 s with every item sent
 # at once, serve_app.online.service.ModelRoute.items_in_flight).
 IN_FLIGHT_FORWARDS_PER_REPLICA = 2
-SERVE_AUTO_MAX_REPLICAS = 100  # Serve's num_replicas="auto" default
 
 
 def items_in_flight(rec: RecognizerSettings) -> int:
     deployment = rec.deployment
-    replicas = deployment.num_replicas if isinstance(deployment.num_replicas, int) else 1
-    if deployment.autoscaling_config or deployment.num_replicas == "auto":
-        autoscaling = deployment.autoscaling_config or {}
-        replicas = int(autoscaling.get("max_replicas", SERVE_AUTO_MAX_REPLICAS))
     per_replica = IN_FLIGHT_FORWARDS_PER_REPLICA * rec.batch.max_batch_items
     if deployment.max_ongoing_requests is not None:
         per_replica = min(per_replica, deployment.max_ongoing_requests)
-    return per_replica * max(1, replicas)
+    return per_replica * max(1, max_replicas(deployment))
 
 
 def _streamers(config: AppConfig, models_dir: str) -> dict:

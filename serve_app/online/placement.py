@@ -21,6 +21,7 @@ from serve_app.punctuation.stage import punctuation_for
 
 # Serve's own default for a replica without ``num_cpus``.
 SERVE_DEFAULT_NUM_CPUS = 1.0
+SERVE_AUTO_MAX_REPLICAS = 100  # Serve's num_replicas="auto" default
 _EPSILON = 1e-9
 
 
@@ -48,6 +49,14 @@ def _min_replicas(settings: DeploymentSettings) -> int:
         return settings.num_replicas
     autoscaling = settings.autoscaling_config or {}
     return int(autoscaling.get("min_replicas", 1))
+
+
+def max_replicas(settings: DeploymentSettings) -> int:
+    """The most replicas the deployment may have (fixed, or autoscaling's bound)."""
+    if isinstance(settings.num_replicas, int):
+        return settings.num_replicas
+    autoscaling = settings.autoscaling_config or {}
+    return int(autoscaling.get("max_replicas", SERVE_AUTO_MAX_REPLICAS))
 
 
 def replica_demand(config: AppConfig) -> list[ReplicaDemand]:

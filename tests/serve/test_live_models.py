@@ -1,6 +1,8 @@
 """Live finals on the real models (FSMN-VAD + Whisper tiny.en plain classes, in-process,
-as the fast path's ingress): a committed utterance's text IS what the same audio sent as a
-file returns, and a whole stream's finals are as good as faster-whisper's own transcribe."""
+as the fast path's ingress): a committed utterance reads as the same audio sent as a file
+(within the reference margin: the file path decodes the VAD's speech span, the commit the
+whole buffer, and Whisper int8 can read those differently on one CPU and alike on another),
+and a whole stream's finals are as good as faster-whisper's own transcribe."""
 
 from __future__ import annotations
 
@@ -76,7 +78,8 @@ def test_a_committed_utterance_reads_as_the_same_audio_sent_as_a_file(server, tm
                     model="whisper-1", file=("u.wav", buf.getvalue(), "audio/wav")
                 ).text
             )
-    assert live == files and all(files)
+    assert len(live) == len(files) == len(utterances) and all(live) and all(files)
+    assert_wer_near_reference(SENTENCES[2:4], live, files)
 
 
 def test_server_vad_finals_are_as_good_as_faster_whisper(server, whisper_reference, tmp_path):  # noqa: F811

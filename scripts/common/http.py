@@ -1,8 +1,8 @@
 """The HTTP load of the scripts: one record per answer, and three shapes of load.
 
 - :func:`run_closed`: every file once (per repeat) from C clients draining a queue, the
-  recognizer's ``/v1/stats`` before and after: the throughput figure (loadgen, the
-  benchmark's rows 3 and 4, the A/B rounds of stage_cost).
+  recognizers' counters (every replica, ``/v1/system``) before and after: the throughput
+  figure (loadgen, the benchmark's rows 3 and 4, the A/B rounds of stage_cost).
 - a burst: every request at once, ``asyncio.gather`` of :func:`send` (overload).
 - :class:`LoopedLoad`: clients posting in a loop until stopped, their number changeable
   while they run, each answer tagged with the phase it started in (soak, autoscale demo,
@@ -117,12 +117,20 @@ async def send(
     return answer
 
 
-async def service_stats(http: httpx.AsyncClient, url: str) -> dict:
-    """The recognizers' counters (``/v1/stats``); {} where the server has none."""
+async def service_stats(http: httpx.AsyncClient, url: str, *, settle_s: float = 0.0) -> dict:
+    """The recognizers' counters, every replica summed (``/v1/system``'s totals, reported
+    by each replica once a second: ``settle_s`` lets the last report arrive); else one
+    replica's (``/v1/stats``, a server without the board); {} where the server has none."""
+    await asyncio.sleep(settle_s)
+    base = url.rstrip("/")
     try:
-        resp = await http.get(url.rstrip("/") + "/v1/stats")
+        resp = await http.get(base + "/v1/system")
+        models = resp.json().get("models", {}) if resp.status_code == 200 else {}
+        if models and all(entry.get("replicas") for entry in models.values()):
+            return {name: entry["totals"] for name, entry in models.items()}
+        resp = await http.get(base + "/v1/stats")
         return dict(resp.json()) if resp.status_code == 200 else {}
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, ValueError, AttributeError):
         return {}
 
 
@@ -187,11 +195,11 @@ async def run_closed(
 
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as http:
-        before = await service_stats(http, url)
+        before = await service_stats(http, url, settle_s=1.5)
         started = time.monotonic()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall_s = time.monotonic() - started
-        after = await service_stats(http, url)
+        after = await service_stats(http, url, settle_s=1.5)
     return ClosedRun(answers, wall_s, before, after)
 
 

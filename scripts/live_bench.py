@@ -34,11 +34,11 @@ import json
 import random
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psutil
 import websockets
@@ -46,7 +46,7 @@ import yaml
 
 from scripts.bench.measure import cpu_breakdown, cpu_by_process
 from scripts.common.audio import require_espeak
-from scripts.common.http import percentile
+from scripts.common.http import percentile, service_stats
 from scripts.common.service import deploy_local, rss_mb, service_processes, shutdown_local
 from serve_app.core.evaluation import word_error_rate
 from serve_app.tools.speech import SAMPLE_RATE_HZ, SENTENCES, synthesize
@@ -187,11 +187,15 @@ async def measure(url: str, streams: list[Stream], model: str | None = None) -> 
 
 
 def recognizer_totals(url: str) -> dict[str, dict]:
-    """Per model: forwards, items, audio s and busy s so far (``/v1/stats``)."""
-    with urllib.request.urlopen(f"{url}/v1/stats", timeout=30) as response:
-        stats = json.loads(response.read())
+    """Per model: forwards, items, audio s and busy s so far, every replica summed
+    (:func:`scripts.common.http.service_stats`: the live model runs two replicas)."""
+
+    async def fetch() -> dict:
+        async with httpx.AsyncClient(timeout=30) as http:
+            return await service_stats(http, url, settle_s=1.5)
+
     keys = ("num_batches", "items", "audio_s", "busy_s")
-    return {model: {k: float(s.get(k, 0)) for k in keys} for model, s in stats.items()}
+    return {m: {k: float(s.get(k, 0)) for k in keys} for m, s in asyncio.run(fetch()).items()}
 
 
 def forward_figures(before: dict[str, dict], after: dict[str, dict]) -> dict:

@@ -15,6 +15,7 @@ from ray.serve import Application, Deployment
 from serve_app.config import (
     AppConfig,
     CacheSettings,
+    DeploymentSettings,
     DiarizationSettings,
     RecognizerSettings,
     resolve_models_dir,
@@ -29,6 +30,7 @@ from serve_app.online.deployments.streaming import StreamingDeployment
 from serve_app.online.deployments.vad import VadDeployment
 from serve_app.online.ingress import AsrIngress, IngressOptions
 from serve_app.online.placement import max_replicas
+from serve_app.online.routing import ROUTER_CLASS
 from serve_app.punctuation.stage import punctuation_for
 
 
@@ -37,12 +39,12 @@ def build_app(args: AppConfig) -> Application:
     config = args if isinstance(args, AppConfig) else AppConfig.model_validate(args)
     models_dir = str(resolve_models_dir(config.models_dir))
     vad = _deployment(VadDeployment).options(
-        name="VadDeployment", **config.vad_deployment.serve_options()
+        name="VadDeployment", **_serve_options(config.vad_deployment)
     )
     recognizer = _deployment(RecognizerDeployment)
     recognizers = {
         rec.name: recognizer.options(
-            name=f"Recognizer-{rec.name}", **rec.deployment.serve_options()
+            name=f"Recognizer-{rec.name}", **_serve_options(rec.deployment)
         ).bind(rec, models_dir)
         for rec in config.recognizers
     }
@@ -71,14 +73,14 @@ def build_app(args: AppConfig) -> Application:
         diarization_settings=(config.speakers or DiarizationSettings()),
     )
     ingress = _deployment(AsrIngress).options(
-        name="AsrIngress", **config.ingress.deployment.serve_options()
+        name="AsrIngress", **_serve_options(config.ingress.deployment)
     )
     # The speaker-embedding stage exists only with a ``speakers`` section (diarization).
     speakers = None
     if config.speakers is not None:
         speakers = (
             _deployment(SpeakerDeployment)
-            .options(name="SpeakerDeployment", **config.speakers.deployment.serve_options())
+            .options(name="SpeakerDeployment", **_serve_options(config.speakers.deployment))
             .bind(config.speakers, models_dir)
         )
     return ingress.bind(
@@ -112,7 +114,7 @@ def _streamers(config: AppConfig, models_dir: str) -> dict:
     partials: serve_app.recognizers.funasr_streaming)."""
     return {
         rec.name: _deployment(StreamingDeployment)
-        .options(name=f"Streaming-{rec.name}", **rec.streaming.deployment.serve_options())
+        .options(name=f"Streaming-{rec.name}", **_serve_options(rec.streaming.deployment))
         .bind(rec.streaming, models_dir, rec.name)
         for rec in config.recognizers
         if rec.streaming is not None
@@ -128,7 +130,7 @@ def _punctuators(config: AppConfig, models_dir: str) -> dict:
         if settings is not None:
             out[rec.name] = (
                 _deployment(PunctuationDeployment)
-                .options(name=f"Punctuation-{rec.name}", **settings.deployment.serve_options())
+                .options(name=f"Punctuation-{rec.name}", **_serve_options(settings.deployment))
                 .bind(settings, models_dir, rec.name)
             )
     return out
@@ -164,6 +166,16 @@ def _cache_settings(config: AppConfig, models_dir: str) -> CacheSettings:
             rec.model, models_dir, {"recognizer": own, "app": shared}
         )
     return config.cache.model_copy(update={"model_versions": versions})
+
+
+def _serve_options(settings: DeploymentSettings) -> dict:
+    """``Deployment.options`` of one deployment: its settings, routed by
+    :class:`~serve_app.online.routing.BalancedRouter` (a burst of one request's items
+    spread over the replicas, not piled on one)."""
+    return {
+        **settings.serve_options(),
+        "request_router_config": {"request_router_class": ROUTER_CLASS},
+    }
 
 
 def _deployment(cls: object) -> Deployment:

@@ -56,15 +56,20 @@ class BalancedRouter(PowerOfTwoChoicesRequestRouter):
         self, candidates: list[RunningReplica], backoff_index: int
     ) -> RunningReplica | None:
         replica = await super()._select_from_candidate_replicas(candidates, backoff_index)
-        if replica is not None and self._use_replica_queue_len_cache:
+        if replica is not None and self._counts_cached:
             # Counted now: the next decision of the same burst sees it.
             cache = self.replica_queue_len_cache
             cache.update(replica.replica_id, (cache.get(replica.replica_id) or 0) + 1)
             self._chosen[replica.replica_id].append(time.monotonic())
         return replica
 
+    @property
+    def _counts_cached(self) -> bool:
+        # Ray's own switch (False in Ray Client's context: then no counts at all).
+        return bool(getattr(self, "_use_replica_queue_len_cache", False))
+
     def on_send_request(self, replica_id: ReplicaID) -> None:
-        if not self._use_replica_queue_len_cache:
+        if not self._counts_cached:
             return
         self._sent[replica_id].append(time.monotonic())
         chosen = self._live(self._chosen[replica_id], CHOSEN_TTL_S)

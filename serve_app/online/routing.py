@@ -41,9 +41,10 @@ class BalancedRouter(PowerOfTwoChoicesRequestRouter):
     accepted (see the module doc)."""
 
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+        # Before Ray's __init__, in case it already hands over replicas (update_replicas).
         self._chosen: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)
         self._sent: defaultdict[ReplicaID, deque[float]] = defaultdict(deque)
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def _live(marks: deque[float], ttl_s: float) -> deque[float]:
@@ -86,6 +87,14 @@ class BalancedRouter(PowerOfTwoChoicesRequestRouter):
             sent.popleft()
         chosen = self._live(self._chosen[replica_id], CHOSEN_TTL_S)
         super().on_new_queue_len_info(replica_id, num_ongoing_requests + len(sent) + len(chosen))
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        # Replicas scaled away (not only dead ones) leave no marks behind.
+        live = {replica.replica_id for replica in replicas}
+        for marks in (self._chosen, self._sent):
+            for replica_id in [r for r in marks if r not in live]:
+                del marks[replica_id]
+        super().update_replicas(replicas)
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         self._chosen.pop(replica_id, None)

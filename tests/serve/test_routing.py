@@ -53,7 +53,9 @@ def burst_app(serve_instance):
 
 def test_a_burst_is_spread_over_both_replicas(burst_app):
     burst_app.burst.remote(4).result(timeout_s=60)  # both replicas known, counts cached
-    for _ in range(3):
+    # Ray's own router piled up about a third of such bursts here (39/1, 34/6), the rest
+    # raced its routing loop and came out even: ten bursts, so its failure shows.
+    for _ in range(10):
         counts = burst_app.burst.remote(BURST).result(timeout_s=60)
         assert sum(counts.values()) == BURST
         # Power of two choices over two replicas with right counts alternates: 20/20,

@@ -282,6 +282,9 @@ def main() -> None:
     )
     parser.add_argument("--model", help="the sessions' transcription.model (default: the app's)")
     parser.add_argument("--url")
+    parser.add_argument(
+        "--haproxy", action="store_true", help="serve in Ray's HAProxy mode (run.py --haproxy)"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -291,14 +294,17 @@ def main() -> None:
     counts = [int(n) for n in args.sessions.split(",")]
     rows = []
     for mode in [args.modes.split(",")[0]] if args.url else args.modes.split(","):
-        url = args.url or deploy_local(app_args(args.config, mode == "serial"), name="live")
+        url = args.url or deploy_local(
+            app_args(args.config, mode == "serial"), name="live", haproxy=args.haproxy
+        )
         ws_url = url.replace("http://", "ws://") + "/v1/realtime?intent=transcription"
         try:
             for n in counts:
                 rng = random.Random(args.seed + n)
                 streams = [make_stream(rng, clips, args.seconds, args.stagger_s) for _ in range(n)]
                 before = recognizer_totals(url)
-                row = {"mode": mode, **asyncio.run(measure_row(url, ws_url, streams, args.model))}
+                figures = asyncio.run(measure_row(url, ws_url, streams, args.model))
+                row = {"mode": mode + ("+haproxy" if args.haproxy else ""), **figures}
                 row.update(forward_figures(before, recognizer_totals(url)))
                 rows.append(row)
                 print(

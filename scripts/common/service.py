@@ -166,13 +166,23 @@ def stop_group(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: floa
 
 
 def deploy_local(
-    app_args: dict, *, name: str, num_cpus: int | None = None, timeout_s: float = 600.0
+    app_args: dict,
+    *,
+    name: str,
+    num_cpus: int | None = None,
+    timeout_s: float = 600.0,
+    haproxy: bool = False,
 ) -> str:
     """Build the app from ``app_args`` (an ``AppConfig`` dict) on a new local cluster
     started by this process, on a free port; its URL once it is RUNNING. Stop it with
-    :func:`shutdown_local`."""
+    :func:`shutdown_local`. ``haproxy``: Ray Serve's HAProxy mode, as
+    ``serve_app.online.run --haproxy`` starts it."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    if haproxy:
+        from serve_app.online.routing import HAPROXY_ENV
+
+        os.environ.update(HAPROXY_ENV)
     import ray
     from ray import serve
 
@@ -260,15 +270,16 @@ def _better_label(old: str | None, new: str) -> str:
 
 def service_processes(port: int) -> dict[int, str]:
     """``{pid: label}`` of the Ray worker processes of the service on ``port``, found
-    without the dashboard: the process listening on the port is the Serve HTTP proxy, its
-    parent is the node's raylet, and the raylet's other non-idle ``ray::`` children are the
-    replicas and the controller."""
+    without the dashboard: the process listening on the port is the Serve HTTP proxy (or,
+    in Ray's HAProxy mode, ``haproxy``, a child of its ``HAProxyManager`` actor); the
+    first ``raylet`` above it is the node's, and the raylet's other non-idle ``ray::``
+    children are the replicas and the controller."""
     proxy_pid = _listening_pid(port)
     if proxy_pid is None:
         return {}
     try:
         proxy = psutil.Process(proxy_pid)
-        raylet = proxy.parent()
+        raylet = next((p for p in proxy.parents() if "raylet" in _title(p)), None)
     except psutil.NoSuchProcess:
         return {}
     if raylet is None:
@@ -279,8 +290,8 @@ def service_processes(port: int) -> dict[int, str]:
         if not title.startswith("ray::") or title.startswith("ray::IDLE"):
             continue
         found[child.pid] = _label(title)
-    if proxy_pid not in found:
-        found[proxy_pid] = _label(_title(proxy)) or "proxy"
+    if proxy_pid not in found:  # haproxy: counted as the proxy
+        found[proxy_pid] = "ProxyActor:haproxy" if "haproxy" in _title(proxy) else "proxy"
     found[raylet.pid] = "raylet"
     return found
 

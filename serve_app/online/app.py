@@ -30,7 +30,7 @@ from serve_app.online.deployments.streaming import StreamingDeployment
 from serve_app.online.deployments.vad import VadDeployment
 from serve_app.online.ingress import AsrIngress, IngressOptions
 from serve_app.online.placement import max_replicas
-from serve_app.online.routing import ROUTER_CLASS
+from serve_app.online.routing import ROUTER_CLASS, haproxy_enabled
 from serve_app.punctuation.stage import punctuation_for
 
 
@@ -72,9 +72,12 @@ def build_app(args: AppConfig) -> Application:
         diarize_by_default=bool(config.speakers and config.speakers.diarize_by_default),
         diarization_settings=(config.speakers or DiarizationSettings()),
     )
-    ingress = _deployment(AsrIngress).options(
-        name="AsrIngress", **_serve_options(config.ingress.deployment)
-    )
+    ingress_options = _serve_options(config.ingress.deployment)
+    if haproxy_enabled():
+        # Ray's HAProxy (``RAY_SERVE_ENABLE_HA_PROXY``) routes to the ingress itself and
+        # refuses a custom router there; the stages behind it keep BalancedRouter.
+        del ingress_options["request_router_config"]
+    ingress = _deployment(AsrIngress).options(name="AsrIngress", **ingress_options)
     # The speaker-embedding stage exists only with a ``speakers`` section (diarization).
     speakers = None
     if config.speakers is not None:

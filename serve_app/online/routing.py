@@ -21,6 +21,7 @@ version is pinned, and ``tests/serve/test_routing.py`` fails if a burst piles up
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict, deque
 
@@ -100,3 +101,20 @@ class BalancedRouter(PowerOfTwoChoicesRequestRouter):
         self._chosen.pop(replica_id, None)
         self._sent.pop(replica_id, None)
         super().on_replica_actor_died(replica_id)
+
+
+# Ray Serve's HAProxy mode (``python -m serve_app.online.run --haproxy``): HAProxy on the
+# HTTP port forwards each connection to an ingress replica's own HTTP server (Ray's
+# "direct ingress"), so a websocket message or an upload no longer crosses the Serve proxy
+# actor and an actor call (docs/DEPLOY.md, "HAProxy"). Read by Ray when the cluster starts.
+# The drain wait is ours (run.py drains the app first); Ray's default holds a stop 30 s.
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
+
+
+def haproxy_enabled() -> bool:
+    """Whether Ray Serve's HAProxy mode is on (read from the environment, as Ray does)."""
+    return os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "1"

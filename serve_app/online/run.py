@@ -16,6 +16,9 @@ SIGINT or SIGTERM stops in an order that answers every request it accepted:
    left within their ``graceful_shutdown_timeout_s``);
 4. ``serve.shutdown()`` and ``ray.shutdown()``.
 
+``--haproxy`` starts the local cluster in Ray Serve's HAProxy mode (HAProxy on the HTTP
+port, straight to the ingress replicas' own HTTP servers; docs/DEPLOY.md, "HAProxy").
+
 A second signal skips to step 4. ``--address`` (or ``RAY_ADDRESS``) deploys onto a running
 cluster, as ``serve run --address`` does; then step 4 leaves that cluster up. Without
 either it starts its own local cluster (never attaching to a stale one left on the host).
@@ -145,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         "one (never a stale cluster left on the host)",
     )
     parser.add_argument("--drain-timeout-s", type=float, default=600.0)
+    parser.add_argument(
+        "--haproxy",
+        action="store_true",
+        help="HAProxy in front of the ingress replicas instead of Serve's proxy actor (a "
+        "cluster this command starts; for a running one, set the variables of "
+        "serve_app.online.app.HAPROXY_ENV where it was started)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -166,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         # replicas) inherits it: glibc's per-thread malloc arenas otherwise grow a
         # long-running replica's RSS without bound (docs/BENCHMARKS.md, "Soak").
         os.environ.setdefault("MALLOC_ARENA_MAX", MALLOC_ARENA_MAX)
+        if args.haproxy:
+            from serve_app.online.routing import HAPROXY_ENV
+
+            os.environ.update(HAPROXY_ENV)
+    elif args.haproxy:
+        logger.error("--haproxy starts a cluster: with --address, set its variables there")
+        return 2
     if not ray.is_initialized():
         init_ray(ray, args.address, SERVE_NAMESPACE, attempts=3 if started_ray else 1)
     problems = _placement_problems(raw)

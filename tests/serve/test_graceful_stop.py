@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.own_cluster, requires_espeak]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
+def _config(tmp_path: Path, port: int, models_dir: Path, ingress_replicas: int = 2) -> Path:
     config = file_path_only(yaml.safe_load((REPO / "ray_configs" / "serve.yaml").read_text()))
     config["http_options"] = {"host": "127.0.0.1", "port": port, "request_timeout_s": 600}
     args = config["applications"][0]["args"]
@@ -42,7 +42,7 @@ def _config(tmp_path: Path, port: int, models_dir: Path) -> Path:
         section["ray_actor_options"] = {"num_cpus": 0}
     args["recognizers"][0]["deployment"]["ray_actor_options"] = {"num_cpus": 0}
     # Two ingress replicas: the stop must wait for the busy one, not ask the idle one.
-    args["ingress"]["deployment"]["num_replicas"] = 2
+    args["ingress"]["deployment"]["num_replicas"] = ingress_replicas
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -113,17 +113,19 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path, models_dir,
     assert stop_s < 180, stop_s
 
 
-def _start_healthy(config: Path, url: str, log_path: Path) -> subprocess.Popen:
+def _start_healthy(
+    config: Path, url: str, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """``python -m serve_app.online.run`` until /healthz answers 200. One more start if
     Ray itself failed to come up: under the other test worker's load a fresh venv's
     dashboard agent can miss the raylet's 15 s wait for its port file (the raylet aborts,
     "Timed out waiting for file ... metrics_agent_port"); that is not what this test is
     about, and the log of a start that fails twice is in the assertion."""
-    env = own_ray_env()
+    env = {**own_ray_env(), **(env or {})}
     for attempt in (1, 2):
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "serve_app.online.run", str(config)],
+                [sys.executable, "-m", "serve_app.online.run", str(config), *args],
                 cwd=REPO,
                 env=env,
                 start_new_session=True,

@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="HAProxy in front of the ingress replicas instead of Serve's proxy actor (a "
         "cluster this command starts; for a running one, set the variables of "
-        "serve_app.online.app.HAPROXY_ENV where it was started)",
+        "serve_app.online.routing.HAPROXY_ENV where it was started)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -51,12 +51,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             # The rest: a module's tests in one worker, so its module-scoped fixtures (a
             # model loaded, a reference transcribed) are built once, not once per worker.
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    # The drills that start Ray clusters of their own go first, beside those groups.
-    # (Handing the served apps' group out first instead, the longest chain, measured no
-    # better: 998 s, against 965 s this way in the same hour, fresh clones.)
+    # The drills that start Ray clusters of their own first in the list. pytest-xdist 3.8
+    # hands groups out largest first (its --loadscope-reorder default), so this order
+    # counts only within a group and with -n 0: the drills, groups of 1-3 tests, start
+    # late (2026-12-08, a per-worker timeline: multinode at 653 s of 823). An earlier
+    # "drills first vs served apps first" comparison (965 s vs 998 s) timed the same
+    # schedule twice. The suite is CPU-bound, both workers end within ~20 s.
     items.sort(key=lambda item: item.get_closest_marker("own_cluster") is None)
-    # Within the served apps' group (its place in the list, which decides when xdist
-    # hands it out, unchanged), the tests of one session app run together: each app is
+    # Within the served apps' group, the tests of one session app run together: each app is
     # deleted after its last test (tests/served_apps.py). A module's tests stay together
     # unless one uses another app; the tests deploying apps of their own (the kill drills
     # among them) go last, when no session app is up and the other worker is likely done.

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -24,7 +26,7 @@ from tests.serve.test_graceful_stop import _config, _start_healthy
 from tests.serve.test_live_models import stream
 from tests.speech import SENTENCES, concat_with_pauses, requires_espeak, silence, synthesize
 
-pytestmark = [pytest.mark.slow, pytest.mark.own_cluster, requires_espeak]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _listener(port: int) -> str:
@@ -34,6 +36,20 @@ def _listener(port: int) -> str:
     return ""
 
 
+def test_with_a_running_cluster_the_flag_is_refused_not_ignored(monkeypatch):
+    """Ray reads the variables where a cluster starts: a runner that only deploys onto one
+    cannot switch it, so it says so instead of serving through the proxy unannounced."""
+    from serve_app.online import run
+
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    config = str(REPO / "ray_configs" / "serve.yaml")
+    assert run.main([config, "--address", "127.0.0.1:1", "--haproxy"]) == 2
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
+
+
+@pytest.mark.slow
+@pytest.mark.own_cluster
+@requires_espeak
 def test_files_and_live_sessions_through_haproxy(tmp_path, models_dir, whisper_reference):
     from openai import OpenAI
 
